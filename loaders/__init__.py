@@ -1,0 +1,1 @@
+"""salesflow's extract-and-load side: dlt sources, the pipeline runner and the CLI."""

@@ -1,0 +1,1 @@
+"""A simulated sales platform: production database, read replica and replica API."""

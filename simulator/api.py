@@ -1,0 +1,393 @@
+"""The replica API: HTTP access to the platform's read replica.
+
+Versioned under ``/v1``; the OpenAPI spec is at ``/openapi.json``.
+
+* Bearer-token auth on every ``/v1`` route (401 without a valid token, and no data).
+* ``GET /v1/{entity}``: incremental listing. ``updated_since`` (inclusive) selects rows
+  changed at or after a time; pages follow keyset order ``(updated_at, <primary key>)``
+  and ``cursor`` (opaque, from the previous page) continues after the last row served.
+  A row written while a client pages is appended after the rows it has not seen yet, so
+  paging never skips nor repeats a row; a row updated meanwhile comes again, newer.
+  Deletable entities interleave tombstones ``{<pk>, updated_at, deleted_at}``.
+  Bodies are JSON ``{"data": [...], "next_cursor": ..., "has_more": ...}`` or, with
+  ``Accept: application/x-ndjson`` (or ``format=ndjson``), one record per line with the
+  cursor in the ``X-Next-Cursor`` header (absent on the last page).
+* ``GET /v1/schema``: each entity's fields, types and the schema version.
+* ``GET /v1/announcements``: announced schema changes, upcoming and applied.
+* ``GET /health``: liveness, replica position and schema version (no auth).
+* Rate limit per token (token bucket): 429 with ``Retry-After``.
+
+Records are rendered to JSON inside SQLite (``json_object``), so serving costs one
+Python string per row.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hmac
+import json
+import logging
+import math
+import random
+import threading
+import time
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from simulator import store
+from simulator.faults import FaultWatcher
+from simulator.model import ENTITIES, EVOLUTIONS, fields_at
+
+log = logging.getLogger(__name__)
+
+DEFAULT_LIMIT = 1000
+MAX_LIMIT = 50_000
+NDJSON = "application/x-ndjson"
+BEARER = HTTPBearer(auto_error=False)
+
+EntityName = Enum("EntityName", {name: name for name in ENTITIES}, type=str)  # type: ignore[misc]
+
+
+class ApiError(HTTPException):
+    pass
+
+
+def encode_cursor(updated_at: str, key: object) -> str:
+    raw = json.dumps([updated_at, key], separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[str, object]:
+    try:
+        pad = "=" * (-len(cursor) % 4)
+        updated_at, key = json.loads(base64.urlsafe_b64decode(cursor + pad))
+        store.parse_iso(updated_at)
+        return updated_at, key
+    except (ValueError, TypeError, binascii.Error) as exc:
+        raise HTTPException(
+            400, f"invalid cursor {cursor[:40]!r}: pass next_cursor as given"
+        ) from exc
+
+
+class TokenBucket:
+    def __init__(self, rate: float, burst: float) -> None:
+        self.rate, self.burst = rate, burst
+        self.tokens: dict[str, tuple[float, float]] = {}
+        self.lock = threading.Lock()
+
+    def take(self, key: str) -> float:
+        """0 if allowed, else seconds until a request would be."""
+        if self.rate <= 0:
+            return 0.0
+        now = time.monotonic()
+        with self.lock:
+            tokens, last = self.tokens.get(key, (self.burst, now))
+            tokens = min(self.burst, tokens + (now - last) * self.rate)
+            if tokens >= 1:
+                self.tokens[key] = (tokens - 1, now)
+                return 0.0
+            self.tokens[key] = (tokens, now)
+            return (1 - tokens) / self.rate
+
+
+class Replica:
+    """Read access to replica.db, one connection per serving thread."""
+
+    def __init__(self, directory: Path) -> None:
+        self.path = directory / store.REPLICA
+        self.local = threading.local()
+        self.lock = threading.Lock()
+        self.shapes: dict[tuple[int, str], tuple[list[str], str]] = {}
+
+    def con(self):
+        con = getattr(self.local, "con", None)
+        if con is None:
+            con = store.connect(self.path, readonly=True)
+            self.local.con = con
+        return con
+
+    def applied(self) -> list[str]:
+        return [
+            r[0]
+            for r in self.con().execute(
+                "SELECT name FROM evolutions WHERE applied_at IS NOT NULL ORDER BY applied_at"
+            )
+        ]
+
+    def shape(self, entity: str) -> tuple[list[str], str]:
+        """Column names and the SQL expression rendering a row as JSON."""
+        con = self.con()
+        version = con.execute("PRAGMA schema_version").fetchone()[0]
+        key = (version, entity)
+        cached = self.shapes.get(key)
+        if cached:
+            return cached
+        cols = [r[1] for r in con.execute(f"PRAGMA table_info({entity})") if r[1] != "_seq"]
+        types = {f.name: f.type for f in fields_at(entity, self.applied())}
+        parts = []
+        for c in cols:
+            if types.get(c) == "boolean":
+                parts.append(
+                    f"'{c}', json(CASE WHEN {c} IS NULL THEN 'null' WHEN {c} THEN 'true'"
+                    " ELSE 'false' END)"
+                )
+            else:
+                parts.append(f"'{c}', {c}")
+        shape = (cols, f"json_object({', '.join(parts)})")
+        with self.lock:
+            self.shapes[key] = shape
+        return shape
+
+
+def _malform(lines: list[str], rate: float, entity: str, rng: random.Random) -> list[str]:
+    """Deliver a share of records wrong: a wrong type, a null where one is required, or
+    the same record twice."""
+    e = ENTITIES[entity]
+    required = [f.name for f in e.fields if f.required and f.name != "updated_at"]
+    numeric = [f.name for f in e.fields if f.type == "integer" and f.name != e.primary_key]
+    out: list[str] = []
+    for line in lines:
+        if rng.random() >= rate:
+            out.append(line)
+            continue
+        rec = json.loads(line)
+        kind = rng.choice(("type", "null", "duplicate"))
+        if kind == "type" and numeric:
+            rec[rng.choice(numeric)] = "not-a-number"
+        elif kind == "null" and required:
+            rec[rng.choice(required)] = None
+        else:
+            out.append(line)
+        out.append(json.dumps(rec))
+    return out
+
+
+def create_app(
+    directory: Path | str,
+    token: str,
+    rate_limit: float = 200.0,
+    burst: float = 400.0,
+    seed: int | None = None,
+) -> FastAPI:
+    if not token:
+        raise ValueError("the replica API needs a bearer token")
+    directory = Path(directory)
+    replica = Replica(directory)
+    faults = FaultWatcher(directory)
+    bucket = TokenBucket(rate_limit, burst)
+    rng = random.Random(seed)
+
+    app = FastAPI(
+        title="Sales platform replica API",
+        version="1",
+        description="Read access to the sales platform's read replica.",
+    )
+
+    @app.middleware("http")
+    async def inject_faults(request: Request, call_next):
+        f = faults.get()
+        left = f.maintenance_left()
+        if left > 0:
+            return JSONResponse(
+                {"error": "maintenance", "detail": "planned maintenance in progress"},
+                status_code=503,
+                headers={"Retry-After": str(math.ceil(left))},
+            )
+        if f.slow_ms:
+            await asyncio.sleep(f.slow_ms / 1000)
+        if request.url.path.startswith("/v1/"):
+            if f.error_rate and rng.random() < f.error_rate:
+                code = rng.choice((500, 502, 503, 504))
+                return JSONResponse({"error": "injected server error"}, status_code=code)
+            if f.rate_limit_rate and rng.random() < f.rate_limit_rate:
+                return JSONResponse(
+                    {"error": "rate limited"}, status_code=429, headers={"Retry-After": "1"}
+                )
+        response = await call_next(request)
+        if request.url.path.startswith("/v1/") and f.drop_rate and rng.random() < f.drop_rate:
+            return _dropped(response)
+        return response
+
+    def authorize(
+        creds: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)],
+    ) -> str:
+        if creds is None or not hmac.compare_digest(creds.credentials.encode(), token.encode()):
+            raise HTTPException(
+                401, "missing or invalid bearer token", headers={"WWW-Authenticate": "Bearer"}
+            )
+        wait = bucket.take(creds.credentials)
+        if wait:
+            raise HTTPException(
+                429, "rate limit exceeded", headers={"Retry-After": str(math.ceil(wait))}
+            )
+        return creds.credentials
+
+    auth = [Depends(authorize)]
+
+    @app.get("/health", summary="Liveness and replica position")
+    def health() -> dict:
+        con = replica.con()
+        last = con.execute("SELECT last_seq FROM replication_state").fetchone()[0]
+        applied = replica.applied()
+        return {"status": "ok", "replica_seq": last, "schema_version": 1 + len(applied)}
+
+    @app.get("/v1/schema", summary="Current schema of every entity", dependencies=auth)
+    def schema() -> dict:
+        applied = replica.applied()
+        return {
+            "schema_version": 1 + len(applied),
+            "applied_evolutions": applied,
+            "entities": {
+                name: {
+                    "primary_key": e.primary_key,
+                    "cursor": "updated_at",
+                    "deletable": e.deletable,
+                    "description": e.description,
+                    "fields": [
+                        {"name": f.name, "type": f.type, "required": f.required,
+                         "description": f.description}
+                        for f in fields_at(name, applied)
+                    ],
+                }
+                for name, e in ENTITIES.items()
+            },
+        }
+
+    @app.get(
+        "/v1/announcements",
+        summary="Announced schema changes, upcoming and applied",
+        dependencies=auth,
+    )
+    def announcements() -> dict:
+        now = store.iso(store.utcnow())
+        rows = replica.con().execute(
+            "SELECT name, announced_at, effective_at, applied_at FROM evolutions"
+            " WHERE announced_at <= ? ORDER BY effective_at, name",
+            (now,),
+        ).fetchall()
+        out = []
+        for name, announced_at, effective_at, applied_at in rows:
+            evo = EVOLUTIONS[name]
+            out.append(
+                {
+                    "change_id": name,
+                    "title": evo.title,
+                    "description": evo.description,
+                    "breaking": evo.breaking,
+                    "announced_at": announced_at,
+                    "effective_at": effective_at,
+                    "applied_at": applied_at,
+                    "status": "applied" if applied_at else "upcoming",
+                    "changes": [
+                        {k: v for k, v in vars(ch).items() if v not in (None, "")}
+                        for ch in evo.changes
+                    ],
+                }
+            )
+        return {"announcements": out}
+
+    @app.get("/v1/{entity}", summary="Incremental listing of an entity", dependencies=auth)
+    def list_entity(
+        entity: EntityName,
+        updated_since: Annotated[
+            str | None, Query(description="ISO-8601 time; rows updated at or after it")
+        ] = None,
+        cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
+        limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
+        format: Annotated[str | None, Query(pattern="^(json|ndjson)$")] = None,
+        accept: Annotated[str | None, Header()] = None,
+    ) -> Response:
+        name = entity.value
+        if updated_since is not None:
+            try:
+                updated_since = store.iso(store.parse_iso(updated_since))
+            except ValueError as exc:
+                raise HTTPException(400, f"updated_since is not an ISO-8601 time: {exc}") from exc
+        after = decode_cursor(cursor) if cursor else None
+        keyed, has_more = _page(replica, name, updated_since, after, limit)
+        lines = [line for _, _, line in keyed]
+        f = faults.get()
+        if f.malformed_rate:
+            lines = _malform(lines, f.malformed_rate, name, rng)
+        next_cursor = encode_cursor(keyed[-1][0], keyed[-1][1]) if has_more else None
+        ndjson = format == "ndjson" or (format is None and NDJSON in (accept or ""))
+        if ndjson:
+            headers = {"X-Has-More": "true" if has_more else "false"}
+            if next_cursor:
+                headers["X-Next-Cursor"] = next_cursor
+            body = "\n".join(lines) + ("\n" if lines else "")
+            return Response(body, media_type=NDJSON, headers=headers)
+        body = (
+            '{"data":[' + ",".join(lines) + '],"next_cursor":'
+            + json.dumps(next_cursor) + ',"has_more":' + ("true" if has_more else "false") + "}"
+        )
+        return Response(body, media_type="application/json")
+
+    return app
+
+
+def _page(
+    replica: Replica,
+    entity: str,
+    updated_since: str | None,
+    after: tuple[str, object] | None,
+    limit: int,
+) -> tuple[list[tuple[str, object, str]], bool]:
+    """Up to ``limit`` rows (and tombstones) in keyset order, and whether more follow."""
+    e = ENTITIES[entity]
+    pk = e.primary_key
+    _, expr = replica.shape(entity)
+    where, args = [], []
+    if updated_since:
+        where.append("updated_at >= ?")
+        args.append(updated_since)
+    if after:
+        where.append(f"(updated_at, {pk}) > (?, ?)")
+        args.extend(after)
+    sql = (
+        f"SELECT updated_at, {pk}, {expr} FROM {entity}"
+        f"{' WHERE ' + ' AND '.join(where) if where else ''}"
+        f" ORDER BY updated_at, {pk} LIMIT ?"
+    )
+    con = replica.con()
+    rows = con.execute(sql, (*args, limit + 1)).fetchall()
+    if e.deletable:
+        key_sql = "CAST(record_id AS INTEGER)" if e.field(pk).type == "integer" else "record_id"
+        dwhere, dargs = ["entity = ?"], [entity]
+        if updated_since:
+            dwhere.append("deleted_at >= ?")
+            dargs.append(updated_since)
+        if after:
+            dwhere.append(f"(deleted_at, {key_sql}) > (?, ?)")
+            dargs.extend(after)
+        tomb = con.execute(
+            f"SELECT deleted_at, {key_sql}, json_object('{pk}', {key_sql}, 'updated_at',"
+            f" deleted_at, 'deleted_at', deleted_at) FROM deletions"
+            f" WHERE {' AND '.join(dwhere)} ORDER BY deleted_at, {key_sql} LIMIT ?",
+            (*dargs, limit + 1),
+        ).fetchall()
+        if tomb:
+            rows = sorted(rows + tomb, key=lambda r: (r[0], r[1]))
+    return rows[:limit], len(rows) > limit
+
+
+def _dropped(response: Response) -> StreamingResponse:
+    """The same response, cut off halfway: the client sees the connection drop."""
+
+    async def body():
+        chunks = []
+        async for chunk in response.body_iterator:
+            chunks.append(chunk)
+        data = b"".join(c if isinstance(c, bytes) else c.encode() for c in chunks)
+        yield data[: len(data) // 2]
+        raise ConnectionAbortedError("injected fault: connection dropped mid-response")
+
+    headers = {k: v for k, v in response.headers.items() if k.lower() != "content-length"}
+    return StreamingResponse(body(), status_code=response.status_code, headers=headers)

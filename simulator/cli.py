@@ -1,0 +1,201 @@
+"""``salesflow sim ...``: generate, serve and steer the simulated sales platform."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sqlite3
+import sys
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+from simulator import faults as faults_mod
+from simulator import store
+from simulator.model import ENTITIES, EVOLUTIONS
+
+DEFAULT_DIR = Path("data/sim")
+DEFAULT_TOKEN = "local-dev-token"  # the simulator's own token; a real API's comes from secrets
+
+
+def default_token() -> str:
+    return os.environ.get("SALESFLOW_SIM_TOKEN", DEFAULT_TOKEN)
+
+
+def _dir(args) -> Path:
+    return Path(args.dir)
+
+
+def cmd_generate(args) -> int:
+    from simulator.generate import default_as_of, generate
+
+    d = _dir(args)
+    if args.force and d.exists():
+        for name in (store.PRODUCTION, store.REPLICA):
+            for suffix in ("", "-wal", "-shm"):
+                p = d / (name + suffix)
+                if p.exists():
+                    p.unlink()
+        for name in (faults_mod.FAULTS_FILE,):
+            if (d / name).exists():
+                (d / name).unlink()
+    as_of = store.parse_iso(args.as_of) if args.as_of else default_as_of()
+    summary = generate(d, orders=args.orders, seed=args.seed, as_of=as_of, days=args.days)
+    total = sum(summary.rows.values())
+    print(f"generated {total:,} rows in {summary.seconds:.1f} s into {d} "
+          f"(seed {summary.seed}, as of {summary.as_of}, {args.days} days)")
+    for table, n in summary.rows.items():
+        print(f"  {table:<12} {n:>12,}")
+    return 0
+
+
+def cmd_serve(args) -> int:
+    from simulator.server import ServeOptions, serve
+
+    serve(
+        ServeOptions(
+            directory=_dir(args),
+            token=args.token,
+            host=args.host,
+            port=args.port,
+            rate=args.rate,
+            lag=args.lag,
+            jitter=args.jitter,
+            rate_limit=args.rate_limit,
+            duration=args.duration,
+        )
+    )
+    print("simulator stopped")
+    return 0
+
+
+def cmd_evolve(args) -> int:
+    from simulator.platform import Platform
+
+    d = _dir(args)
+    if args.list:
+        for name, evo in EVOLUTIONS.items():
+            kind = "breaking" if evo.breaking else "additive"
+            print(f"{name:<12} {kind:<9} {evo.title}")
+        return 0
+    if not args.name:
+        print("name an evolution (or --list)", file=sys.stderr)
+        return 2
+    now = datetime.now(timezone.utc)
+    if args.at:
+        effective = store.parse_iso(args.at)
+    elif args.in_seconds is not None:
+        effective = now + timedelta(seconds=args.in_seconds)
+    else:
+        effective = now
+    platform = Platform(d)
+    try:
+        platform.schedule(args.name, effective)
+        serving = (d / "server.json").exists()
+        if effective <= now and not serving:
+            applied = platform.apply_due()
+            store.replicate(d)
+            print(f"applied {', '.join(applied)} to {d} (production and replica)")
+        else:
+            when = "now, by the serving platform" if effective <= now else store.iso(effective)
+            print(f"announced {args.name}: effective {when}")
+    finally:
+        platform.close()
+    return 0
+
+
+def cmd_fault(args) -> int:
+    d = _dir(args)
+    f = faults_mod.Faults() if args.clear else faults_mod.load(d)
+    if args.maintenance is not None:
+        f.maintenance_until = faults_mod.window(args.maintenance) if args.maintenance else None
+    if args.outage is not None:
+        f.outage_until = faults_mod.window(args.outage) if args.outage else None
+    for name in ("error_rate", "rate_limit_rate", "drop_rate", "malformed_rate", "slow_ms"):
+        value = getattr(args, name)
+        if value is not None:
+            setattr(f, name, value)
+    f = faults_mod.Faults(**vars(f))  # validate
+    faults_mod.save(d, f)
+    print(f"faults in force for {d}: {f.describe()}")
+    return 0
+
+
+def cmd_status(args) -> int:
+    d = _dir(args)
+    out: dict = {"directory": str(d)}
+    for name in (store.PRODUCTION, store.REPLICA):
+        path = d / name
+        if not path.exists():
+            out[name] = None
+            continue
+        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        out[name] = {t: con.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in ENTITIES}
+        if name == store.REPLICA:
+            out["replica_seq"] = con.execute("SELECT last_seq FROM replication_state").fetchone()[0]
+        else:
+            out["production_seq"] = con.execute("SELECT max(seq) FROM txlog").fetchone()[0]
+            out["evolutions"] = [
+                dict(zip(("name", "announced_at", "effective_at", "applied_at"), r, strict=True))
+                for r in con.execute(
+                    "SELECT name, announced_at, effective_at, applied_at FROM evolutions"
+                )
+            ]
+        con.close()
+    out["faults"] = faults_mod.load(d).describe()
+    server = d / "server.json"
+    out["server"] = json.loads(server.read_text()) if server.exists() else None
+    print(json.dumps(out, indent=2))
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    sim = sub.add_parser("sim", help="the simulated sales platform and its replica API")
+    ssub = sim.add_subparsers(dest="sim_command", required=True)
+
+    def with_dir(p):
+        p.add_argument("--dir", default=str(DEFAULT_DIR), help="simulator data directory")
+        return p
+
+    g = with_dir(ssub.add_parser("generate", help="generate the platform's history"))
+    g.add_argument("--orders", type=int, default=2000)
+    g.add_argument("--seed", type=int, default=42)
+    g.add_argument("--days", type=int, default=90, help="days of history")
+    g.add_argument("--as-of", help="end of the history (ISO time; default now)")
+    g.add_argument("--force", action="store_true", help="replace an existing platform")
+    g.set_defaults(func=cmd_generate)
+
+    s = with_dir(ssub.add_parser("serve", help="serve the replica API (and live traffic)"))
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=0, help="0 picks a free port")
+    s.add_argument(
+        "--token", default=default_token(), help="bearer token (env SALESFLOW_SIM_TOKEN)"
+    )
+    s.add_argument("--rate", type=float, default=0.0, help="live orders per second (0-1000)")
+    s.add_argument("--lag", type=float, default=0.0, help="replica lag in seconds")
+    s.add_argument("--jitter", type=float, default=0.0, help="late commits, up to N seconds")
+    s.add_argument("--rate-limit", type=float, default=200.0, help="requests/s per token")
+    s.add_argument("--duration", type=float, help="stop after N seconds")
+    s.set_defaults(func=cmd_serve)
+
+    e = with_dir(ssub.add_parser("evolve", help="announce or apply a schema evolution"))
+    e.add_argument("name", nargs="?", choices=list(EVOLUTIONS))
+    e.add_argument("--in", dest="in_seconds", type=float, help="effective in N seconds")
+    e.add_argument("--at", help="effective at this ISO time")
+    e.add_argument("--list", action="store_true", help="list the evolutions")
+    e.set_defaults(func=cmd_evolve)
+
+    f = with_dir(ssub.add_parser("fault", help="switch injected faults on or off"))
+    f.add_argument("--maintenance", type=float, help="planned maintenance for N s (0 ends it)")
+    f.add_argument("--outage", type=float, help="hard outage for N s (0 ends it)")
+    f.add_argument("--error-rate", type=float, help="share of 5xx responses")
+    f.add_argument("--rate-limit-rate", type=float, help="share of 429 responses")
+    f.add_argument("--drop-rate", type=float, help="share of responses cut mid-body")
+    f.add_argument("--slow-ms", type=int, help="added latency per request")
+    f.add_argument("--malformed-rate", type=float, help="share of malformed records")
+    f.add_argument("--clear", action="store_true", help="clear all faults first")
+    f.set_defaults(func=cmd_fault)
+
+    st = with_dir(ssub.add_parser("status", help="rows, replication and faults"))
+    st.set_defaults(func=cmd_status)
+

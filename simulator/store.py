@@ -1,0 +1,255 @@
+"""The platform's production database and its read replica.
+
+Both are SQLite files in WAL mode inside the simulator's directory:
+
+* ``production.db`` is written only by the platform (bulk generation, live traffic,
+  schema evolutions). Every write transaction takes the next sequence number (like a
+  log sequence number), stamps it on every row it writes (``_seq``) and records it in
+  ``txlog`` with its commit time. Schema changes are recorded in ``txlog`` too.
+* ``replica.db`` is what the replica API reads. :func:`replicate` replays production's
+  log onto it in sequence order, applying only transactions committed at least
+  ``lag`` seconds ago: a real replica lag, not a filter on reads.
+
+Deleted rows are removed from the entity table and recorded in ``deletions``; the API
+serves them as tombstones.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+from simulator.model import ENTITIES, create_table_sql
+
+log = logging.getLogger(__name__)
+
+PRODUCTION = "production.db"
+REPLICA = "replica.db"
+
+SYSTEM_DDL = (
+    "CREATE TABLE IF NOT EXISTS txlog (seq INTEGER PRIMARY KEY, committed_at TEXT NOT NULL,"
+    " ddl TEXT)",
+    "CREATE TABLE IF NOT EXISTS deletions (deletion_id INTEGER PRIMARY KEY, entity TEXT NOT NULL,"
+    " record_id TEXT NOT NULL, deleted_at TEXT NOT NULL, _seq INTEGER NOT NULL DEFAULT 0)",
+    "CREATE TABLE IF NOT EXISTS evolutions (name TEXT PRIMARY KEY, announced_at TEXT NOT NULL,"
+    " effective_at TEXT NOT NULL, applied_at TEXT, _seq INTEGER NOT NULL DEFAULT 0)",
+    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+)
+# tables replicated row by row (by _seq)
+REPLICATED = (*ENTITIES, "deletions", "evolutions")
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def iso(ts: datetime) -> str:
+    """The platform's timestamp format: ISO-8601 UTC, microseconds, trailing Z."""
+    return ts.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parse_iso(value: str) -> datetime:
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+def connect(path: Path | str, readonly: bool = False) -> sqlite3.Connection:
+    """Open a platform database in WAL mode, waiting (not failing) on a busy writer."""
+    if readonly:
+        con = sqlite3.connect(
+            f"file:{path}?mode=ro", uri=True, timeout=30, check_same_thread=False
+        )
+    else:
+        con = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
+        con.execute("PRAGMA journal_mode=WAL")
+        con.execute("PRAGMA synchronous=NORMAL")
+    con.execute("PRAGMA busy_timeout=30000")
+    return con
+
+
+def indexes_sql(entity: str) -> list[str]:
+    pk = ENTITIES[entity].primary_key
+    return [
+        f"CREATE INDEX IF NOT EXISTS ix_{entity}_cursor ON {entity} (updated_at, {pk})",
+        f"CREATE INDEX IF NOT EXISTS ix_{entity}_seq ON {entity} (_seq)",
+    ]
+
+
+def create_schema(con: sqlite3.Connection, with_indexes: bool = True) -> None:
+    for ddl in SYSTEM_DDL:
+        con.execute(ddl)
+    for entity in ENTITIES:
+        con.execute(create_table_sql(entity))
+        if with_indexes:
+            for ddl in indexes_sql(entity):
+                con.execute(ddl)
+    con.execute("CREATE INDEX IF NOT EXISTS ix_deletions_seq ON deletions (_seq)")
+    con.execute(
+        "CREATE INDEX IF NOT EXISTS ix_deletions_cursor ON deletions (entity, deleted_at,"
+        " deletion_id)"
+    )
+
+
+class Production:
+    """Write access to the production database: every write goes through :meth:`tx`."""
+
+    def __init__(self, directory: Path | str) -> None:
+        self.dir = Path(directory)
+        self.path = self.dir / PRODUCTION
+        if not self.path.exists():
+            raise FileNotFoundError(
+                f"no platform database at {self.path}: run `salesflow sim generate` first"
+            )
+        self.con = connect(self.path)
+
+    def close(self) -> None:
+        self.con.close()
+
+    @contextmanager
+    def tx(self, ddl: str | None = None) -> Iterator[tuple[sqlite3.Connection, int]]:
+        """A write transaction with its sequence number; rows written must carry it."""
+        con = self.con
+        con.execute("BEGIN IMMEDIATE")
+        try:
+            seq = con.execute("SELECT coalesce(max(seq), 0) + 1 FROM txlog").fetchone()[0]
+            yield con, seq
+            con.execute(
+                "INSERT INTO txlog (seq, committed_at, ddl) VALUES (?, ?, ?)",
+                (seq, iso(utcnow()), ddl),
+            )
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+
+    def meta(self, key: str, default: str | None = None) -> str | None:
+        row = self.con.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else default
+
+    def set_meta(self, con: sqlite3.Connection, key: str, value: object) -> None:
+        con.execute(
+            "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, json.dumps(value))
+        )
+
+    def columns(self, table: str) -> list[str]:
+        return [r[1] for r in self.con.execute(f"PRAGMA table_info({table})")]
+
+
+def create_replica(directory: Path | str) -> None:
+    """Start the replica as a copy of production (used after bulk generation)."""
+    d = Path(directory)
+    con = connect(d / PRODUCTION)
+    con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    last = con.execute("SELECT coalesce(max(seq), 0) FROM txlog").fetchone()[0]
+    con.close()
+    tmp = d / (REPLICA + ".tmp")
+    shutil.copyfile(d / PRODUCTION, tmp)
+    rcon = connect(tmp)
+    rcon.execute("CREATE TABLE IF NOT EXISTS replication_state (last_seq INTEGER NOT NULL)")
+    rcon.execute("DELETE FROM replication_state")
+    rcon.execute("INSERT INTO replication_state VALUES (?)", (last,))
+    rcon.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    rcon.close()
+    for suffix in ("", "-wal", "-shm"):
+        p = d / (REPLICA + suffix)
+        if p.exists():
+            p.unlink()
+    os.replace(tmp, d / REPLICA)
+    for suffix in ("-wal", "-shm"):
+        p = Path(str(tmp) + suffix)
+        if p.exists():
+            p.unlink()
+
+
+def replicate(
+    directory: Path | str, lag: float = 0.0, con: sqlite3.Connection | None = None
+) -> int:
+    """Apply to the replica every production transaction committed ``lag`` seconds ago or
+    earlier, in sequence order, schema changes included. Returns the last applied seq."""
+    d = Path(directory)
+    own = con is None
+    if con is None:
+        con = connect(d / REPLICA)
+    try:
+        attached = {r[1] for r in con.execute("PRAGMA database_list")}
+        if "p" not in attached:
+            con.execute("ATTACH DATABASE ? AS p", (str(d / PRODUCTION),))
+        last = con.execute("SELECT last_seq FROM replication_state").fetchone()[0]
+        horizon = iso(utcnow() - timedelta(seconds=lag))
+        upto = con.execute(
+            "SELECT max(seq) FROM p.txlog WHERE seq > ? AND committed_at <= ?", (last, horizon)
+        ).fetchone()[0]
+        if upto is None:
+            return last
+        ddls = con.execute(
+            "SELECT seq, ddl FROM p.txlog WHERE seq > ? AND seq <= ? AND ddl IS NOT NULL"
+            " ORDER BY seq",
+            (last, upto),
+        ).fetchall()
+        con.execute("BEGIN IMMEDIATE")
+        try:
+            lo = last
+            for seq, ddl in ddls:
+                _copy_rows(con, lo, seq - 1)
+                for statement in json.loads(ddl):
+                    con.execute(statement)
+                lo = seq - 1
+            _copy_rows(con, lo, upto)
+            con.execute("UPDATE replication_state SET last_seq = ?", (upto,))
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        return upto
+    finally:
+        if own:
+            con.close()
+
+
+def _copy_rows(con: sqlite3.Connection, lo: int, hi: int) -> None:
+    if hi <= lo:
+        return
+    for table in REPLICATED:
+        con.execute(
+            f"INSERT OR REPLACE INTO main.{table} SELECT * FROM p.{table}"
+            " WHERE _seq > ? AND _seq <= ?",
+            (lo, hi),
+        )
+    for entity, record_id in con.execute(
+        "SELECT entity, record_id FROM p.deletions WHERE _seq > ? AND _seq <= ?", (lo, hi)
+    ).fetchall():
+        con.execute(*delete_sql(entity, record_id, schema="main"))
+
+
+def delete_sql(entity: str, record_id: str, schema: str = "main") -> tuple[str, tuple]:
+    """The statement that deletes one record by its id as stored in ``deletions``."""
+    e = ENTITIES[entity]
+    key: object = int(record_id) if e.field(e.primary_key).type == "integer" else record_id
+    return f"DELETE FROM {schema}.{entity} WHERE {e.primary_key} = ?", (key,)
+
+
+def wait_for_replica(directory: Path | str, timeout: float = 30.0) -> None:
+    """Block until the replica has applied everything production has committed."""
+    d = Path(directory)
+    deadline = time.monotonic() + timeout
+    pcon = connect(d / PRODUCTION, readonly=True)
+    rcon = connect(d / REPLICA, readonly=True)
+    try:
+        target = pcon.execute("SELECT coalesce(max(seq), 0) FROM txlog").fetchone()[0]
+        while True:
+            last = rcon.execute("SELECT last_seq FROM replication_state").fetchone()[0]
+            if last >= target:
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"replica at seq {last}, production at {target}")
+            time.sleep(0.05)
+    finally:
+        pcon.close()
+        rcon.close()
