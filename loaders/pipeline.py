@@ -1,0 +1,233 @@
+"""Running the replica pipeline: one lock, one dlt pipeline, optional dbt build.
+
+Warehouse layout (DuckDB by default, ``data/warehouse.duckdb``):
+
+* ``raw`` — written by dlt only: one table per entity (current rows, merged on the
+  primary key, deletions applied), ``quarantine`` (rejected records with the reason) and
+  dlt's own ``_dlt_loads`` / ``_dlt_version`` / ``_dlt_pipeline_state``.
+* dbt's schemas (staging, marts) are built from ``raw`` by ``salesflow run``.
+
+DuckDB admits one writing process per file, so every command that writes takes the same
+lock (``<pipelines dir>/salesflow.lock``); a second one is refused with a clear message.
+dlt's working directory (pending load packages, state) is ``data/dlt`` unless
+``SALESFLOW_PIPELINES_DIR`` says otherwise; ``dlt pipeline --pipelines-dir data/dlt
+salesflow_replica info`` inspects it. A package left half-loaded by a crash is completed
+by the next run before anything new is extracted.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import dlt
+from dlt.pipeline.exceptions import PipelineStepFailed
+
+from loaders.replica import ReplicaError, replica_source
+from loaders.replica import settings as replica_settings
+
+log = logging.getLogger(__name__)
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def warehouse_path() -> Path:
+    return Path(os.environ.get("SALESFLOW_DUCKDB_PATH", "data/warehouse.duckdb"))
+
+
+def pipelines_dir() -> Path:
+    return Path(os.environ.get("SALESFLOW_PIPELINES_DIR", "data/dlt"))
+
+
+class AlreadyRunning(RuntimeError):
+    pass
+
+
+@contextmanager
+def run_lock(what: str) -> Iterator[None]:
+    """Exclusive lock for anything that writes the warehouse."""
+    d = pipelines_dir()
+    d.mkdir(parents=True, exist_ok=True)
+    path = d / "salesflow.lock"
+    fh = open(path, "a+")
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.seek(0)
+        holder = fh.read().strip() or "another process"
+        fh.close()
+        raise AlreadyRunning(
+            f"another salesflow run holds {path} ({holder}); wait for it to finish or stop it"
+        ) from None
+    try:
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"pid {os.getpid()}, {what}")
+        fh.flush()
+        yield
+    finally:
+        fh.seek(0)
+        fh.truncate()
+        fcntl.flock(fh, fcntl.LOCK_UN)
+        fh.close()
+
+
+def make_pipeline(progress: str | None = None) -> dlt.Pipeline:
+    path = warehouse_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return dlt.pipeline(
+        pipeline_name=replica_settings.PIPELINE_NAME,
+        destination=dlt.destinations.duckdb(str(path)),
+        dataset_name=replica_settings.DATASET_NAME,
+        pipelines_dir=str(pipelines_dir()),
+        progress=progress,  # type: ignore[arg-type]
+    )
+
+
+@dataclass
+class LoadResult:
+    rows: dict[str, int] = field(default_factory=dict)  # rows extracted per table
+    quarantined: int = 0
+    load_ids: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def total(self) -> int:
+        return sum(v for k, v in self.rows.items() if k != replica_settings.QUARANTINE_TABLE)
+
+
+def root_cause(exc: BaseException) -> BaseException:
+    """The replica error behind dlt's step wrappers, if there is one."""
+    seen = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        if isinstance(cur, ReplicaError):
+            return cur
+        seen.add(id(cur))
+        cur = cur.__cause__ or cur.__context__
+    return exc
+
+
+def _source_kwargs(
+    base_url: str | None = None,
+    token: str | None = None,
+    entities: Sequence[str] | None = None,
+    progress: str | None = None,
+    **source_options: Any,
+) -> dict[str, Any]:
+    kwargs: dict[str, Any] = dict(source_options)
+    if base_url:
+        kwargs["base_url"] = base_url
+    if token:
+        kwargs["token"] = token
+    if entities:
+        kwargs["entities"] = list(entities)
+    return kwargs
+
+
+def load(progress: str | None = None, **options: Any) -> LoadResult:
+    """Extract, normalize and load the replica API into ``raw`` (options: base_url,
+    token, entities and any argument of ``replica_source``). Raises ReplicaError
+    subclasses with a clear message for auth and reachability problems."""
+    with run_lock("load"):
+        return _load(_source_kwargs(**options), progress)
+
+
+def _load(kwargs: dict[str, Any], progress: str | None = None) -> LoadResult:
+    started = time.perf_counter()
+    pipeline = make_pipeline(progress)
+    try:
+        info = pipeline.run(replica_source(**kwargs), loader_file_format="parquet")
+    except PipelineStepFailed as exc:
+        cause = root_cause(exc)
+        if isinstance(cause, ReplicaError):
+            raise cause from None
+        raise
+    rows: dict[str, int] = {}
+    trace = pipeline.last_trace
+    if trace is not None and trace.last_normalize_info is not None:
+        for table, n in trace.last_normalize_info.row_counts.items():
+            if not table.startswith("_dlt"):
+                rows[table] = rows.get(table, 0) + n
+    return LoadResult(
+        rows=rows,
+        quarantined=rows.get(replica_settings.QUARANTINE_TABLE, 0),
+        load_ids=list(info.loads_ids),
+        seconds=time.perf_counter() - started,
+    )
+
+
+def raw_counts(entities: Sequence[str] | None = None) -> dict[str, int]:
+    """Rows per raw table now in the warehouse (opened read-only)."""
+    import duckdb
+
+    names = list(entities or replica_settings.ENDPOINTS) + [replica_settings.QUARANTINE_TABLE]
+    out: dict[str, int] = {}
+    con = duckdb.connect(str(warehouse_path()), read_only=True)
+    try:
+        existing = {
+            r[0]
+            for r in con.execute(
+                "select table_name from information_schema.tables where table_schema = ?",
+                [replica_settings.DATASET_NAME],
+            ).fetchall()
+        }
+        for name in names:
+            if name in existing:
+                out[name] = con.execute(
+                    f'select count(*) from {replica_settings.DATASET_NAME}."{name}"'
+                ).fetchone()[0]
+    finally:
+        con.close()
+    return out
+
+
+def run_cycle(select: Sequence[str] | None = None, **load_options: Any) -> tuple[LoadResult, bool]:
+    """One cycle under one lock: load, then ``dbt build``."""
+    progress = load_options.pop("progress", None)
+    with run_lock("run"):
+        result = _load(_source_kwargs(**load_options), progress)
+        return result, _dbt_build(select)
+
+
+def dbt_build(select: Sequence[str] | None = None) -> bool:
+    with run_lock("dbt build"):
+        return _dbt_build(select)
+
+
+def _dbt_build(select: Sequence[str] | None = None) -> bool:
+    """``dbt build`` through dbt's programmatic runner in this process."""
+    from dbt.cli.main import dbtRunner
+
+    args = ["build", "--project-dir", str(PROJECT_ROOT), "--profiles-dir", str(PROJECT_ROOT)]
+    if select:
+        args += ["--select", *select]
+    result = dbtRunner().invoke(args)
+    if result.exception is not None:
+        raise result.exception
+    return bool(result.success)
+
+
+def describe_load(result: LoadResult) -> str:
+    """A load's rows per table beside what raw now holds, for people."""
+    counts = raw_counts()
+    rate = result.total / max(result.seconds, 1e-9)
+    lines = [
+        f"loaded {result.total:,} rows in {result.seconds:.1f} s ({rate:,.0f} rows/s)"
+        f" into {warehouse_path()}",
+        f"  {'table':<14}{'this load':>12}{'in raw':>12}",
+    ]
+    for table in sorted(set(counts) | set(result.rows)):
+        lines.append(f"  {table:<14}{result.rows.get(table, 0):>12,}{counts.get(table, 0):>12,}")
+    if result.quarantined:
+        lines.append(
+            f"  {result.quarantined} record(s) quarantined: see raw.quarantine (column reason)"
+        )
+    return "\n".join(lines)
