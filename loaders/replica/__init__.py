@@ -63,6 +63,10 @@ def _entity_resource(
             initial_value=datetime.fromisoformat(start_date.replace("Z", "+00:00")),
             lag=lookback_seconds or None,
             range_start="closed",
+            # rows read again (boundary, lookback) are deduplicated by the merge, so no
+            # unique-key bookkeeping here; quarantine rows carry a null cursor and pass
+            primary_key=(),
+            on_cursor_value_missing="include",
         ),
     ) -> Iterator[Any]:
         params = {
@@ -79,10 +83,12 @@ def _entity_resource(
                 parsed = parse_page(spec, page[0])
                 if parsed.quarantined:
                     yield dlt.mark.with_hints(
-                        quarantine_table(parsed.quarantined),
+                        quarantine_table(parsed.quarantined, spec.cursor),
                         dlt.mark.make_hints(
                             table_name=settings.QUARANTINE_TABLE,
                             write_disposition="append",
+                            primary_key=[],
+                            merge_key=[],
                         ),
                         create_table_variant=True,
                     )

@@ -215,8 +215,10 @@ def parse_page(spec: EntitySpec, body: bytes) -> ParsedPage:
     return ParsedPage(table if table.num_rows else None, quarantined)
 
 
-def quarantine_table(rows: Iterable[dict[str, Any]]) -> pa.Table:
-    return pa.Table.from_pylist(
+def quarantine_table(rows: Iterable[dict[str, Any]], cursor: str) -> pa.Table:
+    """Rejected records with the reason. The (always null) cursor column lets the table
+    pass the resource's incremental step untouched."""
+    table = pa.Table.from_pylist(
         list(rows),
         schema=pa.schema(
             [
@@ -226,6 +228,10 @@ def quarantine_table(rows: Iterable[dict[str, Any]]) -> pa.Table:
                 ("quarantined_at", pa.timestamp("us", tz="UTC")),
             ]
         ),
+    )
+    return table.append_column(
+        pa.field(cursor, pa.timestamp("us", tz="UTC")),
+        pa.nulls(table.num_rows, pa.timestamp("us", tz="UTC")),
     )
 
 

@@ -1,0 +1,278 @@
+"""The dlt loader against a served simulator: incremental, merged, deletes, late rows,
+crashes, errors and quarantine. Raw must reconcile exactly with the replica."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from loaders import pipeline
+from loaders.replica import ReplicaAuthError, ReplicaUnavailable
+from loaders.replica.settings import ENDPOINTS
+from simulator import faults, store
+from simulator.faults import Faults
+from simulator.generate import generate
+from simulator.platform import Platform
+from tests.conftest import AS_OF, TOKEN, start_simulator
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def warehouse(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty warehouse and dlt working dir of this test's own."""
+    path = tmp_path / "warehouse.duckdb"
+    monkeypatch.setenv("SALESFLOW_DUCKDB_PATH", str(path))
+    monkeypatch.setenv("SALESFLOW_PIPELINES_DIR", str(tmp_path / "dlt"))
+    monkeypatch.setenv("DLT_PROJECT_DIR", str(ROOT))
+    monkeypatch.setenv("RUNTIME__REQUEST_MAX_ATTEMPTS", "3")
+    monkeypatch.setenv("RUNTIME__REQUEST_BACKOFF_FACTOR", "0.1")
+    return path
+
+
+def replica_versions(sim_dir: Path) -> dict[str, set[tuple]]:
+    """(primary key, updated_at in µs) of every row of every entity in the replica."""
+    con = sqlite3.connect(f"file:{sim_dir / store.REPLICA}?mode=ro", uri=True)
+    out = {}
+    for entity, ep in ENDPOINTS.items():
+        rows = con.execute(f"SELECT {ep['primary_key']}, updated_at FROM {entity}").fetchall()
+        out[entity] = {
+            (pk, int(store.parse_iso(ts).timestamp() * 1_000_000)) for pk, ts in rows
+        }
+    con.close()
+    return out
+
+
+def raw_versions(path: Path) -> dict[str, set[tuple]]:
+    con = duckdb.connect(str(path), read_only=True)
+    out = {}
+    for entity, ep in ENDPOINTS.items():
+        rows = con.execute(
+            f"select {ep['primary_key']}, epoch_us(updated_at) from raw.{entity}"
+        ).fetchall()
+        assert len(rows) == len(set(r[0] for r in rows)), f"duplicate keys in raw.{entity}"
+        out[entity] = set(rows)
+    con.close()
+    return out
+
+
+def assert_reconciled(sim_dir: Path, path: Path) -> None:
+    expected, found = replica_versions(sim_dir), raw_versions(path)
+    for entity in ENDPOINTS:
+        missing = expected[entity] - found[entity]
+        extra = found[entity] - expected[entity]
+        assert not missing and not extra, (
+            f"{entity}: {len(missing)} missing, {len(extra)} unexpected; e.g. "
+            f"{sorted(missing)[:3]} / {sorted(extra)[:3]}"
+        )
+
+
+def test_backfill_reconciles_and_second_run_changes_nothing(simulator, warehouse):
+    first = pipeline.load(base_url=simulator.url, token=TOKEN)
+    assert first.total > 0 and first.quarantined == 0
+    assert_reconciled(simulator.dir, warehouse)
+    before = raw_versions(warehouse)
+
+    second = pipeline.load(base_url=simulator.url, token=TOKEN)
+    assert raw_versions(warehouse) == before
+    # only the lookback window is read again, never the whole history
+    assert second.total < first.total / 10
+
+
+def test_deleted_records_are_removed(simulator, warehouse):
+    pipeline.load(base_url=simulator.url, token=TOKEN)
+    con = sqlite3.connect(simulator.dir / store.REPLICA)
+    deleted = con.execute("SELECT entity, record_id FROM deletions").fetchall()
+    assert deleted, "the generated history has deletions"
+    raw = duckdb.connect(str(warehouse), read_only=True)
+    for entity, record_id in deleted:
+        pk = ENDPOINTS[entity]["primary_key"]
+        n = raw.execute(f"select count(*) from raw.{entity} where {pk} = ?", [int(record_id)])
+        assert n.fetchone()[0] == 0, f"{entity} {record_id} was deleted upstream"
+
+
+def test_live_updates_and_deletes_merge_into_current_rows(platform_dir, warehouse):
+    sim = start_simulator(platform_dir, "--rate", "40", "--lag", "0.3")
+    try:
+        pipeline.load(base_url=sim.url, token=TOKEN)
+        time.sleep(4)
+        pipeline.load(base_url=sim.url, token=TOKEN)
+        time.sleep(3)
+    finally:
+        sim.stop()  # flushes the replica
+    # the platform is quiet now: one more load must catch up exactly
+    restarted = start_simulator(platform_dir)
+    try:
+        pipeline.load(base_url=restarted.url, token=TOKEN)
+    finally:
+        restarted.stop()
+    assert_reconciled(platform_dir, warehouse)
+    raw = duckdb.connect(str(warehouse), read_only=True)
+    statuses = dict(raw.execute("select status, count(*) from raw.orders group by 1").fetchall())
+    assert statuses.get("paid", 0) + statuses.get("shipped", 0) > 0, statuses
+
+
+def test_late_committed_row_is_caught_once_by_the_lookback(platform_dir, warehouse):
+    sim = start_simulator(platform_dir)
+    try:
+        pipeline.load(base_url=sim.url, token=TOKEN, lookback_seconds=3600)
+        # a row committed now but stamped 10 minutes before the newest cursor seen
+        platform = Platform(platform_dir)
+        newest = platform.prod.con.execute("SELECT max(updated_at) FROM orders").fetchone()[0]
+        late = store.iso(store.parse_iso(newest) - timedelta(minutes=10))
+        with platform.prod.tx() as (con, seq):
+            con.execute(
+                "UPDATE orders SET status = 'returned', updated_at = ?, _seq = ?"
+                " WHERE order_id = (SELECT min(order_id) FROM orders)",
+                (late, seq),
+            )
+        platform.close()
+        store.replicate(platform_dir)
+        pipeline.load(base_url=sim.url, token=TOKEN, lookback_seconds=3600)
+        pipeline.load(base_url=sim.url, token=TOKEN, lookback_seconds=3600)
+    finally:
+        sim.stop()
+    assert_reconciled(platform_dir, warehouse)
+    raw = duckdb.connect(str(warehouse), read_only=True)
+    status = raw.execute(
+        "select status from raw.orders where order_id = (select min(order_id) from raw.orders)"
+    ).fetchall()
+    assert status == [("returned",)]
+
+
+def test_late_committed_row_is_missed_without_lookback(platform_dir, warehouse):
+    """The reason the lookback exists: without it the late row is never seen."""
+    sim = start_simulator(platform_dir)
+    try:
+        pipeline.load(base_url=sim.url, token=TOKEN, lookback_seconds=0)
+        platform = Platform(platform_dir)
+        newest = platform.prod.con.execute("SELECT max(updated_at) FROM orders").fetchone()[0]
+        late = store.iso(store.parse_iso(newest) - timedelta(minutes=10))
+        with platform.prod.tx() as (con, seq):
+            con.execute(
+                "UPDATE orders SET status = 'returned', updated_at = ?, _seq = ?"
+                " WHERE order_id = (SELECT min(order_id) FROM orders)",
+                (late, seq),
+            )
+        platform.close()
+        store.replicate(platform_dir)
+        pipeline.load(base_url=sim.url, token=TOKEN, lookback_seconds=0)
+    finally:
+        sim.stop()
+    raw = duckdb.connect(str(warehouse), read_only=True)
+    status = raw.execute(
+        "select status from raw.orders where order_id = (select min(order_id) from raw.orders)"
+    ).fetchall()
+    assert status != [("returned",)]
+
+
+def test_load_killed_mid_way_is_completed_by_the_next_run(tmp_path, warehouse):
+    sim_dir = tmp_path / "big"
+    generate(sim_dir, orders=15000, seed=3, as_of=AS_OF, days=30)
+    sim = start_simulator(sim_dir)
+    try:
+        env = {**os.environ, "SOURCES__REPLICA__BASE_URL": sim.url,
+               "SOURCES__REPLICA__TOKEN": TOKEN, "SOURCES__REPLICA__PAGE_SIZE": "2000"}
+        for delay in (0.8, 1.6, 2.4):
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "loaders.cli", "load"], env=env, cwd=ROOT,
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )
+            time.sleep(delay)
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=30)
+        done = subprocess.run(
+            [sys.executable, "-m", "loaders.cli", "load"], env=env, cwd=ROOT,
+            capture_output=True, text=True, timeout=180,
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+    finally:
+        sim.stop()
+    assert_reconciled(sim_dir, warehouse)
+
+
+def test_wrong_token_fails_fast_with_an_auth_error(simulator, warehouse):
+    started = time.monotonic()
+    with pytest.raises(ReplicaAuthError, match="refused the token"):
+        pipeline.load(base_url=simulator.url, token="wrong-token")
+    assert time.monotonic() - started < 10, "no retry storm on 401"
+
+
+def test_cli_reports_auth_error_with_its_own_exit_code(simulator, warehouse):
+    env = {**os.environ, "SOURCES__REPLICA__BASE_URL": simulator.url,
+           "SOURCES__REPLICA__TOKEN": "wrong-token"}
+    done = subprocess.run(
+        [sys.executable, "-m", "loaders.cli", "load"], env=env, cwd=ROOT,
+        capture_output=True, text=True, timeout=60,
+    )
+    assert done.returncode == 3
+    assert "refused the token" in done.stderr
+    assert "wrong-token" not in done.stderr + done.stdout
+
+
+def test_unreachable_api_names_the_url(warehouse):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    with pytest.raises(ReplicaUnavailable, match=f"cannot reach the replica API at {url}"):
+        pipeline.load(base_url=url, token=TOKEN)
+
+
+def test_malformed_records_are_quarantined_not_lost(simulator, warehouse):
+    faults.save(simulator.dir, Faults(malformed_rate=0.05))
+    result = pipeline.load(base_url=simulator.url, token=TOKEN)
+    assert result.quarantined > 0
+    raw = duckdb.connect(str(warehouse), read_only=True)
+    reasons = {
+        r[0].split(":")[0]
+        for r in raw.execute("select distinct reason from raw.quarantine").fetchall()
+    }
+    duplicates = {f"duplicate {ep['primary_key']} in the same page" for ep in ENDPOINTS.values()}
+    assert reasons <= {"wrong type", "null in a required field", *duplicates}
+    assert "wrong type" in reasons or "null in a required field" in reasons
+    entities = {r[0] for r in raw.execute("select distinct entity from raw.quarantine").fetchall()}
+    assert entities <= set(ENDPOINTS)
+    # every replica row is in raw or quarantined (a malformed copy is kept with its
+    # reason); a record whose key itself came null cannot be matched, only counted
+    raw_ids = {e: {k for k, _ in v} for e, v in raw_versions(warehouse).items()}
+    quarantined = raw.execute("select entity, record from raw.quarantine").fetchall()
+    for entity, versions in replica_versions(simulator.dir).items():
+        pk = ENDPOINTS[entity]["primary_key"]
+        records = [json.loads(rec) for e, rec in quarantined if e == entity]
+        q_ids = {r.get(pk) for r in records}
+        keyless = sum(1 for r in records if r.get(pk) is None)
+        lost = {k for k, _ in versions} - raw_ids[entity] - q_ids
+        assert len(lost) <= keyless, f"{entity}: {sorted(lost)[:5]} neither loaded nor quarantined"
+
+
+def test_a_second_concurrent_run_is_refused(simulator, warehouse):
+    with (
+        pipeline.run_lock("test holder"),
+        pytest.raises(pipeline.AlreadyRunning, match="test holder"),
+    ):
+        pipeline.load(base_url=simulator.url, token=TOKEN)
+
+
+def test_dlt_cli_inspects_our_pipeline(simulator, warehouse, tmp_path):
+    pipeline.load(base_url=simulator.url, token=TOKEN)
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / "dlt"), "pipeline", "--pipelines-dir",
+         str(tmp_path / "dlt"), "salesflow_replica", "info"],
+        capture_output=True, text=True, timeout=60, cwd=ROOT,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "orders" in done.stdout
