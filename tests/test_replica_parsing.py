@@ -1,0 +1,115 @@
+"""The loader's page parser: fast path, slow path and every quarantine reason."""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow as pa
+import pytest
+
+from loaders.replica.helpers import EntitySpec, ReplicaError, parse_page
+
+SPEC = EntitySpec(
+    name="orders",
+    path="v1/orders",
+    primary_key="order_id",
+    cursor="updated_at",
+    deleted_marker="deleted_at",
+    fields={
+        "order_id": "integer",
+        "status": "string",
+        "total_cents": "integer",
+        "is_gift": "boolean",
+        "price": "decimal",
+        "updated_at": "timestamp",
+    },
+    required=("order_id", "status", "total_cents", "updated_at"),
+)
+TS = "2026-11-01T10:00:00.123456Z"
+
+
+def page(*records: dict | str) -> bytes:
+    return "\n".join(r if isinstance(r, str) else json.dumps(r) for r in records).encode()
+
+
+def order(i: int, **kw) -> dict:
+    return {"order_id": i, "status": "paid", "total_cents": 100 * (i or 0), "is_gift": False,
+            "price": "1.50", "updated_at": TS, **kw}
+
+
+def test_clean_page_parses_to_typed_arrow():
+    parsed = parse_page(SPEC, page(order(1), order(2)))
+    assert parsed.quarantined == []
+    t = parsed.table
+    assert t.num_rows == 2
+    assert t.schema.field("order_id").type == pa.int64()
+    assert t.schema.field("updated_at").type == pa.timestamp("us", tz="UTC")
+    assert t.schema.field("price").type == pa.string()  # decimals stay exact strings
+    assert "deleted_at" in t.column_names
+
+
+def test_new_fields_are_kept_with_inferred_types():
+    parsed = parse_page(SPEC, page(order(1, coupon_code="VIP15")))
+    assert parsed.table.column("coupon_code").to_pylist() == ["VIP15"]
+
+
+def test_wrong_type_goes_to_quarantine_and_the_rest_loads():
+    parsed = parse_page(SPEC, page(order(1), order(2, total_cents="not-a-number"), order(3)))
+    assert parsed.table.column("order_id").to_pylist() == [1, 3]
+    [bad] = parsed.quarantined
+    assert bad["reason"].startswith("wrong type: total_cents: expected integer")
+    assert json.loads(bad["record"])["order_id"] == 2
+
+
+def test_broken_json_line_is_quarantined_verbatim():
+    parsed = parse_page(SPEC, page(order(1), '{"order_id": 2, "status": '))
+    assert parsed.table.num_rows == 1
+    [bad] = parsed.quarantined
+    assert bad["reason"].startswith("malformed JSON")
+    assert bad["record"] == '{"order_id": 2, "status": '
+
+
+def test_null_in_required_field_or_key_is_quarantined():
+    parsed = parse_page(SPEC, page(order(1, status=None), order(None), order(3)))
+    assert parsed.table.column("order_id").to_pylist() == [3]
+    assert [q["reason"] for q in parsed.quarantined] == ["null in a required field"] * 2
+
+
+def test_tombstones_are_not_required_to_have_fields():
+    tomb = {"order_id": 9, "updated_at": TS, "deleted_at": TS}
+    parsed = parse_page(SPEC, page(order(1), tomb))
+    assert parsed.quarantined == []
+    assert parsed.table.column("order_id").to_pylist() == [1, 9]
+
+
+def test_duplicate_key_in_one_page_keeps_the_first():
+    parsed = parse_page(SPEC, page(order(1), order(2), order(1, status="shipped")))
+    assert parsed.table.column("order_id").to_pylist() == [1, 2]
+    [dup] = parsed.quarantined
+    assert dup["reason"] == "duplicate order_id in the same page"
+    assert json.loads(dup["record"])["status"] == "shipped"
+
+
+def test_bad_timestamp_and_boolean_are_type_errors():
+    parsed = parse_page(SPEC, page(order(1, updated_at="yesterday"), order(2, is_gift="yes")))
+    assert parsed.table is None
+    reasons = sorted(q["reason"] for q in parsed.quarantined)
+    assert reasons[0].startswith("wrong type: is_gift: expected boolean")
+    assert reasons[1].startswith("wrong type: updated_at: expected timestamp")
+
+
+def test_empty_page():
+    assert parse_page(SPEC, b"").table is None
+
+
+def test_missing_key_field_is_a_configuration_error():
+    with pytest.raises(ReplicaError, match="no 'order_id' field"):
+        parse_page(EntitySpec("orders", "v1/orders", "order_id", "updated_at"),
+                   page({"id": 1, "updated_at": TS}))
+
+
+def test_hostile_field_names_are_data_not_sql():
+    rec = order(1, **{"x'; drop table raw.orders; --": 1, "ünï \"quoted\"": "v"})
+    parsed = parse_page(SPEC, page(rec))
+    assert parsed.quarantined == []
+    assert "x'; drop table raw.orders; --" in parsed.table.column_names
