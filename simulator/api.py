@@ -68,6 +68,8 @@ def decode_cursor(cursor: str) -> tuple[str, object]:
     try:
         pad = "=" * (-len(cursor) % 4)
         updated_at, key = json.loads(base64.urlsafe_b64decode(cursor + pad))
+        if not isinstance(updated_at, str) or not isinstance(key, (str, int)):
+            raise TypeError("a cursor holds an updated_at string and a key")
         store.parse_iso(updated_at)
         return updated_at, key
     except (ValueError, TypeError, binascii.Error) as exc:
@@ -344,12 +346,15 @@ def _page(
     e = ENTITIES[entity]
     pk = e.primary_key
     _, expr = replica.shape(entity)
+    # an index range scan from the later of updated_since and the cursor, so that every
+    # page costs the same however deep into the listing it is
+    lower = max(filter(None, (updated_since, after[0] if after else None)), default=None)
     where, args = [], []
-    if updated_since:
+    if lower:
         where.append("updated_at >= ?")
-        args.append(updated_since)
+        args.append(lower)
     if after:
-        where.append(f"(updated_at, {pk}) > (?, ?)")
+        where.append(f"(updated_at > ? OR {pk} > ?)")
         args.extend(after)
     sql = (
         f"SELECT updated_at, {pk}, {expr} FROM {entity}"
@@ -361,11 +366,11 @@ def _page(
     if e.deletable:
         key_sql = "CAST(record_id AS INTEGER)" if e.field(pk).type == "integer" else "record_id"
         dwhere, dargs = ["entity = ?"], [entity]
-        if updated_since:
+        if lower:
             dwhere.append("deleted_at >= ?")
-            dargs.append(updated_since)
+            dargs.append(lower)
         if after:
-            dwhere.append(f"(deleted_at, {key_sql}) > (?, ?)")
+            dwhere.append(f"(deleted_at > ? OR {key_sql} > ?)")
             dargs.extend(after)
         tomb = con.execute(
             f"SELECT deleted_at, {key_sql}, json_object('{pk}', {key_sql}, 'updated_at',"

@@ -188,6 +188,13 @@ def replicate(
         ).fetchone()[0]
         if upto is None:
             return last
+        # Rows are copied as production holds them now, i.e. in its newest shape: so the
+        # replica takes every schema change before copying rows, and a schema change that
+        # is committed but not due yet holds replication back until it is due.
+        if con.execute(
+            "SELECT 1 FROM p.txlog WHERE seq > ? AND ddl IS NOT NULL LIMIT 1", (upto,)
+        ).fetchone():
+            return last
         ddls = con.execute(
             "SELECT seq, ddl FROM p.txlog WHERE seq > ? AND seq <= ? AND ddl IS NOT NULL"
             " ORDER BY seq",
@@ -195,13 +202,10 @@ def replicate(
         ).fetchall()
         con.execute("BEGIN IMMEDIATE")
         try:
-            lo = last
-            for seq, ddl in ddls:
-                _copy_rows(con, lo, seq - 1)
+            for _, ddl in ddls:
                 for statement in json.loads(ddl):
                     con.execute(statement)
-                lo = seq - 1
-            _copy_rows(con, lo, upto)
+            _copy_rows(con, last, upto)
             con.execute("UPDATE replication_state SET last_seq = ?", (upto,))
             con.execute("COMMIT")
         except BaseException:
