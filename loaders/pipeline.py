@@ -38,6 +38,9 @@ log = logging.getLogger(__name__)
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
+DUCKDB_MEMORY_LIMIT = os.environ.get("SALESFLOW_DUCKDB_MEMORY_LIMIT", "600MB")
+
+
 def warehouse_path() -> Path:
     return Path(os.environ.get("SALESFLOW_DUCKDB_PATH", "data/warehouse.duckdb"))
 
@@ -84,7 +87,13 @@ def make_pipeline(progress: str | None = None) -> dlt.Pipeline:
     path.parent.mkdir(parents=True, exist_ok=True)
     return dlt.pipeline(
         pipeline_name=replica_settings.PIPELINE_NAME,
-        destination=dlt.destinations.duckdb(str(path)),
+        destination=dlt.destinations.duckdb(
+            {
+                "database": str(path),
+                # bounded, so a large backfill's merge spills to disk instead of growing
+                "global_config": {"memory_limit": DUCKDB_MEMORY_LIMIT},
+            }
+        ),
         dataset_name=replica_settings.DATASET_NAME,
         pipelines_dir=str(pipelines_dir()),
         progress=progress,  # type: ignore[arg-type]

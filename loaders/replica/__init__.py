@@ -33,6 +33,7 @@ from loaders.replica.helpers import (
     ReplicaUnavailable,
     api_schema,
     parse_page,
+    prefetch,
     quarantine_table,
     raise_for_api_status,
 )
@@ -77,9 +78,10 @@ def _entity_resource(
             cursor_key=settings.NEXT_CURSOR_HEADER, cursor_param=settings.PARAM_CURSOR
         )
         try:
-            for page in client.paginate(
+            pages = client.paginate(
                 spec.path, params=params, paginator=paginator, headers={"Accept": NDJSON}
-            ):
+            )
+            for page in prefetch(pages):
                 parsed = parse_page(spec, page[0])
                 if parsed.quarantined:
                     yield dlt.mark.with_hints(

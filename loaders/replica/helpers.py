@@ -12,7 +12,9 @@ from __future__ import annotations
 import io
 import json
 import logging
-from collections.abc import Iterable
+import queue
+import threading
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -58,6 +60,46 @@ class NdjsonClient(RESTClient):
 
     def extract_response(self, response: Response, data_selector: Any) -> list[Any]:
         return [response.content]
+
+
+_DONE = object()
+
+
+def prefetch(pages: Iterable[Any], depth: int = 2) -> Iterator[Any]:
+    """Iterate ``pages`` in a background thread, ``depth`` pages ahead, so the next
+    request is in flight while the current page is parsed (both release the GIL).
+    Errors surface in the consumer; closing the consumer stops the producer."""
+    q: queue.Queue[Any] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for page in pages:
+                while not stop.is_set():
+                    try:
+                        q.put((page, None), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put((_DONE, None))
+        except BaseException as exc:  # handed over to the consumer, never swallowed
+            q.put((_DONE, exc))
+
+    worker = threading.Thread(target=produce, name="salesflow-prefetch", daemon=True)
+    worker.start()
+    try:
+        while True:
+            page, exc = q.get()
+            if page is _DONE:
+                if exc is not None:
+                    raise exc
+                return
+            yield page
+    finally:
+        stop.set()
+        worker.join(timeout=5)
 
 
 @dataclass
