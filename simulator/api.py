@@ -37,8 +37,8 @@ from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
-from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi import Depends, FastAPI, Header, HTTPException, Query
+from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from simulator import store
@@ -192,30 +192,7 @@ def create_app(
         description="Read access to the sales platform's read replica.",
     )
 
-    @app.middleware("http")
-    async def inject_faults(request: Request, call_next):
-        f = faults.get()
-        left = f.maintenance_left()
-        if left > 0:
-            return JSONResponse(
-                {"error": "maintenance", "detail": "planned maintenance in progress"},
-                status_code=503,
-                headers={"Retry-After": str(math.ceil(left))},
-            )
-        if f.slow_ms:
-            await asyncio.sleep(f.slow_ms / 1000)
-        if request.url.path.startswith("/v1/"):
-            if f.error_rate and rng.random() < f.error_rate:
-                code = rng.choice((500, 502, 503, 504))
-                return JSONResponse({"error": "injected server error"}, status_code=code)
-            if f.rate_limit_rate and rng.random() < f.rate_limit_rate:
-                return JSONResponse(
-                    {"error": "rate limited"}, status_code=429, headers={"Retry-After": "1"}
-                )
-        response = await call_next(request)
-        if request.url.path.startswith("/v1/") and f.drop_rate and rng.random() < f.drop_rate:
-            return _dropped(response)
-        return response
+    app.add_middleware(FaultMiddleware, faults=faults, rng=rng)
 
     def authorize(
         creds: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)],
@@ -383,16 +360,54 @@ def _page(
     return rows[:limit], len(rows) > limit
 
 
-def _dropped(response: Response) -> StreamingResponse:
-    """The same response, cut off halfway: the client sees the connection drop."""
+class FaultMiddleware:
+    """Injects the faults in force (a plain ASGI middleware: response bodies pass
+    through untouched, so large pages cost nothing extra)."""
 
-    async def body():
-        chunks = []
-        async for chunk in response.body_iterator:
-            chunks.append(chunk)
-        data = b"".join(c if isinstance(c, bytes) else c.encode() for c in chunks)
-        yield data[: len(data) // 2]
-        raise ConnectionAbortedError("injected fault: connection dropped mid-response")
+    def __init__(self, app, faults: FaultWatcher, rng: random.Random) -> None:
+        self.app, self.faults, self.rng = app, faults, rng
 
-    headers = {k: v for k, v in response.headers.items() if k.lower() != "content-length"}
-    return StreamingResponse(body(), status_code=response.status_code, headers=headers)
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        f = self.faults.get()
+        left = f.maintenance_left()
+        if left > 0:
+            response = JSONResponse(
+                {"error": "maintenance", "detail": "planned maintenance in progress"},
+                status_code=503,
+                headers={"Retry-After": str(math.ceil(left))},
+            )
+            await response(scope, receive, send)
+            return
+        if f.slow_ms:
+            await asyncio.sleep(f.slow_ms / 1000)
+        if not scope["path"].startswith("/v1/"):
+            await self.app(scope, receive, send)
+            return
+        if f.error_rate and self.rng.random() < f.error_rate:
+            code = self.rng.choice((500, 502, 503, 504))
+            await JSONResponse({"error": "injected server error"}, code)(scope, receive, send)
+            return
+        if f.rate_limit_rate and self.rng.random() < f.rate_limit_rate:
+            response = JSONResponse(
+                {"error": "rate limited"}, status_code=429, headers={"Retry-After": "1"}
+            )
+            await response(scope, receive, send)
+            return
+        if f.drop_rate and self.rng.random() < f.drop_rate:
+
+            async def dropping_send(message) -> None:
+                if message["type"] == "http.response.body":
+                    body = message.get("body", b"")
+                    await send(
+                        {"type": "http.response.body", "body": body[: len(body) // 2],
+                         "more_body": True}
+                    )
+                    raise ConnectionAbortedError("injected fault: connection dropped mid-body")
+                await send(message)
+
+            await self.app(scope, receive, dropping_send)
+            return
+        await self.app(scope, receive, send)

@@ -254,7 +254,12 @@ def parse_page(spec: EntitySpec, body: bytes) -> ParsedPage:
                 _quarantine_row(spec, f"duplicate {pk} in the same page", rec)
             )
         table = table.filter(keep_arr)
-    return ParsedPage(table if table.num_rows else None, quarantined)
+    if not table.num_rows:
+        return ParsedPage(None, quarantined)
+    # the key is never null past this point: say so, as dlt's schema does
+    key = table.schema.get_field_index(pk)
+    table = table.cast(table.schema.set(key, table.schema.field(key).with_nullable(False)))
+    return ParsedPage(table, quarantined)
 
 
 def quarantine_table(rows: Iterable[dict[str, Any]], cursor: str) -> pa.Table:
