@@ -122,22 +122,27 @@ def test_live_updates_and_deletes_merge_into_current_rows(platform_dir, warehous
     assert statuses.get("paid", 0) + statuses.get("shipped", 0) > 0, statuses
 
 
+def commit_late_update(platform_dir: Path) -> None:
+    """Commit now an update stamped 10 minutes before the newest cursor (a long
+    transaction), as the first order's return, and replicate it."""
+    platform = Platform(platform_dir)
+    newest = platform.prod.con.execute("SELECT max(updated_at) FROM orders").fetchone()[0]
+    late = store.iso(store.parse_iso(newest) - timedelta(minutes=10))
+    with platform.prod.tx() as (con, seq):
+        con.execute(
+            "UPDATE orders SET status = 'returned', updated_at = ?, _seq = ?"
+            " WHERE order_id = (SELECT min(order_id) FROM orders)",
+            (late, seq),
+        )
+    platform.close()
+    store.replicate(platform_dir)
+
+
 def test_late_committed_row_is_caught_once_by_the_lookback(platform_dir, warehouse):
     sim = start_simulator(platform_dir)
     try:
         pipeline.load(base_url=sim.url, token=TOKEN, lookback_seconds=3600)
-        # a row committed now but stamped 10 minutes before the newest cursor seen
-        platform = Platform(platform_dir)
-        newest = platform.prod.con.execute("SELECT max(updated_at) FROM orders").fetchone()[0]
-        late = store.iso(store.parse_iso(newest) - timedelta(minutes=10))
-        with platform.prod.tx() as (con, seq):
-            con.execute(
-                "UPDATE orders SET status = 'returned', updated_at = ?, _seq = ?"
-                " WHERE order_id = (SELECT min(order_id) FROM orders)",
-                (late, seq),
-            )
-        platform.close()
-        store.replicate(platform_dir)
+        commit_late_update(platform_dir)
         pipeline.load(base_url=sim.url, token=TOKEN, lookback_seconds=3600)
         pipeline.load(base_url=sim.url, token=TOKEN, lookback_seconds=3600)
     finally:
@@ -155,17 +160,7 @@ def test_late_committed_row_is_missed_without_lookback(platform_dir, warehouse):
     sim = start_simulator(platform_dir)
     try:
         pipeline.load(base_url=sim.url, token=TOKEN, lookback_seconds=0)
-        platform = Platform(platform_dir)
-        newest = platform.prod.con.execute("SELECT max(updated_at) FROM orders").fetchone()[0]
-        late = store.iso(store.parse_iso(newest) - timedelta(minutes=10))
-        with platform.prod.tx() as (con, seq):
-            con.execute(
-                "UPDATE orders SET status = 'returned', updated_at = ?, _seq = ?"
-                " WHERE order_id = (SELECT min(order_id) FROM orders)",
-                (late, seq),
-            )
-        platform.close()
-        store.replicate(platform_dir)
+        commit_late_update(platform_dir)
         pipeline.load(base_url=sim.url, token=TOKEN, lookback_seconds=0)
     finally:
         sim.stop()
