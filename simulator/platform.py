@@ -35,6 +35,10 @@ log = logging.getLogger(__name__)
 TRANSITIONS = {"placed": ("paid", 2.0), "paid": ("shipped", 30.0), "shipped": ("delivered", 60.0)}
 
 
+class AlreadyApplied(ValueError):
+    pass
+
+
 @dataclass
 class Activity:
     """What one or more ticks wrote, by entity."""
@@ -364,18 +368,23 @@ class Platform:
         ).fetchall()
         applied = []
         for (name,) in due:
-            self.apply(name)
-            applied.append(name)
+            try:
+                self.apply(name)
+                applied.append(name)
+            except AlreadyApplied:  # another writer got there first
+                self._refresh_shape()
         return applied
 
     def apply(self, name: str) -> None:
+        """Apply an evolution now. The check and the change are one transaction, so two
+        writers cannot both apply it; the loser gets AlreadyApplied."""
         evo = EVOLUTIONS[name]
-        row = self.prod.con.execute(
-            "SELECT applied_at FROM evolutions WHERE name = ?", (name,)
-        ).fetchone()
-        if row and row[0]:
-            raise ValueError(f"evolution {name!r} was already applied at {row[0]}")
         with self.prod.tx(ddl=json.dumps(list(evo.ddl))) as (con, seq):
+            row = con.execute(
+                "SELECT applied_at FROM evolutions WHERE name = ?", (name,)
+            ).fetchone()
+            if row and row[0]:
+                raise AlreadyApplied(f"evolution {name!r} was already applied at {row[0]}")
             for statement in evo.ddl:
                 con.execute(statement)
             now = store.utcnow()

@@ -181,40 +181,46 @@ def replicate(
         attached = {r[1] for r in con.execute("PRAGMA database_list")}
         if "p" not in attached:
             con.execute("ATTACH DATABASE ? AS p", (str(d / PRODUCTION),))
-        last = con.execute("SELECT last_seq FROM replication_state").fetchone()[0]
-        horizon = iso(utcnow() - timedelta(seconds=lag))
-        upto = con.execute(
-            "SELECT max(seq) FROM p.txlog WHERE seq > ? AND committed_at <= ?", (last, horizon)
-        ).fetchone()[0]
-        if upto is None:
-            return last
-        # Rows are copied as production holds them now, i.e. in its newest shape: so the
-        # replica takes every schema change before copying rows, and a schema change that
-        # is committed but not due yet holds replication back until it is due.
-        if con.execute(
-            "SELECT 1 FROM p.txlog WHERE seq > ? AND ddl IS NOT NULL LIMIT 1", (upto,)
-        ).fetchone():
-            return last
-        ddls = con.execute(
-            "SELECT seq, ddl FROM p.txlog WHERE seq > ? AND seq <= ? AND ddl IS NOT NULL"
-            " ORDER BY seq",
-            (last, upto),
-        ).fetchall()
+        # the replica's position is read inside the write transaction: two replicators
+        # (the platform and a one-off `sim evolve`) never replay the same changes twice
         con.execute("BEGIN IMMEDIATE")
         try:
-            for _, ddl in ddls:
-                for statement in json.loads(ddl):
-                    con.execute(statement)
-            _copy_rows(con, last, upto)
-            con.execute("UPDATE replication_state SET last_seq = ?", (upto,))
+            last = _replicate_due(con, lag)
             con.execute("COMMIT")
         except BaseException:
             con.execute("ROLLBACK")
             raise
-        return upto
+        return last
     finally:
         if own:
             con.close()
+
+
+def _replicate_due(con: sqlite3.Connection, lag: float) -> int:
+    last = con.execute("SELECT last_seq FROM replication_state").fetchone()[0]
+    horizon = iso(utcnow() - timedelta(seconds=lag))
+    upto = con.execute(
+        "SELECT max(seq) FROM p.txlog WHERE seq > ? AND committed_at <= ?", (last, horizon)
+    ).fetchone()[0]
+    if upto is None:
+        return last
+    # Rows are copied as production holds them now, i.e. in its newest shape: so the
+    # replica takes every schema change before copying rows, and a schema change that
+    # is committed but not due yet holds replication back until it is due.
+    if con.execute(
+        "SELECT 1 FROM p.txlog WHERE seq > ? AND ddl IS NOT NULL LIMIT 1", (upto,)
+    ).fetchone():
+        return last
+    ddls = con.execute(
+        "SELECT ddl FROM p.txlog WHERE seq > ? AND seq <= ? AND ddl IS NOT NULL ORDER BY seq",
+        (last, upto),
+    ).fetchall()
+    for (ddl,) in ddls:
+        for statement in json.loads(ddl):
+            con.execute(statement)
+    _copy_rows(con, last, upto)
+    con.execute("UPDATE replication_state SET last_seq = ?", (upto,))
+    return upto
 
 
 def _copy_rows(con: sqlite3.Connection, lo: int, hi: int) -> None:
