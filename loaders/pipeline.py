@@ -112,6 +112,18 @@ class LoadResult:
         return sum(v for k, v in self.rows.items() if k != replica_settings.QUARANTINE_TABLE)
 
 
+def known_types(pipeline: dlt.Pipeline) -> dict[str, dict[str, str]]:
+    """Column data types of the raw tables loaded so far (table -> column -> type)."""
+    if replica_settings.SOURCE_NAME not in pipeline.schema_names:
+        return {}
+    schema = pipeline.schemas[replica_settings.SOURCE_NAME]
+    return {
+        table: {c: col["data_type"] for c, col in t["columns"].items() if col.get("data_type")}
+        for table, t in schema.tables.items()
+        if not table.startswith("_dlt")
+    }
+
+
 def root_cause(exc: BaseException) -> BaseException:
     """The replica error behind dlt's step wrappers, if there is one."""
     seen = set()
@@ -153,7 +165,8 @@ def _load(kwargs: dict[str, Any], progress: str | None = None) -> LoadResult:
     started = time.perf_counter()
     pipeline = make_pipeline(progress)
     try:
-        info = pipeline.run(replica_source(**kwargs), loader_file_format="parquet")
+        source = replica_source(**kwargs, known_types=known_types(pipeline))
+        info = pipeline.run(source, loader_file_format="parquet")
     except PipelineStepFailed as exc:
         cause = root_cause(exc)
         if isinstance(cause, ReplicaError):

@@ -17,6 +17,7 @@ import requests
 from simulator.generate import generate
 from simulator.server import read_server_file
 
+ROOT = Path(__file__).resolve().parent.parent
 AS_OF = datetime(2026, 11, 1, tzinfo=timezone.utc)
 TOKEN = "test-token-5f3a"
 
@@ -89,3 +90,15 @@ def simulator(platform_dir: Path) -> Iterator[Simulator]:
     sim = start_simulator(platform_dir)
     yield sim
     sim.stop()
+
+
+@pytest.fixture
+def warehouse(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty warehouse and dlt working dir of this test's own; quick retries."""
+    path = tmp_path / "warehouse.duckdb"
+    monkeypatch.setenv("SALESFLOW_DUCKDB_PATH", str(path))
+    monkeypatch.setenv("SALESFLOW_PIPELINES_DIR", str(tmp_path / "dlt"))
+    monkeypatch.setenv("DLT_PROJECT_DIR", str(ROOT))
+    monkeypatch.setenv("RUNTIME__REQUEST_MAX_ATTEMPTS", "3")
+    monkeypatch.setenv("RUNTIME__REQUEST_BACKOFF_FACTOR", "0.1")
+    return path

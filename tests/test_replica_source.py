@@ -28,18 +28,6 @@ from tests.conftest import AS_OF, TOKEN, start_simulator
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture
-def warehouse(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """An empty warehouse and dlt working dir of this test's own."""
-    path = tmp_path / "warehouse.duckdb"
-    monkeypatch.setenv("SALESFLOW_DUCKDB_PATH", str(path))
-    monkeypatch.setenv("SALESFLOW_PIPELINES_DIR", str(tmp_path / "dlt"))
-    monkeypatch.setenv("DLT_PROJECT_DIR", str(ROOT))
-    monkeypatch.setenv("RUNTIME__REQUEST_MAX_ATTEMPTS", "3")
-    monkeypatch.setenv("RUNTIME__REQUEST_BACKOFF_FACTOR", "0.1")
-    return path
-
-
 def replica_versions(sim_dir: Path) -> dict[str, set[tuple]]:
     """(primary key, updated_at in µs) of every row of every entity in the replica."""
     con = sqlite3.connect(f"file:{sim_dir / store.REPLICA}?mode=ro", uri=True)
@@ -291,3 +279,32 @@ def test_maintenance_longer_than_the_retries_fails_as_unavailable(
     faults.save(simulator.dir, Faults(maintenance_until=faults.window(600)))
     with pytest.raises(ReplicaUnavailable, match="answered 503"):
         pipeline.load(base_url=simulator.url, token=TOKEN)
+
+
+def test_a_type_change_upstream_loads_into_a_variant_column(simulator, warehouse):
+    """products.price turns from integer cents into a decimal string: new values go to
+    price__v_text exactly as sent, old values stay in price untouched."""
+    pipeline.load(base_url=simulator.url, token=TOKEN)
+    platform = Platform(simulator.dir)
+    platform.apply("restructure")
+    with platform.prod.tx() as (con, seq):
+        con.execute(
+            "UPDATE products SET price = '176.99', updated_at = ?, _seq = ? WHERE product_id = 1",
+            (store.iso(store.utcnow()), seq),
+        )
+    platform.close()
+    store.replicate(simulator.dir)
+    pipeline.load(base_url=simulator.url, token=TOKEN)
+    raw = duckdb.connect(str(warehouse), read_only=True)
+    cols = dict(raw.execute(
+        "select column_name, data_type from information_schema.columns"
+        " where table_schema = 'raw' and table_name = 'products'"
+    ).fetchall())
+    assert cols["price"] == "BIGINT" and cols["price__v_text"] == "VARCHAR"
+    price, price_text, line = raw.execute(
+        "select price, price__v_text, product_line from raw.products where product_id = 1"
+    ).fetchone()
+    assert (price, price_text) == (None, "176.99") and " / " in line
+    assert raw.execute(
+        "select count(*) from raw.products where price is not null"
+    ).fetchone()[0] > 0, "older rows keep their integer cents"

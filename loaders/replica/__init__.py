@@ -13,6 +13,7 @@ records go to the ``quarantine`` table with the reason, never silently away.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator, Sequence
 from datetime import datetime
 from typing import Any
@@ -37,6 +38,8 @@ from loaders.replica.helpers import (
     quarantine_table,
     raise_for_api_status,
 )
+
+log = logging.getLogger(__name__)
 
 __all__ = ["replica_source", "ReplicaError", "ReplicaAuthError", "ReplicaUnavailable"]
 
@@ -131,8 +134,13 @@ def replica_source(
     lookback_seconds: float = 30.0,
     endpoints: dict[str, settings.Endpoint] | None = None,
     entities: Sequence[str] | None = None,
+    known_types: dict[str, dict[str, str]] | None = None,
 ) -> Any:
-    """All entities of the replica API (or just ``entities``), as incremental resources."""
+    """All entities of the replica API (or just ``entities``), as incremental resources.
+
+    ``known_types`` (table -> column -> dlt data type, from the pipeline's schema) lets a
+    field whose type changed upstream load into a variant column instead of being
+    coerced into the old one."""
     if not base_url.startswith(("http://", "https://")):
         raise ReplicaError(f"base_url must be an http(s) URL, got {base_url!r}")
     if not 1 <= page_size <= 1_000_000:
@@ -160,7 +168,9 @@ def replica_source(
             deleted_marker=ep.get("deleted_marker"),
             fields={f["name"]: f["type"] for f in described.get("fields", [])},
             required=tuple(f["name"] for f in described.get("fields", []) if f.get("required")),
-        )
+        ).with_variants((known_types or {}).get(name, {}))
+        if spec.variants:
+            log.warning("%s: type changed upstream, loading %s", name, spec.variants)
         resources.append(
             _entity_resource(
                 _client(base_url, token), spec, page_size, start_date, lookback_seconds

@@ -39,6 +39,16 @@ ARROW_TYPES: dict[str, pa.DataType] = {
 }
 
 
+# the dlt data type each API type lands as
+DLT_TYPES: dict[str, str] = {
+    "integer": "bigint",
+    "string": "text",
+    "boolean": "bool",
+    "timestamp": "timestamp",
+    "decimal": "text",
+}
+
+
 class ReplicaError(RuntimeError):
     """A problem with the replica API, explained for the person running the load."""
 
@@ -114,6 +124,20 @@ class EntitySpec:
     # from the API's schema endpoint; empty when the API has none (types are inferred)
     fields: dict[str, str] = field(default_factory=dict)
     required: tuple[str, ...] = ()
+    # fields whose type changed upstream -> the variant column they now load into
+    variants: dict[str, str] = field(default_factory=dict)
+
+    def with_variants(self, known: dict[str, str]) -> EntitySpec:
+        """Route a field whose API type no longer matches its raw column (``known``:
+        column -> dlt data type) to a variant column ``<field>__v_<type>``, as dlt does
+        for rows of dicts: the old column keeps its type and values, nothing is cast."""
+        variants = {}
+        for name, api_type in self.fields.items():
+            old, new = known.get(name), DLT_TYPES.get(api_type)
+            if old and new and old != new:
+                variants[name] = f"{name}__v_{new}"
+        self.variants = variants
+        return self
 
     def arrow_schema(self) -> pa.Schema | None:
         if not self.fields:
@@ -259,6 +283,8 @@ def parse_page(spec: EntitySpec, body: bytes) -> ParsedPage:
     # the key is never null past this point: say so, as dlt's schema does
     key = table.schema.get_field_index(pk)
     table = table.cast(table.schema.set(key, table.schema.field(key).with_nullable(False)))
+    if spec.variants:
+        table = table.rename_columns([spec.variants.get(n, n) for n in table.column_names])
     return ParsedPage(table, quarantined)
 
 

@@ -52,4 +52,5 @@ NEXT_CURSOR_HEADER = "X-Next-Cursor"
 
 QUARANTINE_TABLE = "quarantine"
 PIPELINE_NAME = "salesflow_replica"
+SOURCE_NAME = "replica"  # the dlt source, and so the name of its schema
 DATASET_NAME = "raw"
