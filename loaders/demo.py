@@ -82,11 +82,12 @@ def demo(orders: int = 3000, live_seconds: float = 5.0) -> int:
 
     _step("done")
     wh = pipeline.warehouse_path()
-    print(f"  warehouse:      {wh}  (raw tables in schema raw)")
+    print(f"  warehouse:      {wh}  (schemas raw, staging, marts)")
     print(f"  dlt pipeline:   dlt pipeline --pipelines-dir {pipeline.pipelines_dir()} "
           f"salesflow_replica info")
     print(f"  query it:       .venv/bin/python -c \"import duckdb; "
-          f"print(duckdb.connect('{wh}', read_only=True).sql('select status, count(*) "
-          f"from raw.orders group by 1'))\"")
+          f"print(duckdb.connect('{wh}', read_only=True).sql('select * "
+          f"from marts.product_sales_daily order by revenue_usd desc limit 10'))\"")
+    print("  or with dbt:    .venv/bin/dbt show --select product_sales_daily")
     return 0
 

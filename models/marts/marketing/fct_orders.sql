@@ -1,0 +1,73 @@
+{{
+    config(
+        materialized='incremental',
+        incremental_strategy='delete+insert',
+        unique_key='order_id',
+        on_schema_change='append_new_columns',
+        post_hook=[
+            "delete from {{ this }} where order_id not in"
+            " (select order_id from {{ ref('stg_replica__orders') }})",
+        ],
+    )
+}}
+
+with
+
+orders as (
+
+    select * from {{ ref('stg_replica__orders') }}
+    {% if is_incremental() %}
+        -- rows changed since the last build, and a lookback for late commits
+        where updated_at >= (
+            select max(built.updated_at) - {{ lookback_interval() }}
+            from {{ this }} as built
+        )
+    {% endif %}
+
+),
+
+marketing_calendar as (
+
+    select * from {{ ref('marketing_calendar') }}
+
+),
+
+final as (
+
+    select
+        orders.order_id,
+        orders.customer_id,
+        orders.region_id,
+        orders.session_id,
+        orders.order_status,
+        orders.currency_code,
+        orders.channel,
+        orders.utm_source,
+        orders.utm_medium,
+        orders.utm_campaign,
+        orders.coupon_code,
+        orders.subtotal_amount,
+        orders.discount_amount,
+        orders.shipping_amount,
+        orders.total_amount,
+        orders.subtotal_amount_usd,
+        orders.discount_amount_usd,
+        orders.shipping_amount_usd,
+        orders.total_amount_usd,
+        orders.is_cancelled,
+        orders.is_returned,
+        marketing_calendar.campaign is not null as is_in_campaign_window,
+        cast(orders.ordered_at as date) as order_date,
+        orders.ordered_at,
+        orders.updated_at
+
+    from orders
+    left join marketing_calendar
+        on
+            orders.utm_campaign = marketing_calendar.campaign
+            and cast(orders.ordered_at as date)
+            between marketing_calendar.start_date and marketing_calendar.end_date
+
+)
+
+select * from final

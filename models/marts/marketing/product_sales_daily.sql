@@ -1,0 +1,122 @@
+{{
+    config(
+        materialized='incremental',
+        incremental_strategy='delete+insert',
+        unique_key='sales_date',
+        on_schema_change='append_new_columns',
+        post_hook=[
+            "delete from {{ this }} where sales_date not in"
+            " (select distinct cast(sales_hour as date)"
+            " from {{ ref('product_sales_hourly') }})",
+        ],
+    )
+}}
+
+with
+
+hourly as (
+
+    select
+        *,
+        cast(sales_hour as date) as sales_date
+    from {{ ref('product_sales_hourly') }}
+
+),
+
+{% if is_incremental() %}
+    changed_days as (
+
+        -- days with an hour rebuilt since the last build, with a lookback
+        select distinct sales_date
+        from hourly
+        where last_source_updated_at >= (
+            select max(built.last_source_updated_at) - {{ lookback_interval() }}
+            from {{ this }} as built
+        )
+
+    ),
+
+    built_units as (
+
+        select
+            sales_date,
+            sum(units) as units
+        from {{ this }}
+        group by sales_date
+
+    ),
+
+    current_units as (
+
+        select
+            sales_date,
+            sum(units) as units
+        from hourly
+        group by sales_date
+
+    ),
+
+    stale_days as (
+
+        -- a deleted or cancelled order changes a day's units without a changed hour row
+        select current_units.sales_date
+        from current_units
+        left join built_units
+            on current_units.sales_date = built_units.sales_date
+        where built_units.units is distinct from current_units.units
+
+    ),
+
+    affected_days as (
+
+        select sales_date from changed_days
+        union
+        select sales_date from stale_days
+
+    ),
+{% endif %}
+
+selected_hours as (
+
+    select * from hourly
+    {% if is_incremental() %}
+        where sales_date in (select affected.sales_date from affected_days as affected)
+    {% endif %}
+
+),
+
+aggregated as (
+
+    -- an order falls in exactly one hour, so hourly order counts add up to the day
+    select
+        sales_date,
+        product_line,
+        region_id,
+        channel,
+        sum(orders) as orders,
+        sum(units) as units,
+        sum(revenue_usd) as revenue_usd,
+        max(last_source_updated_at) as last_source_updated_at
+    from selected_hours
+    group by sales_date, product_line, region_id, channel
+
+),
+
+final as (
+
+    select
+        {{ surrogate_key(['sales_date', 'product_line', 'region_id', 'channel']) }}
+            as product_sales_daily_id,
+        product_line,
+        region_id,
+        channel,
+        cast(orders as bigint) as orders,
+        cast(units as bigint) as units,
+        cast(revenue_usd as decimal(18, 2)) as revenue_usd,
+        sales_date,
+        last_source_updated_at
+    from aggregated
+
+)
+
+select * from final

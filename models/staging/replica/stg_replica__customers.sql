@@ -1,0 +1,35 @@
+{%- set customers = source('replica', 'customers') -%}
+
+with
+
+source as (
+
+    select * from {{ customers }}
+
+),
+
+renamed as (
+
+    select
+        customer_id,
+        region_id,
+        acquisition_channel,
+        {{ hash_pii('email') }} as email_hash,
+        -- restructure: first/last name became full_name (old rows keep the old pair)
+        {{ hash_pii(
+            "coalesce(nullif(trim(" ~ column_or_null(customers, 'full_name', 'varchar')
+            ~ "), ''), nullif(trim(concat_ws(' ', "
+            ~ column_or_null(customers, 'first_name', 'varchar') ~ ", "
+            ~ column_or_null(customers, 'last_name', 'varchar') ~ ")), ''))"
+        ) }} as customer_name_hash,
+        phone is not null as has_phone,
+        is_marketing_opt_in,
+        created_at at time zone 'utc' as created_at,
+        updated_at at time zone 'utc' as updated_at
+
+    from source
+    where deleted_at is null
+
+)
+
+select * from renamed

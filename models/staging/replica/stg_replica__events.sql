@@ -1,0 +1,35 @@
+{%- set events = source('replica', 'events') -%}
+
+with
+
+source as (
+
+    select * from {{ events }}
+
+),
+
+renamed as (
+
+    select
+        event_id,
+        session_id,
+        customer_id,
+        product_id,
+        order_id,
+        event_type,
+        channel,
+        utm_source,
+        utm_medium,
+        utm_campaign,
+        platform,
+        -- additive evolution: device and referrer on events
+        {{ column_or_null(events, 'device_type', 'varchar') }} as device_type,
+        {{ column_or_null(events, 'referrer', 'varchar') }} as referrer,
+        occurred_at at time zone 'utc' as occurred_at,
+        updated_at at time zone 'utc' as arrived_at
+
+    from source
+
+)
+
+select * from renamed

@@ -1,0 +1,28 @@
+with
+
+source as (
+
+    select * from {{ source('replica', 'order_items') }}
+
+),
+
+renamed as (
+
+    select
+        order_item_id,
+        order_id,
+        product_id,
+        quantity,
+        {{ cents_to_amount('unit_price_cents') }} as unit_price_amount,
+        {{ cents_to_amount('discount_cents') }} as discount_amount,
+        {{ cents_to_amount('quantity * unit_price_cents - discount_cents') }}
+            as net_amount,
+        created_at at time zone 'utc' as created_at,
+        updated_at at time zone 'utc' as updated_at
+
+    from source
+    where deleted_at is null
+
+)
+
+select * from renamed
