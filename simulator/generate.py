@@ -294,32 +294,11 @@ def generate(
         c_created + (rng.random(n_customers) * (end_us - c_created)).astype(np.int64),
         c_created,
     )
-    deleted_customers = customer_ids[rng.random(n_customers) < 0.005]
-    keep = ~np.isin(customer_ids, deleted_customers)
-    emails = [
-        f"{f.lower()}.{ln.lower()}.{i}@example.com"
-        for f, ln, i in zip(first.tolist(), last.tolist(), customer_ids.tolist(), strict=True)
-    ]
-    phones = [f"+1-555-{i % 10_000_000:07d}" for i in customer_ids.tolist()]
-    w.write(
-        "customers",
-        {
-            "customer_id": customer_ids[keep],
-            "email": np.array(emails, dtype=object)[keep],
-            "first_name": first[keep],
-            "last_name": last[keep],
-            "phone": np.array(phones, dtype=object)[keep],
-            "region_id": region_ids[c_region][keep],
-            "acquisition_channel": c_channel[keep],
-            "is_marketing_opt_in": (rng.random(n_customers) < 0.4).astype(int)[keep],
-            "created_at": _iso(c_created[keep]),
-            "updated_at": _iso(c_updated[keep]),
-        },
-    )
-    deletion_rows: list[tuple[str, str, int]] = [
-        ("customers", str(cid), int(min(end_us - 1, c_updated[cid - 1] + DAY)))
-        for cid in deleted_customers.tolist()
-    ]
+    opt_in = (rng.random(n_customers) < 0.4).astype(int)
+    erasure_requested = rng.random(n_customers) < 0.005
+    # a customer's last order or logged-in visit: an erasure can only come after it
+    last_activity = c_updated.copy()
+    deletion_rows: list[tuple[str, str, int]] = []
 
     # orders, items and sessions, in chunks of consecutive order times -----------------
     order_times = _sample_times(rng, orders, start_us, end_us)
@@ -346,6 +325,7 @@ def generate(
         k = np.searchsorted(c_created, t, side="right")
         k = np.maximum(k, 1)
         cust_idx = (rng.random(n) * k).astype(np.int64)
+        np.maximum.at(last_activity, cust_idx, t)
         cust = customer_ids[cust_idx]
         reg = c_region[cust_idx]
         ch, src, med, camp = _channel_arrays(rng, n)
@@ -443,7 +423,9 @@ def generate(
         a_step = np.arange(len(a_ev_sess)) - np.repeat(np.cumsum(depth) - depth, depth)
         logged_in = rng.random(a) < 0.55
         ka = np.maximum(np.searchsorted(c_created, a_start, side="right"), 1)
-        a_cust = np.where(logged_in, customer_ids[(rng.random(a) * ka).astype(np.int64)], 0)
+        a_idx = (rng.random(a) * ka).astype(np.int64)
+        a_cust = np.where(logged_in, customer_ids[a_idx], 0)
+        np.maximum.at(last_activity, a_idx[logged_in], a_start[logged_in] + HOUR)
         a_ch, a_src, a_med, a_camp = _channel_arrays(rng, a)
         a_prod = rng.choice(n_products, size=a, p=popularity) + 1
         a_platform = np.where(rng.random(a) < 0.62, "web", "app")
@@ -531,6 +513,35 @@ def generate(
             deletion_rows.append(("order_items", str(i), int(gone_at[o])))
         log.info("generated orders %d..%d", oid[0], oid[-1])
 
+    # customers, written once their activity is known: some asked to be erased a day or
+    # more after their last order or visit (within the window, else they are kept)
+    erased_at = last_activity + DAY + rng.integers(0, 30 * DAY, size=n_customers)
+    erased = erasure_requested & (erased_at < end_us)
+    keep = ~erased
+    emails = [
+        f"{f.lower()}.{ln.lower()}.{i}@example.com"
+        for f, ln, i in zip(first.tolist(), last.tolist(), customer_ids.tolist(), strict=True)
+    ]
+    phones = [f"+1-555-{i % 10_000_000:07d}" for i in customer_ids.tolist()]
+    w.write(
+        "customers",
+        {
+            "customer_id": customer_ids[keep],
+            "email": np.array(emails, dtype=object)[keep],
+            "first_name": first[keep],
+            "last_name": last[keep],
+            "phone": np.array(phones, dtype=object)[keep],
+            "region_id": region_ids[c_region][keep],
+            "acquisition_channel": c_channel[keep],
+            "is_marketing_opt_in": opt_in[keep],
+            "created_at": _iso(c_created[keep]),
+            "updated_at": _iso(c_updated[keep]),
+        },
+    )
+    deletion_rows.extend(
+        ("customers", str(cid), int(ts))
+        for cid, ts in zip(customer_ids[erased].tolist(), erased_at[erased].tolist(), strict=True)
+    )
     deletion_rows.sort(key=lambda r: r[2])
     w.write(
         "deletions",

@@ -80,6 +80,12 @@ class Platform:
         ).fetchall()
         max_c = self.prod.con.execute("SELECT max(customer_id) FROM customers").fetchone()[0]
         self.max_customer = max_c or 0
+        self.erased = {
+            int(r[0])
+            for r in self.prod.con.execute(
+                "SELECT record_id FROM deletions WHERE entity = 'customers'"
+            )
+        }
 
     def _price_cents(self, price: object) -> int:
         """Product price in US cents, whichever shape the catalogue has."""
@@ -191,10 +197,9 @@ class Platform:
         }
 
     def _new_order(self, con, seq: int, now: datetime, act: Activity) -> None:
-        if self.max_customer == 0 or self.rng.random() < 0.3:
+        cid = self.rng.randint(1, self.max_customer) if self.max_customer else 0
+        if not cid or cid in self.erased or self.rng.random() < 0.3:
             cid = self._new_customer(con, seq, now, act)
-        else:
-            cid = self.rng.randint(1, self.max_customer)
         region, currency = self.rng.choice(self.regions)
         fx = FX_PER_USD[currency]
         base = self._session_base(cid)
@@ -332,6 +337,8 @@ class Platform:
             (entity, str(record_id), ts, seq),
         )
         act.add("deleted", entity)
+        if entity == "customers":
+            self.erased.add(int(record_id))
         if entity == "orders":
             items = con.execute(
                 "SELECT order_item_id FROM order_items WHERE order_id = ?", (record_id,)

@@ -231,6 +231,19 @@ def test_deleted_records_are_recorded_and_gone(db: sqlite3.Connection) -> None:
     ) == 0
 
 
+def test_erased_customers_are_not_active_after_erasure(db: sqlite3.Connection) -> None:
+    erased = db.execute(
+        "SELECT CAST(record_id AS INTEGER), deleted_at FROM deletions WHERE entity = 'customers'"
+    ).fetchall()
+    assert erased, "the history erases some customers"
+    for table, at in (("orders", "ordered_at"), ("events", "occurred_at")):
+        after = db.execute(
+            f"SELECT count(*) FROM {table} t JOIN deletions d ON d.entity = 'customers'"
+            f" AND CAST(d.record_id AS INTEGER) = t.customer_id WHERE t.{at} > d.deleted_at"
+        ).fetchone()[0]
+        assert after == 0, f"{after} {table} by customers after their erasure"
+
+
 def test_generation_speed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Measured, not asserted: 20k orders with their customers, lines and events."""
     started = time.perf_counter()
