@@ -140,7 +140,6 @@ def _source_kwargs(
     base_url: str | None = None,
     token: str | None = None,
     entities: Sequence[str] | None = None,
-    progress: str | None = None,
     **source_options: Any,
 ) -> dict[str, Any]:
     kwargs: dict[str, Any] = dict(source_options)
@@ -165,6 +164,11 @@ def _load(kwargs: dict[str, Any], progress: str | None = None) -> LoadResult:
     started = time.perf_counter()
     pipeline = make_pipeline(progress)
     try:
+        if pipeline.has_pending_data:
+            # dlt's run() would only finish these and extract nothing new: finish them
+            # first, then extract as usual
+            log.warning("completing load packages left by an interrupted run")
+            pipeline.run()
         source = replica_source(**kwargs, known_types=known_types(pipeline))
         info = pipeline.run(source, loader_file_format="parquet")
     except PipelineStepFailed as exc:
