@@ -78,11 +78,14 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 
 counter = itertools.count()
+WRITING_PAGES = 40
 
 
 @settings(
     max_examples=25,
     deadline=None,
+    # the same examples on every run and machine: CI checks what was checked here
+    derandomize=True,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )
 @given(
@@ -113,9 +116,12 @@ def test_paging_under_concurrent_writes_misses_nothing(
                 cursor = body["next_cursor"]
                 if cursor is None:
                     break
-                for op in ops:
-                    write(platform, entity, op)
-                store.replicate(d)
+                # writes go on for the first pages only: a reader slower than the writer
+                # never reaches the end (rightly), so the end is checked once writes stop
+                if page < WRITING_PAGES:
+                    for op in ops:
+                        write(platform, entity, op)
+                    store.replicate(d)
         after, tombs = state(d, entity)
     finally:
         platform.close()
