@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import requests
+from dbt.cli.main import dbtRunner
 
 from simulator.generate import generate
 from simulator.server import read_server_file
@@ -102,3 +103,24 @@ def warehouse(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("RUNTIME__REQUEST_MAX_ATTEMPTS", "3")
     monkeypatch.setenv("RUNTIME__REQUEST_BACKOFF_FACTOR", "0.1")
     return path
+
+
+def dbt_invoke(tmp_path: Path, *args: str) -> None:
+    """A dbt command on the repository's project and the test's warehouse; fails the
+    test on any error or failing test."""
+    result = dbtRunner().invoke(
+        [
+            *args,
+            "--project-dir", str(ROOT),
+            "--profiles-dir", str(ROOT),
+            "--target-path", str(tmp_path / "target"),
+            "--log-path", str(tmp_path / "logs"),
+        ]
+    )
+    assert result.exception is None, result.exception
+    failed = [
+        f"{r.node.unique_id}: {r.status} {r.message}"
+        for r in getattr(result.result, "results", None) or []  # docs generate has none
+        if str(r.status) in ("error", "fail", "runtime error")
+    ]
+    assert result.success and not failed, f"dbt {args[0]} failed:\n" + "\n".join(failed)
