@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint pytest venv clean
+.PHONY: demo test lint pytest venv clean docs docs-serve chromium
 
 # (Re)create the virtualenv when the dependency pins change; a no-op otherwise.
 $(STAMP): pyproject.toml constraints.txt
@@ -26,10 +26,34 @@ lint: $(STAMP)
 	mkdir -p target
 	SALESFLOW_DUCKDB_PATH=target/sqlfluff.duckdb $(BIN)/sqlfluff lint models tests/data
 
-pytest: $(STAMP)
+pytest: $(STAMP) chromium
 	$(BIN)/python -m pytest
 
 test: lint pytest
+
+# The dbt docs site as one self-contained page: target/static_index.html (plus the usual
+# target/index.html, manifest.json and catalog.json). Compiles against the warehouse in
+# SALESFLOW_DUCKDB_PATH (default data/warehouse.duckdb); it works on an empty warehouse
+# too, but column types and row counts come from the catalog, so run `make demo` first
+# for a site with real column stats.
+docs: $(STAMP)
+	$(BIN)/dbt docs generate --static --project-dir . --profiles-dir .
+	@echo "docs: open target/static_index.html, or run 'make docs-serve'"
+
+# Serve target/ on 127.0.0.1 only (http://127.0.0.1:$(DOCS_PORT)/static_index.html).
+DOCS_PORT ?= 8080
+docs-serve: $(STAMP)
+	@test -f target/static_index.html || $(MAKE) --no-print-directory docs
+	$(BIN)/python -m http.server $(DOCS_PORT) --bind 127.0.0.1 --directory target
+
+# Debian's chromium, for tests/test_docs_site.py (headless); installed only when missing.
+SUDO := $(shell test "$$(id -u)" -eq 0 || echo sudo)
+chromium:
+	@test -x /usr/bin/chromium || { \
+	  echo "installing chromium (apt-get)"; \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends \
+	    chromium >/dev/null; }
 
 clean:
 	rm -rf data target logs .pytest_cache .ruff_cache .hypothesis
