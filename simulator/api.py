@@ -55,10 +55,6 @@ BEARER = HTTPBearer(auto_error=False)
 EntityName = Enum("EntityName", {name: name for name in ENTITIES}, type=str)  # type: ignore[misc]
 
 
-class ApiError(HTTPException):
-    pass
-
-
 def encode_cursor(updated_at: str, key: object) -> str:
     raw = json.dumps([updated_at, key], separators=(",", ":")).encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
