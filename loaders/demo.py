@@ -4,7 +4,7 @@
 2. serve its replica API on a free local port, with live traffic;
 3. backfill the warehouse (``data/warehouse.duckdb``, dataset ``raw``);
 4. let traffic run a few seconds and load again, incrementally;
-5. build the dbt project (when it has models);
+5. build and test the dbt project, and generate its docs site;
 6. stop the simulator and say where everything is.
 """
 
@@ -52,6 +52,7 @@ def demo(orders: int = 3000, live_seconds: float = 5.0) -> int:
         stdout=log,
         stderr=subprocess.STDOUT,
     )
+    docs: Path | None = None
     try:
         url = read_server_file(sim_dir, timeout=60)["url"]
         print(f"  {url}  (log: {DEMO_DIR / 'simulator.log'})")
@@ -72,6 +73,8 @@ def demo(orders: int = 3000, live_seconds: float = 5.0) -> int:
             if not pipeline.dbt_build():
                 print("dbt build failed: see the output above", file=sys.stderr)
                 return 1
+            _step("docs site: dbt docs generate --static")
+            docs = pipeline.dbt_docs()
     finally:
         proc.terminate()
         try:
@@ -82,6 +85,8 @@ def demo(orders: int = 3000, live_seconds: float = 5.0) -> int:
 
     _step("done")
     wh = pipeline.warehouse_path()
+    if docs is not None:
+        print(f"  docs site:      open {docs} in a browser, or `make docs-serve`")
     print(f"  warehouse:      {wh}  (schemas raw, staging, marts)")
     print(f"  dlt pipeline:   dlt pipeline --pipelines-dir {pipeline.pipelines_dir()} "
           f"salesflow_replica info")

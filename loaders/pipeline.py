@@ -248,6 +248,22 @@ def _dbt_build(select: Sequence[str] | None = None) -> bool:
     return bool(result.success)
 
 
+def dbt_docs() -> Path:
+    """Generate the static docs site; returns the page to open."""
+    from dbt.cli.main import dbtRunner
+
+    with run_lock("dbt docs generate"):
+        result = dbtRunner().invoke(
+            ["docs", "generate", "--static", "--project-dir", str(PROJECT_ROOT),
+             "--profiles-dir", str(PROJECT_ROOT)]
+        )
+    if result.exception is not None:
+        raise result.exception
+    if not result.success:
+        raise RuntimeError("dbt docs generate failed: see the output above")
+    return PROJECT_ROOT / "target" / "static_index.html"
+
+
 def describe_load(result: LoadResult) -> str:
     """A load's rows per table beside what raw now holds, for people."""
     counts = raw_counts()
