@@ -10,8 +10,6 @@ from pathlib import Path
 
 from simulator import cli as sim_cli
 
-log = logging.getLogger("salesflow")
-
 
 def _project_dir() -> None:
     """dlt reads .dlt/config.toml from the project; find it from anywhere inside it."""

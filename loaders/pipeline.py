@@ -228,38 +228,33 @@ def dbt_build(select: Sequence[str] | None = None) -> bool:
         return _dbt_build(select)
 
 
-def _dbt_build(select: Sequence[str] | None = None) -> bool:
-    """``dbt build`` through dbt's programmatic runner in this process."""
+def _dbt(*args: str) -> bool:
+    """A dbt command on this project through dbt's programmatic runner, in this process
+    (no start-up cost per call). Raises what dbt raised; returns whether it succeeded."""
     from dbt.cli.main import dbtRunner
 
-    # unit tests check the models' logic on fixed inputs: they belong to `make test`, not
-    # to every cycle (and those of incremental marts need the built model to exist)
-    args = [
-        "build",
-        "--project-dir", str(PROJECT_ROOT),
-        "--profiles-dir", str(PROJECT_ROOT),
-        "--exclude-resource-type", "unit_test",
-    ]
-    if select:
-        args += ["--select", *select]
-    result = dbtRunner().invoke(args)
+    result = dbtRunner().invoke(
+        [*args, "--project-dir", str(PROJECT_ROOT), "--profiles-dir", str(PROJECT_ROOT)]
+    )
     if result.exception is not None:
         raise result.exception
     return bool(result.success)
 
 
+def _dbt_build(select: Sequence[str] | None = None) -> bool:
+    # unit tests check the models' logic on fixed inputs: they belong to `make test`, not
+    # to every cycle (and those of incremental marts need the built model to exist)
+    args = ["build", "--exclude-resource-type", "unit_test"]
+    if select:
+        args += ["--select", *select]
+    return _dbt(*args)
+
+
 def dbt_docs() -> Path:
     """Generate the static docs site; returns the page to open."""
-    from dbt.cli.main import dbtRunner
-
     with run_lock("dbt docs generate"):
-        result = dbtRunner().invoke(
-            ["docs", "generate", "--static", "--project-dir", str(PROJECT_ROOT),
-             "--profiles-dir", str(PROJECT_ROOT)]
-        )
-    if result.exception is not None:
-        raise result.exception
-    if not result.success:
+        ok = _dbt("docs", "generate", "--static")
+    if not ok:
         raise RuntimeError("dbt docs generate failed: see the output above")
     return PROJECT_ROOT / "target" / "static_index.html"
 

@@ -28,7 +28,6 @@ import base64
 import binascii
 import hmac
 import json
-import logging
 import math
 import random
 import threading
@@ -44,8 +43,6 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from simulator import store
 from simulator.faults import FaultWatcher
 from simulator.model import ENTITIES, EVOLUTIONS, fields_at
-
-log = logging.getLogger(__name__)
 
 DEFAULT_LIMIT = 1000
 MAX_LIMIT = 50_000

@@ -17,7 +17,6 @@ serves them as tombstones.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import shutil
 import sqlite3
@@ -28,8 +27,6 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from simulator.model import ENTITIES, create_table_sql
-
-log = logging.getLogger(__name__)
 
 PRODUCTION = "production.db"
 REPLICA = "replica.db"

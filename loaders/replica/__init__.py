@@ -81,10 +81,10 @@ def _entity_resource(
             cursor_key=settings.NEXT_CURSOR_HEADER, cursor_param=settings.PARAM_CURSOR
         )
         try:
-            pages = client.paginate(
+            responses = client.paginate(
                 spec.path, params=params, paginator=paginator, headers={"Accept": NDJSON}
             )
-            for page in prefetch(pages):
+            for page in prefetch(responses):
                 parsed = parse_page(spec, page[0])
                 if parsed.quarantined:
                     yield dlt.mark.with_hints(
@@ -125,7 +125,7 @@ def _entity_resource(
     )
 
 
-@dlt.source(name="replica", max_table_nesting=0)
+@dlt.source(name=settings.SOURCE_NAME, max_table_nesting=0)
 def replica_source(
     base_url: str = dlt.config.value,
     token: str = dlt.secrets.value,
