@@ -17,8 +17,8 @@ Versioned under ``/v1``; the OpenAPI spec is at ``/openapi.json``.
 * ``GET /health``: liveness, replica position and schema version (no auth).
 * Rate limit per token (token bucket): 429 with ``Retry-After``.
 
-Records are rendered to JSON inside SQLite (``json_object``), so serving costs one
-Python string per row.
+Pages are rendered to NDJSON inside SQLite (``json_object``, ``group_concat``), so
+serving builds no Python object per row.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ import math
 import random
 import threading
 import time
+from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 from typing import Annotated
@@ -283,26 +284,34 @@ def create_app(
             except ValueError as exc:
                 raise HTTPException(400, f"updated_since is not an ISO-8601 time: {exc}") from exc
         after = decode_cursor(cursor) if cursor else None
-        keyed, has_more = _page(replica, name, updated_since, after, limit)
-        lines = [line for _, _, line in keyed]
+        page = _page(replica, name, updated_since, after, limit)
+        body = page.body
         f = faults.get()
-        if f.malformed_rate:
-            lines = _malform(lines, f.malformed_rate, name, rng)
-        next_cursor = encode_cursor(keyed[-1][0], keyed[-1][1]) if has_more else None
+        if f.malformed_rate and body:
+            body = "\n".join(_malform(body.split("\n"), f.malformed_rate, name, rng))
+        next_cursor = encode_cursor(*page.last_key) if page.has_more and page.last_key else None
         ndjson = format == "ndjson" or (format is None and NDJSON in (accept or ""))
         if ndjson:
-            headers = {"X-Has-More": "true" if has_more else "false"}
+            headers = {"X-Has-More": "true" if page.has_more else "false"}
             if next_cursor:
                 headers["X-Next-Cursor"] = next_cursor
-            body = "\n".join(lines) + ("\n" if lines else "")
-            return Response(body, media_type=NDJSON, headers=headers)
+            return Response(body + "\n" if body else "", media_type=NDJSON, headers=headers)
         body = (
-            '{"data":[' + ",".join(lines) + '],"next_cursor":'
-            + json.dumps(next_cursor) + ',"has_more":' + ("true" if has_more else "false") + "}"
+            '{"data":[' + body.replace("\n", ",") + '],"next_cursor":'
+            + json.dumps(next_cursor) + ',"has_more":' + ("true" if page.has_more else "false")
+            + "}"
         )
         return Response(body, media_type="application/json")
 
     return app
+
+
+@dataclass
+class Page:
+    body: str  # one JSON record per line (json_object escapes newlines), in keyset order
+    count: int
+    last_key: tuple[str, object] | None  # (updated_at, key) of the last record
+    has_more: bool
 
 
 def _page(
@@ -311,13 +320,16 @@ def _page(
     updated_since: str | None,
     after: tuple[str, object] | None,
     limit: int,
-) -> tuple[list[tuple[str, object, str]], bool]:
-    """Up to ``limit`` rows (and tombstones) in keyset order, and whether more follow."""
+) -> Page:
+    """Up to ``limit`` rows (and tombstones) in keyset order, and whether more follow.
+
+    The page is rendered by SQLite in one statement (an index range scan from the later of
+    ``updated_since`` and the cursor, rows and tombstones merged in key order, joined into
+    one string), so serving costs the same however deep into the listing it is and no
+    Python object per row; a second, index-only query finds the last key."""
     e = ENTITIES[entity]
     pk = e.primary_key
     _, expr = replica.shape(entity)
-    # an index range scan from the later of updated_since and the cursor, so that every
-    # page costs the same however deep into the listing it is
     lower = max(filter(None, (updated_since, after[0] if after else None)), default=None)
     where, args = [], []
     if lower:
@@ -326,13 +338,14 @@ def _page(
     if after:
         where.append(f"(updated_at > ? OR {pk} > ?)")
         args.extend(after)
-    sql = (
-        f"SELECT updated_at, {pk}, {expr} FROM {entity}"
-        f"{' WHERE ' + ' AND '.join(where) if where else ''}"
-        f" ORDER BY updated_at, {pk} LIMIT ?"
-    )
-    con = replica.con()
-    rows = con.execute(sql, (*args, limit + 1)).fetchall()
+    parts = [
+        (
+            f"SELECT updated_at AS k1, {pk} AS k2, {{json}} AS j FROM {entity}"
+            f"{' WHERE ' + ' AND '.join(where) if where else ''}",
+            expr,
+            args,
+        )
+    ]
     if e.deletable:
         key_sql = "CAST(record_id AS INTEGER)" if e.field(pk).type == "integer" else "record_id"
         dwhere, dargs = ["entity = ?"], [entity]
@@ -342,15 +355,33 @@ def _page(
         if after:
             dwhere.append(f"(deleted_at > ? OR {key_sql} > ?)")
             dargs.extend(after)
-        tomb = con.execute(
-            f"SELECT deleted_at, {key_sql}, json_object('{pk}', {key_sql}, 'updated_at',"
-            f" deleted_at, 'deleted_at', deleted_at) FROM deletions"
-            f" WHERE {' AND '.join(dwhere)} ORDER BY deleted_at, {key_sql} LIMIT ?",
-            (*dargs, limit + 1),
-        ).fetchall()
-        if tomb:
-            rows = sorted(rows + tomb, key=lambda r: (r[0], r[1]))
-    return rows[:limit], len(rows) > limit
+        parts.append(
+            (
+                f"SELECT deleted_at, {key_sql}, {{json}} FROM deletions"
+                f" WHERE {' AND '.join(dwhere)}",
+                f"json_object('{pk}', {key_sql}, 'updated_at', deleted_at,"
+                " 'deleted_at', deleted_at)",
+                dargs,
+            )
+        )
+    args = [a for _, _, part_args in parts for a in part_args]
+
+    def union(with_json: bool) -> str:
+        return " UNION ALL ".join(
+            sql.format(json=js if with_json else "NULL") for sql, js, _ in parts
+        ) + " ORDER BY 1, 2"
+
+    con = replica.con()
+    body, count = con.execute(
+        f"SELECT group_concat(j, char(10)), count(*) FROM ({union(True)} LIMIT ?)",
+        (*args, limit),
+    ).fetchone()
+    if not count:
+        return Page("", 0, None, False)
+    tail = con.execute(
+        f"SELECT k1, k2 FROM ({union(False)} LIMIT 2 OFFSET ?)", (*args, count - 1)
+    ).fetchall()
+    return Page(body, count, tuple(tail[0]), len(tail) > 1)
 
 
 class FaultMiddleware:

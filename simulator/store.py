@@ -57,6 +57,9 @@ def parse_iso(value: str) -> datetime:
     return datetime.fromisoformat(value.replace("Z", "+00:00"))
 
 
+MMAP_BYTES = 1 << 30
+
+
 def connect(path: Path | str, readonly: bool = False) -> sqlite3.Connection:
     """Open a platform database in WAL mode, waiting (not failing) on a busy writer."""
     if readonly:
@@ -68,6 +71,9 @@ def connect(path: Path | str, readonly: bool = False) -> sqlite3.Connection:
         con.execute("PRAGMA journal_mode=WAL")
         con.execute("PRAGMA synchronous=NORMAL")
     con.execute("PRAGMA busy_timeout=30000")
+    # read pages through a memory map, not a read() call and a copy per page: large
+    # listings are index range scans that touch many pages
+    con.execute(f"PRAGMA mmap_size={MMAP_BYTES}")
     return con
 
 

@@ -61,9 +61,28 @@ class ReplicaUnavailable(ReplicaError):
     pass
 
 
+BODY_READ_SIZE = 1 << 20
+
+
+def _read_body(response: Response, *args: Any, **kwargs: Any) -> Response:
+    """Read the whole body in large reads (requests' default reads 10 KiB at a time, a
+    cost per byte on multi-megabyte pages). A response hook, so it runs inside dlt's
+    retried ``send``: a connection dropped mid-body is retried like any other."""
+    if response._content is False:  # not read yet
+        response._content = b"".join(response.iter_content(BODY_READ_SIZE))
+        response._content_consumed = True
+    return response
+
+
 class NdjsonClient(RESTClient):
     """dlt's REST client (session, auth, retries, paginators) with NDJSON pages: a page's
     data is its raw body, parsed by :func:`parse_page`."""
+
+    def _send_request(self, request: Any, **kwargs: Any) -> Response:
+        hooks = request.hooks.setdefault("response", [])
+        if _read_body not in hooks:
+            hooks.insert(0, _read_body)
+        return super()._send_request(request, stream=True, **kwargs)
 
     def detect_data_selector(self, response: Response) -> str:
         return "$"
