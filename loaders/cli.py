@@ -54,6 +54,93 @@ def cmd_run(args) -> int:
     return 0 if ok else 1
 
 
+def _announcements(args) -> tuple[list[dict], str | None]:
+    """Announced changes from the API, or why they could not be read."""
+    import dlt
+
+    from loaders.replica import ReplicaError, fetch_announcements
+
+    base_url = args.base_url or dlt.config.get("sources.replica.base_url")
+    token = dlt.secrets.get("sources.replica.token")
+    try:
+        return fetch_announcements(base_url, token), None
+    except ReplicaError as exc:
+        return [], str(exc)
+
+
+def cmd_schema(args) -> int:
+    import json
+
+    from loaders.pipeline import recent_changes
+
+    announced, problem = _announcements(args)
+    detected = recent_changes(limit=args.limit)
+    if args.json:
+        print(json.dumps({"announced": announced, "detected": detected,
+                          "announcements_error": problem}, indent=2, default=str))
+        return 0
+    print("Announced changes" + (f" (unavailable: {problem})" if problem else ":"))
+    for a in announced:
+        print(f"  [{a.get('status')}] {a.get('change_id')}: {a.get('title')}"
+              f" — effective {a.get('effective_at')}"
+              + (" (breaking)" if a.get("breaking") else ""))
+        for fc in a.get("changes", []):
+            extra = f" into {fc['into']}" if fc.get("into") else ""
+            print(f"      {fc.get('entity')}.{fc.get('field')}: {fc.get('change')}{extra}")
+    if not announced and not problem:
+        print("  none")
+    print(f"Detected changes (raw.schema_changelog, newest first, up to {args.limit}):")
+    for c in detected:
+        where = f"{c['entity']}.{c['column']}" if c["column"] else c["entity"]
+        change = c["kind"] + (f" {c['old_type']} -> {c['new_type']}" if c["old_type"]
+                              and c["new_type"] else "")
+        value = f" {c['value']!r}" if c["value"] else ""
+        print(f"  {c['detected_at']}  {where:<28} {change}{value}"
+              + (f"  ({c['detail']})" if c["detail"] else ""))
+    if not detected:
+        print("  none yet")
+    return 0
+
+
+def cmd_schema_impact(args) -> int:
+    import json
+
+    from loaders import schema_changes as sc
+    from loaders import tracking
+    from loaders.pipeline import PROJECT_ROOT, recent_changes
+
+    manifest = sc.load_manifest(PROJECT_ROOT)
+    reports = []
+    if args.entity:
+        kind = args.kind or ("column_removed" if args.column else "new_table")
+        reports.append((f"{args.entity}.{args.column or ''} {kind}",
+                        sc.impact(manifest, args.entity, args.column, kind)))
+    else:
+        announced, problem = _announcements(args)
+        if problem:
+            print(f"salesflow: announced changes unavailable: {problem}", file=sys.stderr)
+        for a in announced:
+            if a.get("status") == "applied":
+                continue
+            for label, report in tracking.announcement_impacts(a, manifest):
+                reports.append((f"[announced {a.get('change_id')}, effective"
+                                f" {a.get('effective_at')}] {label}", report))
+        for c in recent_changes(limit=args.limit):
+            label = f"[detected {c['detected_at']}] {c['entity']}.{c['column'] or ''} {c['kind']}"
+            if c["value"]:
+                label += f" {c['value']!r}"
+            reports.append((label, sc.impact(manifest, c["entity"], c["column"], c["kind"])))
+    if args.json:
+        print(json.dumps([{"change": label, **r} for label, r in reports], indent=2))
+        return 0
+    for label, report in reports:
+        print(sc.format_impact(label, report))
+        print()
+    if not reports:
+        print("no announced or detected changes")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from loaders.demo import demo
 
@@ -80,6 +167,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = load_args(sub.add_parser("run", help="one cycle: load, then dbt build"))
     p.add_argument("--select", nargs="*", help="dbt selection for the build")
     p.set_defaults(func=cmd_run)
+    p = sub.add_parser("schema", help="announced and detected schema changes")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--limit", type=int, default=50, help="detected changes to show")
+    p.add_argument("--base-url", help="replica API (default: sources.replica.base_url)")
+    p.set_defaults(func=cmd_schema)
+    schema_sub = p.add_subparsers(dest="schema_command")
+    q = schema_sub.add_parser("impact", help="what each change reaches in the dbt project")
+    q.add_argument("--entity", help="one entity (default: announced and recent changes)")
+    q.add_argument("--column", help="with --entity: one column")
+    q.add_argument("--kind", choices=["new_table", "new_column", "type_change",
+                                      "column_removed", "new_value"])
+    q.add_argument("--json", action="store_true", help="machine-readable output")
+    q.add_argument("--limit", type=int, default=20, help="detected changes to assess")
+    q.add_argument("--base-url", help="replica API (default: sources.replica.base_url)")
+    q.set_defaults(func=cmd_schema_impact)
     p = sub.add_parser("demo", help="simulator → load → dbt, from scratch, then stop")
     p.add_argument("--orders", type=int, default=3000)
     p.add_argument("--live-seconds", type=float, default=5.0)

@@ -94,5 +94,7 @@ def demo(orders: int = 3000, live_seconds: float = 5.0) -> int:
           f"print(duckdb.connect('{wh}', read_only=True).sql('select * "
           f"from marts.product_sales_daily order by revenue_usd desc limit 10'))\"")
     print("  or with dbt:    .venv/bin/dbt show --select product_sales_daily")
+    print("  schema changes: .venv/bin/salesflow schema   (and `salesflow schema impact`)")
+    print(f"  notifications:  {pipeline.pipelines_dir() / 'notifications.jsonl'}")
     return 0
 

@@ -30,8 +30,16 @@ from typing import Any
 import dlt
 from dlt.pipeline.exceptions import PipelineStepFailed
 
-from loaders.replica import ReplicaError, replica_source
+from loaders import notify, tracking
+from loaders.replica import (
+    ReplicaError,
+    fetch_announcements,
+    fetch_api_schema,
+    freezes_types,
+    replica_source,
+)
 from loaders.replica import settings as replica_settings
+from loaders.replica.helpers import type_changes
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +119,7 @@ class LoadResult:
     quarantined: int = 0
     load_ids: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    tracked: tracking.Tracked | None = None  # schema changes and notices of this load
 
     @property
     def total(self) -> int:
@@ -165,6 +174,34 @@ def load(progress: str | None = None, **options: Any) -> LoadResult:
         return _load(_source_kwargs(**options), progress)
 
 
+def _connection(kwargs: dict[str, Any]) -> tuple[str, str]:
+    """The API's base URL and token: given, or from dlt's config and secrets."""
+    base_url = kwargs.get("base_url") or dlt.config.get("sources.replica.base_url")
+    token = kwargs.get("token") or dlt.secrets.get("sources.replica.token")
+    if not base_url:
+        raise ReplicaError("no replica API configured: set sources.replica.base_url")
+    if not token:
+        raise ReplicaError(
+            "no replica API token: set SOURCES__REPLICA__TOKEN or sources.replica.token in"
+            " .dlt/secrets.toml"
+        )
+    return str(base_url), str(token)
+
+
+def contracts(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Each entity's schema contract: the defaults, then configuration, then arguments."""
+    configured = dlt.config.get("sources.replica.schema_contracts") or {}
+    return {
+        **replica_settings.SCHEMA_CONTRACTS,
+        **dict(configured),
+        **(kwargs.get("schema_contracts") or {}),
+    }
+
+
+def notifier() -> notify.Notifier:
+    return notify.from_config(pipelines_dir())
+
+
 def _load(kwargs: dict[str, Any], progress: str | None = None) -> LoadResult:
     started = time.perf_counter()
     pipeline = make_pipeline(progress)
@@ -174,13 +211,36 @@ def _load(kwargs: dict[str, Any], progress: str | None = None) -> LoadResult:
             # first, then extract as usual
             log.warning("completing load packages left by an interrupted run")
             pipeline.run()
-        source = replica_source(**kwargs, known_types=known_types(pipeline))
+        base_url, token = _connection(kwargs)
+        before = known_types(pipeline)
+        described = fetch_api_schema(base_url, token)
+        announcements = fetch_announcements(base_url, token)
+        entity_contracts = contracts(kwargs)
+        frozen = {
+            name: changed
+            for name, spec in described.items()
+            if freezes_types(entity_contracts.get(name))
+            and (
+                changed := type_changes(
+                    {f["name"]: f["type"] for f in spec.get("fields", [])},
+                    before.get(name, {}),
+                )
+            )
+        }
+        source = replica_source(
+            **{**kwargs, "schema_contracts": entity_contracts},
+            known_types=before,
+            described=described,
+        )
         info = pipeline.run(source, loader_file_format="parquet")
     except PipelineStepFailed as exc:
         cause = root_cause(exc)
         if isinstance(cause, ReplicaError):
             raise cause from None
         raise
+    tracked = tracking.after_load(
+        pipeline, info, before, described, frozen, announcements, notifier()
+    )
     rows: dict[str, int] = {}
     trace = pipeline.last_trace
     if trace is not None and trace.last_normalize_info is not None:
@@ -192,6 +252,7 @@ def _load(kwargs: dict[str, Any], progress: str | None = None) -> LoadResult:
         quarantined=rows.get(replica_settings.QUARANTINE_TABLE, 0),
         load_ids=list(info.loads_ids),
         seconds=time.perf_counter() - started,
+        tracked=tracked,
     )
 
 
@@ -221,11 +282,32 @@ def raw_counts(entities: Sequence[str] | None = None) -> dict[str, int]:
 
 
 def run_cycle(select: Sequence[str] | None = None, **load_options: Any) -> tuple[LoadResult, bool]:
-    """One cycle under one lock: load, then ``dbt build``."""
+    """One cycle under one lock: load, then ``dbt build``. A failed build is notified
+    with the impact of the schema changes logged lately, the likely cause."""
     progress = load_options.pop("progress", None)
     with run_lock("run"):
         result = _load(_source_kwargs(**load_options), progress)
-        return result, _dbt_build(select)
+        ok = _dbt_build(select)
+        if not ok:
+            notifier().notify(tracking.build_failed_event(result, recent_changes(limit=20)))
+        return result, ok
+
+
+def recent_changes(limit: int = 200) -> list[dict[str, Any]]:
+    """The schema changelog, newest first ([] before the first load)."""
+    from loaders import schema_changes
+
+    pipeline = make_pipeline()
+    with pipeline.sql_client() as sql:
+        if not sql.has_dataset():
+            return []
+        qualified = sql.fully_qualified_dataset_name()
+        try:
+            return schema_changes.read_changelog(sql, qualified, limit)
+        except Exception as exc:  # no changelog table yet
+            if "schema_changelog" in str(exc):
+                return []
+            raise
 
 
 def dbt_build(select: Sequence[str] | None = None) -> bool:
@@ -238,12 +320,32 @@ def _dbt(*args: str) -> bool:
     (no start-up cost per call). Raises what dbt raised; returns whether it succeeded."""
     from dbt.cli.main import dbtRunner
 
-    result = dbtRunner().invoke(
-        [*args, "--project-dir", str(PROJECT_ROOT), "--profiles-dir", str(PROJECT_ROOT)]
-    )
+    try:
+        result = dbtRunner().invoke(
+            [*args, "--project-dir", str(PROJECT_ROOT), "--profiles-dir", str(PROJECT_ROOT)]
+        )
+    finally:
+        release_dbt_warehouse()
     if result.exception is not None:
         raise result.exception
     return bool(result.success)
+
+
+def release_dbt_warehouse() -> None:
+    """Close the DuckDB database dbt-duckdb keeps open in this process after a command.
+
+    Between cycles the warehouse file must be free: for analysts' and tools' processes,
+    and for this process's own readers, which DuckDB refuses while an instance with
+    another configuration holds the file. (dbt-duckdb exposes no public call for this;
+    its connection manager keeps one environment per process.)"""
+    try:
+        from dbt.adapters.duckdb.connections import DuckDBConnectionManager
+    except ImportError:  # another adapter: nothing held between commands
+        return
+    with DuckDBConnectionManager._LOCK:
+        if DuckDBConnectionManager._ENV is not None:
+            DuckDBConnectionManager._ENV.close()
+            DuckDBConnectionManager._ENV = None
 
 
 def _dbt_build(select: Sequence[str] | None = None) -> bool:
@@ -279,4 +381,10 @@ def describe_load(result: LoadResult) -> str:
         lines.append(
             f"  {result.quarantined} record(s) quarantined: see raw.quarantine (column reason)"
         )
+    if result.tracked and result.tracked.changes:
+        lines.append(f"  {len(result.tracked.changes)} schema change(s) logged:")
+        lines += [f"    {c.describe()}" for c in result.tracked.changes[:20]]
+        lines.append("  see `salesflow schema` and `salesflow schema impact`")
+    if result.tracked and result.tracked.notices:
+        lines.append(f"  {len(result.tracked.notices)} notification(s) raised")
     return "\n".join(lines)

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import duckdb
 import pytest
-from dbt.adapters.duckdb.connections import DuckDBConnectionManager
 
 from loaders import pipeline
 from tests.conftest import TOKEN, dbt_invoke
@@ -28,15 +27,6 @@ def query(path: Path, sql: str) -> list[tuple]:
     # refuses a second one to the same file with a different configuration
     with closing(duckdb.connect(str(path))) as con:
         return con.execute(sql).fetchall()
-
-
-def release_warehouse() -> None:
-    """Close the DuckDB instance dbt-duckdb keeps open in this process, so that ``mf``
-    (another process) can open the warehouse file."""
-    with DuckDBConnectionManager._LOCK:
-        if DuckDBConnectionManager._ENV is not None:
-            DuckDBConnectionManager._ENV.close()
-            DuckDBConnectionManager._ENV = None
 
 
 def mf_query(tmp_path: Path, metrics: str, group_by: str) -> list[dict[str, str]]:
@@ -73,7 +63,7 @@ def mf_query(tmp_path: Path, metrics: str, group_by: str) -> list[dict[str, str]
 def test_metricflow_metrics_reconcile_with_the_marts(simulator, warehouse, tmp_path):
     pipeline.load(base_url=simulator.url, token=TOKEN)
     dbt_invoke(tmp_path, "build", "--exclude-resource-type", "unit_test")
-    release_warehouse()
+    pipeline.release_dbt_warehouse()
 
     # revenue and orders per day: cancelled orders never became sales
     rows = mf_query(tmp_path, "revenue,orders", "metric_time__day")

@@ -41,7 +41,15 @@ from loaders.replica.helpers import (
 
 log = logging.getLogger(__name__)
 
-__all__ = ["replica_source", "ReplicaError", "ReplicaAuthError", "ReplicaUnavailable"]
+__all__ = [
+    "replica_source",
+    "fetch_api_schema",
+    "fetch_announcements",
+    "freezes_types",
+    "ReplicaError",
+    "ReplicaAuthError",
+    "ReplicaUnavailable",
+]
 
 
 def _iso(value: datetime | str) -> str:
@@ -125,6 +133,39 @@ def _entity_resource(
     )
 
 
+def freezes_types(contract: Any) -> bool:
+    if isinstance(contract, str):
+        return contract == "freeze"
+    return bool(contract) and contract.get("data_type") == "freeze"
+
+
+def fetch_api_schema(base_url: str, token: str) -> dict[str, dict[str, Any]]:
+    """The API's fields and types per entity ({} if it has no schema endpoint)."""
+    try:
+        return api_schema(_client(base_url, token), settings.SCHEMA_PATH)
+    except (RequestsConnectionError, Timeout, RetryError) as exc:
+        raise ReplicaUnavailable(
+            f"cannot reach the replica API at {base_url}: {type(exc).__name__}: {exc}"
+        ) from None
+
+
+def fetch_announcements(base_url: str, token: str) -> list[dict[str, Any]]:
+    """The API's announced schema changes, upcoming and applied ([] without any)."""
+    if not settings.ANNOUNCEMENTS_PATH:
+        return []
+    client = _client(base_url, token)
+    try:
+        response = client.get(settings.ANNOUNCEMENTS_PATH)
+    except (RequestsConnectionError, Timeout, RetryError) as exc:
+        raise ReplicaUnavailable(
+            f"cannot reach the replica API at {base_url}: {type(exc).__name__}: {exc}"
+        ) from None
+    if response.status_code == 404:
+        return []
+    raise_for_api_status(response, client.base_url)
+    return response.json().get("announcements", [])
+
+
 @dlt.source(name=settings.SOURCE_NAME, max_table_nesting=0)
 def replica_source(
     base_url: str = dlt.config.value,
@@ -135,12 +176,16 @@ def replica_source(
     endpoints: dict[str, settings.Endpoint] | None = None,
     entities: Sequence[str] | None = None,
     known_types: dict[str, dict[str, str]] | None = None,
+    schema_contracts: dict[str, Any] | None = None,
+    described: dict[str, dict[str, Any]] | None = None,
 ) -> Any:
     """All entities of the replica API (or just ``entities``), as incremental resources.
 
     ``known_types`` (table -> column -> dlt data type, from the pipeline's schema) lets a
     field whose type changed upstream load into a variant column instead of being
-    coerced into the old one."""
+    coerced into the old one, or, where the entity's schema contract freezes data types
+    (``schema_contracts``, over :data:`settings.SCHEMA_CONTRACTS`), go to quarantine.
+    ``described`` is the API's schema when the caller has fetched it already."""
     if not base_url.startswith(("http://", "https://")):
         raise ReplicaError(f"base_url must be an http(s) URL, got {base_url!r}")
     if not 1 <= page_size <= 1_000_000:
@@ -149,12 +194,8 @@ def replica_source(
     unknown = set(entities or ()) - set(declared)
     if unknown:
         raise ReplicaError(f"unknown entities {sorted(unknown)}; declared: {sorted(declared)}")
-    try:
-        schema = api_schema(_client(base_url, token), settings.SCHEMA_PATH)
-    except (RequestsConnectionError, Timeout, RetryError) as exc:
-        raise ReplicaUnavailable(
-            f"cannot reach the replica API at {base_url}: {type(exc).__name__}: {exc}"
-        ) from None
+    contracts = {**settings.SCHEMA_CONTRACTS, **(schema_contracts or {})}
+    schema = described if described is not None else fetch_api_schema(base_url, token)
     resources = []
     for name, ep in declared.items():
         if entities and name not in entities:
@@ -168,12 +209,19 @@ def replica_source(
             deleted_marker=ep.get("deleted_marker"),
             fields={f["name"]: f["type"] for f in described.get("fields", [])},
             required=tuple(f["name"] for f in described.get("fields", []) if f.get("required")),
-        ).with_variants((known_types or {}).get(name, {}))
+        ).with_variants(
+            (known_types or {}).get(name, {}), freeze_types=freezes_types(contracts.get(name))
+        )
         if spec.variants:
             log.warning("%s: type changed upstream, loading %s", name, spec.variants)
-        resources.append(
-            _entity_resource(
-                _client(base_url, token), spec, page_size, start_date, lookback_seconds
+        if spec.frozen:
+            log.warning(
+                "%s: type changed upstream on %s; data types are frozen: rows quarantined",
+                name, sorted(spec.frozen),
             )
+        resource = _entity_resource(
+            _client(base_url, token), spec, page_size, start_date, lookback_seconds
         )
+        resource.apply_hints(schema_contract=contracts.get(name))
+        resources.append(resource)
     return resources

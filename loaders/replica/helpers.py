@@ -58,7 +58,16 @@ class ReplicaAuthError(ReplicaError):
 
 
 class ReplicaUnavailable(ReplicaError):
-    pass
+    """The API could not serve: ``kind`` is ``maintenance`` (503 with Retry-After),
+    ``rate_limited`` (429) or ``unavailable`` (refused, timed out, other 5xx), as it
+    stood after the retries."""
+
+    def __init__(
+        self, message: str, kind: str = "unavailable", retry_after: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.retry_after = retry_after
 
 
 BODY_READ_SIZE = 1 << 20
@@ -131,6 +140,17 @@ def prefetch(pages: Iterable[Any], depth: int = 2) -> Iterator[Any]:
         worker.join(timeout=5)
 
 
+def type_changes(fields: dict[str, str], known: dict[str, str]) -> dict[str, tuple[str, str]]:
+    """API fields whose type no longer matches the raw column: field -> (dlt type of the
+    raw column, API type now)."""
+    out = {}
+    for name, api_type in fields.items():
+        old, new = known.get(name), DLT_TYPES.get(api_type)
+        if old and new and old != new:
+            out[name] = (old, api_type)
+    return out
+
+
 @dataclass
 class EntitySpec:
     """What the loader knows of one entity: declared endpoint plus the API's schema."""
@@ -145,17 +165,22 @@ class EntitySpec:
     required: tuple[str, ...] = ()
     # fields whose type changed upstream -> the variant column they now load into
     variants: dict[str, str] = field(default_factory=dict)
+    # fields whose type changed upstream on an entity whose data types are frozen by its
+    # schema contract -> (raw column's dlt type, API type): their rows are quarantined
+    frozen: dict[str, tuple[str, str]] = field(default_factory=dict)
 
-    def with_variants(self, known: dict[str, str]) -> EntitySpec:
+    def with_variants(self, known: dict[str, str], freeze_types: bool = False) -> EntitySpec:
         """Route a field whose API type no longer matches its raw column (``known``:
         column -> dlt data type) to a variant column ``<field>__v_<type>``, as dlt does
-        for rows of dicts: the old column keeps its type and values, nothing is cast."""
-        variants = {}
-        for name, api_type in self.fields.items():
-            old, new = known.get(name), DLT_TYPES.get(api_type)
-            if old and new and old != new:
-                variants[name] = f"{name}__v_{new}"
-        self.variants = variants
+        for rows of dicts: the old column keeps its type and values, nothing is cast.
+        With ``freeze_types`` (the entity's contract freezes data types) the field is
+        held back instead: rows carrying a value in it go to quarantine."""
+        changed = type_changes(self.fields, known)
+        if freeze_types:
+            self.frozen, self.variants = changed, {}
+        else:
+            self.variants = {n: f"{n}__v_{DLT_TYPES[new]}" for n, (_, new) in changed.items()}
+            self.frozen = {}
         return self
 
     def arrow_schema(self) -> pa.Schema | None:
@@ -302,9 +327,41 @@ def parse_page(spec: EntitySpec, body: bytes) -> ParsedPage:
     # the key is never null past this point: say so, as dlt's schema does
     key = table.schema.get_field_index(pk)
     table = table.cast(table.schema.set(key, table.schema.field(key).with_nullable(False)))
+    if spec.frozen:
+        table = _hold_back_frozen(spec, table, quarantined)
+        if table is None:
+            return ParsedPage(None, quarantined)
     if spec.variants:
         table = table.rename_columns([spec.variants.get(n, n) for n in table.column_names])
     return ParsedPage(table, quarantined)
+
+
+def _hold_back_frozen(
+    spec: EntitySpec, table: pa.Table, quarantined: list[dict[str, Any]]
+) -> pa.Table | None:
+    """Quarantine the rows that carry a value in a field whose type changed on an entity
+    with frozen data types; the field is dropped from the rows that load (all null)."""
+    names = [n for n in spec.frozen if n in table.column_names]
+    if not names:
+        return table
+    carries = pc.is_valid(table[names[0]])
+    for n in names[1:]:
+        carries = pc.or_(carries, pc.is_valid(table[n]))
+    if pc.any(carries).as_py():
+        reason = "; ".join(
+            f"type of {n} changed from {spec.frozen[n][0]} to {spec.frozen[n][1]} upstream"
+            for n in names
+        )
+        for rec in _rows_as_json(table, carries):
+            quarantined.append(
+                _quarantine_row(
+                    spec, f"{reason}: data types are frozen on {spec.name} (schema"
+                    " contract); load once the change is accepted", rec
+                )
+            )
+        table = table.filter(pc.invert(carries))
+    table = table.drop_columns(names)
+    return table if table.num_rows else None
 
 
 def quarantine_table(rows: Iterable[dict[str, Any]], cursor: str) -> pa.Table:
@@ -340,13 +397,23 @@ def api_schema(client: RESTClient, path: str | None) -> dict[str, dict[str, Any]
 
 
 def raise_for_api_status(response: Response, base_url: str | None) -> None:
-    if response.status_code in (401, 403):
+    status = response.status_code
+    if status in (401, 403):
         raise ReplicaAuthError(
-            f"the replica API at {base_url} refused the token ({response.status_code}):"
+            f"the replica API at {base_url} refused the token ({status}):"
             " check SOURCES__REPLICA__TOKEN or .dlt/secrets.toml"
         )
-    if response.status_code >= 400:
-        raise ReplicaUnavailable(
-            f"the replica API at {base_url} answered {response.status_code} for"
-            f" {response.request.path_url.split('?')[0]}: {response.text[:200]}"
-        )
+    if status < 400:
+        return
+    what = (
+        f"the replica API at {base_url} answered {status} for"
+        f" {response.request.path_url.split('?')[0]}: {response.text[:200]}"
+    )
+    retry_after = response.headers.get("Retry-After")
+    if status == 429:
+        raise ReplicaUnavailable(what, "rate_limited", retry_after)
+    if status == 503 and retry_after:
+        raise ReplicaUnavailable(what, "maintenance", retry_after)
+    if status >= 500:
+        raise ReplicaUnavailable(what, "unavailable", retry_after)
+    raise ReplicaError(what + " (check the endpoint declarations and base_url)")

@@ -44,6 +44,8 @@ ENDPOINTS: dict[str, Endpoint] = {
 
 # the API's schema endpoint (field names and types per entity); None if the API has none
 SCHEMA_PATH = "v1/schema"
+# announced schema changes (None if the API publishes none)
+ANNOUNCEMENTS_PATH = "v1/announcements"
 # query parameters of the incremental listing
 PARAM_SINCE = "updated_since"
 PARAM_CURSOR = "cursor"
@@ -54,3 +56,30 @@ QUARANTINE_TABLE = "quarantine"
 PIPELINE_NAME = "salesflow_replica"
 SOURCE_NAME = "replica"  # the dlt source, and so the name of its schema
 DATASET_NAME = "raw"
+
+# Schema contracts, per entity (dlt's schema_contract settings: tables / columns /
+# data_type, each evolve | freeze | discard_row | discard_value). Override any entry under
+# [sources.replica.schema_contracts] in .dlt/config.toml. The defaults:
+# * events and reference data evolve freely: a new field is a new column, a type change a
+#   variant column (<field>__v_<type>) beside the old one; nothing is lost.
+# * orders and order_items carry the money: their data types are frozen, so a field whose
+#   type changes upstream sends its rows to quarantine and raises a schema-change alert
+#   instead of splitting revenue across two columns.
+FREE: dict[str, str] = {"tables": "evolve", "columns": "evolve", "data_type": "evolve"}
+TYPES_FROZEN: dict[str, str] = {"tables": "evolve", "columns": "evolve", "data_type": "freeze"}
+SCHEMA_CONTRACTS: dict[str, dict[str, str]] = {
+    "regions": FREE,
+    "customers": FREE,
+    "products": FREE,
+    "orders": TYPES_FROZEN,
+    "order_items": TYPES_FROZEN,
+    "events": FREE,
+}
+
+# categorical columns whose new values are business changes worth telling marketing about
+CATEGORICAL: dict[str, tuple[str, ...]] = {
+    "regions": ("region_id",),
+    "products": ("category", "product_line"),
+    "orders": ("channel", "currency"),
+    "events": ("channel",),
+}
