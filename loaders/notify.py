@@ -157,14 +157,37 @@ class Ledger:
                 " attempts INTEGER, last_error TEXT, PRIMARY KEY (key, channel))"
             )
             # every event key ever raised (sent, pending or deliberately skipped)
-            con.execute("CREATE TABLE IF NOT EXISTS raised (key TEXT PRIMARY KEY, at TEXT)")
+            con.execute(
+                "CREATE TABLE IF NOT EXISTS raised (key TEXT PRIMARY KEY, at TEXT, title TEXT)"
+            )
+            if "title" not in {r[1] for r in con.execute("PRAGMA table_info(raised)")}:
+                con.execute("ALTER TABLE raised ADD COLUMN title TEXT")  # older ledgers
 
-    def raise_once(self, key: str) -> bool:
+    def raise_once(self, key: str, title: str | None = None) -> bool:
         """Record ``key``; False if it was raised before."""
         now = datetime.now(timezone.utc).isoformat(timespec="seconds")
         with closing(self._con()) as con, con:
-            cur = con.execute("INSERT OR IGNORE INTO raised VALUES (?, ?)", (key, now))
+            cur = con.execute("INSERT OR IGNORE INTO raised VALUES (?, ?, ?)", (key, now, title))
             return cur.rowcount == 1
+
+    def recent(self, limit: int = 10) -> list[dict[str, Any]]:
+        """The last events raised (skipped milestones excluded), newest first, with the
+        channels that have them."""
+        with closing(self._con()) as con:
+            rows = con.execute(
+                "SELECT r.key, r.at, r.title, group_concat(d.channel, ','),"
+                " (SELECT group_concat(channel, ',') FROM pending p WHERE p.key = r.key)"
+                " FROM raised r LEFT JOIN delivered d ON d.key = r.key"
+                " WHERE r.title IS NOT NULL GROUP BY r.key ORDER BY r.at DESC, r.rowid DESC"
+                " LIMIT ?",
+                (limit,),
+            ).fetchall()
+        return [
+            {"key": k, "at": at, "title": title,
+             "delivered": sorted(filter(None, (d or "").split(","))),
+             "pending": sorted(filter(None, (p or "").split(",")))}
+            for k, at, title, d, p in rows
+        ]
 
     def raised(self, key: str) -> bool:
         with closing(self._con()) as con:
@@ -216,7 +239,7 @@ class Notifier:
     def notify(self, event: Event) -> dict[str, str]:
         """Deliver ``event`` on every channel that has not had it yet. Returns what
         happened per channel: delivered, already delivered, or the error."""
-        self.ledger.raise_once(event.key)
+        self.ledger.raise_once(event.key, event.title)
         out = {}
         for channel in self.channels.values():
             if self.ledger.delivered(event.key, channel.name):

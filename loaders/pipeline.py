@@ -30,7 +30,7 @@ from typing import Any
 import dlt
 from dlt.pipeline.exceptions import PipelineStepFailed
 
-from loaders import notify, tracking
+from loaders import health, notify, tracking
 from loaders.replica import (
     ReplicaError,
     fetch_announcements,
@@ -120,6 +120,19 @@ class LoadResult:
     load_ids: list[str] = field(default_factory=list)
     seconds: float = 0.0
     tracked: tracking.Tracked | None = None  # schema changes and notices of this load
+    outcome: str = ""  # the cycle's outcome (see loaders.health)
+    # entities whose incremental cursor moved forward: they had new data (the rest only
+    # re-read their lookback window, which merges into the same rows)
+    advanced: list[str] = field(default_factory=list)
+
+    @property
+    def new_rows(self) -> dict[str, int]:
+        return {k: v for k, v in self.rows.items() if k in self.advanced}
+
+    @property
+    def total_new(self) -> int:
+        """Rows loaded for entities that had new data (the rows an outage caught up)."""
+        return sum(self.new_rows.values())
 
     @property
     def total(self) -> int:
@@ -136,6 +149,19 @@ def known_types(pipeline: dlt.Pipeline) -> dict[str, dict[str, str]]:
         for table, t in schema.tables.items()
         if not table.startswith("_dlt")
     }
+
+
+def cursor_positions(pipeline: dlt.Pipeline) -> dict[str, Any]:
+    """Each resource's incremental cursor (last value seen), from dlt's state."""
+    try:
+        resources = pipeline.state["sources"][replica_settings.SOURCE_NAME]["resources"]
+    except KeyError:
+        return {}
+    out = {}
+    for name, r in resources.items():
+        for inc in (r.get("incremental") or {}).values():
+            out[name] = inc.get("last_value")
+    return out
 
 
 def root_cause(exc: BaseException) -> BaseException:
@@ -171,7 +197,53 @@ def load(progress: str | None = None, **options: Any) -> LoadResult:
     token, entities and any argument of ``replica_source``). Raises ReplicaError
     subclasses with a clear message for auth and reachability problems."""
     with run_lock("load"):
-        return _load(_source_kwargs(**options), progress)
+        return _cycle(_source_kwargs(**options), progress)
+
+
+def _cycle(kwargs: dict[str, Any], progress: str | None = None) -> LoadResult:
+    """A load recorded as a cycle: classified, kept in the health history, incidents
+    opened or closed and notified (see :mod:`loaders.health`)."""
+    started = health.utcnow()
+    try:
+        result = _load(kwargs, progress)
+    except Exception as exc:
+        _record_cycle(started, kwargs, None, exc)
+        raise
+    result.outcome = _record_cycle(started, kwargs, result, None)
+    return result
+
+
+def _record_cycle(
+    started: Any, kwargs: dict[str, Any], result: LoadResult | None, exc: BaseException | None
+) -> str:
+    rows = result.new_rows if result else {}
+    outcome, message = health.classify(exc, result.total_new if result else 0)
+    cycle = health.Cycle(
+        started, health.utcnow(), outcome, message, rows,
+        load_id=(result.load_ids or [None])[-1] if result else None,
+    )
+    upcoming = [
+        {k: a.get(k) for k in ("change_id", "title", "effective_at", "breaking")}
+        for a in (result.tracked.announcements if result and result.tracked else [])
+        if a.get("status") != "applied"
+    ]
+    extra: dict[str, Any] = {"entities": list(kwargs.get("entities") or replica_settings.ENDPOINTS)}
+    if result is not None:
+        extra["upcoming_announcements"] = upcoming
+    try:
+        tracker = health.Health(pipelines_dir(), notifier())
+    except ValueError as config_problem:  # a misconfigured channel: record, tell no one
+        log.error("notifications are misconfigured: %s", config_problem)
+        tracker = health.Health(pipelines_dir(), None)
+    try:
+        with make_pipeline().sql_client() as sql:
+            tracker.record(cycle, sql, extra)
+    except Exception as warehouse_problem:  # the warehouse is unusable: keep the state file
+        log.error("health history not written to the warehouse: %s", warehouse_problem)
+        tracker.record(cycle, None, extra)
+    if outcome not in health.SUCCESS:
+        log.warning("cycle %s: %s", outcome, message)
+    return outcome
 
 
 def _connection(kwargs: dict[str, Any]) -> tuple[str, str]:
@@ -213,6 +285,7 @@ def _load(kwargs: dict[str, Any], progress: str | None = None) -> LoadResult:
             pipeline.run()
         base_url, token = _connection(kwargs)
         before = known_types(pipeline)
+        positions = cursor_positions(pipeline)
         described = fetch_api_schema(base_url, token)
         announcements = fetch_announcements(base_url, token)
         entity_contracts = contracts(kwargs)
@@ -247,12 +320,14 @@ def _load(kwargs: dict[str, Any], progress: str | None = None) -> LoadResult:
         for table, n in trace.last_normalize_info.row_counts.items():
             if not table.startswith("_dlt"):
                 rows[table] = rows.get(table, 0) + n
+    now = cursor_positions(pipeline)
     return LoadResult(
         rows=rows,
         quarantined=rows.get(replica_settings.QUARANTINE_TABLE, 0),
         load_ids=list(info.loads_ids),
         seconds=time.perf_counter() - started,
         tracked=tracked,
+        advanced=sorted(k for k, v in now.items() if v != positions.get(k)),
     )
 
 
@@ -286,7 +361,7 @@ def run_cycle(select: Sequence[str] | None = None, **load_options: Any) -> tuple
     with the impact of the schema changes logged lately, the likely cause."""
     progress = load_options.pop("progress", None)
     with run_lock("run"):
-        result = _load(_source_kwargs(**load_options), progress)
+        result = _cycle(_source_kwargs(**load_options), progress)
         ok = _dbt_build(select)
         if not ok:
             notifier().notify(tracking.build_failed_event(result, recent_changes(limit=20)))

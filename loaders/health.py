@@ -1,0 +1,339 @@
+"""Pipeline health: classify every cycle, keep the history, and tell people once.
+
+Every load (``salesflow load``, ``run``, ``watch``, the demo) is a **cycle** with one
+outcome:
+
+=====================  ===============================================  =============
+outcome                what happened                                    incident kind
+=====================  ===============================================  =============
+success_new_data       loaded, rows arrived                             —
+success_no_data        loaded, nothing new upstream                     —
+maintenance            503 with Retry-After after the retries           outage
+source_unavailable     refused, timed out, 5xx after the retries        outage
+rate_limited           429 after the retries                            outage
+auth_error             the token was refused                            error
+config_error           bad URL, unknown endpoint, missing setting       error
+pipeline_error         our code or the warehouse failed                 error
+=====================  ===============================================  =============
+
+Failed cycles in a row form one **incident** (an outage, or an error streak): exactly one
+notice when it opens and one when a successful cycle closes it (with its duration and
+the rows caught up in that cycle); a different family of failure closes the open
+incident and opens its own. An outage is not a bug: outage notices tell users to wait
+and that nothing will be lost; error notices tell the data team what to fix.
+
+The history is kept in the warehouse (``raw.pipeline_cycles``, ``raw.pipeline_loads``:
+one row per entity per successful cycle, ``raw.pipeline_incidents``), documented as the
+dbt source ``salesflow``; the current state is also kept in ``health.json`` beside dlt's
+working directory, so ``salesflow status`` answers while a cycle holds the warehouse.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from loaders.notify import Event, Notifier
+from loaders.replica.helpers import ReplicaAuthError, ReplicaError, ReplicaUnavailable
+
+log = logging.getLogger(__name__)
+
+SUCCESS = ("success_new_data", "success_no_data")
+OUTAGE = ("maintenance", "source_unavailable", "rate_limited")
+ERROR = ("auth_error", "config_error", "pipeline_error")
+
+CYCLES = "pipeline_cycles"
+LOADS = "pipeline_loads"
+INCIDENTS = "pipeline_incidents"
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def iso(t: datetime) -> str:
+    return t.isoformat(timespec="seconds")
+
+
+def classify(exc: BaseException | None, rows: int = 0) -> tuple[str, str]:
+    """A cycle's outcome and a one-line explanation."""
+    if exc is None:
+        return ("success_new_data", f"{rows:,} rows loaded") if rows else (
+            "success_no_data", "nothing new upstream"
+        )
+    if isinstance(exc, ReplicaAuthError):
+        return "auth_error", str(exc)
+    if isinstance(exc, ReplicaUnavailable):
+        kind = {"maintenance": "maintenance", "rate_limited": "rate_limited"}.get(
+            exc.kind, "source_unavailable"
+        )
+        return kind, str(exc)
+    if isinstance(exc, ReplicaError):
+        return "config_error", str(exc)
+    return "pipeline_error", f"{type(exc).__name__}: {exc}"
+
+
+def family(outcome: str) -> str | None:
+    return "outage" if outcome in OUTAGE else "error" if outcome in ERROR else None
+
+
+@dataclass
+class Cycle:
+    started_at: datetime
+    ended_at: datetime
+    outcome: str
+    message: str
+    rows: dict[str, int] = field(default_factory=dict)
+    load_id: str | None = None
+
+    @property
+    def cycle_id(self) -> str:
+        return self.started_at.strftime("%Y%m%dT%H%M%S.%f")
+
+    @property
+    def total(self) -> int:
+        return sum(self.rows.values())
+
+
+ADVICE = {
+    "maintenance": "The platform is in planned maintenance. Nothing to do: salesflow keeps"
+    " trying and catches up on everything missed once it is back; marts stay as they are"
+    " (complete up to the last load) until then.",
+    "source_unavailable": "The replica API cannot be reached. Nothing is lost: salesflow"
+    " keeps trying and loads everything missed when it is back; marts stay complete up to"
+    " the last load. Escalate to the platform team if it lasts.",
+    "rate_limited": "The replica API keeps refusing requests (rate limit). salesflow backs"
+    " off and retries; if it lasts, lower the cycle frequency or page size.",
+    "auth_error": "The replica API refused salesflow's token. Nothing loads until the"
+    " token is fixed: update SOURCES__REPLICA__TOKEN or .dlt/secrets.toml.",
+    "config_error": "salesflow's configuration does not match the API (URL, endpoint or a"
+    " missing setting). Fix .dlt/config.toml; see the message.",
+    "pipeline_error": "salesflow itself failed (code or warehouse), not the platform. The"
+    " data team should look at the error and the logs; the next cycle retries.",
+}
+
+
+class Health:
+    """Records cycles, opens and closes incidents, raises their notices."""
+
+    def __init__(self, state_dir: Path, notifier: Notifier | None = None) -> None:
+        self.path = state_dir / "health.json"
+        self.notifier = notifier
+
+    # state ------------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        try:
+            return json.loads(self.path.read_text())
+        except FileNotFoundError:
+            return {"open_incident": None, "last_cycle": None, "entities": {}}
+
+    def _save(self, state: dict[str, Any]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state, indent=2, sort_keys=True, default=str))
+        os.replace(tmp, self.path)
+
+    # a cycle ------------------------------------------------------------------------
+    def record(self, cycle: Cycle, sql_client: Any = None, extra: dict[str, Any] | None = None
+               ) -> list[str]:
+        """Record ``cycle``; returns the keys of the notices it raised."""
+        state = self.state()
+        notices: list[str] = []
+        closed: dict[str, Any] | None = None
+        opened: dict[str, Any] | None = None
+        incident = state.get("open_incident")
+        fam = family(cycle.outcome)
+        if incident and fam != incident["family"]:
+            closed = {**incident, "ended_at": iso(cycle.ended_at),
+                      "rows_caught_up": cycle.total if fam is None else 0,
+                      "superseded_by": cycle.outcome if fam else None}
+            state["open_incident"] = incident = None
+        if fam is not None:
+            if incident is None:
+                opened = {
+                    "incident_id": f"{cycle.cycle_id}-{cycle.outcome}",
+                    "family": fam,
+                    "kind": cycle.outcome,
+                    "started_at": iso(cycle.started_at),
+                    "failed_cycles": 1,
+                    "last_error": cycle.message[:500],
+                }
+                state["open_incident"] = opened
+            else:
+                incident["failed_cycles"] += 1
+                incident["last_error"] = cycle.message[:500]
+                incident["last_kind"] = cycle.outcome
+        else:
+            for entity, n in cycle.rows.items():
+                state["entities"][entity] = {"last_success_at": iso(cycle.ended_at),
+                                             "rows_last_cycle": n}
+            # a cycle with nothing new still proves every declared entity is current
+            for entity in (extra or {}).get("entities", []):
+                state["entities"].setdefault(entity, {})
+                state["entities"][entity]["last_success_at"] = iso(cycle.ended_at)
+                state["entities"][entity].setdefault("rows_last_cycle", 0)
+            state["last_success_at"] = iso(cycle.ended_at)
+        state["last_cycle"] = {
+            "cycle_id": cycle.cycle_id, "outcome": cycle.outcome, "message": cycle.message,
+            "started_at": iso(cycle.started_at), "ended_at": iso(cycle.ended_at),
+            "rows": cycle.total,
+        }
+        if extra:
+            state.update({k: v for k, v in extra.items() if k != "entities"})
+        self._save(state)
+        if sql_client is not None:
+            try:
+                self._write(sql_client, cycle, opened, closed, state.get("open_incident"),
+                            (extra or {}).get("entities", []))
+            except Exception as exc:  # the history is a record, not the pipeline
+                log.error("could not write the health history to the warehouse: %s", exc)
+        if self.notifier is not None:
+            if closed:
+                notices.append(self._notify_closed(closed))
+            if opened:
+                notices.append(self._notify_opened(opened, cycle))
+        return notices
+
+    # warehouse ------------------------------------------------------------------------
+    @staticmethod
+    def ensure_tables(sql: Any, dataset: str) -> None:
+        sql.execute_sql(
+            f"CREATE TABLE IF NOT EXISTS {dataset}.{CYCLES} (cycle_id VARCHAR PRIMARY KEY,"
+            " started_at TIMESTAMP WITH TIME ZONE, ended_at TIMESTAMP WITH TIME ZONE,"
+            " outcome VARCHAR, message VARCHAR, rows_loaded BIGINT, load_id VARCHAR)"
+        )
+        sql.execute_sql(
+            f"CREATE TABLE IF NOT EXISTS {dataset}.{LOADS} (cycle_id VARCHAR, entity VARCHAR,"
+            " rows_loaded BIGINT, loaded_at TIMESTAMP WITH TIME ZONE, PRIMARY KEY (cycle_id,"
+            " entity))"
+        )
+        sql.execute_sql(
+            f"CREATE TABLE IF NOT EXISTS {dataset}.{INCIDENTS} (incident_id VARCHAR PRIMARY"
+            " KEY, family VARCHAR, kind VARCHAR, started_at TIMESTAMP WITH TIME ZONE,"
+            " ended_at TIMESTAMP WITH TIME ZONE, duration_seconds DOUBLE PRECISION,"
+            " failed_cycles INTEGER, rows_caught_up BIGINT, last_error VARCHAR)"
+        )
+
+    def _write(self, sql: Any, cycle: Cycle, opened: dict | None, closed: dict | None,
+               current: dict | None, entities: Sequence[str]) -> None:
+        if not sql.has_dataset():
+            sql.create_dataset()
+        ds = sql.fully_qualified_dataset_name()
+        self.ensure_tables(sql, ds)
+        sql.execute_sql(
+            f"INSERT INTO {ds}.{CYCLES} VALUES (%s, %s, %s, %s, %s, %s, %s)",
+            cycle.cycle_id, iso(cycle.started_at), iso(cycle.ended_at), cycle.outcome,
+            cycle.message[:1000], cycle.total, cycle.load_id,
+        )
+        if family(cycle.outcome) is None:
+            for entity in sorted(set(entities) | set(cycle.rows)):
+                sql.execute_sql(
+                    f"INSERT INTO {ds}.{LOADS} VALUES (%s, %s, %s, %s)",
+                    cycle.cycle_id, entity, cycle.rows.get(entity, 0), iso(cycle.ended_at),
+                )
+        if closed:
+            sql.execute_sql(
+                f"UPDATE {ds}.{INCIDENTS} SET ended_at = %s, duration_seconds = %s,"
+                " failed_cycles = %s, rows_caught_up = %s, last_error = %s"
+                " WHERE incident_id = %s",
+                closed["ended_at"], _duration(closed), closed["failed_cycles"],
+                closed["rows_caught_up"], closed["last_error"], closed["incident_id"],
+            )
+        if opened:
+            sql.execute_sql(
+                f"INSERT INTO {ds}.{INCIDENTS} VALUES (%s, %s, %s, %s, NULL, NULL, %s, NULL,"
+                " %s)",
+                opened["incident_id"], opened["family"], opened["kind"], opened["started_at"],
+                opened["failed_cycles"], opened["last_error"],
+            )
+        elif current:
+            sql.execute_sql(
+                f"UPDATE {ds}.{INCIDENTS} SET failed_cycles = %s, last_error = %s"
+                " WHERE incident_id = %s",
+                current["failed_cycles"], current["last_error"], current["incident_id"],
+            )
+
+    # notices ------------------------------------------------------------------------
+    def _notify_opened(self, incident: dict[str, Any], cycle: Cycle) -> str:
+        kind = incident["kind"]
+        outage = incident["family"] == "outage"
+        title = {
+            "maintenance": "Replica API in maintenance: loading paused",
+            "source_unavailable": "Replica API unavailable: loading paused",
+            "rate_limited": "Replica API rate-limiting: loading paused",
+            "auth_error": "Replica API refused the token: loading stopped",
+            "config_error": "salesflow configuration error: loading stopped",
+            "pipeline_error": "salesflow pipeline error: loading stopped",
+        }[kind]
+        event = Event(
+            key=f"incident:{incident['incident_id']}:opened",
+            kind="outage" if outage else kind,
+            title=title,
+            text=f"Since {incident['started_at']}. {ADVICE[kind]}\nDetail: {cycle.message}",
+            severity="warning" if outage else "error",
+            details={k: incident[k] for k in ("incident_id", "kind", "started_at")},
+        )
+        self.notifier.notify(event)
+        return event.key
+
+    def _notify_closed(self, incident: dict[str, Any]) -> str:
+        outage = incident["family"] == "outage"
+        seconds = _duration(incident)
+        if incident.get("superseded_by"):
+            event = Event(
+                key=f"incident:{incident['incident_id']}:closed",
+                kind="incident_changed",
+                title=f"{incident['kind'].replace('_', ' ')} became"
+                f" {incident['superseded_by'].replace('_', ' ')}",
+                text=f"The {incident['kind'].replace('_', ' ')} that started at"
+                f" {incident['started_at']} turned into a"
+                f" {incident['superseded_by'].replace('_', ' ')}: see the next notice.",
+                severity="warning",
+                details={"incident_id": incident["incident_id"]},
+            )
+            self.notifier.notify(event)
+            return event.key
+        what = "Replica API back" if outage else "salesflow loading again"
+        event = Event(
+            key=f"incident:{incident['incident_id']}:closed",
+            kind="recovery",
+            title=f"{what} after {_human(seconds)}",
+            text=(
+                f"The {incident['kind'].replace('_', ' ')} that started at"
+                f" {incident['started_at']} ended at {incident['ended_at']}"
+                f" ({_human(seconds)}, {incident['failed_cycles']} failed cycle(s))."
+                f" {incident['rows_caught_up']:,} rows were caught up in the first cycle"
+                " after it; nothing was lost or loaded twice."
+            ),
+            severity="info",
+            details={k: incident.get(k) for k in ("incident_id", "kind", "started_at",
+                                                 "ended_at", "failed_cycles",
+                                                 "rows_caught_up")}
+            | {"duration_seconds": seconds},
+        )
+        self.notifier.notify(event)
+        return event.key
+
+
+def _duration(incident: dict[str, Any]) -> float:
+    start = datetime.fromisoformat(incident["started_at"])
+    end = datetime.fromisoformat(incident["ended_at"])
+    return max((end - start).total_seconds(), 0.0)
+
+
+def _human(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def as_dict(cycle: Cycle) -> dict[str, Any]:
+    return {**asdict(cycle), "cycle_id": cycle.cycle_id}

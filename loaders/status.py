@@ -1,0 +1,157 @@
+"""``salesflow status``: is the data current, is anything broken, what was said.
+
+Reads the loader's state file (``health.json``, written at the end of every cycle, so
+it answers while a cycle holds the warehouse), the notification ledger, and the
+warehouse read-only when it is free (rows and newest record per raw table). Freshness
+thresholds are dbt's (``freshness_*_minutes`` vars in dbt_project.yml), so the command,
+source freshness and the ``pipeline_health`` mart agree.
+
+Exit code: 0 when everything is green or only warns, 1 when something is red (an open
+incident, an entity past the error threshold, or nothing ever loaded), so schedulers and
+monitors can act on it.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from loaders import health
+from loaders.notify import Ledger
+from loaders.replica import settings
+
+RED, WARN, GREEN = "red", "warn", "green"
+
+
+def thresholds(project_root: Path) -> tuple[float, float]:
+    """(warn, error) minutes, from dbt_project.yml's vars."""
+    project = yaml.safe_load((project_root / "dbt_project.yml").read_text())
+    v = project.get("vars") or {}
+    return float(v.get("freshness_warn_minutes", 30)), float(v.get("freshness_error_minutes", 120))
+
+
+def _warehouse(path: Path) -> tuple[dict[str, dict[str, Any]], str | None]:
+    """Rows and newest updated_at per raw table, or why they could not be read."""
+    import duckdb
+
+    if not path.exists():
+        return {}, "no warehouse yet"
+    try:
+        con = duckdb.connect(str(path), read_only=True)
+    except duckdb.Error as exc:
+        return {}, f"warehouse busy (a cycle is writing): {str(exc).splitlines()[0]}"
+    out: dict[str, dict[str, Any]] = {}
+    try:
+        tables = {
+            r[0]
+            for r in con.execute(
+                "select table_name from information_schema.tables where table_schema = ?",
+                [settings.DATASET_NAME],
+            ).fetchall()
+        }
+        for entity, ep in settings.ENDPOINTS.items():
+            if entity not in tables:
+                continue
+            cursor = ep.get("cursor", "updated_at")
+            rows, newest = con.execute(
+                f'select count(*), max("{cursor}") from {settings.DATASET_NAME}."{entity}"'
+            ).fetchone()
+            out[entity] = {"rows": rows, "newest_record_at": newest}
+    finally:
+        con.close()
+    return out, None
+
+
+def collect(state_dir: Path, warehouse: Path, project_root: Path,
+            now: datetime | None = None) -> dict[str, Any]:
+    now = now or datetime.now(timezone.utc)
+    warn_after, error_after = thresholds(project_root)
+    state = health.Health(state_dir).state()
+    tables, warehouse_note = _warehouse(warehouse)
+    entities = []
+    for entity in settings.ENDPOINTS:
+        e = state.get("entities", {}).get(entity, {})
+        last = e.get("last_success_at")
+        minutes = (now - datetime.fromisoformat(last)).total_seconds() / 60 if last else None
+        level = (
+            RED if minutes is None or minutes >= error_after
+            else WARN if minutes >= warn_after
+            else GREEN
+        )
+        entities.append({
+            "entity": entity,
+            "last_success_at": last,
+            "minutes_since_success": None if minutes is None else round(minutes, 1),
+            "freshness": level,
+            "rows_in_raw": tables.get(entity, {}).get("rows"),
+            "newest_record_at": tables.get(entity, {}).get("newest_record_at"),
+        })
+    incident = state.get("open_incident")
+    ledger_path = state_dir / "notifications.sqlite3"
+    notices = Ledger(ledger_path).recent(5) if ledger_path.exists() else []
+    overall = GREEN
+    if any(e["freshness"] == WARN for e in entities):
+        overall = WARN
+    if incident or any(e["freshness"] == RED for e in entities):
+        overall = RED
+    return {
+        "status": overall,
+        "checked_at": now.isoformat(timespec="seconds"),
+        "thresholds_minutes": {"warn": warn_after, "error": error_after},
+        "last_cycle": state.get("last_cycle"),
+        "open_incident": incident,
+        "entities": entities,
+        "upcoming_announcements": state.get("upcoming_announcements", []),
+        "recent_notifications": notices,
+        "warehouse": warehouse_note or "readable",
+    }
+
+
+def render(report: dict[str, Any]) -> str:
+    mark = {GREEN: "ok", WARN: "WARN", RED: "RED"}
+    lines = [f"salesflow status: {mark[report['status']]}  (checked {report['checked_at']})"]
+    c = report["last_cycle"]
+    if c:
+        lines.append(f"last cycle:  {c['ended_at']}  {c['outcome']}  — {c['message'][:120]}")
+    else:
+        lines.append("last cycle:  none yet (run `salesflow load`)")
+    i = report["open_incident"]
+    if i:
+        lines.append(
+            f"OPEN INCIDENT: {i['kind']} ({i['family']}) since {i['started_at']},"
+            f" {i['failed_cycles']} failed cycle(s): {i['last_error'][:120]}"
+        )
+    else:
+        lines.append("incidents:   none open")
+    t = report["thresholds_minutes"]
+    lines.append(f"freshness (warn {t['warn']:.0f} min, error {t['error']:.0f} min):")
+    lines.append(f"  {'entity':<12} {'last success':<26} {'min ago':>8}  {'state':<6}"
+                 f" {'rows in raw':>12}  newest record")
+    for e in report["entities"]:
+        ago = "-" if e["minutes_since_success"] is None else f"{e['minutes_since_success']:.1f}"
+        rows = "-" if e["rows_in_raw"] is None else f"{e['rows_in_raw']:,}"
+        lines.append(
+            f"  {e['entity']:<12} {e['last_success_at'] or 'never':<26} {ago:>8}"
+            f"  {mark[e['freshness']]:<6} {rows:>12}  {e['newest_record_at'] or '-'}"
+        )
+    if report["warehouse"] != "readable":
+        lines.append(f"  ({report['warehouse']})")
+    ups = report["upcoming_announcements"]
+    lines.append("announced schema changes: " + ("none pending" if not ups else ""))
+    for a in ups:
+        lines.append(f"  {a['change_id']}: {a['title']} — effective {a['effective_at']}"
+                     + (" (breaking)" if a.get("breaking") else ""))
+    lines.append("last notifications:" + (" none" if not report["recent_notifications"] else ""))
+    for n in report["recent_notifications"]:
+        where = ", ".join(n["delivered"]) or "-"
+        pending = f"; pending on {', '.join(n['pending'])}" if n["pending"] else ""
+        lines.append(f"  {n['at']}  {n['title']}  [{where}{pending}]")
+    return "\n".join(lines)
+
+
+def as_json(report: dict[str, Any]) -> str:
+    return json.dumps(report, indent=2, default=str)

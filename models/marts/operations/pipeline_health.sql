@@ -1,0 +1,71 @@
+{{ config(materialized='view') }}
+
+-- How current the data behind the marts is, per entity: a view, so it answers "now"
+-- whenever it is queried, not when it was last built.
+with
+
+loads as (
+
+    select * from {{ source('salesflow', 'pipeline_loads') }}
+
+),
+
+incidents as (
+
+    select * from {{ source('salesflow', 'pipeline_incidents') }}
+
+),
+
+last_load as (
+
+    select
+        entity,
+        max(loaded_at) as last_loaded_at,
+        max(case when rows_loaded > 0 then loaded_at end) as last_new_data_at
+    from loads
+    group by entity
+
+),
+
+open_incident as (
+
+    select
+        kind as open_incident_kind,
+        family as open_incident_family,
+        started_at as open_incident_since
+    from incidents
+    where ended_at is null
+    order by started_at desc
+    limit 1
+
+),
+
+aged as (
+
+    select
+        last_load.entity,
+        last_load.last_loaded_at,
+        last_load.last_new_data_at,
+        {{ minutes_between('last_load.last_loaded_at', 'current_timestamp') }}
+            as minutes_since_load
+    from last_load
+
+)
+
+select
+    aged.entity,
+    aged.last_loaded_at,
+    aged.last_new_data_at,
+    aged.minutes_since_load,
+    case
+        when aged.minutes_since_load >= {{ var('freshness_error_minutes') }}
+            then 'error'
+        when aged.minutes_since_load >= {{ var('freshness_warn_minutes') }}
+            then 'warn'
+        else 'fresh'
+    end as freshness_status,
+    open_incident.open_incident_kind,
+    open_incident.open_incident_family,
+    open_incident.open_incident_since
+from aged
+left join open_incident on true
