@@ -141,6 +141,52 @@ def cmd_schema_impact(args) -> int:
     return 0
 
 
+def cmd_status(args) -> int:
+    from loaders import status
+    from loaders.pipeline import PROJECT_ROOT, pipelines_dir, warehouse_path
+
+    report = status.collect(pipelines_dir(), warehouse_path(), PROJECT_ROOT)
+    print(status.as_json(report) if args.json else status.render(report))
+    return 1 if report["status"] == status.RED else 0
+
+
+def cmd_watch(args) -> int:
+    from loaders.watch import watch
+
+    def show(stats) -> None:
+        print(f"cycle {stats.cycles}: {stats.last}", flush=True)
+
+    opts = _load_options(args)
+    stats = watch(interval=args.interval, max_cycles=args.cycles, on_cycle=show, **opts)
+    print(f"stopped after {stats.cycles} cycle(s): {stats.builds} build(s),"
+          f" {stats.published} publication(s), {stats.failures} failed cycle(s)")
+    return 0
+
+
+def cmd_query(args) -> int:
+    import duckdb
+
+    from loaders.publish import published_path
+
+    path = Path(args.database) if args.database else published_path()
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist: run `salesflow watch` or `make demo`")
+    sql = Path(args.sql).read_text() if Path(args.sql).is_file() else args.sql
+    with duckdb.connect(str(path), read_only=True) as con:
+        rel = con.sql(sql)
+        if rel is None:
+            return 0
+        if args.csv:
+            import csv
+
+            w = csv.writer(sys.stdout)
+            w.writerow(rel.columns)
+            w.writerows(rel.fetchall())
+        else:
+            rel.show(max_rows=args.max_rows, max_width=200)
+    return 0
+
+
 def cmd_demo(args) -> int:
     from loaders.demo import demo
 
@@ -182,6 +228,23 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--limit", type=int, default=20, help="detected changes to assess")
     q.add_argument("--base-url", help="replica API (default: sources.replica.base_url)")
     q.set_defaults(func=cmd_schema_impact)
+    p = load_args(sub.add_parser(
+        "watch", help="continuous cycles: load, build what changed, publish for analysts"
+    ))
+    p.add_argument("--interval", type=float, default=2.0, help="seconds between cycle starts")
+    p.add_argument("--cycles", type=int, help="stop after this many cycles")
+    p.set_defaults(func=cmd_watch)
+    p = sub.add_parser("query", help="SQL on the published marts (read-only)")
+    p.add_argument("sql", help="a SQL statement, or a file holding one (e.g. analyses/*.sql)")
+    p.add_argument("--database", help="DuckDB file (default: the published analytics file)")
+    p.add_argument("--csv", action="store_true", help="CSV on stdout")
+    p.add_argument("--max-rows", type=int, default=40)
+    p.set_defaults(func=cmd_query)
+    p = sub.add_parser(
+        "status", help="freshness, incidents, announcements; exit 1 when something is red"
+    )
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_status)
     p = sub.add_parser("demo", help="simulator → load → dbt, from scratch, then stop")
     p.add_argument("--orders", type=int, default=3000)
     p.add_argument("--live-seconds", type=float, default=5.0)

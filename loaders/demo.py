@@ -73,6 +73,12 @@ def demo(orders: int = 3000, live_seconds: float = 5.0) -> int:
             if not pipeline.dbt_build():
                 print("dbt build failed: see the output above", file=sys.stderr)
                 return 1
+            _step("publish the marts for analysts")
+            from loaders.publish import publish
+
+            published = publish(pipeline.warehouse_path())
+            print(f"  {len(published.tables)} marts in {published.path}"
+                  f" ({published.seconds:.2f} s)")
             _step("docs site: dbt docs generate --static")
             docs = pipeline.dbt_docs()
     finally:
@@ -90,9 +96,8 @@ def demo(orders: int = 3000, live_seconds: float = 5.0) -> int:
     print(f"  warehouse:      {wh}  (schemas raw, staging, marts)")
     print(f"  dlt pipeline:   dlt pipeline --pipelines-dir {pipeline.pipelines_dir()} "
           f"salesflow_replica info")
-    print(f"  query it:       .venv/bin/python -c \"import duckdb; "
-          f"print(duckdb.connect('{wh}', read_only=True).sql('select * "
-          f"from marts.product_sales_daily order by revenue_usd desc limit 10'))\"")
+    print("  query it:       .venv/bin/salesflow query"
+          " analyses/top_product_lines_last_7_days.sql   (the published marts)")
     print("  or with dbt:    .venv/bin/dbt show --select product_sales_daily")
     print("  schema changes: .venv/bin/salesflow schema   (and `salesflow schema impact`)")
     print(f"  notifications:  {pipeline.pipelines_dir() / 'notifications.jsonl'}")

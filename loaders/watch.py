@@ -1,0 +1,174 @@
+"""``salesflow watch``: cycles back to back — load what is new, rebuild what it affects,
+publish for analysts.
+
+* **One process, dbt warm.** dbt runs through its programmatic runner with the project
+  parsed once at start (``dbtRunner(manifest=...)``), so a cycle pays for compiling and
+  running the selected models only, not for start-up and parsing.
+* **Only what changed.** The loader says which entities' cursors moved; the build selects
+  ``source:replica.<entity>+`` for those (models and their tests; unit tests belong to
+  ``make test``). A cycle with nothing new loads the lookback window, builds nothing and
+  publishes nothing. The first cycle builds everything.
+* **Published atomically** (:mod:`loaders.publish`) after every successful build:
+  analysts read ``data/published/analytics.duckdb`` and are never blocked or shown a
+  half-built mart. A failed build publishes nothing (analysts keep the last good
+  version) and is notified with the impact of recent schema changes.
+* **Outages**: a failed cycle is classified and recorded (:mod:`loaders.health`: one
+  alert per incident, one recovery notice); watch backs off (interval doubled per
+  failure, at most ``max_backoff``) and resumes; the incremental cursor did not move, so
+  the next good cycle catches up.
+* **Stopping**: SIGINT or SIGTERM lets the cycle in progress finish and then exits; a
+  second signal abandons it at once — safe, since dlt completes a half-loaded package on
+  the next start and the published file is only ever replaced whole.
+* The run lock is held for the whole watch: a second watch or `salesflow run` is refused.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from loaders import pipeline, publish, tracking
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class WatchStats:
+    cycles: int = 0
+    builds: int = 0
+    failures: int = 0
+    published: int = 0
+    last: dict[str, Any] = field(default_factory=dict)
+
+
+class DbtSession:
+    """dbt with the project parsed once (the manifest is reused by every command)."""
+
+    def __init__(self) -> None:
+        from dbt.cli.main import dbtRunner
+
+        self._runner_cls = dbtRunner
+        parsed = self._invoke(dbtRunner(), "parse")
+        if not parsed.success or parsed.result is None:
+            raise RuntimeError(f"dbt parse failed: {parsed.exception}")
+        self.runner = dbtRunner(manifest=parsed.result)
+
+    @staticmethod
+    def _invoke(runner: Any, *args: str) -> Any:
+        root = str(pipeline.PROJECT_ROOT)
+        try:
+            return runner.invoke([*args, "--project-dir", root, "--profiles-dir", root])
+        finally:
+            pipeline.release_dbt_warehouse()
+
+    def build(self, select: list[str] | None) -> tuple[bool, list[str]]:
+        """Build (models, seeds, snapshots, tests; no unit tests); returns success and the
+        marts rebuilt."""
+        args = ["build", "--exclude-resource-type", "unit_test"]
+        if select:
+            args += ["--select", *select]
+        result = self._invoke(self.runner, *args)
+        if result.exception is not None:
+            raise result.exception
+        marts = [
+            r.node.name
+            for r in getattr(result.result, "results", None) or []
+            if r.node.resource_type == "model" and r.node.schema == publish.SCHEMA
+            and str(r.status) == "success"
+        ]
+        return bool(result.success), marts
+
+
+def watch(
+    interval: float = 2.0,
+    max_cycles: int | None = None,
+    max_backoff: float = 60.0,
+    stop: threading.Event | None = None,
+    on_cycle: Callable[[WatchStats], None] | None = None,
+    **load_options: Any,
+) -> WatchStats:
+    """Run cycles until stopped (signal, ``stop`` set, or ``max_cycles`` done)."""
+    stop = stop or threading.Event()
+    stats = WatchStats()
+    restore = _install_signals(stop)
+    try:
+        with pipeline.run_lock("watch"):
+            dbt = DbtSession()
+            built_once = False
+            failures = 0
+            while not stop.is_set() and (max_cycles is None or stats.cycles < max_cycles):
+                started = time.monotonic()
+                stats.cycles += 1
+                try:
+                    result = pipeline._cycle(pipeline._source_kwargs(**load_options))
+                except Exception as exc:  # recorded and notified by the cycle itself
+                    failures += 1
+                    stats.failures += 1
+                    stats.last = {"outcome": "failed", "error": str(exc)}
+                    wait = min(interval * 2**failures, max_backoff)
+                    log.warning("cycle failed (%s); next attempt in %.0f s", exc, wait)
+                    if on_cycle:
+                        on_cycle(stats)
+                    stop.wait(wait)
+                    continue
+                failures = 0
+                stats.last = {"outcome": result.outcome, "rows": result.total_new,
+                              "load_s": round(result.seconds, 2)}
+                if result.advanced or not built_once:
+                    select = (
+                        None if not built_once
+                        else [f"source:{pipeline.replica_settings.SOURCE_NAME}.{e}+"
+                              for e in result.advanced]
+                    )
+                    t = time.monotonic()
+                    ok, marts = dbt.build(select)
+                    stats.builds += 1
+                    stats.last["build_s"] = round(time.monotonic() - t, 2)
+                    if ok:
+                        built_once = True
+                        pub = publish.publish(
+                            pipeline.warehouse_path(),
+                            changed=None if select is None else marts,
+                            cycle_id=result.load_ids[-1] if result.load_ids else None,
+                        )
+                        stats.published += 1
+                        stats.last["publish_s"] = round(pub.seconds, 2)
+                    else:
+                        pipeline.notifier().notify(
+                            tracking.build_failed_event(result, pipeline.recent_changes(20))
+                        )
+                        stats.last["build"] = "failed"
+                stats.last["cycle_s"] = round(time.monotonic() - started, 2)
+                log.info("cycle %d: %s", stats.cycles, stats.last)
+                if on_cycle:
+                    on_cycle(stats)
+                stop.wait(max(0.0, interval - (time.monotonic() - started)))
+    finally:
+        restore()
+    return stats
+
+
+def _install_signals(stop: threading.Event) -> Callable[[], None]:
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    def handler(signum: int, frame: Any) -> None:
+        if stop.is_set():  # second signal: abandon the cycle in progress
+            raise KeyboardInterrupt
+        log.warning("stopping after the cycle in progress (signal again to abandon it)")
+        stop.set()
+
+    for s in previous:
+        signal.signal(s, handler)
+
+    def restore() -> None:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+    return restore

@@ -1,0 +1,184 @@
+"""`salesflow watch` and the analysts' published file: readers never blocked nor shown a
+half-built state; kill and restart; an outage during watch; analyses run."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from loaders import cli, pipeline, publish
+from loaders.watch import watch
+from simulator import faults
+from simulator.faults import Faults
+from tests.conftest import ROOT, TOKEN, start_simulator
+from tests.test_replica_source import assert_reconciled
+
+CONSISTENT = """
+select
+    (select sum(revenue_usd) from marts.product_sales_daily)
+        = (select sum(revenue_usd) from marts.product_sales_hourly),
+    (select sum(units) from marts.product_sales_daily)
+        = (select sum(units) from marts.product_sales_hourly),
+    (select count(*) from marts.fct_orders),
+    (select cycle_id from marts._published)
+"""
+
+
+@pytest.fixture
+def published(tmp_path: Path, warehouse: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    path = tmp_path / "published" / "analytics.duckdb"
+    monkeypatch.setenv("SALESFLOW_PUBLISHED_PATH", str(path))
+    return path
+
+
+READER = """
+import duckdb, json, sys, time
+path, hold, seconds, query = sys.argv[1], sys.argv[2] == "hold", float(sys.argv[3]), sys.argv[4]
+deadline, held = time.monotonic() + seconds, None
+while time.monotonic() < deadline:
+    try:
+        if hold:
+            held = held or duckdb.connect(path, read_only=True)
+            row = held.execute(query).fetchone()
+        else:
+            with duckdb.connect(path, read_only=True) as con:
+                row = con.execute(query).fetchone()
+        print(json.dumps({"row": [str(v) for v in row]}), flush=True)
+    except Exception as exc:
+        print(json.dumps({"error": repr(exc)}), flush=True)
+    time.sleep(0.05)
+"""
+
+
+def reader(path: Path, hold: bool, seconds: float) -> subprocess.Popen:
+    """An analyst's process: a fresh read-only connection per query, or one held."""
+    return subprocess.Popen(
+        [sys.executable, "-c", READER, str(path), "hold" if hold else "fresh", str(seconds),
+         CONSISTENT],
+        stdout=subprocess.PIPE, text=True,
+    )
+
+
+def test_readers_see_whole_versions_while_watch_builds(platform_dir, warehouse, published):
+    sim = start_simulator(platform_dir, "--rate", "30")
+    try:
+        watch(interval=0.5, max_cycles=1, base_url=sim.url, token=TOKEN)  # first version
+        readers = [reader(published, hold, 40) for hold in (False, True)]
+        stats = watch(interval=0.5, max_cycles=4, base_url=sim.url, token=TOKEN)
+        for r in readers:
+            r.terminate()
+        outputs = [[json.loads(line) for line in r.communicate(timeout=30)[0].splitlines()]
+                   for r in readers]
+    finally:
+        sim.stop()
+    assert stats.published >= 3 and stats.failures == 0
+    for out in outputs:
+        assert out and [o for o in out if "error" in o] == []
+        assert all(o["row"][0] == "True" and o["row"][1] == "True" for o in out)
+    fresh, held = ([o["row"] for o in out] for out in outputs)
+    assert len({row[3] for row in fresh}) >= 3  # fresh connections follow publications
+    assert [int(row[2]) for row in fresh] == sorted(int(row[2]) for row in fresh)
+    assert len({tuple(row) for row in held}) == 1  # a held connection keeps its version
+
+
+def run_watch(env: dict, *args: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "loaders.cli", "watch", "--interval", "0.5", *args],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+
+
+def wait_for_cycles(proc: subprocess.Popen, n: int, timeout: float = 180) -> list[str]:
+    lines, deadline = [], time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        if sum(1 for x in lines if x.startswith("cycle ")) >= n:
+            return lines
+    raise AssertionError("watch did not run its cycles:\n" + "".join(lines[-30:]))
+
+
+def test_watch_killed_mid_cycle_restarts_and_stops_cleanly(
+    platform_dir, warehouse, published, tmp_path
+):
+    sim = start_simulator(platform_dir, "--rate", "30")
+    env = {**os.environ, "SOURCES__REPLICA__BASE_URL": sim.url, "SOURCES__REPLICA__TOKEN": TOKEN}
+    try:
+        proc = run_watch(env)
+        wait_for_cycles(proc, 2)
+        time.sleep(0.7)  # inside the next cycle (load or build)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        before = published.stat().st_mtime_ns
+
+        proc = run_watch(env)  # recovers by itself: pending package, lock, published file
+        wait_for_cycles(proc, 2)
+        proc.send_signal(signal.SIGTERM)  # finishes the cycle in progress, then exits
+        out, _ = proc.communicate(timeout=120)
+        assert proc.returncode == 0, out
+        assert "stopped after" in out
+        assert published.stat().st_mtime_ns > before
+    finally:
+        sim.stop()
+    quiet = start_simulator(platform_dir)
+    try:
+        pipeline.load(base_url=quiet.url, token=TOKEN)
+    finally:
+        quiet.stop()
+    assert_reconciled(platform_dir, warehouse)
+    with duckdb.connect(str(published), read_only=True) as con:
+        [(ok, units_ok, orders, _)] = con.execute(CONSISTENT).fetchall()
+    assert ok and units_ok and orders > 0
+
+
+def test_an_outage_during_watch_is_one_alert_and_one_recovery(
+    platform_dir, warehouse, published, monkeypatch
+):
+    monkeypatch.setenv("RUNTIME__REQUEST_MAX_ATTEMPTS", "2")
+    monkeypatch.setenv("RUNTIME__REQUEST_BACKOFF_FACTOR", "0.1")
+    sim = start_simulator(platform_dir, "--rate", "20")
+    timeline: list[str] = []
+
+    def on_cycle(stats) -> None:
+        timeline.append(stats.last["outcome"])
+        if stats.cycles == 2:
+            faults.save(platform_dir, Faults(outage_until=faults.window(4)))
+            time.sleep(1)
+
+    try:
+        watch(interval=0.5, max_cycles=9, max_backoff=2, on_cycle=on_cycle,
+              base_url=sim.url, token=TOKEN)
+    finally:
+        sim.stop()
+    assert "failed" in timeline and timeline[-1].startswith("success"), timeline
+    log = warehouse.parent / "dlt" / "notifications.jsonl"
+    kinds = [json.loads(line)["kind"] for line in log.read_text().splitlines()]
+    assert kinds.count("outage") == 1 and kinds.count("recovery") == 1, kinds
+
+
+def test_analyses_run_on_the_published_file(simulator, warehouse, published, capsys):
+    pipeline.load(base_url=simulator.url, token=TOKEN)
+    assert pipeline._dbt("build", "--exclude-resource-type", "unit_test")
+    publish.publish(warehouse)
+    for sql in sorted((ROOT / "analyses").glob("*.sql")):
+        assert cli.main(["query", str(sql), "--csv"]) == 0, sql.name
+        out = capsys.readouterr().out.splitlines()
+        assert len(out) >= 2, f"{sql.name} returned no rows"
+    with duckdb.connect(str(published), read_only=True) as con:
+        columns = {
+            r[0] for r in con.execute(
+                "select column_name from information_schema.columns"
+            ).fetchall()
+        }
+    # no readable personal data reaches analysts
+    assert not {"email", "first_name", "last_name", "full_name", "phone"} & columns
