@@ -5,9 +5,13 @@ publish for analysts.
   parsed once at start (``dbtRunner(manifest=...)``), so a cycle pays for compiling and
   running the selected models only, not for start-up and parsing.
 * **Only what changed.** The loader says which entities' cursors moved; the build selects
-  ``source:replica.<entity>+`` for those (models and their tests; unit tests belong to
-  ``make test``). A cycle with nothing new loads the lookback window, builds nothing and
-  publishes nothing. The first cycle builds everything.
+  ``source:replica.<entity>+`` for those. A cycle with nothing new loads the lookback
+  window, builds nothing and publishes nothing. The first cycle builds everything.
+* **Tests at a rhythm.** Data tests run with the first build, every ``test_every``-th
+  build and whenever the source's shape changed; the builds between run the models only
+  (``dbt run``: about 1.3 s instead of 3.7 s at demo scale, which halves the time from a
+  sale to the published mart). Contracts are enforced by every build. Unit tests belong
+  to ``make test``.
 * **Published atomically** (:mod:`loaders.publish`) after every successful build:
   analysts read ``data/published/analytics.duckdb`` and are never blocked or shown a
   half-built mart. A failed build publishes nothing (analysts keep the last good
@@ -66,10 +70,13 @@ class DbtSession:
         finally:
             pipeline.release_dbt_warehouse()
 
-    def build(self, select: list[str] | None) -> tuple[bool, list[str]]:
-        """Build (models, seeds, snapshots, tests; no unit tests); returns success and the
-        marts rebuilt."""
-        args = ["build", "--exclude-resource-type", "unit_test"]
+    def build(self, select: list[str] | None, tests: bool = True) -> tuple[bool, list[str]]:
+        """Build (models, seeds, snapshots, and with ``tests`` their data tests; never
+        unit tests); returns success and the marts rebuilt."""
+        args = (
+            ["build", "--exclude-resource-type", "unit_test"] if tests
+            else ["run"]
+        )
         if select:
             args += ["--select", *select]
         result = self._invoke(self.runner, *args)
@@ -88,6 +95,7 @@ def watch(
     interval: float = 2.0,
     max_cycles: int | None = None,
     max_backoff: float = 60.0,
+    test_every: int = 10,
     stop: threading.Event | None = None,
     on_cycle: Callable[[WatchStats], None] | None = None,
     **load_options: Any,
@@ -126,8 +134,16 @@ def watch(
                               for e in result.advanced]
                     )
                     t = time.monotonic()
-                    ok, marts = dbt.build(select)
+                    # data tests run with the first build, then every test_every-th and
+                    # whenever the source's shape changed; the builds between only run
+                    # the models (contracts still hold: they are enforced by the DDL)
+                    tests = (
+                        not built_once or stats.builds % max(test_every, 1) == 0
+                        or bool(result.tracked and result.tracked.changes)
+                    )
+                    ok, marts = dbt.build(select, tests=tests)
                     stats.builds += 1
+                    stats.last["tests"] = tests
                     stats.last["build_s"] = round(time.monotonic() - t, 2)
                     if ok:
                         built_once = True
