@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint pytest venv clean docs docs-serve chromium
+.PHONY: demo test lint pytest venv clean docs docs-serve chromium bench bench-smoke
 
 # (Re)create the virtualenv when the dependency pins change; a no-op otherwise.
 $(STAMP): pyproject.toml constraints.txt
@@ -22,14 +22,24 @@ demo: $(STAMP)
 # sqlfluff's dbt templater compiles against a warehouse: give it a scratch one, so linting
 # never contends with a running pipeline for data/warehouse.duckdb
 lint: $(STAMP)
-	$(BIN)/ruff check loaders simulator tests
+	$(BIN)/ruff check loaders simulator tests benchmarks
 	mkdir -p target
 	SALESFLOW_DUCKDB_PATH=target/sqlfluff.duckdb $(BIN)/sqlfluff lint models tests/data
 
 pytest: $(STAMP) chromium
 	$(BIN)/python -m pytest
 
-test: lint pytest
+test: lint pytest bench-smoke
+
+# The benchmark (benchmarks/bench.py): 1M orders through the whole pipeline, with
+# benchmarks/results.json and a table as the result; about 15 minutes on 2 cores.
+# `bench-smoke` runs the same harness at a tiny scale so it cannot rot (keys, not goals).
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks.bench --scale default
+
+bench-smoke: $(STAMP)
+	$(BIN)/python -m benchmarks.bench --scale smoke --out target/bench-smoke.json
+	$(BIN)/python -m benchmarks.check target/bench-smoke.json
 
 # The dbt docs site as one self-contained page: target/static_index.html (plus the usual
 # target/index.html, manifest.json and catalog.json). Compiles against the warehouse in

@@ -1,0 +1,366 @@
+"""salesflow's benchmark: speed, memory, cycle cost and freshness, side by side.
+
+    python -m benchmarks.bench [--scale smoke|default|large] [--out FILE]
+
+Writes ``benchmarks/results.json`` (``--out``) and prints a table. Everything runs on
+this machine through real HTTP on 127.0.0.1; ratios are measured in the same run, since
+absolute times drift on shared machines. Method, figure by figure:
+
+* ``load.rows_per_s``: a backfill of the scale's orders (other entities at their natural
+  ratios) into an empty warehouse — ``salesflow load`` in its own process against
+  ``salesflow sim serve --rate 0``; timed from process start to exit (start-up included),
+  rows = rows in the raw tables afterwards. ``memory.peak_rss_mb``: that process's peak
+  resident memory (``getrusage`` of the waited child).
+* ``load.duckdb_read_json_rows_per_s``: the same rows, dumped from the replica as NDJSON
+  by the API's own rendering (dump not timed), read by DuckDB's ``read_json`` into tables
+  of a fresh database file; ``load.ratio`` = rows_per_s / that.
+* ``load.baseline_dlt_dicts_rows_per_s``: what a user would write first — a dlt resource
+  paging the API's JSON with dlt's RESTClient, yielding the dicts, default loader
+  (``insert_values``) into DuckDB — over the first ``baseline_rows`` order items;
+  ``load.speedup_vs_baseline``.
+* ``cycle.full_s`` / ``delta_1pct_s`` / ``noop_s``: cycles of ``salesflow watch`` (dbt
+  parsed once before; parse not timed) after the backfill: the first builds every model
+  over all data; then 1% of the rows new or changed on the platform (new orders with
+  their lines and events, plus the platform's own updates), rebuilt selectively; then
+  nothing new. Each includes load, build and publication. Ratios to full.
+* ``freshness.p50_s`` / ``p95_s``: the simulator at 50 orders/s and watch at a 1 s
+  interval for ``freshness_seconds``; for every order first visible in the published
+  file, publication time minus the order's ``ordered_at`` (written on the platform then).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform as host
+import resource
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+TOKEN = "bench-token"
+
+SCALES: dict[str, dict[str, Any]] = {
+    # keys only: checks that the harness runs end to end, not the targets
+    "smoke": {"orders": 400, "baseline_rows": 500, "freshness_seconds": 12, "days": 10},
+    "default": {"orders": 1_000_000, "baseline_rows": 50_000, "freshness_seconds": 180,
+                "days": 90},
+    "large": {"orders": 10_000_000, "baseline_rows": 50_000, "freshness_seconds": 180,
+              "days": 365},
+}
+GOALS = {"load.ratio": 0.25, "memory.peak_rss_mb": 1024, "cycle.delta_ratio": 0.10,
+         "cycle.noop_ratio": 0.03, "freshness.p50_s": 5, "freshness.p95_s": 10}
+
+
+class Server:
+    def __init__(self, sim_dir: Path, *args: str) -> None:
+        from simulator.server import read_server_file
+
+        (sim_dir / "server.json").unlink(missing_ok=True)
+        self.log = open(sim_dir / "serve.log", "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "loaders.cli", "sim", "serve", "--dir", str(sim_dir),
+             "--token", TOKEN, "--port", "0", "--rate-limit", "100000", *args],
+            stdout=self.log, stderr=subprocess.STDOUT, cwd=ROOT,
+        )
+        self.url = read_server_file(sim_dir, timeout=60)["url"]
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.log.close()
+
+
+def _env(work: Path) -> dict[str, str]:
+    return {
+        "SALESFLOW_DUCKDB_PATH": str(work / "warehouse.duckdb"),
+        "SALESFLOW_PIPELINES_DIR": str(work / "dlt"),
+        "SALESFLOW_PUBLISHED_PATH": str(work / "published" / "analytics.duckdb"),
+        "SOURCES__REPLICA__TOKEN": TOKEN,
+        "DLT_PROJECT_DIR": str(ROOT),
+        "NOTIFY__JSONL_PATH": str(work / "notifications.jsonl"),
+    }
+
+
+def backfill(work: Path, url: str) -> dict[str, Any]:
+    started = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, "-m", "loaders.cli", "load", "--base-url", url],
+        cwd=ROOT, env={**os.environ, **_env(work)}, capture_output=True, text=True,
+    )
+    seconds = time.perf_counter() - started
+    if proc.returncode != 0:
+        raise RuntimeError(f"backfill failed:\n{proc.stdout}\n{proc.stderr}")
+    peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    from loaders import pipeline
+    from loaders.replica import settings
+
+    counts = _with_env(work, lambda: pipeline.raw_counts(list(settings.ENDPOINTS)))
+    rows = sum(counts.get(e, 0) for e in settings.ENDPOINTS)
+    return {"rows": rows, "seconds": round(seconds, 2), "rows_per_s": round(rows / seconds),
+            "peak_rss_mb": round(peak_kb / 1024)}
+
+
+def read_json_baseline(work: Path, sim_dir: Path) -> dict[str, Any]:
+    import duckdb
+
+    from loaders.replica import settings
+    from simulator.api import Replica
+
+    nd = work / "ndjson"
+    nd.mkdir(exist_ok=True)
+    replica, rows = Replica(sim_dir), 0
+    con = replica.con()
+    for entity in settings.ENDPOINTS:
+        _, expr = replica.shape(entity)
+        with open(nd / f"{entity}.ndjson", "w") as fh:
+            cur = con.execute(f"SELECT {expr} FROM {entity}")
+            while batch := cur.fetchmany(100_000):
+                fh.write("\n".join(r[0] for r in batch) + "\n")
+                rows += len(batch)
+    db = work / "read_json.duckdb"
+    db.unlink(missing_ok=True)
+    started = time.perf_counter()
+    with duckdb.connect(str(db)) as d:
+        for entity in settings.ENDPOINTS:
+            d.execute(
+                f"CREATE TABLE {entity} AS SELECT * FROM read_json("
+                f"'{nd / (entity + '.ndjson')}', format = 'newline_delimited')"
+            )
+    seconds = time.perf_counter() - started
+    shutil.rmtree(nd)
+    db.unlink(missing_ok=True)
+    return {"rows": rows, "seconds": round(seconds, 2), "rows_per_s": round(rows / seconds)}
+
+
+def dicts_baseline(work: Path, url: str, limit: int) -> dict[str, Any]:
+    """A straightforward dlt pipeline: JSON pages, dicts, default loader."""
+    import dlt
+    from dlt.sources.helpers.rest_client import RESTClient
+    from dlt.sources.helpers.rest_client.auth import BearerTokenAuth
+    from dlt.sources.helpers.rest_client.paginators import JSONResponseCursorPaginator
+
+    @dlt.resource(name="order_items", primary_key="order_item_id", write_disposition="merge")
+    def order_items():
+        client = RESTClient(base_url=url, auth=BearerTokenAuth(TOKEN))
+        seen = 0
+        for page in client.paginate(
+            "/v1/order_items", params={"limit": 1000},
+            paginator=JSONResponseCursorPaginator(cursor_path="next_cursor",
+                                                  cursor_param="cursor"),
+            data_selector="data",
+        ):
+            yield page
+            seen += len(page)
+            if seen >= limit:
+                return
+
+    p = dlt.pipeline("bench_dicts", destination=dlt.destinations.duckdb(
+        str(work / "dicts.duckdb")), pipelines_dir=str(work / "dlt_dicts"),
+        dataset_name="raw")
+    started = time.perf_counter()
+    info = p.run(order_items())
+    seconds = time.perf_counter() - started
+    rows = p.last_trace.last_normalize_info.row_counts.get("order_items", 0)
+    del info
+    return {"rows": rows, "seconds": round(seconds, 2), "rows_per_s": round(rows / seconds)}
+
+
+def cycles(work: Path, sim_dir: Path, url: str, total_rows: int) -> dict[str, Any]:
+    """Full, 1% delta and no-op cycles of watch (see the module docstring)."""
+    from loaders.watch import watch
+    from simulator import store
+    from simulator.platform import Platform
+
+    timings: list[dict[str, Any]] = []
+
+    def between(stats) -> None:
+        timings.append(dict(stats.last))
+        if stats.cycles == 1:
+            # ~10 rows per order (lines, events, session): 1% of all rows, as new orders
+            # plus the updates the platform makes while writing them
+            orders = max(1, total_rows // 1000)
+            p = Platform(sim_dir, seed=5)
+            try:
+                for _ in range(0, orders, 2000):
+                    p.tick(min(2000, orders))
+            finally:
+                p.close()
+            store.replicate(sim_dir)
+
+    _with_env(work, lambda: watch(interval=0, max_cycles=3, on_cycle=between,
+                                  base_url=url, token=TOKEN))
+    full, delta, noop = (t["cycle_s"] for t in timings[:3])
+    return {"full_s": full, "delta_1pct_s": delta, "noop_s": noop,
+            "delta_ratio": round(delta / full, 3), "noop_ratio": round(noop / full, 3),
+            "detail": timings}
+
+
+def freshness(work: Path, url: str, seconds: float) -> dict[str, Any]:
+    import duckdb
+
+    from loaders.watch import watch
+
+    published = work / "published" / "analytics.duckdb"
+    latencies: list[float] = []
+    state: dict[str, Any] = {"newest": None, "since": None}
+    stop = threading.Event()
+
+    def measure(stats) -> None:
+        if "publish_s" not in stats.last:
+            return
+        now = datetime.now(timezone.utc).replace(tzinfo=None)
+        with duckdb.connect(str(published), read_only=True) as con:
+            if state["newest"] is None:  # the first (full) build: the clock starts here
+                state["newest"] = con.execute(
+                    "select max(ordered_at) from marts.fct_orders").fetchone()[0]
+                state["since"] = time.monotonic()
+                return
+            rows = con.execute("select ordered_at from marts.fct_orders where ordered_at > ?",
+                               [state["newest"]]).fetchall()
+        if rows:
+            latencies.extend((now - r[0]).total_seconds() for r in rows)
+            state["newest"] = max(r[0] for r in rows)
+        if time.monotonic() - state["since"] >= seconds:
+            stop.set()
+
+    _with_env(work, lambda: watch(interval=1, stop=stop, on_cycle=measure,
+                                  base_url=url, token=TOKEN))
+    latencies.sort()
+    if not latencies:
+        raise RuntimeError("no sale reached the published marts while measuring freshness")
+
+    def pick(q: float) -> float:
+        return round(latencies[min(len(latencies) - 1, int(len(latencies) * q))], 2)
+
+    return {"p50_s": pick(0.5), "p95_s": pick(0.95), "sales": len(latencies),
+            "seconds": seconds}
+
+
+def _with_env(work: Path, fn):
+    saved = {k: os.environ.get(k) for k in _env(work)}
+    os.environ.update(_env(work))
+    try:
+        return fn()
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def machine() -> dict[str, Any]:
+    import dbt.version
+    import dlt
+    import duckdb
+
+    mem = next((int(line.split()[1]) // 1024 for line in open("/proc/meminfo")
+                if line.startswith("MemTotal")), None)
+    return {"cores": os.cpu_count(), "memory_mb": mem, "python": host.python_version(),
+            "duckdb": duckdb.__version__, "dlt": dlt.__version__,
+            "dbt": dbt.version.__version__, "platform": host.platform()}
+
+
+def run(scale: str, out: Path) -> dict[str, Any]:
+    from simulator.generate import generate
+
+    cfg = SCALES[scale]
+    work = ROOT / "data" / "bench" / scale
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    sim_dir = work / "sim"
+    t = time.perf_counter()
+    generate(sim_dir, orders=cfg["orders"], seed=42, days=cfg["days"])
+    generated_s = round(time.perf_counter() - t, 1)
+    results: dict[str, Any] = {"scale": scale, "orders": cfg["orders"],
+                               "generate_s": generated_s}
+    server = Server(sim_dir, "--rate", "0")
+    try:
+        load = backfill(work, server.url)
+        rj = read_json_baseline(work, sim_dir)
+        dicts = dicts_baseline(work, server.url, cfg["baseline_rows"])
+        results["load"] = {
+            "rows": load["rows"], "seconds": load["seconds"], "rows_per_s": load["rows_per_s"],
+            "duckdb_read_json_rows_per_s": rj["rows_per_s"],
+            "ratio": round(load["rows_per_s"] / rj["rows_per_s"], 3),
+            "baseline_dlt_dicts_rows_per_s": dicts["rows_per_s"],
+            "baseline_rows": dicts["rows"],
+            "speedup_vs_baseline": round(load["rows_per_s"] / dicts["rows_per_s"], 1),
+        }
+        results["memory"] = {"peak_rss_mb": load["peak_rss_mb"]}
+        results["cycle"] = cycles(work, sim_dir, server.url, load["rows"])
+    finally:
+        server.stop()
+    live = Server(sim_dir, "--rate", "50")
+    try:
+        results["freshness"] = freshness(work, live.url, cfg["freshness_seconds"])
+    finally:
+        live.stop()
+    results["machine"] = machine()
+    results["measured_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    return results
+
+
+def table(results: dict[str, Any]) -> str:
+    rows = [
+        ("load.rows", results["load"]["rows"]),
+        ("load.rows_per_s", results["load"]["rows_per_s"]),
+        ("load.duckdb_read_json_rows_per_s", results["load"]["duckdb_read_json_rows_per_s"]),
+        ("load.ratio", results["load"]["ratio"]),
+        ("load.baseline_dlt_dicts_rows_per_s", results["load"]["baseline_dlt_dicts_rows_per_s"]),
+        ("load.speedup_vs_baseline", results["load"]["speedup_vs_baseline"]),
+        ("memory.peak_rss_mb", results["memory"]["peak_rss_mb"]),
+        ("cycle.full_s", results["cycle"]["full_s"]),
+        ("cycle.delta_1pct_s", results["cycle"]["delta_1pct_s"]),
+        ("cycle.noop_s", results["cycle"]["noop_s"]),
+        ("cycle.delta_ratio", results["cycle"]["delta_ratio"]),
+        ("cycle.noop_ratio", results["cycle"]["noop_ratio"]),
+        ("freshness.p50_s", results["freshness"]["p50_s"]),
+        ("freshness.p95_s", results["freshness"]["p95_s"]),
+    ]
+    lines = ["| figure | value | goal |", "|---|---|---|"]
+    for key, value in rows:
+        goal = None if results["scale"] == "smoke" else GOALS.get(key)
+        mark = ""
+        if goal is not None:
+            ok = value >= goal if key == "load.ratio" else value <= goal
+            mark = f"{'≥' if key == 'load.ratio' else '≤'} {goal} {'met' if ok else 'NOT met'}"
+        shown = f"{value:,}" if isinstance(value, int) else value
+        lines.append(f"| {key} | {shown} | {mark} |")
+    m = results["machine"]
+    if results["scale"] == "smoke":
+        lines.append("\n(smoke scale checks the harness; goals are judged at default scale)")
+    lines.append(f"\n{results['scale']} scale, {results['orders']:,} orders; {m['cores']} cores,"
+                 f" {m['memory_mb']:,} MB; python {m['python']}, duckdb {m['duckdb']},"
+                 f" dlt {m['dlt']}, dbt {m['dbt']}; {results['measured_at']}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scale", choices=sorted(SCALES), default="default")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results.json")
+    args = parser.parse_args(argv)
+    os.chdir(ROOT)
+    results = run(args.scale, args.out)
+    print(table(results))
+    print(f"\nwritten to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
