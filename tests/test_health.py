@@ -16,7 +16,7 @@ from loaders.replica import ReplicaAuthError, ReplicaUnavailable
 from simulator import faults
 from simulator.faults import Faults
 from tests.conftest import ROOT, TOKEN, start_simulator
-from tests.test_replica_source import assert_reconciled
+from tests.test_replica_source import catch_up_and_reconcile
 
 
 @pytest.fixture
@@ -61,12 +61,7 @@ def test_an_outage_over_several_cycles_is_one_alert_one_recovery_and_nothing_los
         pipeline.load(base_url=sim.url, token=TOKEN)
     finally:
         sim.stop()
-    quiet = start_simulator(platform_dir)
-    try:
-        pipeline.load(base_url=quiet.url, token=TOKEN)
-    finally:
-        quiet.stop()
-    assert_reconciled(platform_dir, warehouse)  # 0 lost, 0 duplicated
+    catch_up_and_reconcile(platform_dir, warehouse)  # 0 lost, 0 duplicated
 
     kinds = [n["kind"] for n in notices(warehouse)]
     assert kinds.count("outage") == 1 and kinds.count("recovery") == 1, kinds

@@ -19,7 +19,7 @@ from loaders.watch import watch
 from simulator import faults
 from simulator.faults import Faults
 from tests.conftest import ROOT, TOKEN, start_simulator
-from tests.test_replica_source import assert_reconciled
+from tests.test_replica_source import catch_up_and_reconcile
 
 CONSISTENT = """
 select
@@ -130,12 +130,7 @@ def test_watch_killed_mid_cycle_restarts_and_stops_cleanly(
         assert published.stat().st_mtime_ns > before
     finally:
         sim.stop()
-    quiet = start_simulator(platform_dir)
-    try:
-        pipeline.load(base_url=quiet.url, token=TOKEN)
-    finally:
-        quiet.stop()
-    assert_reconciled(platform_dir, warehouse)
+    catch_up_and_reconcile(platform_dir, warehouse)
     with duckdb.connect(str(published), read_only=True) as con:
         [(ok, units_ok, orders, _)] = con.execute(CONSISTENT).fetchall()
     assert ok and units_ok and orders > 0
