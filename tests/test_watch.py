@@ -71,7 +71,7 @@ def test_readers_see_whole_versions_while_watch_builds(platform_dir, warehouse, 
     sim = start_simulator(platform_dir, "--rate", "30")
     try:
         watch(interval=0.5, max_cycles=1, base_url=sim.url, token=TOKEN)  # first version
-        readers = [reader(published, hold, 40) for hold in (False, True)]
+        readers = [reader(published, hold, 600) for hold in (False, True)]  # until stopped
         stats = watch(interval=0.5, max_cycles=4, base_url=sim.url, token=TOKEN)
         for r in readers:
             r.terminate()
