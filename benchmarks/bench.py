@@ -10,7 +10,7 @@ absolute times drift on shared machines. Method, figure by figure:
   ratios) into an empty warehouse — ``salesflow load`` in its own process against
   ``salesflow sim serve --rate 0``; timed from process start to exit (start-up included),
   rows = rows in the raw tables afterwards. ``memory.peak_rss_mb``: that process's peak
-  resident memory (``getrusage`` of the waited child).
+  resident memory (``wait4`` on it: its own usage, not the simulator's).
 * ``load.duckdb_read_json_rows_per_s``: the same rows, dumped from the replica as NDJSON
   by the API's own rendering (dump not timed), read by DuckDB's ``read_json`` into tables
   of a fresh database file; ``load.ratio`` = rows_per_s / that.
@@ -34,7 +34,6 @@ import argparse
 import json
 import os
 import platform as host
-import resource
 import shutil
 import subprocess
 import sys
@@ -95,21 +94,25 @@ def _env(work: Path) -> dict[str, str]:
 
 def backfill(work: Path, url: str) -> dict[str, Any]:
     started = time.perf_counter()
-    proc = subprocess.run(
+    proc = subprocess.Popen(
         [sys.executable, "-m", "loaders.cli", "load", "--base-url", url],
-        cwd=ROOT, env={**os.environ, **_env(work)}, capture_output=True, text=True,
+        cwd=ROOT, env={**os.environ, **_env(work)}, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True,
     )
+    output = proc.stdout.read()
+    # wait4: this child's own resource usage (peak RSS in KiB on Linux), nobody else's
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
     seconds = time.perf_counter() - started
     if proc.returncode != 0:
-        raise RuntimeError(f"backfill failed:\n{proc.stdout}\n{proc.stderr}")
-    peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+        raise RuntimeError(f"backfill failed:\n{output}")
     from loaders import pipeline
     from loaders.replica import settings
 
     counts = _with_env(work, lambda: pipeline.raw_counts(list(settings.ENDPOINTS)))
     rows = sum(counts.get(e, 0) for e in settings.ENDPOINTS)
     return {"rows": rows, "seconds": round(seconds, 2), "rows_per_s": round(rows / seconds),
-            "peak_rss_mb": round(peak_kb / 1024)}
+            "peak_rss_mb": round(usage.ru_maxrss / 1024)}
 
 
 def read_json_baseline(work: Path, sim_dir: Path) -> dict[str, Any]:
