@@ -10,7 +10,7 @@ absolute times drift on shared machines. Method, figure by figure:
   ratios) into an empty warehouse — ``salesflow load`` in its own process against
   ``salesflow sim serve --rate 0``; timed from process start to exit (start-up included),
   rows = rows in the raw tables afterwards. ``memory.peak_rss_mb``: that process's peak
-  resident memory (``wait4`` on it: its own usage, not the simulator's).
+  resident memory (its ``VmHWM``, followed while it runs).
 * ``load.duckdb_read_json_rows_per_s``: the same rows, dumped from the replica as NDJSON
   by the API's own rendering (dump not timed), read by DuckDB's ``read_json`` into tables
   of a fresh database file; ``load.ratio`` = rows_per_s / that.
@@ -92,6 +92,22 @@ def _env(work: Path) -> dict[str, str]:
     }
 
 
+def _peak_rss_mb(pid: int, done: threading.Event, out: list[int]) -> None:
+    """Follow a process's VmHWM (peak resident set of its own address space, reset at
+    exec). getrusage/wait4 would also count the parent's pages the child was forked
+    with, which here means the generated history."""
+    peak = 0
+    while not done.is_set():
+        try:
+            for line in open(f"/proc/{pid}/status"):
+                if line.startswith("VmHWM:"):
+                    peak = max(peak, int(line.split()[1]))
+        except (FileNotFoundError, ProcessLookupError):
+            break
+        done.wait(0.05)
+    out.append(round(peak / 1024))
+
+
 def backfill(work: Path, url: str) -> dict[str, Any]:
     started = time.perf_counter()
     proc = subprocess.Popen(
@@ -99,11 +115,14 @@ def backfill(work: Path, url: str) -> dict[str, Any]:
         cwd=ROOT, env={**os.environ, **_env(work)}, stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT, text=True,
     )
+    done, peak = threading.Event(), []
+    watcher = threading.Thread(target=_peak_rss_mb, args=(proc.pid, done, peak))
+    watcher.start()
     output = proc.stdout.read()
-    # wait4: this child's own resource usage (peak RSS in KiB on Linux), nobody else's
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
+    proc.wait()
     seconds = time.perf_counter() - started
+    done.set()
+    watcher.join()
     if proc.returncode != 0:
         raise RuntimeError(f"backfill failed:\n{output}")
     from loaders import pipeline
@@ -112,7 +131,7 @@ def backfill(work: Path, url: str) -> dict[str, Any]:
     counts = _with_env(work, lambda: pipeline.raw_counts(list(settings.ENDPOINTS)))
     rows = sum(counts.get(e, 0) for e in settings.ENDPOINTS)
     return {"rows": rows, "seconds": round(seconds, 2), "rows_per_s": round(rows / seconds),
-            "peak_rss_mb": round(usage.ru_maxrss / 1024)}
+            "peak_rss_mb": peak[0] if peak else None}
 
 
 def read_json_baseline(work: Path, sim_dir: Path) -> dict[str, Any]:
