@@ -207,7 +207,10 @@ def _cycle(kwargs: dict[str, Any], progress: str | None = None) -> LoadResult:
     try:
         result = _load(kwargs, progress)
     except Exception as exc:
-        _record_cycle(started, kwargs, None, exc)
+        try:
+            _record_cycle(started, kwargs, None, exc)
+        except Exception:  # never hide the cycle's own error behind the record's
+            log.exception("could not record the failed cycle")
         raise
     result.outcome = _record_cycle(started, kwargs, result, None)
     return result
@@ -235,12 +238,15 @@ def _record_cycle(
     except ValueError as config_problem:  # a misconfigured channel: record, tell no one
         log.error("notifications are misconfigured: %s", config_problem)
         tracker = health.Health(pipelines_dir(), None)
+    recorded = False
     try:
         with make_pipeline().sql_client() as sql:
             tracker.record(cycle, sql, extra)
+            recorded = True
     except Exception as warehouse_problem:  # the warehouse is unusable: keep the state file
         log.error("health history not written to the warehouse: %s", warehouse_problem)
-        tracker.record(cycle, None, extra)
+        if not recorded:
+            tracker.record(cycle, None, extra)
     if outcome not in health.SUCCESS:
         log.warning("cycle %s: %s", outcome, message)
     return outcome
