@@ -3,3 +3,12 @@
         var `lookback_hours` (default 3), e.g. --vars '{lookback_hours: 24}'. -#}
     to_hours(cast({{ var('lookback_hours', 3) }} as bigint))
 {%- endmacro %}
+
+{% macro since_last_build(built_column) %}
+    {#- The high-water mark of `built_column` in this incremental model less the lookback:
+        rows changed at or after it are read again by the next build. -#}
+    (
+        select max(built.{{ built_column }}) - {{ lookback_interval() }}
+        from {{ this }} as built
+    )
+{%- endmacro %}

@@ -18,10 +18,7 @@ order_items as (
     select * from {{ ref('int_order_items_joined_to_orders') }}
     {% if is_incremental() %}
         -- lines whose line, order or product changed, with a lookback
-        where source_updated_at >= (
-            select max(built.source_updated_at) - {{ lookback_interval() }}
-            from {{ this }} as built
-        )
+        where source_updated_at >= {{ since_last_build('source_updated_at') }}
     {% endif %}
 
 ),

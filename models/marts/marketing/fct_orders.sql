@@ -18,10 +18,7 @@ orders as (
     select * from {{ ref('stg_replica__orders') }}
     {% if is_incremental() %}
         -- rows changed since the last build, and a lookback for late commits
-        where updated_at >= (
-            select max(built.updated_at) - {{ lookback_interval() }}
-            from {{ this }} as built
-        )
+        where updated_at >= {{ since_last_build('updated_at') }}
     {% endif %}
 
 ),

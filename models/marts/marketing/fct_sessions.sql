@@ -16,10 +16,7 @@ with
         -- sessions with an event that arrived since the last build (they arrive late)
         select distinct session_id
         from {{ ref('stg_replica__events') }}
-        where arrived_at >= (
-            select max(built.last_arrived_at) - {{ lookback_interval() }}
-            from {{ this }} as built
-        )
+        where arrived_at >= {{ since_last_build('last_arrived_at') }}
 
     ),
 {% endif %}

@@ -24,63 +24,14 @@ hourly as (
 ),
 
 {% if is_incremental() %}
-    changed_days as (
-
-        -- days with an hour rebuilt since the last build, with a lookback
-        select distinct sales_date
-        from hourly
-        where last_source_updated_at >= (
-            select max(built.last_source_updated_at) - {{ lookback_interval() }}
-            from {{ this }} as built
-        )
-
-    ),
-
-    built_units as (
-
-        select
-            sales_date,
-            sum(units) as units
-        from {{ this }}
-        group by sales_date
-
-    ),
-
-    current_units as (
-
-        select
-            sales_date,
-            sum(units) as units
-        from hourly
-        group by sales_date
-
-    ),
-
-    stale_days as (
-
-        -- a deleted or cancelled order changes a day's units without a changed hour row
-        select current_units.sales_date
-        from current_units
-        left join built_units
-            on current_units.sales_date = built_units.sales_date
-        where built_units.units is distinct from current_units.units
-
-    ),
-
-    affected_days as (
-
-        select sales_date from changed_days
-        union
-        select sales_date from stale_days
-
-    ),
+    {{ affected_periods('sales_date', 'hourly', 'last_source_updated_at', 'units') }},
 {% endif %}
 
 selected_hours as (
 
     select * from hourly
     {% if is_incremental() %}
-        where sales_date in (select affected.sales_date from affected_days as affected)
+        where sales_date in (select affected.sales_date from affected_periods as affected)
     {% endif %}
 
 ),

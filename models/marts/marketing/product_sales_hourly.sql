@@ -24,64 +24,14 @@ order_items as (
 ),
 
 {% if is_incremental() %}
-    changed_hours as (
-
-        -- hours with a line changed since the last build, with a lookback
-        select distinct sales_hour
-        from order_items
-        where source_updated_at >= (
-            select max(built.last_source_updated_at) - {{ lookback_interval() }}
-            from {{ this }} as built
-        )
-
-    ),
-
-    built_units as (
-
-        select
-            sales_hour,
-            sum(units) as units
-        from {{ this }}
-        group by sales_hour
-
-    ),
-
-    current_units as (
-
-        select
-            sales_hour,
-            sum(quantity) as units
-        from order_items
-        where not is_cancelled
-        group by sales_hour
-
-    ),
-
-    stale_hours as (
-
-        -- a deleted line leaves no changed row behind: find its hour by its units
-        select current_units.sales_hour
-        from current_units
-        left join built_units
-            on current_units.sales_hour = built_units.sales_hour
-        where built_units.units is distinct from current_units.units
-
-    ),
-
-    affected_hours as (
-
-        select sales_hour from changed_hours
-        union
-        select sales_hour from stale_hours
-
-    ),
+    {{ affected_periods('sales_hour', 'order_items', 'source_updated_at', 'quantity', 'not is_cancelled') }},
 {% endif %}
 
 selected_items as (
 
     select * from order_items
     {% if is_incremental() %}
-        where sales_hour in (select affected.sales_hour from affected_hours as affected)
+        where sales_hour in (select affected.sales_hour from affected_periods as affected)
     {% endif %}
 
 ),

@@ -1,0 +1,54 @@
+{% macro affected_periods(period, rows, updated_at, units, sold='true') %}
+    {#- The incremental CTEs of a sales aggregate at one grain (`period`), ending in
+        `affected_periods`: the periods with a row changed since the last build (with the
+        lookback), and the periods whose units no longer match what was built — a deleted
+        or cancelled row leaves no changed row behind, its period is found by its units.
+        `rows`: the CTE read; `updated_at`: its change time; `units`: the expression
+        summed into `units`; `sold`: the condition for a row to count. -#}
+    changed_periods as (
+
+        select distinct {{ period }}
+        from {{ rows }}
+        where {{ updated_at }} >= {{ since_last_build('last_source_updated_at') }}
+
+    ),
+
+    built_units as (
+
+        select
+            {{ period }},
+            sum(units) as units
+        from {{ this }}
+        group by {{ period }}
+
+    ),
+
+    current_units as (
+
+        select
+            {{ period }},
+            sum({{ units }}) as units
+        from {{ rows }}
+        where {{ sold }}
+        group by {{ period }}
+
+    ),
+
+    stale_periods as (
+
+        select current_units.{{ period }}
+        from current_units
+        left join built_units
+            on current_units.{{ period }} = built_units.{{ period }}
+        where built_units.units is distinct from current_units.units
+
+    ),
+
+    affected_periods as (
+
+        select {{ period }} from changed_periods
+        union
+        select {{ period }} from stale_periods
+
+    )
+{%- endmacro %}
