@@ -170,14 +170,10 @@ class Health:
                 incident["last_error"] = cycle.message[:500]
                 incident["last_kind"] = cycle.outcome
         else:
-            for entity, n in cycle.rows.items():
+            # a cycle with nothing new still proves every entity it loaded is current
+            for entity in _loaded(cycle, (extra or {}).get("entities", [])):
                 state["entities"][entity] = {"last_success_at": iso(cycle.ended_at),
-                                             "rows_last_cycle": n}
-            # a cycle with nothing new still proves every declared entity is current
-            for entity in (extra or {}).get("entities", []):
-                state["entities"].setdefault(entity, {})
-                state["entities"][entity]["last_success_at"] = iso(cycle.ended_at)
-                state["entities"][entity].setdefault("rows_last_cycle", 0)
+                                             "rows_last_cycle": cycle.rows.get(entity, 0)}
             state["last_success_at"] = iso(cycle.ended_at)
         state["last_cycle"] = {
             "cycle_id": cycle.cycle_id, "outcome": cycle.outcome, "message": cycle.message,
@@ -232,7 +228,7 @@ class Health:
             cycle.message[:1000], cycle.total, cycle.load_id,
         )
         if family(cycle.outcome) is None:
-            for entity in sorted(set(entities) | set(cycle.rows)):
+            for entity in _loaded(cycle, entities):
                 sql.execute_sql(
                     f"INSERT INTO {ds}.{LOADS} VALUES (%s, %s, %s, %s)",
                     cycle.cycle_id, entity, cycle.rows.get(entity, 0), iso(cycle.ended_at),
@@ -319,6 +315,12 @@ class Health:
         )
         self.notifier.notify(event)
         return event.key
+
+
+def _loaded(cycle: Cycle, entities: Sequence[str]) -> list[str]:
+    """The entities a successful cycle loaded: those it was asked for, and any that
+    brought rows."""
+    return sorted(set(entities) | set(cycle.rows))
 
 
 def _duration(incident: dict[str, Any]) -> float:

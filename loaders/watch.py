@@ -56,7 +56,6 @@ class DbtSession:
     def __init__(self) -> None:
         from dbt.cli.main import dbtRunner
 
-        self._runner_cls = dbtRunner
         parsed = self._invoke(dbtRunner(), "parse")
         if not parsed.success or parsed.result is None:
             raise RuntimeError(f"dbt parse failed: {parsed.exception}")
