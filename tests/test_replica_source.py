@@ -77,6 +77,54 @@ def test_backfill_reconciles_and_second_run_changes_nothing(simulator, warehouse
     assert second.total < first.total / 10
 
 
+def test_rows_read_again_unchanged_keep_their_load(simulator, warehouse):
+    """The lookback window is read again every cycle; an unchanged row is not loaded
+    again (its dlt load id stays, so incremental models do not rebuild it), a row
+    changed inside the window is."""
+    pipeline.load(base_url=simulator.url, token=TOKEN)
+
+    def load_ids() -> dict[tuple[str, int], str]:
+        con = duckdb.connect(str(warehouse), read_only=True)
+        try:
+            return {
+                (e, pk): lid
+                for e, ep in ENDPOINTS.items()
+                for pk, lid in con.execute(
+                    f"select {ep['primary_key']}, _dlt_load_id from raw.{e}"
+                ).fetchall()
+            }
+        finally:
+            con.close()
+
+    first = load_ids()
+    assert all(first.values()), "every raw row carries the load that wrote it"
+    second = pipeline.load(base_url=simulator.url, token=TOKEN)
+    assert second.total == 0 and second.advanced == []
+    assert load_ids() == first
+
+    # a change inside the window: the changed order loads, its neighbours do not
+    con = sqlite3.connect(simulator.dir / store.PRODUCTION)
+    order_id, updated = con.execute(
+        "SELECT order_id, updated_at FROM orders ORDER BY updated_at DESC LIMIT 1"
+    ).fetchone()
+    con.close()
+    platform = Platform(simulator.dir)
+    with platform.prod.tx() as (pcon, seq):
+        pcon.execute(
+            "UPDATE orders SET status = 'returned', updated_at = ?, _seq = ?"
+            " WHERE order_id = ?",
+            [store.iso(store.parse_iso(updated) + timedelta(microseconds=1)), seq, order_id],
+        )
+    platform.close()
+    store.replicate(simulator.dir)
+    third = pipeline.load(base_url=simulator.url, token=TOKEN)
+    assert third.rows.get("orders") == 1
+    after = load_ids()
+    changed = {k for k in first if after.get(k) != first[k]}
+    assert changed == {("orders", order_id)}
+    assert_reconciled(simulator.dir, warehouse)
+
+
 def test_deleted_records_are_removed(simulator, warehouse):
     pipeline.load(base_url=simulator.url, token=TOKEN)
     # deletions after the first load (the history may hold some of its own too)

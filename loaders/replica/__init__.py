@@ -5,7 +5,9 @@ incremental on its cursor (state kept by dlt, committed with the load package, s
 never advances past data that did not load), merged on its primary key (an update
 replaces the row; the newest version wins within a load), with deletions applied from
 the API's tombstones (``hard_delete``). Requests start ``lookback_seconds`` before the
-last cursor seen, so rows committed late are caught; rows read twice merge into one.
+last cursor seen, so rows committed late are caught; rows read again unchanged are
+dropped before loading (:class:`~loaders.replica.helpers.LookbackWindow`), so a cycle
+loads only what is new or changed.
 
 Pages are NDJSON parsed straight into Arrow (see :mod:`loaders.replica.helpers`); bad
 records go to the ``quarantine`` table with the reason, never silently away.
@@ -28,6 +30,7 @@ from loaders.replica import settings
 from loaders.replica.helpers import (
     NDJSON,
     EntitySpec,
+    LookbackWindow,
     NdjsonClient,
     ReplicaAuthError,
     ReplicaError,
@@ -85,6 +88,12 @@ def _entity_resource(
             settings.PARAM_SINCE: _iso(cursor.start_value),
             settings.PARAM_LIMIT: page_size,
         }
+        # rows read again from the lookback window load only if they changed
+        window = (
+            LookbackWindow(dlt.current.resource_state(), spec.primary_key, spec.cursor,
+                           lookback_seconds)
+            if lookback_seconds else None
+        )
         paginator = HeaderCursorPaginator(
             cursor_key=settings.NEXT_CURSOR_HEADER, cursor_param=settings.PARAM_CURSOR
         )
@@ -106,7 +115,11 @@ def _entity_resource(
                         create_table_variant=True,
                     )
                 if parsed.table is not None:
-                    yield parsed.table
+                    table = window.drop_seen(parsed.table) if window else parsed.table
+                    if table.num_rows:
+                        yield table
+            if window:
+                window.save()
         except HTTPError as exc:
             raise_for_api_status(exc.response, client.base_url)
             raise
@@ -116,7 +129,12 @@ def _entity_resource(
                 f" {type(exc).__name__}: {exc}"
             ) from None
 
-    columns: dict[str, Any] = {spec.cursor: {"dedup_sort": "desc"}}
+    columns: dict[str, Any] = {
+        spec.cursor: {"dedup_sort": "desc"},
+        # the load that wrote each row (see [normalize.parquet_normalizer] in
+        # .dlt/config.toml); nullable, so a warehouse loaded before can add the column
+        "_dlt_load_id": {"data_type": "text", "nullable": True},
+    }
     if spec.deleted_marker:
         columns[spec.deleted_marker] = {
             "hard_delete": True,

@@ -417,3 +417,77 @@ def raise_for_api_status(response: Response, base_url: str | None) -> None:
     if status >= 500:
         raise ReplicaUnavailable(what, "unavailable", retry_after)
     raise ReplicaError(what + " (check the endpoint declarations and base_url)")
+
+
+class LookbackWindow:
+    """Rows already loaded inside the lookback window, so that reading them again does
+    not load them again.
+
+    Every request starts ``lookback`` seconds before the last cursor, to catch rows
+    committed late. A row read again with the same key and cursor value is the same
+    version (the platform moves the cursor on every write), so it is dropped before
+    dlt sees it: a cycle loads only rows that are new or changed, and their dlt load id
+    says so to the incremental models downstream. Kept in the resource's dlt state —
+    committed with the load package, like the cursor — as ``"<key>@<cursor µs>"`` for
+    the rows of the last ``lookback`` seconds. Only pages that reach back before the last
+    cursor are checked (the first pages of a cycle); a backfill checks none."""
+
+    STATE_KEY = "lookback_window"
+
+    def __init__(self, state: dict[str, Any], key: str, cursor: str, lookback: float):
+        self.state, self.key, self.cursor = state, key, cursor
+        self.lookback_us = int(lookback * 1_000_000)
+        saved = state.get(self.STATE_KEY) or {}
+        self.until: int | None = saved.get("until")
+        self.seen = pa.array(saved.get("rows") or [], pa.string())
+        self.recent: list[pa.Table] = []
+        self.newest: int | None = self.until
+
+    def _cursor_us(self, table: pa.Table) -> pa.Array | None:
+        col = table[self.cursor] if self.cursor in table.column_names else None
+        if col is None or not pa.types.is_timestamp(col.type):
+            return None  # no typed cursor: nothing to compare, every row loads
+        return pc.cast(pc.cast(col, pa.timestamp("us", tz="UTC")), pa.int64())
+
+    def _keys(self, table: pa.Table, cursor_us: pa.Array) -> pa.Array:
+        key = pc.cast(table[self.key], pa.string())
+        return pc.binary_join_element_wise(key, pc.cast(cursor_us, pa.string()), "@")
+
+    def drop_seen(self, table: pa.Table) -> pa.Table:
+        """``table`` without the rows already loaded; remembers the page for the next
+        cycle's window."""
+        cursor_us = self._cursor_us(table)
+        if cursor_us is None or table.num_rows == 0:
+            return table
+        self._remember(table, cursor_us)
+        if self.until is None or len(self.seen) == 0:
+            return table
+        earlier = pc.less_equal(cursor_us, self.until)
+        if not pc.any(earlier).as_py():
+            return table
+        seen = pc.and_(earlier, pc.is_in(self._keys(table, cursor_us), value_set=self.seen))
+        return table.filter(pc.invert(pc.fill_null(seen, False)))
+
+    def _remember(self, table: pa.Table, cursor_us: pa.Array) -> None:
+        newest = pc.max(cursor_us).as_py()
+        if newest is not None and (self.newest is None or newest > self.newest):
+            self.newest = newest
+        horizon = self.newest - self.lookback_us
+        keep = [t for t in self.recent if pc.max(t["us"]).as_py() >= horizon]
+        recent = pc.greater_equal(cursor_us, horizon)
+        if pc.any(recent).as_py():
+            window = pa.table({"key": self._keys(table, cursor_us), "us": cursor_us})
+            keep.append(window.filter(recent))
+        self.recent = keep
+
+    def save(self) -> None:
+        """Store the rows of the last ``lookback`` seconds seen in this cycle (read again
+        or new); without any new row the previous window stays as it was."""
+        if not self.recent or self.newest is None:
+            return
+        horizon = self.newest - self.lookback_us
+        window = pa.concat_tables(self.recent)
+        window = window.filter(pc.greater_equal(window["us"], horizon))
+        self.state[self.STATE_KEY] = {
+            "until": self.newest, "rows": window["key"].to_pylist(),
+        }
