@@ -1,15 +1,15 @@
-{% macro affected_periods(period, rows, updated_at, units, sold='true') %}
+{% macro affected_periods(period, rows, load_id, units, sold='true') %}
     {#- The incremental CTEs of a sales aggregate at one grain (`period`), ending in
-        `affected_periods`: the periods with a row changed since the last build (with the
-        lookback), and the periods whose units no longer match what was built — a deleted
+        `affected_periods`: the periods with a row loaded since the last build, and the periods whose units no longer match what was built — a deleted
         or cancelled row leaves no changed row behind, its period is found by its units.
-        `rows`: the CTE read; `updated_at`: its change time; `units`: the expression
-        summed into `units`; `sold`: the condition for a row to count. -#}
+        `rows`: the CTE read; `load_id`: its column of load ids; `units`: the expression
+        summed into `units`; `sold`: the condition for a row to count. Also
+        `newest_load`, the newest load id of `rows` (see period_load_id). -#}
     changed_periods as (
 
         select distinct {{ period }}
         from {{ rows }}
-        where {{ updated_at }} >= {{ since_last_build('last_source_updated_at') }}
+        where {{ load_id }} >= {{ last_built_load_id() }}
 
     ),
 
@@ -41,6 +41,13 @@
         left join built_units
             on current_units.{{ period }} = built_units.{{ period }}
         where built_units.units is distinct from current_units.units
+
+    ),
+
+    newest_load as (
+
+        select max({{ load_id }}) as load_id
+        from {{ rows }}
 
     ),
 

@@ -51,7 +51,13 @@ joined as (
             order_items.updated_at,
             orders.updated_at,
             coalesce(products.updated_at, order_items.updated_at)
-        ) as source_updated_at
+        ) as source_updated_at,
+        -- the latest load of any of the three
+        greatest(
+            order_items.load_id,
+            orders.load_id,
+            coalesce(products.load_id, order_items.load_id)
+        ) as last_load_id
 
     from order_items
     inner join orders

@@ -1,14 +1,86 @@
+{# a rebuilt customer carries a load id at or after the newest one built, so analysts'
+    copy is refreshed row by row (meta.publish, loaders/publish.py) #}
+{{
+    config(
+        materialized='incremental',
+        incremental_strategy='delete+insert',
+        unique_key='customer_id',
+        on_schema_change='append_new_columns',
+        meta={'publish': 'by_load_id'},
+        post_hook=[
+            "delete from {{ this }} where customer_id not in"
+            " (select customer_id from {{ ref('stg_replica__customers') }})",
+        ],
+    )
+}}
+
 with
+
+{% if is_incremental() %}
+    current_orders as (
+
+        select
+            customer_id,
+            count(*) as lifetime_orders
+        from {{ ref('fct_orders') }}
+        where not is_cancelled
+        group by customer_id
+
+    ),
+
+    stale_customers as (
+
+        -- an order of theirs was deleted: it left no newer row, only a count that no
+        -- longer matches
+        select built.customer_id
+        from {{ this }} as built
+        left join current_orders
+            on built.customer_id = current_orders.customer_id
+        where built.lifetime_orders != coalesce(current_orders.lifetime_orders, 0)
+
+    ),
+
+    newest_load as (
+
+        select max(newest.load_id) as load_id
+        from (
+            select max(load_id) as load_id from {{ ref('stg_replica__customers') }}
+            union all
+            select max(last_load_id) as load_id from {{ ref('fct_orders') }}
+        ) as newest
+
+    ),
+
+    changed_customers as (
+
+        -- the customer was loaded since the last build
+        select customer_id from {{ ref('stg_replica__customers') }}
+        where load_id >= {{ last_built_load_id() }}
+        union
+        -- one of their orders was
+        select customer_id from {{ ref('fct_orders') }}
+        where last_load_id >= {{ last_built_load_id() }}
+        union
+        select stale.customer_id from stale_customers as stale
+
+    ),
+{% endif %}
 
 customers as (
 
     select * from {{ ref('stg_replica__customers') }}
+    {% if is_incremental() %}
+        where customer_id in (select changed.customer_id from changed_customers as changed)
+    {% endif %}
 
 ),
 
 orders as (
 
     select * from {{ ref('fct_orders') }}
+    {% if is_incremental() %}
+        where customer_id in (select changed.customer_id from changed_customers as changed)
+    {% endif %}
 
 ),
 
@@ -17,12 +89,13 @@ customer_orders as (
     -- cancelled orders never became sales and do not count
     select
         customer_id,
-        count(*) as lifetime_orders,
-        sum(total_amount_usd) as lifetime_revenue_usd,
-        min(ordered_at) as first_order_at,
-        max(ordered_at) as last_order_at
+        count(*) filter (where not is_cancelled) as lifetime_orders,
+        sum(total_amount_usd) filter (where not is_cancelled) as lifetime_revenue_usd,
+        min(ordered_at) filter (where not is_cancelled) as first_order_at,
+        max(ordered_at) filter (where not is_cancelled) as last_order_at,
+        -- every order counts here: a cancellation is a change to the customer
+        max(last_load_id) as last_load_id
     from orders
-    where not is_cancelled
     group by customer_id
 
 ),
@@ -41,11 +114,24 @@ final as (
         ) as lifetime_revenue_usd,
         customers.has_phone,
         customers.is_marketing_opt_in,
-        customer_orders.customer_id is not null as has_ordered,
+        coalesce(customer_orders.lifetime_orders, 0) > 0 as has_ordered,
         cast(customer_orders.first_order_at as date) as first_order_date,
         customers.created_at,
         customer_orders.first_order_at,
-        customer_orders.last_order_at
+        customer_orders.last_order_at,
+        -- a stale customer takes the newest load, so analysts' copy takes the rebuild
+        greatest(
+            customers.load_id,
+            customer_orders.last_load_id
+            {%- if is_incremental() %},
+                case
+                    when customers.customer_id in (
+                        select stale.customer_id from stale_customers as stale
+                    )
+                        then (select newest.load_id from newest_load as newest)
+                end
+            {%- endif %}
+        ) as last_load_id
 
     from customers
     left join customer_orders

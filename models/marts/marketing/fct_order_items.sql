@@ -1,9 +1,14 @@
+-- depends_on: {{ ref('stg_replica__orders') }}, {{ ref('stg_replica__products') }}
+-- depends_on: {{ ref('stg_replica__order_items') }}
+{# every change to a row comes with a newer last_load_id, so analysts' copy is
+    refreshed row by row (meta.publish, loaders/publish.py) #}
 {{
     config(
         materialized='incremental',
         incremental_strategy='delete+insert',
         unique_key='order_item_id',
         on_schema_change='append_new_columns',
+        meta={'publish': 'by_load_id'},
         post_hook=[
             "delete from {{ this }} where order_item_id not in (select order_item_id"
             " from {{ ref('int_order_items_joined_to_orders') }})",
@@ -13,12 +18,49 @@
 
 with
 
+{% if is_incremental() %}
+    changed_orders as (
+
+        select order_id from {{ ref('stg_replica__orders') }}
+        where load_id >= {{ last_built_load_id() }}
+
+    ),
+
+    moved_products as (
+
+        -- a line takes only its product line from the product: a product loaded
+        -- since the last build moves its lines only if that changed (a new price
+        -- leaves every line of the product's history as it is)
+        select built.order_item_id
+        from {{ this }} as built
+        inner join {{ ref('stg_replica__products') }} as products
+            on built.product_id = products.product_id
+        where
+            products.load_id >= {{ last_built_load_id() }}
+            and built.product_line
+            is distinct from coalesce(products.product_line, 'Unknown')
+
+    ),
+
+    changed_lines as (
+
+        -- lines whose line or order was (re)loaded since the last build, or whose
+        -- product line moved; as keys, so the join upstream reads only these lines
+        select order_item_id from {{ ref('stg_replica__order_items') }}
+        where
+            load_id >= {{ last_built_load_id() }}
+            or order_id in (select changed.order_id from changed_orders as changed)
+        union
+        select moved.order_item_id from moved_products as moved
+
+    ),
+{% endif %}
+
 order_items as (
 
     select * from {{ ref('int_order_items_joined_to_orders') }}
     {% if is_incremental() %}
-        -- lines whose line, order or product changed, with a lookback
-        where source_updated_at >= {{ since_last_build('source_updated_at') }}
+        where order_item_id in (select changed.order_item_id from changed_lines as changed)
     {% endif %}
 
 ),
@@ -44,7 +86,8 @@ final as (
         is_returned,
         cast(ordered_at as date) as order_date,
         ordered_at,
-        source_updated_at
+        source_updated_at,
+        last_load_id
 
     from order_items
 

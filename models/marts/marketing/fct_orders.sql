@@ -1,9 +1,12 @@
+{# every change to a row comes with a newer last_load_id, so analysts' copy is
+    refreshed row by row (meta.publish, loaders/publish.py) #}
 {{
     config(
         materialized='incremental',
         incremental_strategy='delete+insert',
         unique_key='order_id',
         on_schema_change='append_new_columns',
+        meta={'publish': 'by_load_id'},
         post_hook=[
             "delete from {{ this }} where order_id not in"
             " (select order_id from {{ ref('stg_replica__orders') }})",
@@ -17,8 +20,8 @@ orders as (
 
     select * from {{ ref('stg_replica__orders') }}
     {% if is_incremental() %}
-        -- rows changed since the last build, and a lookback for late commits
-        where updated_at >= {{ since_last_build('updated_at') }}
+        -- rows (re)loaded since the last build
+        where load_id >= {{ last_built_load_id() }}
     {% endif %}
 
 ),
@@ -56,7 +59,8 @@ final as (
         marketing_calendar.campaign is not null as is_in_campaign_window,
         cast(orders.ordered_at as date) as order_date,
         orders.ordered_at,
-        orders.updated_at
+        orders.updated_at,
+        orders.load_id as last_load_id
 
     from orders
     left join marketing_calendar

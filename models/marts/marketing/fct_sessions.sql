@@ -1,10 +1,12 @@
--- depends_on: {{ ref('stg_replica__events') }}
+{# every change to a row comes with a newer last_load_id, so analysts' copy is
+    refreshed row by row (meta.publish, loaders/publish.py) #}
 {{
     config(
         materialized='incremental',
         incremental_strategy='delete+insert',
         unique_key='session_id',
         on_schema_change='append_new_columns',
+        meta={'publish': 'by_load_id'},
     )
 }}
 
@@ -13,20 +15,52 @@ with
 {% if is_incremental() %}
     touched_sessions as (
 
-        -- sessions with an event that arrived since the last build (they arrive late)
+        -- sessions with an event loaded since the last build (events arrive late)
         select distinct session_id
         from {{ ref('stg_replica__events') }}
-        where arrived_at >= {{ since_last_build('last_arrived_at') }}
+        where load_id >= {{ last_built_load_id() }}
 
     ),
 {% endif %}
 
-sessions as (
+events as (
 
-    select * from {{ ref('int_sessions_aggregated_from_events') }}
+    -- all events of the sessions to build, selected before aggregating: an
+    -- incremental build rolls up the touched sessions only
+    select * from {{ ref('stg_replica__events') }}
     {% if is_incremental() %}
         where session_id in (select touched.session_id from touched_sessions as touched)
     {% endif %}
+
+),
+
+aggregated as (
+
+    select
+        session_id,
+        max(customer_id) as customer_id,
+        max(order_id) as order_id,
+        arg_min(channel, occurred_at) as channel,
+        arg_min(utm_source, occurred_at) as utm_source,
+        arg_min(utm_medium, occurred_at) as utm_medium,
+        arg_min(utm_campaign, occurred_at) as utm_campaign,
+        arg_min(platform, occurred_at) as platform,
+        arg_min(device_type, occurred_at) as device_type,
+        count(*) as events,
+        cast(count_if(event_type = 'product_view') as bigint) as product_views,
+        bool_or(event_type = 'product_view') as has_product_view,
+        -- a later step implies the earlier ones, even if their event is missing
+        bool_or(event_type in ('add_to_cart', 'checkout', 'purchase'))
+            as has_reached_cart,
+        bool_or(event_type in ('checkout', 'purchase')) as has_reached_checkout,
+        bool_or(event_type = 'purchase') as has_purchased,
+        min(occurred_at) as started_at,
+        max(occurred_at) as ended_at,
+        max(arrived_at) as last_arrived_at,
+        max(load_id) as last_load_id
+
+    from events
+    group by session_id
 
 ),
 
@@ -51,9 +85,10 @@ final as (
         cast(started_at as date) as session_date,
         started_at,
         ended_at,
-        last_arrived_at
+        last_arrived_at,
+        last_load_id
 
-    from sessions
+    from aggregated
 
 )
 

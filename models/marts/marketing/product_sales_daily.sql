@@ -1,9 +1,12 @@
+{# a rebuilt period has a row with a load id at or after the newest one built, so
+    analysts' copy is refreshed period by period (meta.publish, loaders/publish.py) #}
 {{
     config(
         materialized='incremental',
         incremental_strategy='delete+insert',
         unique_key='sales_date',
         on_schema_change='append_new_columns',
+        meta={'publish': 'by_load_id'},
         post_hook=[
             "delete from {{ this }} where sales_date not in"
             " (select distinct cast(sales_hour as date)"
@@ -24,7 +27,7 @@ hourly as (
 ),
 
 {% if is_incremental() %}
-    {{ affected_periods('sales_date', 'hourly', 'last_source_updated_at', 'units') }},
+    {{ affected_periods('sales_date', 'hourly', 'last_load_id', 'units') }},
 {% endif %}
 
 selected_hours as (
@@ -47,7 +50,8 @@ aggregated as (
         sum(orders) as orders,
         sum(units) as units,
         sum(revenue_usd) as revenue_usd,
-        max(last_source_updated_at) as last_source_updated_at
+        max(last_source_updated_at) as last_source_updated_at,
+        max(last_load_id) as last_load_id
     from selected_hours
     group by sales_date, product_line, region_id, channel
 
@@ -65,7 +69,8 @@ final as (
         cast(units as bigint) as units,
         cast(revenue_usd as decimal(18, 2)) as revenue_usd,
         sales_date,
-        last_source_updated_at
+        last_source_updated_at,
+        {{ period_load_id('sales_date') }} as last_load_id
     from aggregated
 
 )

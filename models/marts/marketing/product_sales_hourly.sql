@@ -1,9 +1,12 @@
+{# a rebuilt period has a row with a load id at or after the newest one built, so
+    analysts' copy is refreshed period by period (meta.publish, loaders/publish.py) #}
 {{
     config(
         materialized='incremental',
         incremental_strategy='delete+insert',
         unique_key='sales_hour',
         on_schema_change='append_new_columns',
+        meta={'publish': 'by_load_id'},
         post_hook=[
             "delete from {{ this }} where sales_hour not in"
             " (select distinct date_trunc('hour', ordered_at)"
@@ -24,7 +27,7 @@ order_items as (
 ),
 
 {% if is_incremental() %}
-    {{ affected_periods('sales_hour', 'order_items', 'source_updated_at', 'quantity', 'not is_cancelled') }},
+    {{ affected_periods('sales_hour', 'order_items', 'last_load_id', 'quantity', 'not is_cancelled') }},
 {% endif %}
 
 selected_items as (
@@ -53,7 +56,8 @@ aggregated as (
         count(distinct order_id) as orders,
         sum(quantity) as units,
         sum(net_amount_usd) as revenue_usd,
-        max(source_updated_at) as last_source_updated_at
+        max(source_updated_at) as last_source_updated_at,
+        max(last_load_id) as last_load_id
     from sold
     group by sales_hour, product_line, region_id, channel
 
@@ -71,7 +75,8 @@ final as (
         cast(units as bigint) as units,
         cast(revenue_usd as decimal(18, 2)) as revenue_usd,
         sales_hour,
-        last_source_updated_at
+        last_source_updated_at,
+        {{ period_load_id('sales_hour') }} as last_load_id
     from aggregated
 
 )

@@ -25,7 +25,9 @@ renamed as (
         phone is not null as has_phone,
         is_marketing_opt_in,
         created_at at time zone 'utc' as created_at,
-        updated_at at time zone 'utc' as updated_at
+        updated_at at time zone 'utc' as updated_at,
+        -- the dlt load that last wrote the row: incremental marts resume from it
+        {{ column_or_null(customers, '_dlt_load_id', 'varchar') }} as load_id
 
     from source
     where deleted_at is null

@@ -26,7 +26,9 @@ renamed as (
         {{ column_or_null(events, 'device_type', 'varchar') }} as device_type,
         {{ column_or_null(events, 'referrer', 'varchar') }} as referrer,
         occurred_at at time zone 'utc' as occurred_at,
-        updated_at at time zone 'utc' as arrived_at
+        updated_at at time zone 'utc' as arrived_at,
+        -- the dlt load that last wrote the row: incremental marts resume from it
+        {{ column_or_null(events, '_dlt_load_id', 'varchar') }} as load_id
 
     from source
 

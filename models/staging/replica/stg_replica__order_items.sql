@@ -1,8 +1,10 @@
+{%- set order_items = source('replica', 'order_items') -%}
+
 with
 
 source as (
 
-    select * from {{ source('replica', 'order_items') }}
+    select * from {{ order_items }}
 
 ),
 
@@ -18,7 +20,9 @@ renamed as (
         {{ cents_to_amount('quantity * unit_price_cents - discount_cents') }}
             as net_amount,
         created_at at time zone 'utc' as created_at,
-        updated_at at time zone 'utc' as updated_at
+        updated_at at time zone 'utc' as updated_at,
+        -- the dlt load that last wrote the row: incremental marts resume from it
+        {{ column_or_null(order_items, '_dlt_load_id', 'varchar') }} as load_id
 
     from source
     where deleted_at is null

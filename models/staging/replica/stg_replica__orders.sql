@@ -41,7 +41,9 @@ renamed as (
         source.status = 'cancelled' as is_cancelled,
         source.status = 'returned' as is_returned,
         source.ordered_at at time zone 'utc' as ordered_at,
-        source.updated_at at time zone 'utc' as updated_at
+        source.updated_at at time zone 'utc' as updated_at,
+        -- the dlt load that last wrote the row: incremental marts resume from it
+        {{ column_or_null(orders, '_dlt_load_id', 'varchar') }} as load_id
 
     from source
     left join currency_rates

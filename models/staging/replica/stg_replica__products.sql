@@ -45,7 +45,9 @@ renamed as (
         ) as list_price_usd,
         is_active,
         created_at at time zone 'utc' as created_at,
-        updated_at at time zone 'utc' as updated_at
+        updated_at at time zone 'utc' as updated_at,
+        -- the dlt load that last wrote the row: incremental marts resume from it
+        {{ column_or_null(products, '_dlt_load_id', 'varchar') }} as load_id
 
     from versioned
 

@@ -1,8 +1,10 @@
+{%- set regions = source('replica', 'regions') -%}
+
 with
 
 source as (
 
-    select * from {{ source('replica', 'regions') }}
+    select * from {{ regions }}
 
 ),
 
@@ -14,7 +16,9 @@ renamed as (
         country_code,
         currency as currency_code,
         created_at at time zone 'utc' as created_at,
-        updated_at at time zone 'utc' as updated_at
+        updated_at at time zone 'utc' as updated_at,
+        -- the dlt load that last wrote the row: incremental marts resume from it
+        {{ column_or_null(regions, '_dlt_load_id', 'varchar') }} as load_id
 
     from source
 
