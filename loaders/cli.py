@@ -157,7 +157,7 @@ def cmd_watch(args) -> int:
         print(f"cycle {stats.cycles}: {stats.last}", flush=True)
 
     opts = _load_options(args)
-    stats = watch(interval=args.interval, max_cycles=args.cycles, test_every=args.test_every,
+    stats = watch(interval=args.interval, max_cycles=args.cycles, test_interval=args.test_interval,
                   on_cycle=show, **opts)
     print(f"stopped after {stats.cycles} cycle(s): {stats.builds} build(s),"
           f" {stats.published} publication(s), {stats.failures} failed cycle(s)")
@@ -234,8 +234,9 @@ def build_parser() -> argparse.ArgumentParser:
     ))
     p.add_argument("--interval", type=float, default=2.0, help="seconds between cycle starts")
     p.add_argument("--cycles", type=int, help="stop after this many cycles")
-    p.add_argument("--test-every", type=int, default=10,
-                   help="run the data tests with every N-th build (and on schema changes)")
+    p.add_argument("--test-interval", type=float, default=300.0,
+                   help="seconds between runs of the data tests (they also gate the first"
+                        " build and builds after a schema change)")
     p.set_defaults(func=cmd_watch)
     p = sub.add_parser("query", help="SQL on the published marts (read-only)")
     p.add_argument("sql", help="a SQL statement, or a file holding one (e.g. analyses/*.sql)")

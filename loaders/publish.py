@@ -13,9 +13,15 @@ over the old one in one step (``os.replace``). Hence:
   it is closed); reconnect to see the latest. ``marts._published`` says which version a
   connection sees (when, and the cycle behind it).
 
-Only the marts a cycle rebuilt are copied again; the others are carried over from the
-previous version with a file copy. Views (``pipeline_health``) are published as tables
-frozen at publication time.
+Only the marts a cycle rebuilt are refreshed; the others are carried over from the
+previous version with a file copy. A rebuilt mart whose every change carries a newer dlt
+load id (``last_load_id``; the marts named in ``by_load_id`` with their key: a row's,
+or a period's for the sales aggregates) is refreshed key by key: the keys with a row
+loaded since the newest load id already published take the warehouse's rows, and keys
+no longer in the warehouse are deleted — the rows the incremental build wrote, so a
+cycle publishes in proportion to what it changed, not to the size of the mart. Other
+marts are copied whole. Views (``pipeline_health``) are
+published as tables frozen at publication time.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -34,6 +40,7 @@ import duckdb
 log = logging.getLogger(__name__)
 
 SCHEMA = "marts"
+LOAD_ID = "last_load_id"
 
 
 def published_path() -> Path:
@@ -43,8 +50,9 @@ def published_path() -> Path:
 @dataclass
 class Published:
     path: Path
-    tables: list[str]  # copied in this publication
+    tables: list[str]  # copied whole in this publication
     carried: list[str]  # carried over unchanged
+    updated: dict[str, int]  # refreshed row by row: rows written
     seconds: float
 
 
@@ -57,9 +65,11 @@ def publish(
     target: Path | None = None,
     changed: Iterable[str] | None = None,
     cycle_id: str | None = None,
+    by_load_id: Mapping[str, str] | None = None,
 ) -> Published:
     """Publish the ``marts`` schema of ``warehouse`` to ``target``. ``changed``: the marts
-    rebuilt since the last publication (None: all of them)."""
+    rebuilt since the last publication (None: all of them, copied whole). ``by_load_id``:
+    mart → unique key, for the rebuilt marts that may be refreshed row by row."""
     started = time.perf_counter()
     target = target or published_path()
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -91,25 +101,33 @@ def publish(
                 [SCHEMA],
             ).fetchall()
         }
-        copy = sorted(
+        refresh = sorted(
             t for t in source
             # pipeline_health is a view of "now": refreshed with every publication
             if changed_set is None or t in changed_set or t not in present
             or t == "pipeline_health"
         )
+        by_rows = {
+            t: key for t, key in (by_load_id or {}).items()
+            if changed_set is not None and t in refresh and t in present
+            and _same_columns(con, db, t) and key in _columns(con, db, t)
+            and LOAD_ID in _columns(con, db, t)
+        }
+        copy = [t for t in refresh if t not in by_rows]
         con.execute("BEGIN")
         for t in copy:
             con.execute(
                 f"CREATE OR REPLACE TABLE {db}.{SCHEMA}.{_quote(t)} AS"
                 f" SELECT * FROM wh.{SCHEMA}.{_quote(t)}"
             )
+        updated = {t: _refresh_rows(con, db, t, key) for t, key in by_rows.items()}
         for t in present - source - {"_published"}:  # a mart that no longer exists
             con.execute(f"DROP TABLE {db}.{SCHEMA}.{_quote(t)}")
         con.execute(
             f"CREATE OR REPLACE TABLE {db}.{SCHEMA}._published AS SELECT"
             " ?::TIMESTAMPTZ AS published_at, ?::VARCHAR AS cycle_id,"
             " ?::VARCHAR[] AS refreshed_tables",
-            [datetime.now(timezone.utc), cycle_id, copy],
+            [datetime.now(timezone.utc), cycle_id, refresh],
         )
         con.execute("COMMIT")
         con.execute("DETACH wh")
@@ -117,8 +135,50 @@ def publish(
     finally:
         con.close()
     os.replace(tmp, target)
-    carried = sorted(set(source) - set(copy))
-    return Published(target, copy, carried, time.perf_counter() - started)
+    carried = sorted(set(source) - set(refresh))
+    return Published(target, copy, carried, updated, time.perf_counter() - started)
+
+
+def _columns(con: duckdb.DuckDBPyConnection, db: str, table: str) -> list[str]:
+    return [r[0] for r in con.execute(f"DESCRIBE {db}.{SCHEMA}.{_quote(table)}").fetchall()]
+
+
+def _same_columns(con: duckdb.DuckDBPyConnection, db: str, table: str) -> bool:
+    """Same columns and types in the warehouse and the previous version (a mart whose
+    shape changed is copied whole)."""
+    def shape(relation: str) -> list[tuple]:
+        return [tuple(r[:2]) for r in con.execute(f"DESCRIBE {relation}").fetchall()]
+
+    quoted = _quote(table)
+    return shape(f"{db}.{SCHEMA}.{quoted}") == shape(f"wh.{SCHEMA}.{quoted}")
+
+
+def _refresh_rows(con: duckdb.DuckDBPyConnection, db: str, table: str, key: str) -> int:
+    """Bring the previous version of ``table`` up to the warehouse's: every ``key`` with
+    a row loaded since the newest load id published (a row's key, or a period's) is
+    replaced by the warehouse's rows of that key; keys gone from the warehouse are
+    deleted — looked for only when the row counts say some are. Returns rows written."""
+    mine, theirs = f"{db}.{SCHEMA}.{_quote(table)}", f"wh.{SCHEMA}.{_quote(table)}"
+    k, lid = _quote(key), _quote(LOAD_ID)
+    since = con.execute(f"SELECT coalesce(max({lid}), '') FROM {mine}").fetchone()[0]
+    con.execute(
+        f"CREATE OR REPLACE TEMP TABLE _changed AS SELECT DISTINCT {k} FROM {theirs}"
+        f" WHERE {lid} >= ?", [since],
+    )
+    con.execute(f"DELETE FROM {mine} WHERE {k} IN (SELECT {k} FROM _changed)")
+    written = con.execute(
+        f"INSERT INTO {mine} BY NAME SELECT * FROM {theirs}"
+        f" WHERE {k} IN (SELECT {k} FROM _changed)"
+    ).fetchone()[0]
+    # every key of the warehouse is now here (unchanged ones were already): a count
+    # above the warehouse's means keys it no longer has
+    (count_mine,), (count_theirs,) = (
+        con.execute(f"SELECT count(*) FROM {rel}").fetchone() for rel in (mine, theirs)
+    )
+    if count_mine != count_theirs:
+        con.execute(f"DELETE FROM {mine} WHERE {k} NOT IN (SELECT {k} FROM {theirs})")
+    con.execute("DROP TABLE _changed")
+    return written
 
 
 def _literal(text: str) -> str:

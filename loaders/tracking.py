@@ -220,10 +220,17 @@ def after_load(
     return tracked
 
 
-def build_failed_event(result: Any, changes: Sequence[dict[str, Any]]) -> Event:
-    """The notice of a failed ``dbt build``, with the impact of recent schema changes."""
+def build_failed_event(
+    result: Any, changes: Sequence[dict[str, Any]], published: bool = False
+) -> Event:
+    """The notice of a failed ``dbt build``, with the impact of recent schema changes;
+    with ``published``, of data tests that failed on marts already published."""
     manifest = _manifest(None)
     lines = [
+        "dbt data tests failed on the marts published by this cycle: analysts may be"
+        " reading data that breaks a test. See `dbt test` output or"
+        " target/run_results.json for the failing tests."
+        if published else
         "dbt build failed after the load: the marts analysts read were not refreshed"
         " (they keep their previous content). Run `salesflow run` after a fix, and see"
         " `dbt build` output or target/run_results.json for the failing nodes.",
@@ -240,9 +247,10 @@ def build_failed_event(result: Any, changes: Sequence[dict[str, Any]]) -> Event:
         lines.insert(1, "Recent schema changes, the likely cause:")
     load_id = (getattr(result, "load_ids", None) or ["no-load"])[-1]
     return Event(
-        key=f"build_failed:{load_id}",
-        kind="build_failed",
-        title="dbt build failed: marts not refreshed",
+        key=f"{'tests' if published else 'build'}_failed:{load_id}",
+        kind="tests_failed" if published else "build_failed",
+        title="data tests failed on published marts" if published
+        else "dbt build failed: marts not refreshed",
         text="\n".join(lines),
         severity="error",
         details={"load_id": load_id, "impact": impacts},
