@@ -1,7 +1,8 @@
 {% macro lookback_interval() %}
     {#- How far before the last build's high-water mark incremental marts re-read:
-        var `lookback_hours` (default 3), e.g. --vars '{lookback_hours: 24}'. -#}
-    to_hours(cast({{ var('lookback_hours', 3) }} as bigint))
+        var `lookback_hours` (default 3), e.g. --vars '{lookback_hours: 24}'.
+        An interval times an integer: the same on DuckDB and Postgres. -#}
+    (interval '1 hour' * cast({{ var('lookback_hours', 3) }} as bigint))
 {%- endmacro %}
 
 {% macro since_last_build(built_column) %}
