@@ -4,7 +4,8 @@ directory, ``pg_ctl start`` on a free port, ``pg_ctl stop`` when done (also at e
 The server binaries are Debian's (``/usr/lib/postgresql/<version>/bin``) or whatever
 ``pg_ctl`` and ``initdb`` on the PATH are; ``make postgres`` installs them when missing.
 initdb refuses to run as root, so as root the server runs as the ``postgres`` user (or
-``nobody`` when there is none), owning its data directory.
+``nobody`` when there is none), owning its data directory. A watchdog process stops the
+server when the process that started it dies without stopping it (killed, SIGTERM).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import pwd
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -122,6 +124,30 @@ class PostgresServer:
             timeout=START_TIMEOUT_S + 10,
         )
 
+    def watch_parent(self) -> None:
+        """Start a watchdog: once this process is gone, it stops the server (immediate
+        mode) and deletes its directory; it exits with the server otherwise."""
+        code = (
+            "import os, shutil, subprocess, sys, time\n"
+            "parent, pg_ctl, data, root = int(sys.argv[1]), *sys.argv[2:5]\n"
+            "cmd = ([] if sys.argv[5] == '-' else ['runuser', '-u', sys.argv[5], '--'])\n"
+            "while os.path.exists(os.path.join(data, 'postmaster.pid')):\n"
+            "    try:\n"
+            "        os.kill(parent, 0)\n"
+            "    except ProcessLookupError:\n"
+            "        subprocess.run(cmd + [pg_ctl, 'stop', '-D', data, '-m', 'immediate',\n"
+            "                        '-w', '-t', '30'], capture_output=True, timeout=40)\n"
+            "        shutil.rmtree(root, ignore_errors=True)\n"
+            "        break\n"
+            "    time.sleep(1)\n"
+        )
+        subprocess.Popen(
+            [sys.executable, "-c", code, str(os.getpid()), str(self.bin_dir / "pg_ctl"),
+             str(self.data_dir), str(self.root), self.user or "-"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+
     def stop(self) -> None:
         """Stop the server (fast, then immediate) and delete its directory."""
         if (self.data_dir / "postmaster.pid").exists():
@@ -172,4 +198,5 @@ def start_server() -> PostgresServer:
     except BaseException:
         server.stop()
         raise
+    server.watch_parent()
     return server
