@@ -203,14 +203,21 @@ def cmd_warehouse_init_roles(args) -> int:
         return 0
     import psycopg2
 
-    # the administrator's password: PGPASSWORD or ~/.pgpass, as for psql
-    con = psycopg2.connect(host=creds.host, port=creds.port, dbname=creds.database,
-                           user=args.admin_user, connect_timeout=15)
     try:
-        roles.init_roles(con, creds.database, creds.username, creds.password,
-                         args.analyst_role, {name: None for name in logins})
-    finally:
-        con.close()
+        # the administrator's password: PGPASSWORD or ~/.pgpass, as for psql
+        con = psycopg2.connect(host=creds.host, port=creds.port, dbname=creds.database,
+                               user=args.admin_user, connect_timeout=15)
+        try:
+            roles.init_roles(con, creds.database, creds.username, creds.password,
+                             args.analyst_role, {name: None for name in logins})
+        finally:
+            con.close()
+    except psycopg2.Error as exc:
+        print(f"salesflow: roles not set up in {creds.database} on {creds.host}:{creds.port}"
+              f" as {args.admin_user}: {str(exc).strip()}\n  connect as a superuser or the"
+              " database owner with CREATEROLE (--admin-user; password in PGPASSWORD or"
+              " ~/.pgpass)", file=sys.stderr)
+        return 2
     print(f"roles ready in {creds.database}: loader {creds.username} owns"
           f" {', '.join(roles.SCHEMAS)}; {args.analyst_role or roles.analyst_role()} may"
           f" read {roles.PUBLIC_SCHEMA} only"
@@ -234,8 +241,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     def target_arg(p):
-        p.add_argument("--target", help="profiles.yml output to read and write: dev (DuckDB,"
-                       " the default) or postgres; overrides SALESFLOW_TARGET")
+        # SUPPRESS: `schema --target x impact` keeps x (a subcommand's default would not)
+        p.add_argument("--target", default=argparse.SUPPRESS,
+                       help="profiles.yml output to read and write: dev (DuckDB, the"
+                       " default) or postgres; overrides SALESFLOW_TARGET")
         return p
 
     def load_args(p):

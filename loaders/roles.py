@@ -102,36 +102,39 @@ def script(database: str, loader: str = LOADER_ROLE, analyst: str | None = None,
     return "\n".join(lines) + "\n"
 
 
-def init_roles(connection: Any, database: str, loader: str = LOADER_ROLE,
-               loader_password: str | None = None, analyst: str | None = None,
-               analyst_logins: Mapping[str, str | None] | None = None) -> list[str]:
-    """Run the set-up on ``connection`` (psycopg2, to ``database``, as a superuser or a
-    role with CREATEROLE that owns the database), in one transaction. Passwords given
-    are set; ``None`` leaves a role's password as it is. Returns the statements run."""
-    logins = dict(analyst_logins or {})
-    sql = statements(database, loader, analyst, list(logins))
-    with connection.cursor() as cur:
-        cur.execute("SELECT current_database()")
-        [(current,)] = cur.fetchall()
-        if current != database:
-            raise ValueError(
-                f"connected to database {current!r}, not {database!r}: grants on schemas"
-                " only apply in the database they are run in"
-            )
-        cur.execute(
-            "SELECT rolname FROM pg_roles WHERE rolsuper AND rolname = ANY(%s)",
-            ([analyst or analyst_role(), *logins],),
+def _check(cur: Any, database: str, analysts: list[str]) -> None:
+    """Refuse the wrong database, and a superuser among the analysts."""
+    cur.execute("SELECT current_database()")
+    [(current,)] = cur.fetchall()
+    if current != database:
+        raise ValueError(
+            f"connected to database {current!r}, not {database!r}: grants on schemas only"
+            " apply in the database they are run in"
         )
-        superusers = [r[0] for r in cur.fetchall()]
+    cur.execute("SELECT rolname FROM pg_roles WHERE rolsuper AND rolname = ANY(%s)",
+                (analysts,))
+    superusers = [r[0] for r in cur.fetchall()]
     if superusers:
         raise ValueError(
             f"{', '.join(superusers)} is a superuser: superusers bypass every grant, so it"
             " cannot be an analyst; choose another role"
         )
+
+
+def init_roles(connection: Any, database: str, loader: str = LOADER_ROLE,
+               loader_password: str | None = None, analyst: str | None = None,
+               analyst_logins: Mapping[str, str | None] | None = None) -> list[str]:
+    """Run the set-up on ``connection`` (psycopg2, to ``database``, as a superuser or a
+    role with CREATEROLE that owns the database, not inside a transaction), in one
+    transaction. Passwords given are set; ``None`` leaves a role's password as it is.
+    Returns the statements run."""
+    logins = dict(analyst_logins or {})
+    sql = statements(database, loader, analyst, list(logins))
     previous = connection.autocommit
-    connection.autocommit = False
+    connection.autocommit = False  # checks and set-up in one transaction
     try:
         with connection.cursor() as cur:
+            _check(cur, database, [analyst or analyst_role(), *logins])
             for statement in sql:
                 cur.execute(statement)
             passwords = {loader: loader_password, **logins}

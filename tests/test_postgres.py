@@ -15,14 +15,14 @@ import duckdb
 import pytest
 from psycopg2 import errors
 
-from loaders import pipeline, roles, status
+from loaders import cli, pipeline, roles, status
 from loaders.replica.settings import ENDPOINTS
 from loaders.watch import watch
 from simulator import store
 from simulator.generate import generate
 from simulator.platform import Platform
 from tests.conftest import AS_OF, ROOT, TOKEN, Simulator, dbt_invoke, start_simulator
-from tests.pg import PostgresServer
+from tests.pg import SUPERUSER_PASSWORD, PostgresServer
 from tests.test_replica_source import replica_versions
 
 pytestmark = pytest.mark.slow
@@ -199,6 +199,25 @@ def test_the_analyst_reads_the_marts_and_nothing_else(pg):
         assert denied(con, "select * from raw.orders limit 1")
 
 
+def test_init_roles_from_the_command_line(pg, monkeypatch, capsys):
+    monkeypatch.setenv("PGPASSWORD", SUPERUSER_PASSWORD)
+    args = ["warehouse", "init-roles", "--target", "postgres", "--admin-user", "postgres"]
+    assert cli.main(args) == 0
+    assert "roles ready in salesflow_test" in capsys.readouterr().out
+    assert cli.main([*args, "--print", "--analyst-login", "bob"]) == 0
+    script = capsys.readouterr().out
+    assert 'GRANT "salesflow_analyst" TO "bob";' in script
+    assert 'GRANT USAGE ON SCHEMA "marts" TO "salesflow_analyst";' in script
+    assert LOADER_PASSWORD not in script and SUPERUSER_PASSWORD not in script
+    monkeypatch.setenv("PGPASSWORD", "wrong")
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err
+    assert "password authentication failed" in err and "PGPASSWORD" in err
+    with closing(pg.analyst()) as con, con.cursor() as cur:  # still reads the marts
+        cur.execute("select count(*) from marts.fct_orders")
+        assert cur.fetchone()[0] > 0
+
+
 def test_the_set_up_refuses_a_superuser_as_analyst(pg):
     with closing(pg.server.connect(database=DATABASE)) as admin, pytest.raises(
         ValueError, match="superuser"
@@ -287,9 +306,17 @@ def test_marts_on_postgres_equal_those_on_duckdb(pg, tmp_path, monkeypatch):
         by_line_duckdb = dict(con.execute(
             "select product_line, sum(revenue_usd) from marts.product_sales_daily group by 1"
         ).fetchall())
+        # personal data is hashed alike by both (hash_pii): the same customers join
+        hashes_duckdb = set(con.execute(
+            "select customer_id, email_hash, customer_name_hash from marts.dim_customers"
+        ).fetchall())
     assert set(by_line) == set(by_line_duckdb)
     for line, revenue in by_line.items():
         assert abs(revenue - by_line_duckdb[line]) <= Decimal("0.05"), line
+    hashes = set(pg.query(
+        "select customer_id, email_hash, customer_name_hash from marts.dim_customers"
+    ))
+    assert hashes == hashes_duckdb and len(hashes) > 0
 
 
 def test_an_incremental_cycle_after_platform_activity(pg, monkeypatch):
