@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint pytest venv clean docs docs-serve chromium bench bench-smoke
+.PHONY: demo test lint pytest venv clean docs docs-serve chromium postgres bench bench-smoke
 
 # (Re)create the virtualenv when the dependency pins change; a no-op otherwise.
 $(STAMP): pyproject.toml constraints.txt
@@ -26,8 +26,10 @@ lint: $(STAMP)
 	mkdir -p target
 	SALESFLOW_DUCKDB_PATH=target/sqlfluff.duckdb $(BIN)/sqlfluff lint models tests/data
 
-pytest: $(STAMP) chromium
-	$(BIN)/python -m pytest
+# tests/test_postgres.py starts its own throw-away PostgreSQL server (tests/pg.py): the
+# server binaries must be there, and missing ones fail the run instead of skipping it
+pytest: $(STAMP) chromium postgres
+	SALESFLOW_REQUIRE_POSTGRES=1 $(BIN)/python -m pytest
 
 test: lint pytest bench-smoke
 
@@ -64,6 +66,20 @@ chromium:
 	  $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends \
 	    chromium >/dev/null; }
+
+# Debian's PostgreSQL server binaries (initdb, pg_ctl), for tests/test_postgres.py;
+# installed only when none are found. No cluster is created or started: the tests run
+# their own server on 127.0.0.1 with a temporary data directory.
+postgres:
+	@command -v pg_ctl >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || { \
+	  echo "installing postgresql (apt-get)"; \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends \
+	    postgresql-common >/dev/null && \
+	  $(SUDO) sed -i 's/^#\?\s*create_main_cluster.*/create_main_cluster = false/' \
+	    /etc/postgresql-common/createcluster.conf && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends \
+	    postgresql >/dev/null; }
 
 clean:
 	rm -rf data target logs .pytest_cache .ruff_cache .hypothesis

@@ -143,9 +143,9 @@ def cmd_schema_impact(args) -> int:
 
 def cmd_status(args) -> int:
     from loaders import status
-    from loaders.pipeline import PROJECT_ROOT, pipelines_dir, warehouse_path
+    from loaders.pipeline import PROJECT_ROOT, pipelines_dir
 
-    report = status.collect(pipelines_dir(), warehouse_path(), PROJECT_ROOT)
+    report = status.collect(pipelines_dir(), PROJECT_ROOT)
     print(status.as_json(report) if args.json else status.render(report))
     return 1 if report["status"] == status.RED else 0
 
@@ -188,6 +188,44 @@ def cmd_query(args) -> int:
     return 0
 
 
+def cmd_warehouse_init_roles(args) -> int:
+    from loaders import roles, warehouse
+
+    if warehouse.target_type() != "postgres":
+        raise ValueError(
+            f"init-roles sets up a PostgreSQL warehouse; the target is {warehouse.target_name()!r}"
+            " (use --target postgres or SALESFLOW_TARGET=postgres)"
+        )
+    creds = warehouse.postgres_credentials()
+    logins = args.analyst_login or []
+    if args.print:
+        print(roles.script(creds.database, creds.username, args.analyst_role, logins), end="")
+        return 0
+    import psycopg2
+
+    try:
+        # the administrator's password: PGPASSWORD or ~/.pgpass, as for psql
+        con = psycopg2.connect(host=creds.host, port=creds.port, dbname=creds.database,
+                               user=args.admin_user, connect_timeout=15)
+        try:
+            roles.init_roles(con, creds.database, creds.username, creds.password,
+                             args.analyst_role, {name: None for name in logins})
+        finally:
+            con.close()
+    except psycopg2.Error as exc:
+        print(f"salesflow: roles not set up in {creds.database} on {creds.host}:{creds.port}"
+              f" as {args.admin_user}: {str(exc).strip()}\n  connect as a superuser or the"
+              " database owner with CREATEROLE (--admin-user; password in PGPASSWORD or"
+              " ~/.pgpass)", file=sys.stderr)
+        return 2
+    print(f"roles ready in {creds.database}: loader {creds.username} owns"
+          f" {', '.join(roles.SCHEMAS)}; {args.analyst_role or roles.analyst_role()} may"
+          f" read {roles.PUBLIC_SCHEMA} only"
+          + (f" (members: {', '.join(logins)}; set their passwords with \\password)"
+             if logins else ""))
+    return 0
+
+
 def cmd_demo(args) -> int:
     from loaders.demo import demo
 
@@ -202,7 +240,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
 
+    def target_arg(p):
+        # SUPPRESS: `schema --target x impact` keeps x (a subcommand's default would not)
+        p.add_argument("--target", default=argparse.SUPPRESS,
+                       help="profiles.yml output to read and write: dev (DuckDB, the"
+                       " default) or postgres; overrides SALESFLOW_TARGET")
+        return p
+
     def load_args(p):
+        target_arg(p)
         p.add_argument("--base-url", help="replica API (default: sources.replica.base_url)")
         p.add_argument("--entities", help="comma-separated subset of entities")
         p.add_argument("--progress", choices=["log", "tqdm", "enlighten", "alive_progress"],
@@ -214,13 +260,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = load_args(sub.add_parser("run", help="one cycle: load, then dbt build"))
     p.add_argument("--select", nargs="*", help="dbt selection for the build")
     p.set_defaults(func=cmd_run)
-    p = sub.add_parser("schema", help="announced and detected schema changes")
+    p = target_arg(sub.add_parser("schema", help="announced and detected schema changes"))
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--limit", type=int, default=50, help="detected changes to show")
     p.add_argument("--base-url", help="replica API (default: sources.replica.base_url)")
     p.set_defaults(func=cmd_schema)
     schema_sub = p.add_subparsers(dest="schema_command")
-    q = schema_sub.add_parser("impact", help="what each change reaches in the dbt project")
+    q = target_arg(
+        schema_sub.add_parser("impact", help="what each change reaches in the dbt project")
+    )
     q.add_argument("--entity", help="one entity (default: announced and recent changes)")
     q.add_argument("--column", help="with --entity: one column")
     q.add_argument("--kind", choices=["new_table", "new_column", "type_change",
@@ -244,11 +292,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--csv", action="store_true", help="CSV on stdout")
     p.add_argument("--max-rows", type=int, default=40)
     p.set_defaults(func=cmd_query)
-    p = sub.add_parser(
+    p = target_arg(sub.add_parser(
         "status", help="freshness, incidents, announcements; exit 1 when something is red"
-    )
+    ))
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_status)
+    p = sub.add_parser("warehouse", help="set up a server warehouse (PostgreSQL)")
+    wh_sub = p.add_subparsers(dest="warehouse_command", required=True)
+    q = target_arg(wh_sub.add_parser(
+        "init-roles",
+        help="create the loader and analyst roles and their grants (idempotent; as an"
+        " administrator: PGPASSWORD or ~/.pgpass)",
+    ))
+    q.add_argument("--admin-user", default=os.environ.get("PGUSER", "postgres"),
+                   help="role to connect as: a superuser or the database owner with"
+                   " CREATEROLE (default: PGUSER or postgres)")
+    q.add_argument("--analyst-role", help="the analysts' group role (default:"
+                   " SALESFLOW_ANALYST_ROLE or salesflow_analyst)")
+    q.add_argument("--analyst-login", action="append", metavar="NAME",
+                   help="a person's login to create as a member of the analyst role"
+                   " (repeatable)")
+    q.add_argument("--print", action="store_true",
+                   help="print the SQL for a DBA to run with psql instead of running it")
+    q.set_defaults(func=cmd_warehouse_init_roles)
     p = sub.add_parser("demo", help="simulator → load → dbt, from scratch, then stop")
     p.add_argument("--orders", type=int, default=3000)
     p.add_argument("--live-seconds", type=float, default=5.0)
@@ -265,6 +331,8 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     _project_dir()
+    if getattr(args, "target", None):
+        os.environ["SALESFLOW_TARGET"] = args.target
     from loaders.pipeline import AlreadyRunning
     from loaders.replica import ReplicaError
 

@@ -29,7 +29,7 @@ def _step(text: str) -> None:
 
 
 def demo(orders: int = 3000, live_seconds: float = 5.0) -> int:
-    from loaders import pipeline
+    from loaders import pipeline, warehouse
 
     sim_dir = DEMO_DIR / "sim"
     token = os.environ.get("SALESFLOW_SIM_TOKEN", DEFAULT_TOKEN)
@@ -73,12 +73,13 @@ def demo(orders: int = 3000, live_seconds: float = 5.0) -> int:
             if not pipeline.dbt_build():
                 print("dbt build failed: see the output above", file=sys.stderr)
                 return 1
-            _step("publish the marts for analysts")
-            from loaders.publish import publish
+            if warehouse.is_duckdb():
+                _step("publish the marts for analysts")
+                from loaders.publish import publish
 
-            published = publish(pipeline.warehouse_path())
-            print(f"  {len(published.tables)} marts in {published.path}"
-                  f" ({published.seconds:.2f} s)")
+                published = publish(pipeline.warehouse_path())
+                print(f"  {len(published.tables)} marts in {published.path}"
+                      f" ({published.seconds:.2f} s)")
             _step("docs site: dbt docs generate --static")
             docs = pipeline.dbt_docs()
     finally:
@@ -90,7 +91,7 @@ def demo(orders: int = 3000, live_seconds: float = 5.0) -> int:
         log.close()
 
     _step("done")
-    wh = pipeline.warehouse_path()
+    wh = warehouse.describe()
     if docs is not None:
         print(f"  docs site:      open {docs} in a browser, or `make docs-serve`")
     print(f"  warehouse:      {wh}  (schemas raw, staging, marts)")

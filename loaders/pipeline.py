@@ -1,6 +1,7 @@
 """Running the replica pipeline: one lock, one dlt pipeline, optional dbt build.
 
-Warehouse layout (DuckDB by default, ``data/warehouse.duckdb``):
+Warehouse layout (DuckDB by default, ``data/warehouse.duckdb``; PostgreSQL or another
+warehouse with ``SALESFLOW_TARGET``, see :mod:`loaders.warehouse`):
 
 * ``raw`` — written by dlt only: one table per entity (current rows, merged on the
   primary key, deletions applied), ``quarantine`` (rejected records with the reason) and
@@ -8,7 +9,8 @@ Warehouse layout (DuckDB by default, ``data/warehouse.duckdb``):
 * dbt's schemas (staging, marts) are built from ``raw`` by ``salesflow run``.
 
 DuckDB admits one writing process per file, so every command that writes takes the same
-lock (``<pipelines dir>/salesflow.lock``); a second one is refused with a clear message.
+lock (``<pipelines dir>/salesflow.lock``; on every target: one salesflow writer at a
+time); a second one is refused with a clear message.
 dlt's working directory (pending load packages, state) is ``data/dlt`` unless
 ``SALESFLOW_PIPELINES_DIR`` says otherwise; ``dlt pipeline --pipelines-dir data/dlt
 salesflow_replica info`` inspects it. A package left half-loaded by a crash is completed
@@ -30,7 +32,7 @@ from typing import Any
 import dlt
 from dlt.pipeline.exceptions import PipelineStepFailed
 
-from loaders import health, notify, tracking
+from loaders import health, notify, tracking, warehouse
 from loaders.replica import (
     ReplicaError,
     fetch_announcements,
@@ -46,11 +48,9 @@ log = logging.getLogger(__name__)
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
-DUCKDB_MEMORY_LIMIT = os.environ.get("SALESFLOW_DUCKDB_MEMORY_LIMIT", "400MB")
-
-
 def warehouse_path() -> Path:
-    return Path(os.environ.get("SALESFLOW_DUCKDB_PATH", "data/warehouse.duckdb"))
+    """The DuckDB warehouse file (the ``dev`` target)."""
+    return warehouse.duckdb_path()
 
 
 def pipelines_dir() -> Path:
@@ -90,23 +90,12 @@ def run_lock(what: str) -> Iterator[None]:
         fh.close()
 
 
-def make_pipeline(progress: str | None = None) -> dlt.Pipeline:
-    path = warehouse_path()
-    path.parent.mkdir(parents=True, exist_ok=True)
+def make_pipeline(progress: str | None = None, read_only: bool = False) -> dlt.Pipeline:
+    """The replica pipeline on the current target's warehouse (``read_only``: for
+    readers of a DuckDB file, which must not take its write lock)."""
     return dlt.pipeline(
         pipeline_name=replica_settings.PIPELINE_NAME,
-        destination=dlt.destinations.duckdb(
-            {
-                "database": str(path),
-                # bounded, so a large backfill's merge spills to disk instead of growing
-                "global_config": {
-                    "memory_limit": DUCKDB_MEMORY_LIMIT,
-                    # raw tables have no meaningful row order: letting DuckDB drop it
-                    # makes large inserts parallel and lighter on memory
-                    "preserve_insertion_order": False,
-                },
-            }
-        ),
+        destination=warehouse.destination(read_only=read_only),
         dataset_name=replica_settings.DATASET_NAME,
         pipelines_dir=str(pipelines_dir()),
         progress=progress,  # type: ignore[arg-type]
@@ -311,7 +300,7 @@ def _load(kwargs: dict[str, Any], progress: str | None = None) -> LoadResult:
             known_types=before,
             described=described,
         )
-        info = pipeline.run(source, loader_file_format="parquet")
+        info = pipeline.run(source, loader_file_format=warehouse.loader_file_format())
     except PipelineStepFailed as exc:
         cause = root_cause(exc)
         if isinstance(cause, ReplicaError):
@@ -338,27 +327,25 @@ def _load(kwargs: dict[str, Any], progress: str | None = None) -> LoadResult:
 
 
 def raw_counts(entities: Sequence[str] | None = None) -> dict[str, int]:
-    """Rows per raw table now in the warehouse (opened read-only)."""
-    import duckdb
-
+    """Rows per raw table now in the warehouse (a DuckDB file is opened read-only)."""
     names = list(entities or replica_settings.ENDPOINTS) + [replica_settings.QUARANTINE_TABLE]
     out: dict[str, int] = {}
-    con = duckdb.connect(str(warehouse_path()), read_only=True)
-    try:
+    with make_pipeline(read_only=True).sql_client() as sql:
+        if not sql.has_dataset():
+            return out
         existing = {
             r[0]
-            for r in con.execute(
-                "select table_name from information_schema.tables where table_schema = ?",
-                [replica_settings.DATASET_NAME],
-            ).fetchall()
+            for r in sql.execute_sql(
+                "select table_name from information_schema.tables where table_schema = %s",
+                sql.dataset_name,
+            )
+            or []
         }
         for name in names:
             if name in existing:
-                out[name] = con.execute(
-                    f'select count(*) from {replica_settings.DATASET_NAME}."{name}"'
-                ).fetchone()[0]
-    finally:
-        con.close()
+                [(out[name],)] = sql.execute_sql(
+                    f"select count(*) from {sql.make_qualified_table_name(name)}"
+                )
     return out
 
 
@@ -401,6 +388,7 @@ def _dbt(*args: str) -> bool:
     (no start-up cost per call). Raises what dbt raised; returns whether it succeeded."""
     from dbt.cli.main import dbtRunner
 
+    warehouse.prepare_dbt()
     try:
         result = dbtRunner().invoke(
             [*args, "--project-dir", str(PROJECT_ROOT), "--profiles-dir", str(PROJECT_ROOT)]
@@ -453,7 +441,7 @@ def describe_load(result: LoadResult) -> str:
     rate = result.total / max(result.seconds, 1e-9)
     lines = [
         f"loaded {result.total:,} rows in {result.seconds:.1f} s ({rate:,.0f} rows/s)"
-        f" into {warehouse_path()}",
+        f" into {warehouse.describe()}",
         f"  {'table':<14}{'this load':>12}{'in raw':>12}",
     ]
     for table in sorted(set(counts) | set(result.rows)):

@@ -2,9 +2,9 @@
 
 Reads the loader's state file (``health.json``, written at the end of every cycle, so
 it answers while a cycle holds the warehouse), the notification ledger, and the
-warehouse read-only when it is free (rows and newest record per raw table). Freshness
-thresholds are dbt's (``freshness_*_minutes`` vars in dbt_project.yml), so the command,
-source freshness and the ``pipeline_health`` mart agree.
+warehouse (a DuckDB file read-only, when it is free): rows and newest record per raw
+table. Freshness thresholds are dbt's (``freshness_*_minutes`` vars in dbt_project.yml),
+so the command, source freshness and the ``pipeline_health`` mart agree.
 
 Exit code: 0 when everything is green or only warns, 1 when something is red (an open
 incident, an entity past the error threshold, or nothing ever loaded), so schedulers and
@@ -34,44 +34,51 @@ def thresholds(project_root: Path) -> tuple[float, float]:
     return float(v.get("freshness_warn_minutes", 30)), float(v.get("freshness_error_minutes", 120))
 
 
-def _warehouse(path: Path) -> tuple[dict[str, dict[str, Any]], str | None]:
-    """Rows and newest updated_at per raw table, or why they could not be read."""
-    import duckdb
+def _warehouse() -> tuple[dict[str, dict[str, Any]], str | None]:
+    """Rows and newest updated_at per raw table, or why they could not be read (a DuckDB
+    file is opened read-only, and is busy while a cycle writes it)."""
+    from loaders import pipeline, warehouse
 
-    if not path.exists():
+    duckdb = warehouse.is_duckdb()
+    if duckdb and not warehouse.duckdb_path().exists():
         return {}, "no warehouse yet"
+    client = pipeline.make_pipeline(read_only=True).sql_client()
     try:
-        con = duckdb.connect(str(path), read_only=True)
-    except duckdb.Error as exc:
-        return {}, f"warehouse busy (a cycle is writing): {str(exc).splitlines()[0]}"
+        client.open_connection()
+    except Exception as exc:  # busy file or unreachable server: say so, answer the rest
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        what = "warehouse busy (a cycle is writing)" if duckdb else "warehouse unreachable"
+        return {}, f"{what}: {first}"
     out: dict[str, dict[str, Any]] = {}
     try:
+        if not client.has_dataset():
+            return {}, "no warehouse yet"
         tables = {
             r[0]
-            for r in con.execute(
-                "select table_name from information_schema.tables where table_schema = ?",
-                [settings.DATASET_NAME],
-            ).fetchall()
+            for r in client.execute_sql(
+                "select table_name from information_schema.tables where table_schema = %s",
+                client.dataset_name,
+            ) or []
         }
         for entity, ep in settings.ENDPOINTS.items():
             if entity not in tables:
                 continue
             cursor = ep.get("cursor", "updated_at")
-            rows, newest = con.execute(
-                f'select count(*), max("{cursor}") from {settings.DATASET_NAME}."{entity}"'
-            ).fetchone()
+            [(rows, newest)] = client.execute_sql(
+                f'select count(*), max("{cursor}") from'
+                f" {client.make_qualified_table_name(entity)}"
+            )
             out[entity] = {"rows": rows, "newest_record_at": newest}
     finally:
-        con.close()
+        client.close_connection()
     return out, None
 
 
-def collect(state_dir: Path, warehouse: Path, project_root: Path,
-            now: datetime | None = None) -> dict[str, Any]:
+def collect(state_dir: Path, project_root: Path, now: datetime | None = None) -> dict[str, Any]:
     now = now or datetime.now(timezone.utc)
     warn_after, error_after = thresholds(project_root)
     state = health.Health(state_dir).state()
-    tables, warehouse_note = _warehouse(warehouse)
+    tables, warehouse_note = _warehouse()
     entities = []
     for entity in settings.ENDPOINTS:
         e = state.get("entities", {}).get(entity, {})

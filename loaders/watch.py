@@ -19,7 +19,10 @@ publish for analysts.
 * **Published atomically** (:mod:`loaders.publish`) after every successful build:
   analysts read ``data/published/analytics.duckdb`` and are never blocked or shown a
   half-built mart. A failed build publishes nothing (analysts keep the last good
-  version) and is notified with the impact of recent schema changes.
+  version) and is notified with the impact of recent schema changes. On a server
+  warehouse (``SALESFLOW_TARGET=postgres``) nothing is published: analysts query its
+  ``marts`` schema directly with their own role, and dbt swaps each rebuilt mart in one
+  transaction, so they never see a half-built one either.
 * **Outages**: a failed cycle is classified and recorded (:mod:`loaders.health`: one
   alert per incident, one recovery notice); watch backs off (interval doubled per
   failure, at most ``max_backoff``) and resumes; the incremental cursor did not move, so
@@ -40,7 +43,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from loaders import pipeline, publish, tracking
+from loaders import pipeline, publish, tracking, warehouse
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +63,7 @@ class DbtSession:
     def __init__(self) -> None:
         from dbt.cli.main import dbtRunner
 
+        warehouse.prepare_dbt()
         parsed = self._invoke(dbtRunner(), "parse")
         if not parsed.success or parsed.result is None:
             raise RuntimeError(f"dbt parse failed: {parsed.exception}")
@@ -143,6 +147,8 @@ def watch(
     try:
         with pipeline.run_lock("watch"):
             dbt = DbtSession()
+            # a DuckDB file is copied for analysts; a server warehouse is queried directly
+            publishes = warehouse.is_duckdb()
             built_once = False
             failures = 0
             tested_at = time.monotonic()
@@ -183,20 +189,20 @@ def watch(
                     stats.last["build_s"] = round(time.monotonic() - t, 2)
                     if ok:
                         built_once = True
-                        pub = publish.publish(
-                            pipeline.warehouse_path(),
-                            changed=None if select is None else marts,
-                            cycle_id=result.load_ids[-1] if result.load_ids else None,
-                            by_load_id=dbt.by_load_id,
-                        )
-                        stats.published += 1
-                        stats.last["publish_s"] = round(pub.seconds, 2)
+                        if publishes:
+                            pub = publish.publish(
+                                pipeline.warehouse_path(),
+                                changed=None if select is None else marts,
+                                cycle_id=result.load_ids[-1] if result.load_ids else None,
+                                by_load_id=dbt.by_load_id,
+                            )
+                            stats.published += 1
+                            stats.last["publish_s"] = round(pub.seconds, 2)
                         if gate:
                             tested_at = time.monotonic()
                         elif time.monotonic() - tested_at >= test_interval:
                             t = time.monotonic()
-                            # everything loaded since the last tests, i.e. all of it:
-                            # tests read whole tables, so one selection does
+                            # tests read whole tables: one run covers every cycle since
                             passed = dbt.test(None)
                             tested_at = time.monotonic()
                             stats.last["tests"] = True

@@ -124,3 +124,22 @@ def dbt_invoke(tmp_path: Path, *args: str) -> None:
         if str(r.status) in ("error", "fail", "runtime error")
     ]
     assert result.success and not failed, f"dbt {args[0]} failed:\n" + "\n".join(failed)
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A throw-away PostgreSQL server on 127.0.0.1 for the whole session (tests/pg.py),
+    stopped at the end, also when tests fail. Without server binaries the tests using it
+    skip, unless SALESFLOW_REQUIRE_POSTGRES=1 (make test) or CI is set: then they fail."""
+    from tests.pg import PostgresUnavailable, start_server
+
+    try:
+        server = start_server()
+    except PostgresUnavailable as exc:
+        if os.environ.get("SALESFLOW_REQUIRE_POSTGRES") == "1" or os.environ.get("CI"):
+            pytest.fail(f"{exc}; the PostgreSQL tests must run here", pytrace=False)
+        pytest.skip(str(exc))
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -206,7 +206,7 @@ def test_status_exit_code_follows_the_worst_state(
 
 def test_status_reports_a_real_pipeline(simulator, warehouse, capsys):
     pipeline.load(base_url=simulator.url, token=TOKEN)
-    report = status.collect(warehouse.parent / "dlt", warehouse, ROOT)
+    report = status.collect(warehouse.parent / "dlt", ROOT)
     assert report["status"] == "green"
     assert report["last_cycle"]["outcome"] == "success_new_data"
     orders = next(e for e in report["entities"] if e["entity"] == "orders")

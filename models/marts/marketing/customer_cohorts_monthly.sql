@@ -48,8 +48,10 @@ final as (
     select
         {{ surrogate_key(['monthly.cohort_month', 'monthly.order_month']) }}
             as customer_cohort_monthly_id,
-        date_diff('month', monthly.cohort_month, monthly.order_month)
-            as months_since_first_order,
+        cast(
+            {{ dbt.datediff('monthly.cohort_month', 'monthly.order_month', 'month') }}
+            as bigint
+        ) as months_since_first_order,
         cohort_sizes.cohort_customers,
         monthly.active_customers,
         monthly.orders,

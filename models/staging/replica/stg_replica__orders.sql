@@ -34,7 +34,7 @@ renamed as (
         {%- for name in money %}
             {{ cents_to_amount('source.' ~ name ~ '_cents') }} as {{ name }}_amount,
             cast(
-                source.{{ name }}_cents / 100 / currency_rates.units_per_usd
+                source.{{ name }}_cents / 100.0 / currency_rates.units_per_usd
                 as decimal(18, 2)
             ) as {{ name }}_amount_usd,
         {%- endfor %}

@@ -1,0 +1,149 @@
+"""Which warehouse salesflow writes to: one setting for dlt and dbt alike.
+
+``SALESFLOW_TARGET`` (or ``--target`` on the CLI) names an output of ``profiles.yml``:
+``dev`` (the default) is the embedded DuckDB file, ``postgres`` a PostgreSQL database.
+The output's ``type`` is also the dlt destination, so the loader and dbt always point at
+the same warehouse:
+
+* **duckdb**: the file ``SALESFLOW_DUCKDB_PATH``, loaded from parquet, published for
+  analysts as a read-only copy (:mod:`loaders.publish`).
+* **postgres**: dlt's ``destination.postgres.credentials`` (``.dlt/secrets.toml`` or
+  ``DESTINATION__POSTGRES__CREDENTIALS__*``) are the one place for the connection;
+  salesflow hands them to dbt as the environment variables ``profiles.yml`` reads. Raw
+  tables load from CSV files through ``COPY``. Nothing is published: analysts query the
+  ``marts`` schema with the analyst role (see :mod:`loaders.roles`).
+* any other type dlt and dbt both support: add an output to ``profiles.yml`` and the
+  destination's credentials to dlt's config; it loads with dlt's preferred file format.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+log = logging.getLogger(__name__)
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_TARGET = "dev"
+PROFILE = "salesflow"
+DUCKDB_MEMORY_LIMIT = os.environ.get("SALESFLOW_DUCKDB_MEMORY_LIMIT", "400MB")
+# the environment variables profiles.yml reads for the postgres output: dlt's own names
+PG_ENV = {
+    "host": "DESTINATION__POSTGRES__CREDENTIALS__HOST",
+    "port": "DESTINATION__POSTGRES__CREDENTIALS__PORT",
+    "username": "DESTINATION__POSTGRES__CREDENTIALS__USERNAME",
+    "password": "DESTINATION__POSTGRES__CREDENTIALS__PASSWORD",
+    "database": "DESTINATION__POSTGRES__CREDENTIALS__DATABASE",
+}
+
+
+def target_name() -> str:
+    return os.environ.get("SALESFLOW_TARGET", DEFAULT_TARGET)
+
+
+def outputs() -> dict[str, dict[str, Any]]:
+    """The outputs of salesflow's profile in profiles.yml (unrendered)."""
+    profiles = yaml.safe_load((PROJECT_ROOT / "profiles.yml").read_text())
+    return profiles[PROFILE]["outputs"]
+
+
+def target_type(name: str | None = None) -> str:
+    """The adapter type of a target (``duckdb``, ``postgres``, ...): also its dlt
+    destination. Raises ValueError for a target profiles.yml does not define."""
+    name = name or target_name()
+    known = outputs()
+    if name not in known:
+        raise ValueError(
+            f"SALESFLOW_TARGET={name!r} is not an output of profiles.yml; use one of"
+            f" {', '.join(sorted(known))}"
+        )
+    return str(known[name]["type"])
+
+
+def is_duckdb() -> bool:
+    return target_type() == "duckdb"
+
+
+def duckdb_path() -> Path:
+    return Path(os.environ.get("SALESFLOW_DUCKDB_PATH", "data/warehouse.duckdb"))
+
+
+def destination(read_only: bool = False) -> Any:
+    """The dlt destination of the current target."""
+    import dlt
+    from dlt.common.destination import Destination
+
+    kind = target_type()
+    if kind != "duckdb":
+        return Destination.from_reference(kind)
+    path = duckdb_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    credentials: dict[str, Any] = {"database": str(path), "read_only": read_only}
+    if not read_only:
+        credentials["global_config"] = {
+            # bounded, so a large backfill's merge spills to disk instead of growing
+            "memory_limit": DUCKDB_MEMORY_LIMIT,
+            # raw tables have no meaningful row order: letting DuckDB drop it makes
+            # large inserts parallel and lighter on memory
+            "preserve_insertion_order": False,
+        }
+    return dlt.destinations.duckdb(credentials)
+
+
+def loader_file_format() -> str | None:
+    """How the Arrow pages reach the warehouse: parquet into DuckDB, CSV and ``COPY``
+    into Postgres (its parquet path needs an ADBC driver), the destination's preferred
+    format elsewhere."""
+    return {"duckdb": "parquet", "postgres": "csv"}.get(target_type())
+
+
+def describe() -> str:
+    """Where the warehouse is, for people (never with a password)."""
+    kind = target_type()
+    if kind == "duckdb":
+        return str(duckdb_path())
+    if kind == "postgres":
+        c = postgres_credentials()
+        return f"postgres {c.username}@{c.host}:{c.port}/{c.database}"
+    return f"{target_name()} ({kind})"
+
+
+def postgres_credentials() -> Any:
+    """dlt's resolved postgres credentials (config, secrets or environment)."""
+    from dlt.common.configuration.exceptions import ConfigFieldMissingException
+    from dlt.common.destination import Destination
+
+    from loaders.replica.settings import DATASET_NAME
+
+    dest = Destination.from_reference("postgres")
+    config = dest.spec()
+    config.dataset_name = DATASET_NAME
+    try:
+        return dest.configuration(config).credentials
+    except ConfigFieldMissingException as exc:
+        raise ValueError(
+            "the postgres target needs connection details: set destination.postgres."
+            "credentials in .dlt/secrets.toml (see .dlt/example.secrets.toml) or the"
+            f" DESTINATION__POSTGRES__CREDENTIALS__* variables ({exc.fields})"
+        ) from None
+
+
+def prepare_dbt() -> None:
+    """Make the current target's connection visible to dbt: for postgres, dlt's
+    credentials become the environment variables profiles.yml reads (those already set
+    win, so they are one setting either way)."""
+    os.environ.setdefault("SALESFLOW_TARGET", target_name())
+    if target_type() != "postgres":
+        return
+    if all(os.environ.get(v) for k, v in PG_ENV.items() if k != "port"):
+        return
+    c = postgres_credentials()
+    values = {"host": c.host, "port": c.port, "username": c.username,
+              "password": c.password, "database": c.database}
+    for key, var in PG_ENV.items():
+        if values[key] is not None and not os.environ.get(var):
+            os.environ[var] = str(values[key])

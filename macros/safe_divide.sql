@@ -1,0 +1,8 @@
+{% macro safe_divide(numerator, denominator) %}
+    {#- numerator / denominator as a double, null when the denominator is 0: a true
+        division on every adapter (Postgres divides two integers to an integer). -#}
+    (
+        cast({{ numerator }} as double precision)
+        / nullif({{ denominator }}, 0)
+    )
+{%- endmacro %}
