@@ -278,10 +278,10 @@ def _constraints(
 def _loader_roles(entity: str) -> dict[str, list[str]]:
     ep = settings.ENDPOINTS[entity]
     roles: dict[str, list[str]] = {}
-    roles.setdefault(ep["primary_key"], []).append("primary key (merge)")
+    roles.setdefault(ep["primary_key"], []).append("primary key")
     roles.setdefault(ep.get("cursor", "updated_at"), []).append("incremental cursor")
     if ep.get("deleted_marker"):
-        roles.setdefault(ep["deleted_marker"], []).append("tombstone marker (deletes)")
+        roles.setdefault(ep["deleted_marker"], []).append("tombstone marker")
     return roles
 
 
@@ -290,31 +290,61 @@ def _tolerant(model: dict, field: str) -> bool:
     return bool(re.search(pattern, model.get("raw_code", "")))
 
 
-def _field(
-    source_id: str, source: dict, name: str, manifest: dict, models: dict,
-    graph: dict, tests: dict,
-) -> dict[str, Any] | None:
-    """The contract of one source field, or None when nothing downstream uses it."""
-    nodes, exposures = manifest["nodes"], manifest.get("exposures", {})
-    entity = source["name"]
-    roles = _loader_roles(entity).get(name, [])
-    reached = lineage.reach(graph, (source_id, name))
-    marts: dict[str, dict[str, Any]] = {}
+@dataclass(frozen=True)
+class _Project:
+    """What building the contract reads: the compiled manifest, the models' lineage, the
+    lineage graph and the tests by the node they test."""
+
+    manifest: dict
+    models: dict[str, lineage.ModelLineage]
+    graph: dict
+    tests: dict[str, list[dict]]
+
+    @property
+    def nodes(self) -> dict:
+        return self.manifest["nodes"]
+
+    def group_owner(self, package: str, group: str) -> str | None:
+        return _owner((self.manifest["groups"].get(f"group.{package}.{group}") or {}).get("owner"))
+
+
+def _dependents(p: _Project, source_id: str, name: str) -> dict[str, Any]:
+    """Staging models, marts (columns reached, or rows decided), exposures and owners a
+    source field flows into."""
+    reached = lineage.reach(p.graph, (source_id, name))
     touched = {uid for uid, _ in reached}
-    for uid, column in reached:
-        if _is_mart(nodes.get(uid, {})):
-            entry = marts.setdefault(nodes[uid]["name"], {"columns": [], "rows": False})
-            if column == lineage.ROWS:
-                entry["rows"] = True
-            else:
-                entry["columns"].append(column)
-    used_by_exposures = sorted({
-        e["name"] for e in exposures.values()
+    marts: dict[str, dict[str, Any]] = {}
+    owners: set[str | None] = set()
+    for uid, column in sorted(reached):
+        node = p.nodes.get(uid, {})
+        if not _is_mart(node):
+            continue
+        entry = marts.setdefault(node["name"], {"columns": [], "rows": False})
+        if column == lineage.ROWS:
+            entry["rows"] = True
+        elif column not in entry["columns"]:
+            entry["columns"].append(column)
+        if node.get("group"):
+            owners.add(p.group_owner(node["package_name"], node["group"]))
+    exposures = [
+        e for e in p.manifest.get("exposures", {}).values()
         if touched & set(e.get("depends_on", {}).get("nodes", []))
-    })
-    if not marts and not used_by_exposures and not roles:
-        return None
-    column = source["columns"][name]
+    ]
+    owners |= {_owner(e.get("owner")) for e in exposures}
+    staging = [
+        uid for uid, m in sorted(p.models.items())
+        if (source_id, name) in m.rows or any((source_id, name) in r for r in m.columns.values())
+    ]
+    return {
+        "staging": staging,
+        "marts": {k: {"columns": sorted(v["columns"]), "rows": v["rows"]}
+                  for k, v in sorted(marts.items())},
+        "exposures": sorted(e["name"] for e in exposures),
+        "owners": owners,
+    }
+
+
+def _api_type(entity: str, name: str, column: dict) -> str:
     api_type = (column.get("data_type") or "").lower()
     if api_type not in API_TYPES:
         raise ContractError(
@@ -322,25 +352,30 @@ def _field(
             f" {column.get('data_type')!r}: declare one of {sorted(API_TYPES)} (the API's"
             f" type) in {SOURCES_YML}"
         )
-    staging = sorted(
-        nodes[uid]["name"] for uid, m in models.items()
-        if any((source_id, name) in refs for refs in m.columns.values()) or (source_id, name)
-        in m.rows
-    )
-    tolerant = bool(staging) and all(_tolerant(_node_by_name(nodes, s), name) for s in staging)
-    not_null, accepted = _constraints(source_id, name, manifest, tests, models)
-    not_null += [f"loader: {r}" for r in roles if "tombstone" not in r]
+    return api_type
+
+
+def _field(p: _Project, source_id: str, source: dict, name: str) -> dict[str, Any] | None:
+    """The contract of one source field, or None when nothing downstream uses it."""
+    entity, column = source["name"], source["columns"][name]
+    roles = _loader_roles(entity).get(name, [])
+    used = _dependents(p, source_id, name)
+    if not used["marts"] and not used["exposures"] and not roles:
+        return None
+    api_type = _api_type(entity, name, column)
+    not_null, accepted = _constraints(source_id, name, p.manifest, p.tests, p.models)
+    not_null += [f"loader: {r}" for r in roles if r != "tombstone marker"]
     meta = column.get("meta") or (column.get("config") or {}).get("meta") or {}
     presence = (
-        "tombstone" if any("tombstone" in r for r in roles)
+        "tombstone" if "tombstone marker" in roles
         else "optional" if meta.get("contract") == "optional" else "required"
     )
-    owners = {_owner(manifest["groups"][f"group.{nodes[u]['package_name']}.{g}"].get("owner"))
-              for u in touched if (g := nodes.get(u, {}).get("group")) and _is_mart(nodes[u])}
-    owners |= {_owner(e.get("owner")) for e in exposures.values() if e["name"] in used_by_exposures}
+    owners = used["owners"]
     if roles:
-        group = manifest["groups"].get(f"group.{manifest_project(manifest)}.{LOADER_GROUP}", {})
-        owners.add(_owner(group.get("owner")))
+        owners.add(p.group_owner(manifest_project(p.manifest), LOADER_GROUP))
+    tolerant = bool(used["staging"]) and all(
+        _tolerant(p.nodes[uid], name) for uid in used["staging"]
+    )
     schema: dict[str, Any] = dict(API_TYPES[api_type])
     nullable = not not_null
     if nullable:
@@ -349,27 +384,20 @@ def _field(
         schema["enum"] = accepted["values"] + ([None] if nullable else [])
     if column.get("description"):
         schema["description"] = " ".join(column["description"].split())
-    info: dict[str, Any] = {
+    schema["x-salesflow"] = {
         "api_type": api_type,
         "presence": presence,
         "nullable": nullable,
         "not_null_evidence": sorted(not_null),
         "read": "tolerant" if tolerant else "direct",
-        "staging_models": staging,
-        "marts": {k: {"columns": sorted(set(v["columns"])), "rows": v["rows"]}
-                  for k, v in sorted(marts.items())},
-        "exposures": used_by_exposures,
+        "staging_models": sorted(p.nodes[uid]["name"] for uid in used["staging"]),
+        "marts": used["marts"],
+        "exposures": used["exposures"],
         "owners": sorted(o for o in owners if o),
         "loader": sorted(roles),
+        **({"accepted_values": accepted} if accepted else {}),
     }
-    if accepted:
-        info["accepted_values"] = accepted
-    schema["x-salesflow"] = info
     return schema
-
-
-def _node_by_name(nodes: dict, name: str) -> dict:
-    return next(n for n in nodes.values() if n["resource_type"] == "model" and n["name"] == name)
 
 
 def manifest_project(manifest: dict) -> str:
@@ -420,8 +448,7 @@ def project_version(project_root: Path = PROJECT_ROOT) -> str:
 def build(manifest: dict, project_root: Path = PROJECT_ROOT) -> dict[str, Any]:
     """The contract document (see the module's docstring)."""
     models = project_lineage(manifest, project_root)
-    graph = lineage.edges(models)
-    tests = _tests(manifest)
+    project = _Project(manifest, models, lineage.edges(models), _tests(manifest))
     entities: dict[str, Any] = {}
     for source_id, source in sorted(manifest["sources"].items()):
         api_entity = source["name"] in settings.ENDPOINTS
@@ -429,7 +456,7 @@ def build(manifest: dict, project_root: Path = PROJECT_ROOT) -> dict[str, Any]:
             continue
         fields = {}
         for name in sorted(source["columns"]):
-            spec = _field(source_id, source, name, manifest, models, graph, tests)
+            spec = _field(project, source_id, source, name)
             if spec is not None:
                 fields[name] = spec
         if fields:
@@ -492,8 +519,9 @@ def render_docs(doc: dict) -> str:
     """The contract as a page of the dbt docs site."""
     lines = [
         "{% docs replica_contract %}",
-        f"<!-- {HEADER} -->",
         f"### Data contract with the platform team (version `{doc['version']}`)",
+        "",
+        f"*{HEADER}*",
         "",
         "The replica API fields salesflow's marts and dashboards depend on, from the models'"
         " column lineage: a field counts when it reaches a mart column, decides a mart's rows"
