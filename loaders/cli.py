@@ -192,7 +192,7 @@ def cmd_contract_verify(args) -> int:
         raise ValueError("no API to check: pass --api URL (or set SOURCES__REPLICA__BASE_URL)")
     if not token:
         raise ValueError("no token for the API: set SOURCES__REPLICA__TOKEN or pass --token")
-    report = contract_verify.verify(doc, base_url, token, sample=args.sample)
+    report = contract_verify.verify(doc, base_url, token, sample=args.sample, since=args.since)
     if args.json:
         print(json.dumps(report.as_dict(), indent=2, sort_keys=True))
     else:
@@ -309,6 +309,8 @@ def build_parser() -> argparse.ArgumentParser:
                    " contracts/replica_api.contract.json)")
     q.add_argument("--sample", type=int, default=200,
                    help="records to check per entity (0: the schema endpoint only)")
+    q.add_argument("--since", help="sample the records changed at or after this ISO-8601"
+                   " time (e.g. the deploy's), instead of the oldest")
     q.add_argument("--json", action="store_true", help="machine-readable report")
     q.set_defaults(func=cmd_contract_verify)
     p = load_args(sub.add_parser(

@@ -594,7 +594,8 @@ def load(path: Path | None = None) -> dict[str, Any]:
     path = path or PROJECT_ROOT / CONTRACT_JSON
     if not path.exists():
         raise FileNotFoundError(
-            f"no contract at {path}: run `salesflow contract export` in the project"
+            f"no contract at {path}: pass --contract FILE, or run `salesflow contract export`"
+            " in the salesflow project"
         )
     try:
         doc = (
@@ -660,13 +661,22 @@ def assess_announcement(announcement: dict[str, Any], doc: dict[str, Any]) -> di
         "breaking" if any(f["verdict"] == "breaking" for f in findings)
         else "warning" if findings else "safe"
     )
-    return {"verdict": verdict, "contract_version": doc.get("version"), "fields": findings}
+    touched = sorted({
+        f"{fc.get('entity')}.{fc.get('field')}" for fc in announcement.get("changes", [])
+        if fc.get("field") in entities.get(fc.get("entity"), {}).get("properties", {})
+    })
+    return {"verdict": verdict, "contract_version": doc.get("version"), "fields": findings,
+            "contracted_fields_touched": touched}
 
 
 def format_assessment(assessment: dict[str, Any]) -> str:
     version = assessment.get("contract_version")
     if assessment["verdict"] == "safe":
-        return f"contract {version}: safe for the marts (no contracted field is affected)"
+        touched = assessment.get("contracted_fields_touched") or []
+        if not touched:
+            return f"contract {version}: safe for the marts (it touches no contracted field)"
+        return (f"contract {version}: safe for the marts (contracted fields"
+                f" {', '.join(touched)} are only added or keep their shape)")
     head = {
         "breaking": "BREAKING for the data contract",
         "warning": "WARNING for the data contract",

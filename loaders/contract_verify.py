@@ -6,7 +6,8 @@ Two looks at the API, both read-only:
   there, with the contracted type, and not declared optional where the contract needs a
   value;
 * a sample of real records from each contracted entity (the first ``sample`` records of
-  its listing; tombstones are skipped): required fields present, no nulls where the
+  its listing, or of those changed since a given time; tombstones are skipped): required
+  fields present, no nulls where the
   contract says never null, values of the contracted JSON type, values inside the allowed
   set of an ``accepted_values`` test.
 
@@ -225,10 +226,15 @@ def _get(client: Any, path: str, **kwargs: Any) -> Any:
         ) from None
 
 
-def _sample(client: Any, path: str, size: int) -> list[dict[str, Any]] | None:
-    """The first ``size`` records of an entity's listing (None: no such endpoint)."""
-    response = _get(client, path, params={settings.PARAM_LIMIT: size},
-                    headers={"Accept": NDJSON})
+def _sample(
+    client: Any, path: str, size: int, since: str | None = None
+) -> list[dict[str, Any]] | None:
+    """The first ``size`` records of an entity's listing, from ``since`` if given (None:
+    no such endpoint)."""
+    params: dict[str, Any] = {settings.PARAM_LIMIT: size}
+    if since:
+        params[settings.PARAM_SINCE] = since
+    response = _get(client, path, params=params, headers={"Accept": NDJSON})
     if response.status_code == 404:
         return None
     raise_for_api_status(response, client.base_url)
@@ -242,12 +248,21 @@ def _sample(client: Any, path: str, size: int) -> list[dict[str, Any]] | None:
     return records
 
 
-def verify(doc: dict[str, Any], base_url: str, token: str, sample: int = 200) -> Report:
-    """Check the API at ``base_url`` against the contract ``doc``."""
+def verify(
+    doc: dict[str, Any], base_url: str, token: str, sample: int = 200, since: str | None = None
+) -> Report:
+    """Check the API at ``base_url`` against the contract ``doc``: its schema, and
+    ``sample`` records per entity (changed at or after ``since``, an ISO-8601 time, if
+    given: e.g. the records written since a deploy)."""
     from loaders.replica import _client
 
     if sample < 0:
         raise ValueError(f"--sample must be 0 or more, got {sample}")
+    if since:
+        try:
+            datetime.fromisoformat(since.replace("Z", "+00:00"))
+        except ValueError:
+            raise ValueError(f"--since must be an ISO-8601 time, got {since!r}") from None
     client = _client(base_url, token)
     report = Report(api=base_url, contract_version=doc.get("version"))
     reported: dict[str, set[str]] = {}
@@ -264,7 +279,7 @@ def verify(doc: dict[str, Any], base_url: str, token: str, sample: int = 200) ->
         if sample == 0 or any(v.kind == "entity_missing" and v.entity == entity
                               for v in report.violations):
             continue
-        records = _sample(client, spec["x-salesflow"]["endpoint"], sample)
+        records = _sample(client, spec["x-salesflow"]["endpoint"], sample, since)
         if records is None:
             report.violations.append(Violation(
                 entity, None, "entity_missing", BREAKING,

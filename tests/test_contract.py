@@ -13,7 +13,7 @@ import jsonschema
 import pytest
 from conftest import TOKEN, Simulator, start_simulator
 
-from loaders import cli, contract, lineage, tracking
+from loaders import cli, contract, contract_verify, lineage, tracking
 from loaders.notify import JsonLinesChannel, Ledger, Notifier
 from loaders.replica import fetch_announcements
 from simulator import store
@@ -136,6 +136,71 @@ def test_lineage_counts_filters_joins_and_group_keys_but_not_unused_columns():
                       ("src.b", "region")}
     reached = lineage.reach(lineage.edges({"model.m": m}), ("src.a", "note"))
     assert reached == set()  # selected in a CTE, used by nothing
+
+
+def test_sampled_records_break_the_contract_with_nulls_wrong_types_and_missing_fields():
+    doc = contract.load()
+    spec = doc["$defs"]["orders"]
+    good = {name: "x" for name in spec["else"]["required"]}
+    good.update(order_id=1, customer_id=2, session_id=None, subtotal_cents=10, discount_cents=0,
+                shipping_cents=0, total_cents=10, status="paid", channel="email",
+                ordered_at="2026-11-01T10:00:00.000000Z", updated_at="2026-11-01T10:00:00Z")
+    assert contract_verify.check_records("orders", spec, [good], set()) == []
+    bad = [
+        {**good, "total_cents": None},  # the marts need a value
+        {**good, "total_cents": "12.50"},  # not an integer
+        {k: v for k, v in good.items() if k != "region_id"},  # field missing
+        {**good, "channel": "tiktok"},  # warn-level allowed set
+        {**good, "status": "lost"},  # error-level allowed set
+        {"order_id": 3, "updated_at": "2026-11-01T10:00:00Z",
+         "deleted_at": "2026-11-01T10:00:00Z"},  # a tombstone: nothing to check
+    ]
+    found = {(v.field, v.kind): v for v in contract_verify.check_records("orders", spec, bad,
+                                                                         set())}
+    assert {k: (v.severity, v.records) for k, v in found.items()} == {
+        ("total_cents", "null_in_sample"): ("breaking", 1),
+        ("total_cents", "wrong_type_in_sample"): ("breaking", 1),
+        ("region_id", "missing_in_sample"): ("breaking", 1),
+        ("channel", "value_not_allowed"): ("warning", 1),
+        ("status", "value_not_allowed"): ("breaking", 1),
+    }
+    assert found[("status", "value_not_allowed")].examples == ["lost"]
+    assert found[("total_cents", "wrong_type_in_sample")].examples == []  # values stay out
+    assert "fct_orders" in found[("total_cents", "null_in_sample")].marts
+
+
+def announcement(*changes: dict) -> dict:
+    return {"change_id": "x", "title": "t", "status": "upcoming", "changes": list(changes)}
+
+
+@pytest.mark.parametrize(
+    "change, verdict",
+    [
+        ({"entity": "events", "field": "referrer", "change": "removed"}, "safe"),
+        ({"entity": "order_items", "field": "created_at", "change": "type_changed",
+          "new_type": "string"}, "safe"),
+        ({"entity": "orders", "field": "coupon_code", "change": "added"}, "safe"),
+        ({"entity": "orders", "field": "coupon_code", "change": "removed"}, "safe"),  # optional
+        ({"entity": "orders", "field": "total_cents", "change": "type_changed",
+          "new_type": "integer"}, "safe"),
+        ({"entity": "orders", "field": "total_cents", "change": "type_changed",
+          "new_type": "decimal"}, "breaking"),
+        ({"entity": "orders", "field": "utm_source", "change": "renamed", "into": "source"},
+         "breaking"),
+        ({"entity": "orders", "field": "channel", "change": "new_value", "note": "tiktok"},
+         "warning"),
+        ({"entity": "orders", "field": "status", "change": "new_value", "note": "lost"},
+         "breaking"),
+        ({"entity": "orders", "field": "status", "change": "new_value", "note": "paid"}, "safe"),
+    ],
+)
+def test_announced_changes_are_judged_against_the_contract(change, verdict):
+    assessment = contract.assess_announcement(announcement(change), contract.load())
+    assert assessment["verdict"] == verdict
+    text = contract.format_assessment(assessment)
+    assert ("BREAKING" in text) == (verdict == "breaking")
+    if verdict == "safe" and change["field"] in ("referrer", "created_at"):
+        assert "touches no contracted field" in text
 
 
 # ------------------------------------------------------------------ against the API
