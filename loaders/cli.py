@@ -348,6 +348,8 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     _project_dir()
+    from loaders.contract import ContractError
+    from loaders.lineage import LineageError
     from loaders.pipeline import AlreadyRunning
     from loaders.replica import ReplicaError
 
@@ -356,7 +358,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ReplicaError, AlreadyRunning) as exc:
         print(f"salesflow: {exc}", file=sys.stderr)
         return 3
-    except (FileNotFoundError, FileExistsError, ValueError, KeyError, TimeoutError) as exc:
+    except (FileNotFoundError, FileExistsError, ValueError, KeyError, TimeoutError,
+            ContractError, LineageError) as exc:
         print(f"salesflow: error: {exc}", file=sys.stderr)
         return 2
 

@@ -4,7 +4,9 @@
 
 1. compile the models downstream of the ``replica`` source (and their parents) with dbt's
    programmatic runner, against a scratch DuckDB whose raw tables carry every column the
-   source declares, so ``column_or_null`` reads each declared version of a field;
+   source declares, so ``column_or_null`` reads each declared version of a field (models
+   compile as on a first build: an incremental model's filters on its own last build
+   are not seen, they read columns its full build uses anyway);
 2. follow column lineage through the compiled SQL (:mod:`loaders.lineage`): a source field
    is contracted only if it flows into a mart column, decides a mart's rows (a filter, join
    or group key on the way) or reaches an exposure — or if the loader needs it (primary
@@ -138,7 +140,10 @@ def compiled_manifest(project_root: Path = PROJECT_ROOT, work_dir: Path | None =
         try:
             parsed = dbtRunner().invoke(["parse", *common])
             if not parsed.success:
-                raise ContractError(f"dbt parse failed: {parsed.exception}; run `dbt parse`")
+                raise ContractError(
+                    f"dbt could not parse the project ({parsed.exception or 'see its output'}):"
+                    " fix what `dbt parse` reports, then export again"
+                )
             _scratch_sources(scratch, parsed.result)
             compiled = dbtRunner(manifest=parsed.result).invoke(
                 ["compile", "--select", "@source:replica,resource_type:model", *common]
@@ -146,7 +151,10 @@ def compiled_manifest(project_root: Path = PROJECT_ROOT, work_dir: Path | None =
         finally:
             release_dbt_warehouse()
     if not compiled.success:
-        raise ContractError(f"dbt compile failed: {compiled.exception}; run `dbt compile`")
+        raise ContractError(
+            f"dbt could not compile the models ({compiled.exception or 'see its output'}):"
+            " fix what `dbt compile --select @source:replica` reports, then export again"
+        )
     stamp.write_text(fingerprint)
     return json.loads(path.read_text())
 

@@ -118,8 +118,11 @@ def analyse(unique_id: str, compiled_sql: str, project: Project) -> ModelLineage
         for name in result.columns:
             result.not_null_from[name] = _trace(root, name, _STRICT, False, project)
             result.values_from[name] = _trace(root, name, _VALUE, True, project)
-    except SqlglotError as exc:
-        raise LineageError(f"{unique_id}: sqlglot could not analyse its SQL: {exc}") from exc
+    except (SqlglotError, ValueError) as exc:
+        raise LineageError(
+            f"{unique_id}: sqlglot could not analyse its compiled SQL ({exc}); the data"
+            " contract needs every model the replica source feeds to be analysable"
+        ) from exc
     return result
 
 

@@ -89,6 +89,20 @@ def test_a_field_a_mart_uses_is_contracted_with_its_marts_exposures_and_owners(e
     assert uses(exported, "customers", "full_name")["presence"] == "optional"
 
 
+def test_a_mart_that_stops_using_a_field_takes_it_out_of_the_contract(work_dir):
+    manifest = copy.deepcopy(contract.compiled_manifest(ROOT, work_dir))
+    dim = manifest["nodes"]["model.salesflow.dim_products"]
+    assert "        sku,\n" in dim["compiled_code"]
+    dim["compiled_code"] = dim["compiled_code"].replace("        sku,\n", "")
+    products = contract.build(manifest, ROOT)["$defs"]["products"]["properties"]
+    assert "sku" not in products and "product_name" in products
+
+    column = manifest["sources"][f"{REPLICA}.products"]["columns"]["product_name"]
+    column["data_type"] = None
+    with pytest.raises(contract.ContractError, match="products.product_name .*_sources.yml"):
+        contract.build(manifest, ROOT)
+
+
 def test_types_nullability_and_allowed_values_come_from_the_yml_and_the_tests(exported):
     orders = props(exported, "orders")
     assert orders["total_cents"]["type"] == "integer"  # not_null on total_amount_usd
