@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint pytest venv clean docs docs-serve chromium postgres bench bench-smoke
+.PHONY: demo test lint pytest venv clean docs docs-serve chromium postgres bench bench-smoke contract
 
 # (Re)create the virtualenv when the dependency pins change; a no-op otherwise.
 $(STAMP): pyproject.toml constraints.txt
@@ -51,6 +51,11 @@ bench-smoke: $(STAMP)
 docs: $(STAMP)
 	$(BIN)/dbt docs generate --static --project-dir . --profiles-dir .
 	@echo "docs: open target/static_index.html, or run 'make docs-serve'"
+
+# The data contract with the platform team, from the models' column lineage: rewrites
+# contracts/replica_api.contract.{json,yaml} and its docs page (commit the result).
+contract: $(STAMP)
+	$(BIN)/salesflow contract export
 
 # Serve target/ on 127.0.0.1 only (http://127.0.0.1:$(DOCS_PORT)/static_index.html).
 DOCS_PORT ?= 8080

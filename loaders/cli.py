@@ -71,10 +71,14 @@ def _announcements(args) -> tuple[list[dict], str | None]:
 def cmd_schema(args) -> int:
     import json
 
+    from loaders import contract
     from loaders.pipeline import recent_changes
 
     announced, problem = _announcements(args)
     detected = recent_changes(limit=args.limit)
+    doc = contract.committed() if announced else None
+    for a in announced:
+        a["contract"] = contract.assess_announcement(a, doc) if doc else None
     if args.json:
         print(json.dumps({"announced": announced, "detected": detected,
                           "announcements_error": problem}, indent=2, default=str))
@@ -87,6 +91,8 @@ def cmd_schema(args) -> int:
         for fc in a.get("changes", []):
             extra = f" into {fc['into']}" if fc.get("into") else ""
             print(f"      {fc.get('entity')}.{fc.get('field')}: {fc.get('change')}{extra}")
+        if a["contract"] is not None:
+            print("    " + contract.format_assessment(a["contract"]).replace("\n", "\n    "))
     if not announced and not problem:
         print("  none")
     print(f"Detected changes (raw.schema_changelog, newest first, up to {args.limit}):")
@@ -139,6 +145,59 @@ def cmd_schema_impact(args) -> int:
     if not reports:
         print("no announced or detected changes")
     return 0
+
+
+def cmd_contract_export(args) -> int:
+    from loaders import contract
+    from loaders.pipeline import PROJECT_ROOT
+
+    exported = contract.export(PROJECT_ROOT)
+    doc = exported.document
+    summary = (f"contract {doc['version']}: {len(doc['$defs'])} entities,"
+               f" {sum(1 for _ in contract.fields(doc))} fields")
+    if args.check:
+        stale = contract.stale(exported, PROJECT_ROOT)
+        if stale:
+            print(f"salesflow: {', '.join(map(str, stale))} out of date with the models:"
+                  " run `salesflow contract export` and commit the result", file=sys.stderr)
+            return 1
+        print(f"{summary}; the committed files are up to date")
+        return 0
+    if args.out:
+        fmt = args.format or ("yaml" if args.out.endswith((".yaml", ".yml")) else "json")
+        text = exported.yaml if fmt == "yaml" else exported.json
+        if args.out == "-":
+            sys.stdout.write(text)
+        else:
+            Path(args.out).write_text(text)
+            print(f"{summary}; wrote {args.out} ({fmt})")
+        return 0
+    changed = contract.write(exported, PROJECT_ROOT)
+    print(f"{summary}; " + (f"wrote {', '.join(map(str, changed))}" if changed
+                            else "the committed files were up to date"))
+    return 0
+
+
+def cmd_contract_verify(args) -> int:
+    import json
+
+    import dlt
+
+    from loaders import contract, contract_verify
+
+    doc = contract.load(Path(args.contract) if args.contract else None)
+    base_url = args.api or dlt.config.get("sources.replica.base_url")
+    token = args.token or dlt.secrets.get("sources.replica.token")
+    if not base_url:
+        raise ValueError("no API to check: pass --api URL (or set SOURCES__REPLICA__BASE_URL)")
+    if not token:
+        raise ValueError("no token for the API: set SOURCES__REPLICA__TOKEN or pass --token")
+    report = contract_verify.verify(doc, base_url, token, sample=args.sample, since=args.since)
+    if args.json:
+        print(json.dumps(report.as_dict(), indent=2, sort_keys=True))
+    else:
+        print(contract_verify.render(report))
+    return report.exit_code
 
 
 def cmd_status(args) -> int:
@@ -277,6 +336,31 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--limit", type=int, default=20, help="detected changes to assess")
     q.add_argument("--base-url", help="replica API (default: sources.replica.base_url)")
     q.set_defaults(func=cmd_schema_impact)
+    p = sub.add_parser("contract", help="the data contract with the platform team")
+    contract_sub = p.add_subparsers(dest="contract_command", required=True)
+    q = contract_sub.add_parser(
+        "export", help="derive the contract from the models (writes contracts/ and its docs"
+        " page, or --out)")
+    q.add_argument("--out", help="write one document here instead ('-': stdout)")
+    q.add_argument("--format", choices=["json", "yaml"],
+                   help="with --out (default: from the file name, else json)")
+    q.add_argument("--check", action="store_true",
+                   help="write nothing; exit 1 when the committed files are stale")
+    q.set_defaults(func=cmd_contract_export)
+    q = contract_sub.add_parser(
+        "verify", help="check a running replica API against the contract; exit 1 when it"
+        " breaks it")
+    q.add_argument("--api", help="the API's base URL (default: sources.replica.base_url)")
+    q.add_argument("--token", help="bearer token (default: SOURCES__REPLICA__TOKEN, which"
+                   " keeps it out of the process list)")
+    q.add_argument("--contract", help="contract file, JSON or YAML (default: the committed"
+                   " contracts/replica_api.contract.json)")
+    q.add_argument("--sample", type=int, default=200,
+                   help="records to check per entity (0: the schema endpoint only)")
+    q.add_argument("--since", help="sample the records changed at or after this ISO-8601"
+                   " time (e.g. the deploy's), instead of the oldest")
+    q.add_argument("--json", action="store_true", help="machine-readable report")
+    q.set_defaults(func=cmd_contract_verify)
     p = load_args(sub.add_parser(
         "watch", help="continuous cycles: load, build what changed, publish for analysts"
     ))
@@ -333,6 +417,8 @@ def main(argv: list[str] | None = None) -> int:
     _project_dir()
     if getattr(args, "target", None):
         os.environ["SALESFLOW_TARGET"] = args.target
+    from loaders.contract import ContractError
+    from loaders.lineage import LineageError
     from loaders.pipeline import AlreadyRunning
     from loaders.replica import ReplicaError
 
@@ -341,7 +427,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ReplicaError, AlreadyRunning) as exc:
         print(f"salesflow: {exc}", file=sys.stderr)
         return 3
-    except (FileNotFoundError, FileExistsError, ValueError, KeyError, TimeoutError) as exc:
+    except (FileNotFoundError, FileExistsError, ValueError, KeyError, TimeoutError,
+            ContractError, LineageError) as exc:
         print(f"salesflow: error: {exc}", file=sys.stderr)
         return 2
 

@@ -9,7 +9,10 @@ same lock:
 3. notify each newly logged change once, with its impact from dbt's manifest, and each
    upcoming announcement when first seen and then 7 days, 1 day and on the day before
    it takes effect (a milestone already passed when an announcement is first seen is
-   not sent on top of it).
+   not sent on top of it). Each announcement is checked against the data contract
+   (:mod:`loaders.contract`): one that removes, combines, renames or retypes a
+   contracted field says BREAKING, with the fields, marts and owners affected, from its
+   first notice on; one touching only fields the marts do not use says it is safe.
 
 The first load of a warehouse sets the baseline: its tables and values are logged, not
 announced to anyone.
@@ -23,6 +26,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
+from loaders import contract
 from loaders import schema_changes as sc
 from loaders.notify import Event, Notifier
 from loaders.replica import settings
@@ -104,24 +108,46 @@ def announcement_impacts(
 
 
 def announcement_event(
-    a: dict[str, Any], when: str, manifest: dict[str, Any] | None, key: str
+    a: dict[str, Any],
+    when: str,
+    manifest: dict[str, Any] | None,
+    key: str,
+    contract_doc: dict[str, Any] | None = None,
 ) -> Event:
+    """The notice of an announced change: its impact on the dbt project and, against the
+    data contract (``contract_doc``), whether it breaks a field the marts depend on."""
     impacts = announcement_impacts(a, manifest)
     breaking = any(r.get("classification") == "breaking" for _, r in impacts)
+    assessment = contract.assess_announcement(a, contract_doc) if contract_doc else None
+    title = f"Announced schema change {a.get('change_id')}: {a.get('title')} ({when})"
+    if assessment is None:
+        verdict = "data contract unavailable: not checked against it"
+    else:
+        verdict = contract.format_assessment(assessment)
+        if assessment["verdict"] == "breaking":
+            title = f"BREAKING for the marts: {title}"
+        elif assessment["verdict"] == "safe":
+            title += " — safe for the marts"
     lines = [
         f"{a.get('title')} — takes effect {a.get('effective_at')} ({when}).",
         a.get("description", ""),
         "",
+        verdict,
+        "",
     ] + [sc.format_impact(label, r) for label, r in impacts]
+    severity = "warning" if breaking or a.get("breaking") else "info"
+    if assessment and assessment["verdict"] == "breaking":
+        severity = "error"
     return Event(
         key=key,
         kind="announcement",
-        title=f"Announced schema change {a.get('change_id')}: {a.get('title')} ({when})",
+        title=title,
         text="\n".join(lines),
-        severity="warning" if breaking or a.get("breaking") else "info",
+        severity=severity,
         details={
             "announcement": {k: a.get(k) for k in ("change_id", "title", "breaking",
                                                    "announced_at", "effective_at")},
+            "contract": assessment,
             "impact": [{"change": label, **r} for label, r in impacts],
         },
     )
@@ -132,10 +158,15 @@ def follow_announcements(
     notifier: Notifier,
     manifest: dict[str, Any] | None,
     now: datetime | None = None,
+    contract_doc: dict[str, Any] | None = None,
 ) -> list[str]:
-    """Raise the notices due for upcoming announcements; returns their keys."""
+    """Raise the notices due for upcoming announcements; returns their keys. Each is
+    checked against ``contract_doc`` (default: the committed data contract)."""
     now = now or datetime.now(timezone.utc)
     raised = []
+    upcoming = [a for a in announcements if a.get("status") != "applied"]
+    if upcoming and contract_doc is None:
+        contract_doc = contract.committed()
     for a in announcements:
         if a.get("status") == "applied" or not a.get("effective_at"):
             continue
@@ -148,7 +179,7 @@ def follow_announcements(
         crossed = [d for d in MILESTONES if days_left <= d]
         seen_key = f"announcement:{cid}:seen"
         if not notifier.known(seen_key):
-            notifier.notify(announcement_event(a, when, manifest, seen_key))
+            notifier.notify(announcement_event(a, when, manifest, seen_key, contract_doc))
             raised.append(seen_key)
             for d in crossed:  # already covered by this first notice
                 notifier.skip(f"announcement:{cid}:d{d}")
@@ -158,7 +189,7 @@ def follow_announcements(
         key = f"announcement:{cid}:d{crossed[-1]}"  # the most urgent milestone reached
         if notifier.known(key):
             continue
-        notifier.notify(announcement_event(a, when, manifest, key))
+        notifier.notify(announcement_event(a, when, manifest, key, contract_doc))
         raised.append(key)
         for earlier in crossed[:-1]:
             notifier.skip(f"announcement:{cid}:d{earlier}")

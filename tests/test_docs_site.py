@@ -1,5 +1,6 @@
 """The dbt docs site: ``dbt docs generate --static`` over a loaded warehouse renders a
-mart's page and the lineage graph in headless Chromium (Debian's, ``make chromium``)."""
+mart's page, the data contract and the lineage graph in headless Chromium (Debian's,
+``make chromium``)."""
 
 from __future__ import annotations
 
@@ -91,7 +92,7 @@ img.onload = () => {{
     return json.loads(match.group(1))
 
 
-def test_static_docs_site_renders_a_mart_and_the_lineage_graph(
+def test_static_docs_site_renders_a_mart_the_contract_and_the_lineage_graph(
     simulator, warehouse, tmp_path
 ):
     pipeline.load(base_url=simulator.url, token=TOKEN)
@@ -110,7 +111,17 @@ def test_static_docs_site_renders_a_mart_and_the_lineage_graph(
     assert "product_sales_daily_id" in page, f"{MART}'s page did not list its columns"
     assert "Contract" in page and "Enforced" in page
 
-    # (b) the lineage graph: cytoscape's canvases in the DOM, nodes drawn on them
+    # (b) the data contract with the platform team, on the replica source's page: a table
+    # per entity, one row per contracted field with what uses it
+    page = rendered(
+        chromium(tmp_path, f"{site.as_uri()}#!/source_list/replica", "--dump-dom")
+    )
+    assert "Data contract with the platform team" in page, "no contract on the source page"
+    row = re.search(r"<tr>(?:(?!</tr>).)*?<code>total_cents</code>.*?</tr>", page, flags=re.S)
+    assert row, "the contract lists no orders.total_cents"
+    assert all(cell in row.group(0) for cell in ("integer", "fct_orders", "customer_retention"))
+
+    # (c) the lineage graph: cytoscape's canvases in the DOM, nodes drawn on them
     graph_url = f"{site.as_uri()}#!/overview?g_v=1"
     dom = rendered(chromium(tmp_path, graph_url, "--dump-dom"))
     assert 'data-id="layer2-node"' in dom, "the lineage graph's node canvas is missing"
