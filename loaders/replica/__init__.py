@@ -91,7 +91,7 @@ def _entity_resource(
         # rows read again from the lookback window load only if they changed
         window = (
             LookbackWindow(dlt.current.resource_state(), spec.primary_key, spec.cursor,
-                           lookback_seconds)
+                           lookback_seconds, drop=not spec.reshaped)
             if lookback_seconds else None
         )
         paginator = HeaderCursorPaginator(

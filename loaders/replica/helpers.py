@@ -168,6 +168,9 @@ class EntitySpec:
     # fields whose type changed upstream on an entity whose data types are frozen by its
     # schema contract -> (raw column's dlt type, API type): their rows are quarantined
     frozen: dict[str, tuple[str, str]] = field(default_factory=dict)
+    # the API describes a field raw does not have yet, or with another type: rows read
+    # again are loaded again, in the new shape (see LookbackWindow)
+    reshaped: bool = False
 
     def with_variants(self, known: dict[str, str], freeze_types: bool = False) -> EntitySpec:
         """Route a field whose API type no longer matches its raw column (``known``:
@@ -176,6 +179,9 @@ class EntitySpec:
         With ``freeze_types`` (the entity's contract freezes data types) the field is
         held back instead: rows carrying a value in it go to quarantine."""
         changed = type_changes(self.fields, known)
+        self.reshaped = bool(known) and (
+            bool(changed) or any(name not in known for name in self.fields)
+        )
         if freeze_types:
             self.frozen, self.variants = changed, {}
         else:
@@ -430,12 +436,19 @@ class LookbackWindow:
     says so to the incremental models downstream. Kept in the resource's dlt state —
     committed with the load package, like the cursor — as ``"<key>@<cursor µs>"`` for
     the rows of the last ``lookback`` seconds. Only pages that reach back before the last
-    cursor are checked (the first pages of a cycle); a backfill checks none."""
+    cursor are checked (the first pages of a cycle); a backfill checks none. When the
+    API's schema describes the entity differently from raw (a new field, a new type), rows
+    read again are loaded anyway: existing rows served in the new shape are how the
+    change reaches the warehouse, since their cursor did not move."""
 
     STATE_KEY = "lookback_window"
 
-    def __init__(self, state: dict[str, Any], key: str, cursor: str, lookback: float):
-        self.state, self.key, self.cursor = state, key, cursor
+    def __init__(
+        self, state: dict[str, Any], key: str, cursor: str, lookback: float, drop: bool = True
+    ):
+        """``drop=False``: remember the window but load every row (the entity's shape
+        changed upstream: rows read again carry it into the warehouse)."""
+        self.state, self.key, self.cursor, self.drop = state, key, cursor, drop
         self.lookback_us = int(lookback * 1_000_000)
         saved = state.get(self.STATE_KEY) or {}
         self.until: int | None = saved.get("until")
@@ -460,7 +473,7 @@ class LookbackWindow:
         if cursor_us is None or table.num_rows == 0:
             return table
         self._remember(table, cursor_us)
-        if self.until is None or len(self.seen) == 0:
+        if not self.drop or self.until is None or len(self.seen) == 0:
             return table
         earlier = pc.less_equal(cursor_us, self.until)
         if not pc.any(earlier).as_py():
