@@ -6,18 +6,18 @@ from __future__ import annotations
 
 import copy
 import json
-from datetime import datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 import jsonschema
 import pytest
-from conftest import TOKEN, Simulator, start_simulator
+from conftest import TOKEN
 
 from loaders import cli, contract, contract_verify, lineage, tracking
 from loaders.notify import JsonLinesChannel, Ledger, Notifier
 from loaders.replica import fetch_announcements
 from simulator import store
-from simulator.platform import Platform
+from tests.test_schema_tracking import evolve
 
 ROOT = Path(__file__).resolve().parent.parent
 REPLICA = "source.salesflow.replica"
@@ -220,20 +220,6 @@ def test_announced_changes_are_judged_against_the_contract(change, verdict):
 # ------------------------------------------------------------------ against the API
 
 
-def reserve(sim: Simulator, name: str, when: datetime) -> Simulator:
-    """Announce ``name`` effective ``when`` (applied if due), then serve again."""
-    sim.stop()
-    platform = Platform(sim.dir, seed=11)
-    try:
-        platform.schedule(name, when)
-        platform.apply_due()
-        platform.tick(20)
-    finally:
-        platform.close()
-    store.replicate(sim.dir)
-    return start_simulator(sim.dir, token=sim.token)
-
-
 def verify(capsys, *args: str) -> tuple[int, dict]:
     code = cli.main(["contract", "verify", "--json", *args])
     out = capsys.readouterr().out
@@ -272,7 +258,7 @@ def test_verify_passes_before_the_restructure_and_fails_after_it_naming_fields_a
     assert {("events", "platform", "value_not_allowed"), ("refunds", None, "entity_missing")
             } <= found
 
-    sim = reserve(simulator, "restructure", store.utcnow())
+    sim = evolve(simulator, "restructure", store.utcnow())
     try:
         code, report = verify(capsys, "--api", sim.url)
         cli.main(["contract", "verify", "--api", sim.url])
@@ -316,8 +302,8 @@ def test_an_announced_breaking_change_is_flagged_from_its_first_notice(
     simulator, warehouse, tmp_path, capsys, monkeypatch
 ):
     now = store.utcnow()
-    sim = reserve(simulator, "restructure", now + timedelta(days=3))
-    sim = reserve(sim, "additive", now + timedelta(days=5))
+    sim = evolve(simulator, "restructure", now + timedelta(days=3))
+    sim = evolve(sim, "additive", now + timedelta(days=5))
     try:
         announced = fetch_announcements(sim.url, TOKEN)
         monkeypatch.setenv("SOURCES__REPLICA__TOKEN", TOKEN)

@@ -15,6 +15,7 @@ records go to the ``quarantine`` table with the reason, never silently away.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Iterator, Sequence
 from datetime import datetime
@@ -61,7 +62,11 @@ def _iso(value: datetime | str) -> str:
     return value.isoformat().replace("+00:00", "Z")
 
 
-def _client(base_url: str, token: str) -> NdjsonClient:
+@functools.lru_cache(maxsize=64)
+def _client(base_url: str, token: str, user: str = "") -> NdjsonClient:
+    """One client per (API, token, user) for the life of the process: a continuous run
+    does not pay dlt's configuration resolution for each client every cycle. ``user``
+    keeps resources apart: each is extracted in a thread of its own, one at a time."""
     return NdjsonClient(base_url=base_url.rstrip("/") + "/", auth=BearerTokenAuth(token))
 
 
@@ -238,7 +243,7 @@ def replica_source(
                 name, sorted(spec.frozen),
             )
         resource = _entity_resource(
-            _client(base_url, token), spec, page_size, start_date, lookback_seconds
+            _client(base_url, token, spec.name), spec, page_size, start_date, lookback_seconds
         )
         resource.apply_hints(schema_contract=contracts.get(name))
         resources.append(resource)

@@ -452,7 +452,9 @@ class LookbackWindow:
         self.lookback_us = int(lookback * 1_000_000)
         saved = state.get(self.STATE_KEY) or {}
         self.until: int | None = saved.get("until")
-        self.seen = pa.array(saved.get("rows") or [], pa.string())
+        rows = saved.get("rows") or ""  # one string: dlt decodes its state often
+        keys = rows.split(",") if isinstance(rows, str) and rows else list(rows or [])
+        self.seen = pa.array(keys, pa.string())
         self.recent: list[pa.Table] = []
         self.newest: int | None = self.until
 
@@ -502,5 +504,5 @@ class LookbackWindow:
         window = pa.concat_tables(self.recent)
         window = window.filter(pc.greater_equal(window["us"], horizon))
         self.state[self.STATE_KEY] = {
-            "until": self.newest, "rows": window["key"].to_pylist(),
+            "until": self.newest, "rows": ",".join(window["key"].to_pylist()),
         }
