@@ -110,8 +110,9 @@ class LoadResult:
     seconds: float = 0.0
     tracked: tracking.Tracked | None = None  # schema changes and notices of this load
     outcome: str = ""  # the cycle's outcome (see loaders.health)
-    # entities whose incremental cursor moved forward: they had new data (the rest only
-    # re-read their lookback window, which merges into the same rows)
+    # entities with new data: their cursor moved forward, or rows loaded (the lookback
+    # window's unchanged rows are not loaded again, so a row loaded behind the cursor
+    # is a late commit, or the entity's new shape)
     advanced: list[str] = field(default_factory=list)
 
     @property
@@ -322,7 +323,10 @@ def _load(kwargs: dict[str, Any], progress: str | None = None) -> LoadResult:
         load_ids=list(info.loads_ids),
         seconds=time.perf_counter() - started,
         tracked=tracked,
-        advanced=sorted(k for k, v in now.items() if v != positions.get(k)),
+        advanced=sorted(
+            {k for k, v in now.items() if v != positions.get(k)}
+            | {k for k, n in rows.items() if n and k in replica_settings.ENDPOINTS}
+        ),
     )
 
 
