@@ -46,6 +46,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from loaders.warehouse import environment
+
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "bench-token"
 
@@ -131,7 +133,8 @@ def backfill(work: Path, url: str) -> dict[str, Any]:
     from loaders import pipeline
     from loaders.replica import settings
 
-    counts = _with_env(work, lambda: pipeline.raw_counts(list(settings.ENDPOINTS)))
+    with environment(**_env(work)):
+        counts = pipeline.raw_counts(list(settings.ENDPOINTS))
     rows = sum(counts.get(e, 0) for e in settings.ENDPOINTS)
     return {"rows": rows, "seconds": round(seconds, 2), "rows_per_s": round(rows / seconds),
             "peak_rss_mb": peak[0] if peak else None}
@@ -224,8 +227,8 @@ def cycles(work: Path, sim_dir: Path, url: str, total_rows: int) -> dict[str, An
                 p.close()
             store.replicate(sim_dir)
 
-    _with_env(work, lambda: watch(interval=0, max_cycles=3, on_cycle=between,
-                                  base_url=url, token=TOKEN))
+    with environment(**_env(work)):
+        watch(interval=0, max_cycles=3, on_cycle=between, base_url=url, token=TOKEN)
     full, delta, noop = (t["cycle_s"] for t in timings[:3])
     return {"full_s": full, "delta_1pct_s": delta, "noop_s": noop,
             "delta_ratio": round(delta / full, 3), "noop_ratio": round(noop / full, 3),
@@ -263,8 +266,8 @@ def freshness(work: Path, url: str, seconds: float) -> dict[str, Any]:
         if time.monotonic() - state["since"] >= seconds:
             stop.set()
 
-    _with_env(work, lambda: watch(interval=1, stop=stop, on_cycle=measure,
-                                  base_url=url, token=TOKEN))
+    with environment(**_env(work)):
+        watch(interval=1, stop=stop, on_cycle=measure, base_url=url, token=TOKEN)
     latencies.sort()
     if not latencies:
         raise RuntimeError("no sale reached the published marts while measuring freshness")
@@ -274,19 +277,6 @@ def freshness(work: Path, url: str, seconds: float) -> dict[str, Any]:
 
     return {"p50_s": pick(0.5), "p95_s": pick(0.95), "sales": len(latencies),
             "seconds": seconds}
-
-
-def _with_env(work: Path, fn):
-    saved = {k: os.environ.get(k) for k in _env(work)}
-    os.environ.update(_env(work))
-    try:
-        return fn()
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def machine() -> dict[str, Any]:

@@ -32,17 +32,15 @@ import csv
 import hashlib
 import json
 import logging
-import os
 import re
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from loaders import lineage
+from loaders import lineage, warehouse
 from loaders.replica import settings
 
 log = logging.getLogger(__name__)
@@ -101,20 +99,6 @@ def _fingerprint(project_root: Path) -> str:
     return digest.hexdigest()
 
 
-@contextmanager
-def _env(**values: str) -> Iterator[None]:
-    saved = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
 def compiled_manifest(project_root: Path = PROJECT_ROOT, work_dir: Path | None = None) -> dict:
     """dbt's manifest with the compiled SQL of every model the replica source feeds.
 
@@ -135,7 +119,7 @@ def compiled_manifest(project_root: Path = PROJECT_ROOT, work_dir: Path | None =
     scratch.unlink(missing_ok=True)
     common = ["--project-dir", str(project_root), "--profiles-dir", str(project_root),
               "--target-path", str(work), "--log-path", str(work / "logs"), "--quiet"]
-    with _env(SALESFLOW_DUCKDB_PATH=str(scratch), SALESFLOW_TARGET="dev"):
+    with warehouse.environment(SALESFLOW_DUCKDB_PATH=str(scratch), SALESFLOW_TARGET="dev"):
         release_dbt_warehouse()
         try:
             parsed = dbtRunner().invoke(["parse", *common])

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -147,3 +149,19 @@ def prepare_dbt() -> None:
     for key, var in PG_ENV.items():
         if values[key] is not None and not os.environ.get(var):
             os.environ[var] = str(values[key])
+
+
+@contextmanager
+def environment(**values: str) -> Iterator[None]:
+    """Settings given as environment variables for the duration of a block (salesflow's
+    settings are read from the environment), restored afterwards."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
