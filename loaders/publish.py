@@ -110,8 +110,7 @@ def publish(
         by_rows = {
             t: key for t, key in (by_load_id or {}).items()
             if changed_set is not None and t in refresh and t in present
-            and _same_columns(con, db, t) and key in _columns(con, db, t)
-            and LOAD_ID in _columns(con, db, t)
+            and _refreshable(con, db, t, key)
         }
         copy = [t for t in refresh if t not in by_rows]
         con.execute("BEGIN")
@@ -139,18 +138,17 @@ def publish(
     return Published(target, copy, carried, updated, time.perf_counter() - started)
 
 
-def _columns(con: duckdb.DuckDBPyConnection, db: str, table: str) -> list[str]:
-    return [r[0] for r in con.execute(f"DESCRIBE {db}.{SCHEMA}.{_quote(table)}").fetchall()]
-
-
-def _same_columns(con: duckdb.DuckDBPyConnection, db: str, table: str) -> bool:
-    """Same columns and types in the warehouse and the previous version (a mart whose
-    shape changed is copied whole)."""
+def _refreshable(con: duckdb.DuckDBPyConnection, db: str, table: str, key: str) -> bool:
+    """The previous version can be refreshed key by key: same columns and types as in
+    the warehouse (a mart whose shape changed is copied whole), with the key and the
+    load id among them."""
     def shape(relation: str) -> list[tuple]:
         return [tuple(r[:2]) for r in con.execute(f"DESCRIBE {relation}").fetchall()]
 
     quoted = _quote(table)
-    return shape(f"{db}.{SCHEMA}.{quoted}") == shape(f"wh.{SCHEMA}.{quoted}")
+    mine = shape(f"{db}.{SCHEMA}.{quoted}")
+    names = {name for name, _ in mine}
+    return key in names and LOAD_ID in names and mine == shape(f"wh.{SCHEMA}.{quoted}")
 
 
 def _refresh_rows(con: duckdb.DuckDBPyConnection, db: str, table: str, key: str) -> int:
