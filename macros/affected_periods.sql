@@ -4,7 +4,7 @@
         or cancelled row leaves no changed row behind, its period is found by its units.
         `rows`: the CTE read; `load_id`: its column of load ids; `units`: the expression
         summed into `units`; `sold`: the condition for a row to count. Also
-        `newest_load`, the newest load id of `rows` (see period_load_id). -#}
+        `newest_load`, the newest load id of `rows` (see stale_load_id). -#}
     changed_periods as (
 
         select distinct {{ period }}

@@ -122,15 +122,8 @@ final as (
         -- a stale customer takes the newest load, so analysts' copy takes the rebuild
         greatest(
             customers.load_id,
-            customer_orders.last_load_id
-            {%- if is_incremental() %},
-                case
-                    when customers.customer_id in (
-                        select stale.customer_id from stale_customers as stale
-                    )
-                        then (select newest.load_id from newest_load as newest)
-                end
-            {%- endif %}
+            customer_orders.last_load_id,
+            {{ stale_load_id('customers.customer_id', 'stale_customers') }}
         ) as last_load_id
 
     from customers

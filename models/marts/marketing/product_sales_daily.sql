@@ -70,7 +70,10 @@ final as (
         cast(revenue_usd as decimal(18, 2)) as revenue_usd,
         sales_date,
         last_source_updated_at,
-        {{ period_load_id('sales_date') }} as last_load_id
+        -- a period rebuilt because its units no longer matched takes the newest load
+        greatest(
+            last_load_id, {{ stale_load_id('sales_date', 'stale_periods') }}
+        ) as last_load_id
     from aggregated
 
 )
