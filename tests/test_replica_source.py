@@ -146,6 +146,37 @@ def test_deleted_records_are_removed(simulator, warehouse):
         assert n.fetchone()[0] == 0, f"{entity} {record_id} was deleted upstream"
 
 
+def test_a_key_served_twice_in_one_load_keeps_its_newest_version(platform_dir, warehouse):
+    """Staged rows are declared unique by key, so the merge skips deduplicating; a load
+    in which the API serves a key twice (a row changed while it was being listed) must
+    still end with the newest version, once. Here the replica serves a tombstone newer
+    than the first-listed customer's row (served last) and one older than the
+    last-listed customer's row (served first)."""
+    con = sqlite3.connect(platform_dir / store.REPLICA)
+    listed = "SELECT customer_id, updated_at FROM customers ORDER BY updated_at {} LIMIT 1"
+    first, oldest = con.execute(listed.format("ASC")).fetchone()
+    second, newest = con.execute(listed.format("DESC")).fetchone()
+    later = store.iso(store.parse_iso(newest) + timedelta(seconds=1))
+    earlier = store.iso(store.parse_iso(oldest) - timedelta(days=1))
+    con.executemany(
+        "INSERT INTO deletions (entity, record_id, deleted_at) VALUES ('customers', ?, ?)",
+        [(str(first), later), (str(second), earlier)],
+    )
+    con.commit()
+    con.close()
+    sim = start_simulator(platform_dir)
+    try:
+        pipeline.load(base_url=sim.url, token=TOKEN, page_size=25, entities=["customers"])
+    finally:
+        sim.stop()
+    raw = duckdb.connect(str(warehouse), read_only=True)
+    keys = [k for (k,) in raw.execute("select customer_id from raw.customers").fetchall()]
+    raw.close()
+    assert len(keys) == len(set(keys)), "a key loaded twice"
+    assert first not in keys, "the tombstone is the newest version: the row is deleted"
+    assert second in keys, "the row is newer than its tombstone: it stays"
+
+
 def catch_up_and_reconcile(sim_dir: Path, path: Path) -> None:
     """Serve the (now quiet) platform again, load once more, and check that raw holds
     exactly the replica's rows: nothing lost, nothing twice."""
