@@ -558,3 +558,25 @@ def test_hostile_names_are_data_in_the_changelog_reports_and_notifications(world
     assert seen and SQL_NAMES[0] in seen[0]["text"]
     columns = {h["details"]["change"]["column"] for h in hooks if h["kind"] == "schema_change"}
     assert NAMING.normalize_identifier(SQL_NAMES[1]) in columns
+
+
+def test_a_field_colliding_with_a_column_is_held_back_not_the_whole_page():
+    from loaders.replica.helpers import EntitySpec, colliding_fields, parse_page
+
+    assert colliding_fields(["channel", "Channel", "a b", "A_B"]) == {
+        "Channel": ("channel", "channel"), "A_B": ("a_b", "a b"),
+    }
+    spec = EntitySpec("events", "v1/events", "event_id", "updated_at",
+                      fields={"event_id": "integer", "updated_at": "timestamp",
+                              "channel": "string", "Channel": "string"})
+    ts = "2026-11-01T00:00:00.000000Z"
+    body = "\n".join(json.dumps(r) for r in (
+        {"event_id": 1, "updated_at": ts, "channel": "web", "Channel": HOSTILE_VALUE},
+        {"event_id": 2, "updated_at": ts, "channel": "app", "Channel": None},
+    )).encode()
+    parsed = parse_page(spec, body)
+    assert parsed.table.column_names == ["event_id", "updated_at", "channel"]
+    assert parsed.table["event_id"].to_pylist() == [2]
+    [held] = parsed.quarantined
+    assert json.loads(held["record"])["Channel"] == HOSTILE_VALUE
+    assert "two fields cannot share a column" in held["reason"]
