@@ -233,17 +233,21 @@ def cmd_query(args) -> int:
         raise FileNotFoundError(f"{path} does not exist: run `salesflow watch` or `make demo`")
     sql = Path(args.sql).read_text() if Path(args.sql).is_file() else args.sql
     with duckdb.connect(str(path), read_only=True) as con:
-        rel = con.sql(sql)
-        if rel is None:
-            return 0
-        if args.csv:
-            import csv
+        try:
+            rel = con.sql(sql)
+            if rel is None:
+                return 0
+            if args.csv:
+                import csv
 
-            w = csv.writer(sys.stdout)
-            w.writerow(rel.columns)
-            w.writerows(rel.fetchall())
-        else:
-            rel.show(max_rows=args.max_rows, max_width=200)
+                w = csv.writer(sys.stdout)
+                w.writerow(rel.columns)
+                w.writerows(rel.fetchall())
+            else:
+                rel.show(max_rows=args.max_rows, max_width=200)
+        except duckdb.Error as exc:  # a bad query, or a write: the file is read-only
+            print(f"salesflow: query refused on {path}: {exc}", file=sys.stderr)
+            return 2
     return 0
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -234,9 +235,10 @@ def distinct_values(
         for name in names:
             if name not in have:
                 continue
+            column = sql.escape_column_name(name)
             rows = sql.execute_sql(
-                f'SELECT DISTINCT CAST("{name}" AS VARCHAR) FROM {dataset}."{entity}"'
-                f' WHERE "{name}" IS NOT NULL'
+                f"SELECT DISTINCT CAST({column} AS VARCHAR)"
+                f" FROM {dataset}.{sql.escape_column_name(entity)} WHERE {column} IS NOT NULL"
             )
             out[(entity, name)] = {r[0] for r in rows or []}
     return out
@@ -383,8 +385,10 @@ def manifest_project(manifest: dict[str, Any]) -> str:
 
 
 def load_manifest(project_root: Path, target: Path | None = None) -> dict[str, Any]:
-    """dbt's manifest (``target/manifest.json``), parsed first if it is not there."""
-    path = (target or project_root / "target") / "manifest.json"
+    """dbt's manifest (``target/manifest.json``, or under ``DBT_TARGET_PATH`` as dbt
+    writes it), parsed first if it is not there."""
+    target = target or project_root / os.environ.get("DBT_TARGET_PATH", "target")
+    path = target / "manifest.json"
     if not path.exists():
         from loaders.pipeline import _dbt
 

@@ -65,7 +65,7 @@ def _warehouse() -> tuple[dict[str, dict[str, Any]], str | None]:
                 continue
             cursor = ep.get("cursor", "updated_at")
             [(rows, newest)] = client.execute_sql(
-                f'select count(*), max("{cursor}") from'
+                f"select count(*), max({client.escape_column_name(cursor)}) from"
                 f" {client.make_qualified_table_name(entity)}"
             )
             out[entity] = {"rows": rows, "newest_record_at": newest}

@@ -23,12 +23,16 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pj
+from dlt.common.normalizers.naming.snake_case import NamingConvention
 from dlt.sources.helpers.rest_client import RESTClient
 from requests import Response
 
 log = logging.getLogger(__name__)
 
 NDJSON = "application/x-ndjson"
+
+# how dlt names raw columns after the API's fields (its default naming convention)
+NAMING = NamingConvention()
 
 ARROW_TYPES: dict[str, pa.DataType] = {
     "integer": pa.int64(),
@@ -297,6 +301,9 @@ def parse_page(spec: EntitySpec, body: bytes) -> ParsedPage:
                 f"{spec.name}: the API's records have no {name!r} field; check the endpoint"
                 " declaration (primary_key / cursor)"
             )
+    table = _hold_back_colliding(spec, table, quarantined)
+    if table is None:
+        return ParsedPage(None, quarantined)
     bad = pc.or_(pc.is_null(table[pk]), pc.is_null(table[cursor]))
     live = (
         pc.is_null(table[spec.deleted_marker])
@@ -341,6 +348,50 @@ def parse_page(spec: EntitySpec, body: bytes) -> ParsedPage:
     if spec.variants:
         table = table.rename_columns([spec.variants.get(n, n) for n in table.column_names])
     return ParsedPage(table, quarantined)
+
+
+def colliding_fields(names: Iterable[str]) -> dict[str, tuple[str, str]]:
+    """Fields whose names become the same raw column once dlt normalises them
+    (``Channel`` beside ``channel``): field -> (that column, the field that keeps it).
+    The field already spelled as the column keeps it, else the first served."""
+    by_column: dict[str, list[str]] = {}
+    for name in names:
+        by_column.setdefault(NAMING.normalize_identifier(name), []).append(name)
+    out = {}
+    for column, fields in by_column.items():
+        keeper = column if column in fields else fields[0]
+        out.update({f: (column, keeper) for f in fields if f != keeper})
+    return out
+
+
+def _hold_back_colliding(
+    spec: EntitySpec, table: pa.Table, quarantined: list[dict[str, Any]]
+) -> pa.Table | None:
+    """Two fields landing in one raw column would fail the whole load (dlt refuses the
+    collision): the field that keeps the column loads, rows carrying a value in another
+    are quarantined with the reason, and that field is dropped."""
+    colliding = colliding_fields(table.column_names)
+    if not colliding:
+        return table
+    names = list(colliding)
+    carries = pc.is_valid(table[names[0]])
+    for n in names[1:]:
+        carries = pc.or_(carries, pc.is_valid(table[n]))
+    if pc.any(carries).as_py():
+        reason = "; ".join(
+            f"field {n!r} would load into column {column!r}, as field {keeper!r} does"
+            for n, (column, keeper) in colliding.items()
+        )
+        for rec in _rows_as_json(table, carries):
+            quarantined.append(
+                _quarantine_row(
+                    spec, f"{reason}: two fields cannot share a column; ask the platform"
+                    " team to rename one", rec
+                )
+            )
+        table = table.filter(pc.invert(carries))
+    table = table.drop_columns(names)
+    return table if table.num_rows else None
 
 
 def _hold_back_frozen(

@@ -1,0 +1,582 @@
+"""Security: the API token never leaks, no raw personal data reaches analysts, the docs
+or notifications, the analysts' DuckDB file is read-only, and names chosen by the source
+cannot inject SQL.
+
+One pipeline run is shared by every check (the module's ``world``): a baseline load, new
+traffic served through an API that announces and serves fields with hostile names,
+``salesflow run`` (load + dbt build) from the command line with schema-change
+notifications to every channel, ``salesflow schema`` and ``schema impact --json``, a load
+with a wrong token (auth error), an outage (the port closed), the recovery, the
+publication for analysts and ``dbt docs generate``. Then everything it left behind is
+scanned.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import io
+import json
+import logging
+import os
+import pickle
+import secrets
+import sqlite3
+import subprocess
+import sys
+import threading
+import traceback
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import duckdb
+import pytest
+import requests
+from conftest import AS_OF, ROOT, start_simulator
+from sinks import HttpReceiver, SmtpSink
+
+from loaders import cli, pipeline, publish
+from loaders.replica import ReplicaAuthError, ReplicaUnavailable
+from loaders.replica.helpers import NAMING
+from loaders.replica.settings import ENDPOINTS
+from simulator import store
+from simulator.generate import generate
+from simulator.platform import Platform
+
+SECRET = f"sf-tok-{secrets.token_hex(16)}"  # the token the platform accepts
+WRONG = f"sf-tok-{secrets.token_hex(16)}"  # a refused one: it must not leak either
+WEBHOOK_SECRET = f"whsec-{secrets.token_hex(8)}"
+
+# field names a source could send: SQL fragments, quotes, backslashes, unicode, a very
+# long name, and (on events) an existing column's name in another case
+SQL_NAMES = [
+    'x"; drop table raw.orders; --',
+    "a') or 1=1 --",
+    "o'brien \"quoted\" `ticked`",
+    "back\\slash\\",
+    "ünïcødé 名前 ✓",
+    "long_" + "n" * 295,
+]
+HOSTILE_FIELDS = {
+    "orders": SQL_NAMES,
+    "customers": SQL_NAMES[:2],
+    "events": [SQL_NAMES[0], "Channel"],
+}
+HOSTILE_VALUE = "'); drop table raw.customers; --"
+ANNOUNCED_ID = "hostile'); drop table raw.orders; --"
+MARTS = {
+    "fct_orders", "fct_order_items", "fct_sessions", "dim_customers", "dim_products",
+    "dim_regions", "product_sales_hourly", "product_sales_daily", "funnel_daily",
+    "customer_cohorts_monthly", "pipeline_health",
+}
+
+
+class HostileApi:
+    """The simulator's replica API seen through a proxy on 127.0.0.1 that announces
+    (``/v1/schema``, ``/v1/announcements``) and serves fields with hostile names, hostile
+    values in them. Everything else, status codes included, passes through."""
+
+    def __init__(self, upstream: str, port: int = 0) -> None:
+        api = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+                api.forward(self)
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.upstream = upstream
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def forward(self, h: BaseHTTPRequestHandler) -> None:
+        headers = {k: h.headers[k] for k in ("Authorization", "Accept") if h.headers.get(k)}
+        r = requests.get(self.upstream + h.path, headers=headers, timeout=30)
+        body = self.rewrite(urlsplit(h.path).path.strip("/"), r.content) if r.ok else r.content
+        h.send_response(r.status_code)
+        for k in ("Content-Type", "X-Next-Cursor", "X-Has-More", "Retry-After",
+                  "WWW-Authenticate"):
+            if k in r.headers:
+                h.send_header(k, r.headers[k])
+        h.send_header("Content-Length", str(len(body)))
+        h.end_headers()
+        h.wfile.write(body)
+
+    def rewrite(self, path: str, body: bytes) -> bytes:
+        if path == "v1/schema":
+            doc = json.loads(body)
+            for entity, names in HOSTILE_FIELDS.items():
+                doc["entities"][entity]["fields"] += [
+                    {"name": n, "type": "string", "required": False, "description": n}
+                    for n in names
+                ]
+            return json.dumps(doc).encode()
+        if path == "v1/announcements":
+            doc = json.loads(body)
+            doc["announcements"].append(announcement())
+            return json.dumps(doc).encode()
+        names = HOSTILE_FIELDS.get(path.removeprefix("v1/"))
+        if not names or not body.strip():
+            return body
+        records = [json.loads(line) for line in body.splitlines() if line.strip()]
+        for rec in records:
+            if not rec.get("deleted_at"):  # tombstones keep their shape
+                rec.update({n: f"{HOSTILE_VALUE} {i}" for i, n in enumerate(names)})
+        return ("\n".join(json.dumps(r) for r in records) + "\n").encode()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def announcement() -> dict:
+    now = datetime.now(timezone.utc)
+    return {
+        "change_id": ANNOUNCED_ID,
+        "title": 'Fields named like SQL: x"; drop table raw.orders; --',
+        "description": "a') or 1=1 --",
+        "breaking": False,
+        "announced_at": now.isoformat(),
+        "effective_at": (now + timedelta(days=3)).isoformat(),
+        "applied_at": None,
+        "status": "upcoming",
+        "changes": [{"entity": e, "field": n, "change": "added", "new_type": "string"}
+                    for e, names in HOSTILE_FIELDS.items() for n in names],
+    }
+
+
+@dataclass
+class World:
+    root: Path  # everything salesflow wrote lives here (the platform under sim/)
+    sim_dir: Path
+    warehouse: Path
+    published: Path
+    target: Path  # dbt's target: docs site, manifest, catalog, run results
+    texts: dict[str, str] = field(default_factory=dict)  # outputs, errors, log records
+    payloads: dict[str, bytes] = field(default_factory=dict)  # what the channels received
+    exit_codes: dict[str, int] = field(default_factory=dict)
+    raw_before: dict[str, int] = field(default_factory=dict)
+
+
+def run_cli(world: World, env: dict[str, str], name: str, *args: str) -> None:
+    """``salesflow <args>`` in its own process; its output is kept for the scans."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "loaders.cli", *args], cwd=ROOT, env=env,
+        capture_output=True, text=True, timeout=240,
+    )
+    world.texts[f"{name} stdout"] = proc.stdout
+    world.texts[f"{name} stderr"] = proc.stderr
+    world.exit_codes[name] = proc.returncode
+
+
+def run_in_process(world: World, name: str, *args: str) -> int:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = cli.main(list(args))
+    world.texts[f"{name} stdout"], world.texts[f"{name} stderr"] = out.getvalue(), err.getvalue()
+    return code
+
+
+def expect_failure(world: World, name: str, kind: type[Exception], **options) -> None:
+    with pytest.raises(kind) as caught:
+        pipeline.load(**options)
+    exc = caught.value
+    world.texts[f"{name} exception"] = "\n".join(
+        [str(exc), repr(exc), *traceback.format_exception(exc)]
+    )
+
+
+def tick(sim_dir: Path, orders: int, seed: int) -> None:
+    platform = Platform(sim_dir, seed=seed)
+    try:
+        platform.tick(orders)
+    finally:
+        platform.close()
+    store.replicate(sim_dir)
+
+
+def raw_counts(path: Path) -> dict[str, int]:
+    with duckdb.connect(str(path), read_only=True) as con:
+        return {e: con.execute(f'select count(*) from raw."{e}"').fetchone()[0] for e in ENDPOINTS}
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    root = tmp_path_factory.mktemp("security")
+    w = World(root, root / "sim", root / "warehouse.duckdb",
+              root / "published" / "analytics.duckdb", root / "target")
+    generate(w.sim_dir, orders=300, seed=7, as_of=AS_OF, days=30)
+    http, smtp = HttpReceiver(), SmtpSink()
+    records = io.StringIO()  # every log record of this process, at every level
+    handler = logging.StreamHandler(records)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    root_logger = logging.getLogger()
+    level = root_logger.level
+    root_logger.addHandler(handler)
+    root_logger.setLevel(logging.DEBUG)
+    sim = start_simulator(w.sim_dir, token=SECRET)
+    stubs: list[HostileApi] = []
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            settings = {
+                "SALESFLOW_DUCKDB_PATH": str(w.warehouse),
+                "SALESFLOW_PIPELINES_DIR": str(root / "dlt"),
+                "SALESFLOW_PUBLISHED_PATH": str(w.published),
+                "DLT_PROJECT_DIR": str(ROOT),
+                "DBT_TARGET_PATH": str(w.target),
+                "DBT_LOG_PATH": str(root / "logs"),
+                "RUNTIME__REQUEST_MAX_ATTEMPTS": "2",
+                "RUNTIME__REQUEST_BACKOFF_FACTOR": "0.1",
+                "SOURCES__REPLICA__TOKEN": SECRET,
+                "NOTIFY__SLACK_WEBHOOK_URL": http.url + "/slack",
+                "NOTIFY__WEBHOOK_URL": http.url + "/hook",
+                "NOTIFY__WEBHOOK_SECRET": WEBHOOK_SECRET,
+                "NOTIFY__SMTP_HOST": "127.0.0.1",
+                "NOTIFY__SMTP_PORT": str(smtp.port),
+                "NOTIFY__SMTP_TO": "data-team@example.com",
+            }
+            for k, v in settings.items():
+                mp.setenv(k, v)
+            env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+
+            pipeline.load(base_url=sim.url)  # the baseline: token from the environment
+            w.raw_before = raw_counts(w.warehouse)
+            tick(w.sim_dir, 40, seed=3)  # new orders, customers, events
+            stub = HostileApi(sim.url)
+            stubs.append(stub)
+            mp.setenv("SOURCES__REPLICA__BASE_URL", stub.url)
+            env["SOURCES__REPLICA__BASE_URL"] = stub.url
+            run_cli(w, env, "salesflow run", "run")
+            run_in_process(w, "salesflow schema", "schema", "--json")
+            run_in_process(w, "salesflow schema impact", "schema", "impact", "--json")
+            run_in_process(w, "salesflow schema impact column", "schema", "impact",
+                           "--entity", "orders", "--column", SQL_NAMES[0], "--kind",
+                           "new_column", "--json")
+
+            # a refused token, from the command line and in process: auth error notified
+            run_cli(w, {**env, "SOURCES__REPLICA__TOKEN": WRONG}, "salesflow load wrong token",
+                    "load")
+            expect_failure(w, "auth error", ReplicaAuthError, token=WRONG)
+            # an outage: the port closes, the cycle fails and is notified
+            port = stub.server.server_address[1]
+            stub.close()
+            stubs.remove(stub)
+            expect_failure(w, "unreachable", ReplicaUnavailable)
+            run_cli(w, env, "salesflow load unreachable", "load")
+            # the API is back: the recovery is notified
+            stub = HostileApi(sim.url, port)
+            stubs.append(stub)
+            tick(w.sim_dir, 5, seed=4)
+            pipeline.load()
+            run_in_process(w, "salesflow status", "status", "--json")
+
+            publish.publish(w.warehouse)
+            pipeline.dbt_docs()
+            w.texts["last trace"] = "\n".join(
+                [str(pipeline.make_pipeline().last_trace),
+                 repr(pipeline.make_pipeline().last_trace),
+                 json.dumps(pipeline.make_pipeline().last_trace.asdict(), default=str)]
+            )
+    finally:
+        for s in stubs:
+            s.close()
+        sim.stop()
+        root_logger.removeHandler(handler)
+        root_logger.setLevel(level)
+        http.close()
+        smtp.close()
+    w.texts["log records"] = records.getvalue()
+    for i, r in enumerate(http.received):
+        w.payloads[f"http {r.path} {i} body"] = r.body
+        w.payloads[f"http {r.path} {i} headers"] = json.dumps(r.headers).encode()
+    for i, m in enumerate(smtp.messages):
+        w.payloads[f"smtp {i}"] = m.as_bytes()
+    yield w
+
+
+def salesflow_files(world: World) -> list[Path]:
+    """Every file the run left outside the platform's own directory."""
+    return [p for p in world.root.rglob("*") if p.is_file() and world.sim_dir not in p.parents]
+
+
+def token_forms(token: str) -> list[bytes]:
+    bearer = f"Bearer {token}".encode()
+    return [token.encode(), base64.b64encode(bearer), base64.b64encode(bearer).rstrip(b"="),
+            base64.urlsafe_b64encode(bearer).rstrip(b"=")]
+
+
+# ------------------------------------------------------------------ the token never leaks
+
+
+def test_the_run_did_everything_the_scans_rely_on(world):
+    assert world.exit_codes["salesflow run"] == 0, world.texts["salesflow run stderr"]
+    assert "quarantined: see raw.quarantine" in world.texts["salesflow run stdout"]
+    assert world.exit_codes["salesflow load wrong token"] == 3
+    assert "refused the token" in world.texts["salesflow load wrong token stderr"]
+    assert world.exit_codes["salesflow load unreachable"] == 3
+    assert "cannot reach the replica API" in world.texts["salesflow load unreachable stderr"]
+    names = {p.relative_to(world.root).as_posix() for p in salesflow_files(world)}
+    for expected in ("target/index.html", "target/static_index.html", "target/manifest.json",
+                     "target/catalog.json", "target/run_results.json", "logs/dbt.log",
+                     "dlt/notifications.jsonl", "dlt/notifications.sqlite3",
+                     "dlt/health.json", "published/analytics.duckdb", "warehouse.duckdb"):
+        assert expected in names, expected
+    assert any(n.endswith("/trace.pickle") for n in names)
+    assert any(n.endswith("/state.json") for n in names)
+    assert any(n.endswith(".schema.json") for n in names)
+    kinds = [json.loads(line)["kind"]
+             for line in (world.root / "dlt" / "notifications.jsonl").read_text().splitlines()]
+    for kind in ("schema_change", "announcement", "auth_error", "outage", "recovery"):
+        assert kind in kinds, kinds
+    assert {p.split()[1] for p in world.payloads if p.startswith("http")} == {"/slack", "/hook"}
+    assert any(p.startswith("smtp") for p in world.payloads)
+
+
+@pytest.mark.parametrize("token", [SECRET, WRONG], ids=["token", "refused token"])
+def test_no_file_left_by_the_run_holds_the_token(world, token):
+    forms = token_forms(token)
+    files = salesflow_files(world)
+    assert len(files) > 20
+    leaks = [str(p.relative_to(world.root)) for p in files
+             if any(f in p.read_bytes() for f in forms)]
+    assert leaks == []
+
+
+@pytest.mark.parametrize("token", [SECRET, WRONG], ids=["token", "refused token"])
+def test_no_output_error_log_record_or_notification_holds_the_token(world, token):
+    forms = token_forms(token)
+    texts = {k: v.encode() for k, v in world.texts.items()}
+    leaks = [k for k, v in {**texts, **world.payloads}.items() if any(f in v for f in forms)]
+    assert leaks == []
+    assert world.texts["log records"]  # the capture saw the run
+
+
+def test_dlt_trace_holds_no_token(world):
+    [trace_file] = (world.root / "dlt").rglob("trace.pickle")
+    trace = pickle.loads(trace_file.read_bytes())
+    text = "\n".join([str(trace), repr(trace), json.dumps(trace.asdict(), default=str)])
+    assert text and SECRET not in text and WRONG not in text
+    assert SECRET not in world.texts["last trace"]
+    resolved = {v.key: v for v in trace.resolved_config_values}
+    if "token" in resolved:  # dlt resolved the token itself: kept as a secret, no value
+        assert resolved["token"].is_secret_hint and resolved["token"].value is None
+
+
+# ------------------------------------------------------------------ no raw personal data
+
+
+def personal_data(sim_dir: Path) -> dict[str, set[str]]:
+    """The platform's customers' personal data, from its own database."""
+    with contextlib.closing(store.connect(sim_dir / store.REPLICA, readonly=True)) as con:
+        rows = con.execute("select email, first_name, last_name, phone from customers").fetchall()
+    return {
+        "emails": {r[0] for r in rows if r[0]},
+        "phones": {r[3] for r in rows if r[3]},
+        "names": {f"{r[1]} {r[2]}" for r in rows if r[1] and r[2]},
+        "parts": {p for r in rows for p in (r[1], r[2]) if p},
+    }
+
+
+def mart_values(path: Path) -> dict[str, set[str]]:
+    """Every distinct value of every column of every table in schema marts, as text."""
+    out: dict[str, set[str]] = {}
+    with duckdb.connect(str(path), read_only=True) as con:
+        db = con.execute("select current_database()").fetchone()[0]
+        columns = con.execute(
+            "select table_name, column_name from duckdb_columns() where database_name = ?"
+            " and schema_name = 'marts'", [db],
+        ).fetchall()
+        for table, column in columns:
+            q = f'"{column}"'
+            rows = con.execute(
+                f"select distinct cast({q} as varchar) from marts.\"{table}\""
+                f" where {q} is not null"
+            ).fetchall()
+            out[f"{table}.{column}"] = {r[0] for r in rows}
+    return out
+
+
+def assert_no_personal_data_in_cells(values: dict[str, set[str]], pii: dict[str, set[str]]):
+    exact = {v.lower() for kind in pii.values() for v in kind}
+    findings = []
+    for column, cells in values.items():
+        for cell in cells:
+            low = cell.lower()
+            if low in exact or any(s in low for s in ("@example.com", "+1-555-")):
+                findings.append((column, cell))
+    assert findings == []
+
+
+@pytest.mark.parametrize("where", ["warehouse", "published"])
+def test_marts_hold_no_raw_personal_data(world, where):
+    pii = personal_data(world.sim_dir)
+    assert len(pii["emails"]) > 50 and pii["phones"] and pii["names"]
+    path = world.warehouse if where == "warehouse" else world.published
+    values = mart_values(path)
+    assert {c.split(".")[0] for c in values} >= MARTS - {"pipeline_health"}
+    assert sum(len(v) for v in values.values()) > 1000
+    assert_no_personal_data_in_cells(values, pii)
+
+
+def docs_and_notifications(world: World) -> dict[str, str]:
+    site = {p.name: p.read_text(errors="replace") for p in (
+        world.target / "catalog.json", world.target / "static_index.html",
+        world.target / "index.html", world.target / "manifest.json",
+    )}
+    sent = {k: v.decode(errors="replace") for k, v in world.payloads.items()}
+    log = {"notifications.jsonl": (world.root / "dlt" / "notifications.jsonl").read_text()}
+    with contextlib.closing(sqlite3.connect(world.root / "dlt" / "notifications.sqlite3")) as con:
+        ledger = json.dumps(
+            [con.execute(f"select * from {t}").fetchall() for t in ("raised", "delivered")]
+        )
+    return {**site, **sent, **log, "ledger": ledger}
+
+
+def test_docs_site_and_notifications_hold_no_personal_data(world):
+    pii = personal_data(world.sim_dir)
+    texts = docs_and_notifications(world)
+    catalog = json.loads(texts["catalog.json"])
+    assert catalog["nodes"]["model.salesflow.dim_customers"]["stats"]  # real stats
+    found = [(name, v) for name, text in texts.items()
+             for v in pii["emails"] | pii["phones"] | pii["names"] if v in text]
+    assert found == []
+
+
+# ------------------------------------------------------------------ analysts are read-only
+
+
+WRITES = [
+    "insert into marts.fct_orders (order_id) values (-1)",
+    "update marts.fct_orders set order_status = 'x'",
+    "delete from marts.fct_orders",
+    "create table marts.mine (x int)",
+    "create view marts.mine as select 1 as x",
+    "create schema mine",
+    "drop table marts.fct_orders",
+    "alter table marts.fct_orders add column mine int",
+]
+
+
+def test_the_published_file_refuses_every_write(world):
+    attach = f"attach '{world.published}' as rw (read_only false)"
+    with duckdb.connect(str(world.published), read_only=True) as con:  # as the README says
+        (before,) = con.execute("select count(*) from marts.fct_orders").fetchone()
+        for sql in WRITES:
+            with pytest.raises(duckdb.Error, match="read-only mode"):
+                con.execute(sql)
+        with pytest.raises(duckdb.Error, match="already attached"):
+            con.execute(attach)  # the same file again, for writing
+    code = run_in_process(world, "salesflow query write", "query", WRITES[2],
+                          "--database", str(world.published))
+    assert code == 2
+    assert "read-only mode" in world.texts["salesflow query write stderr"]
+    with duckdb.connect(str(world.published), read_only=True) as con:
+        assert con.execute("select count(*) from marts.fct_orders").fetchone() == (before,)
+        assert before > 0
+
+
+# ------------------------------------------------------------------ no SQL from the source
+
+
+def test_hostile_names_executed_nothing(world):
+    after = raw_counts(world.warehouse)
+    with contextlib.closing(store.connect(world.sim_dir / store.REPLICA, readonly=True)) as con:
+        served = {e: con.execute(f"select count(*) from {e}").fetchone()[0] for e in ENDPOINTS}
+        events = {r[0] for r in con.execute("select event_id from events")}
+    for entity in ENDPOINTS:  # every raw table there, holding what the API serves
+        assert after[entity] >= world.raw_before[entity] > 0, entity
+    assert {e: after[e] for e in ENDPOINTS if e != "events"} == {
+        e: n for e, n in served.items() if e != "events"
+    }
+    with duckdb.connect(str(world.warehouse), read_only=True) as con:
+        # events carrying a second "channel" are held back, each of them
+        held = {r[0] for r in con.execute(
+            "select cast(json_extract(record, '$.event_id') as bigint) from raw.quarantine"
+            " where entity = 'events'"
+        ).fetchall()}
+        loaded = {r[0] for r in con.execute("select event_id from raw.events").fetchall()}
+        assert held and loaded | held == events
+        tables = {r[0] for r in con.execute(
+            "select table_name from information_schema.tables where table_schema = 'marts'"
+        ).fetchall()}
+        assert tables >= MARTS
+        (orders,) = con.execute("select count(*) from marts.fct_orders").fetchone()
+        assert orders > 0
+
+
+def test_hostile_names_land_in_normalised_columns_with_their_values(world):
+    with duckdb.connect(str(world.warehouse), read_only=True) as con:
+        for entity in ("orders", "customers"):  # every new event was held back (below)
+            columns = {r[0] for r in con.execute(
+                "select column_name from information_schema.columns"
+                " where table_schema = 'raw' and table_name = ?", [entity]
+            ).fetchall()}
+            for i, name in enumerate(HOSTILE_FIELDS[entity]):
+                column = NAMING.normalize_identifier(name)
+                assert column in columns, (entity, name)
+                assert column.replace("_", "").isalnum()  # nothing left to escape
+                values = con.execute(
+                    f'select distinct "{column}" from raw."{entity}" where "{column}" is not null'
+                ).fetchall()
+                assert values == [(f"{HOSTILE_VALUE} {i}",)], (entity, name)
+        [(reason, record)] = con.execute(
+            "select distinct reason, json_extract_string(record, '$.Channel')"
+            " from raw.quarantine where entity = 'events'"
+        ).fetchall()
+    assert "field 'Channel' would load into column 'channel', as field 'channel' does" in reason
+    assert record == f"{HOSTILE_VALUE} 1"
+
+
+def test_hostile_names_are_data_in_the_changelog_reports_and_notifications(world):
+    listed = json.loads(world.texts["salesflow schema stdout"])
+    logged = {(c["entity"], c["column"]) for c in listed["detected"] if c["kind"] == "new_column"}
+    for entity in ("orders", "customers"):
+        for name in HOSTILE_FIELDS[entity]:
+            assert (entity, NAMING.normalize_identifier(name)) in logged
+    [announced] = [a for a in listed["announced"] if a["change_id"] == ANNOUNCED_ID]
+    assert [c["field"] for c in announced["changes"]][:len(SQL_NAMES)] == SQL_NAMES
+    reports = json.loads(world.texts["salesflow schema impact stdout"])
+    labels = " ".join(r.get("change", "") for r in reports)
+    for name in SQL_NAMES:
+        assert f"orders.{name}: added" in labels
+    [report] = json.loads(world.texts["salesflow schema impact column stdout"])
+    assert report["column"] == SQL_NAMES[0] and report["classification"] == "additive"
+    hooks = [json.loads(b) for k, b in world.payloads.items()
+             if k.startswith("http /hook") and k.endswith("body")]
+    seen = [h for h in hooks if h["kind"] == "announcement"
+            and h["details"]["announcement"]["change_id"] == ANNOUNCED_ID]
+    assert seen and SQL_NAMES[0] in seen[0]["text"]
+    columns = {h["details"]["change"]["column"] for h in hooks if h["kind"] == "schema_change"}
+    assert NAMING.normalize_identifier(SQL_NAMES[1]) in columns
+
+
+def test_a_field_colliding_with_a_column_is_held_back_not_the_whole_page():
+    from loaders.replica.helpers import EntitySpec, colliding_fields, parse_page
+
+    assert colliding_fields(["channel", "Channel", "a b", "A_B"]) == {
+        "Channel": ("channel", "channel"), "A_B": ("a_b", "a b"),
+    }
+    spec = EntitySpec("events", "v1/events", "event_id", "updated_at",
+                      fields={"event_id": "integer", "updated_at": "timestamp",
+                              "channel": "string", "Channel": "string"})
+    ts = "2026-11-01T00:00:00.000000Z"
+    body = "\n".join(json.dumps(r) for r in (
+        {"event_id": 1, "updated_at": ts, "channel": "web", "Channel": HOSTILE_VALUE},
+        {"event_id": 2, "updated_at": ts, "channel": "app", "Channel": None},
+    )).encode()
+    parsed = parse_page(spec, body)
+    assert parsed.table.column_names == ["event_id", "updated_at", "channel"]
+    assert parsed.table["event_id"].to_pylist() == [2]
+    [held] = parsed.quarantined
+    assert json.loads(held["record"])["Channel"] == HOSTILE_VALUE
+    assert "two fields cannot share a column" in held["reason"]
