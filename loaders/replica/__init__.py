@@ -37,6 +37,7 @@ from loaders.replica.helpers import (
     ReplicaError,
     ReplicaUnavailable,
     api_schema,
+    check_page_type,
     parse_page,
     prefetch,
     quarantine_table,
@@ -60,6 +61,12 @@ def _iso(value: datetime | str) -> str:
     if isinstance(value, str):
         return value
     return value.isoformat().replace("+00:00", "Z")
+
+
+def _as_datetime(value: datetime | str) -> datetime:
+    if isinstance(value, str):
+        return datetime.fromisoformat(value.replace("Z", "+00:00"))
+    return value
 
 
 @functools.lru_cache(maxsize=64)
@@ -106,8 +113,10 @@ def _entity_resource(
             responses = client.paginate(
                 spec.path, params=params, paginator=paginator, headers={"Accept": NDJSON}
             )
-            for page in prefetch(responses):
-                parsed = parse_page(spec, page[0])
+            since = _as_datetime(cursor.start_value)
+            for number, page in enumerate(prefetch(responses), 1):
+                check_page_type(spec, number, page.response)
+                parsed = parse_page(spec, page[0], since)
                 if parsed.quarantined:
                     yield dlt.mark.with_hints(
                         quarantine_table(parsed.quarantined, spec.cursor),
