@@ -30,6 +30,7 @@ from requests.exceptions import HTTPError, RetryError, Timeout
 from loaders.replica import settings
 from loaders.replica.helpers import (
     NDJSON,
+    QUARANTINE_KEY,
     EntitySpec,
     LookbackWindow,
     NdjsonClient,
@@ -122,8 +123,11 @@ def _entity_resource(
                         quarantine_table(parsed.quarantined, spec.cursor),
                         dlt.mark.make_hints(
                             table_name=settings.QUARANTINE_TABLE,
-                            write_disposition="append",
-                            primary_key=[],
+                            # a bad record read again (lookback) is kept once
+                            write_disposition={
+                                "disposition": "merge", "strategy": "delete-insert"
+                            },
+                            primary_key=[QUARANTINE_KEY],
                             merge_key=[],
                         ),
                         create_table_variant=True,

@@ -9,6 +9,7 @@ its own, and only the bad ones are set aside in the quarantine table with the re
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import logging
@@ -514,13 +515,27 @@ def _hold_back_frozen(
     return table if table.num_rows else None
 
 
+QUARANTINE_KEY = "record_key"
+
+
+def quarantine_key(entity: str, record: str) -> str:
+    """What identifies a quarantined record: the entity and the record as received. A
+    bad record the lookback window reads again has the same key, so the quarantine (a
+    merge on it) holds it once, with the latest reason and time."""
+    return hashlib.sha256(f"{entity}\n{record}".encode()).hexdigest()
+
+
 def quarantine_table(rows: Iterable[dict[str, Any]], cursor: str) -> pa.Table:
-    """Rejected records with the reason. The (always null) cursor column lets the table
-    pass the resource's incremental step untouched."""
+    """Rejected records with the reason and their key. The (always null) cursor column
+    lets the table pass the resource's incremental step untouched."""
+    rows = [
+        {**r, QUARANTINE_KEY: quarantine_key(r["entity"], r["record"])} for r in rows
+    ]
     table = pa.Table.from_pylist(
-        list(rows),
+        rows,
         schema=pa.schema(
             [
+                pa.field(QUARANTINE_KEY, pa.string(), nullable=False),
                 ("entity", pa.string()),
                 ("reason", pa.string()),
                 ("record", pa.string()),
