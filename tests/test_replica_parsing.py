@@ -142,3 +142,11 @@ def test_values_arrow_cannot_hold_are_quarantined_not_raised():
     assert parsed.table.column("order_id").to_pylist() == [1, 5]
     reasons = sorted(q["reason"].split(":")[1].strip() for q in parsed.quarantined)
     assert reasons == ["extra", "price", "total_cents", "updated_at"]
+
+
+def test_without_a_typed_cursor_rows_are_not_compared_with_the_start():
+    """No schema endpoint: a cursor Arrow did not read as a timestamp is left as sent."""
+    untyped = EntitySpec("orders", "v1/orders", "order_id", "updated_at")
+    since = datetime(2026, 11, 1, tzinfo=timezone.utc)
+    parsed = parse_page(untyped, page({"order_id": 1, "updated_at": "a while ago"}), since)
+    assert parsed.quarantined == [] and parsed.table.num_rows == 1

@@ -409,7 +409,7 @@ def parse_page(spec: EntitySpec, body: bytes, since: datetime | None = None) -> 
 
     # rows behind the requested start: the API broke its order; merging them could put
     # an older version over a newer one, and dlt's incremental would drop them unseen
-    if since is not None and table.num_rows:
+    if since is not None and table.num_rows and pa.types.is_timestamp(table[cursor].type):
         behind = pc.less(table[cursor], pa.scalar(since, table[cursor].type))
         if pc.any(behind).as_py():
             reason = (
