@@ -20,7 +20,7 @@ from loaders.replica.helpers import LookbackWindow
 from simulator import store
 from simulator.platform import Platform
 from tests.conftest import TOKEN, start_simulator
-from tests.test_replica_source import assert_reconciled, raw_versions
+from tests.test_replica_source import assert_reconciled, raw_versions, replica_versions
 
 MARTS = "marts"
 
@@ -133,10 +133,12 @@ def test_every_state_checkpoint_resumes_to_an_exact_copy(platform_dir, warehouse
     into a fresh copy and run again against the quiet platform, reconciles exactly."""
     pipelines_dir = tmp_path / "dlt"
     checkpoints: list[Checkpoint] = []
+    backfill = 0
     sim = start_simulator(platform_dir, "--rate", "40", "--lag", "0.2")
     try:
         for n in range(4):
-            pipeline.load(base_url=sim.url, token=TOKEN, lookback_seconds=2)
+            loaded = pipeline.load(base_url=sim.url, token=TOKEN, lookback_seconds=2)
+            backfill = backfill if n else loaded.total
             checkpoints.append(save_checkpoint(tmp_path, n, warehouse, pipelines_dir))
             time.sleep(1.5)
     finally:
@@ -147,17 +149,21 @@ def test_every_state_checkpoint_resumes_to_an_exact_copy(platform_dir, warehouse
         window = c.states["orders"].get(LookbackWindow.STATE_KEY)
         assert window and window["rows"], "the lookback window is kept with the cursor"
 
+    replica_rows = sum(len(v) for v in replica_versions(platform_dir).values())
     quiet = start_simulator(platform_dir)
     try:
         for n, checkpoint in enumerate(checkpoints):
             checkpoint.restore(warehouse, pipelines_dir, keep_working_dir=n % 2 == 0)
-            pipeline.load(base_url=quiet.url, token=TOKEN, lookback_seconds=2)
+            resumed = pipeline.load(base_url=quiet.url, token=TOKEN, lookback_seconds=2)
             assert_reconciled(platform_dir, warehouse)
+            # it resumed from the checkpoint's cursors: the history the checkpoint held
+            # (most of the first load's rows, untouched since) is not read again
+            assert 0 < resumed.total < replica_rows - backfill // 2, (n, resumed.total)
             # the state it resumed from was the checkpoint's: cursors only move forward
-            resumed = resource_states()
+            states = resource_states()
             for entity, state in checkpoint.states.items():
                 was = state["incremental"]["updated_at"]["last_value"]
-                now = resumed[entity]["incremental"]["updated_at"]["last_value"]
+                now = states[entity]["incremental"]["updated_at"]["last_value"]
                 assert now >= was, f"checkpoint {n}: {entity} cursor moved back"
     finally:
         quiet.stop()
