@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime, timezone
 
 import pyarrow as pa
 import pytest
@@ -26,6 +27,7 @@ SPEC = EntitySpec(
     required=("order_id", "status", "total_cents", "updated_at"),
 )
 TS = "2026-11-01T10:00:00.123456Z"
+LATER = "2026-11-01T10:00:02Z"
 
 
 def page(*records: dict | str) -> bytes:
@@ -113,3 +115,38 @@ def test_hostile_field_names_are_data_not_sql():
     parsed = parse_page(SPEC, page(rec))
     assert parsed.quarantined == []
     assert "x'; drop table raw.orders; --" in parsed.table.column_names
+
+
+def test_the_newest_version_of_a_key_in_one_page_wins():
+    older, newer = order(1, status="paid"), order(1, status="shipped", updated_at=LATER)
+    parsed = parse_page(SPEC, page(newer, order(2), older))
+    assert parsed.table.column("status").to_pylist() == ["shipped", "paid"]
+    [dup] = parsed.quarantined
+    assert json.loads(dup["record"])["status"] == "paid"
+
+
+def test_rows_before_the_requested_start_are_quarantined():
+    since = datetime(2026, 11, 1, 10, 0, 1, tzinfo=timezone.utc)
+    parsed = parse_page(SPEC, page(order(1), order(2, updated_at=LATER)), since=since)
+    assert parsed.table.column("order_id").to_pylist() == [2]
+    [behind] = parsed.quarantined
+    assert behind["reason"].startswith("updated_at before the requested updated_since")
+
+
+def test_values_arrow_cannot_hold_are_quarantined_not_raised():
+    parsed = parse_page(SPEC, page(
+        order(1), order(2, price=12.5), order(3, total_cents=2**64),
+        order(4, updated_at="2026-11-01T10:00:00.123456789Z"),
+        order(5, extra=1), order(6, extra="x"),
+    ))
+    assert parsed.table.column("order_id").to_pylist() == [1, 5]
+    reasons = sorted(q["reason"].split(":")[1].strip() for q in parsed.quarantined)
+    assert reasons == ["extra", "price", "total_cents", "updated_at"]
+
+
+def test_without_a_typed_cursor_rows_are_not_compared_with_the_start():
+    """No schema endpoint: a cursor Arrow did not read as a timestamp is left as sent."""
+    untyped = EntitySpec("orders", "v1/orders", "order_id", "updated_at")
+    since = datetime(2026, 11, 1, tzinfo=timezone.utc)
+    parsed = parse_page(untyped, page({"order_id": 1, "updated_at": "a while ago"}), since)
+    assert parsed.quarantined == [] and parsed.table.num_rows == 1

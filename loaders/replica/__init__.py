@@ -30,6 +30,7 @@ from requests.exceptions import HTTPError, RetryError, Timeout
 from loaders.replica import settings
 from loaders.replica.helpers import (
     NDJSON,
+    QUARANTINE_KEY,
     EntitySpec,
     LookbackWindow,
     NdjsonClient,
@@ -38,6 +39,7 @@ from loaders.replica.helpers import (
     ReplicaUnavailable,
     SeenKeys,
     api_schema,
+    check_page_type,
     parse_page,
     prefetch,
     quarantine_table,
@@ -79,6 +81,12 @@ def _iso(value: datetime | str) -> str:
     if isinstance(value, str):
         return value
     return value.isoformat().replace("+00:00", "Z")
+
+
+def _as_datetime(value: datetime | str) -> datetime:
+    if isinstance(value, str):
+        return datetime.fromisoformat(value.replace("Z", "+00:00"))
+    return value
 
 
 @functools.lru_cache(maxsize=64)
@@ -127,16 +135,23 @@ def _entity_resource(
             responses = client.paginate(
                 spec.path, params=params, paginator=paginator, headers={"Accept": NDJSON}
             )
-            for page in prefetch(responses):
-                parsed = parse_page(spec, page[0])
+            since = _as_datetime(cursor.start_value)
+            for number, page in enumerate(prefetch(responses), 1):
+                check_page_type(spec, number, page.response)
+                parsed = parse_page(spec, page[0], since)
                 if parsed.quarantined:
                     yield dlt.mark.with_hints(
                         quarantine_table(parsed.quarantined, spec.cursor),
                         dlt.mark.make_hints(
                             table_name=settings.QUARANTINE_TABLE,
-                            write_disposition="append",
-                            primary_key=[],
+                            # a bad record read again (lookback) is kept once
+                            write_disposition={
+                                "disposition": "merge", "strategy": "delete-insert"
+                            },
+                            primary_key=[QUARANTINE_KEY],
                             merge_key=[],
+                            # not the entity's: repeats of a bad record are deduplicated
+                            additional_table_hints={"x-stage-data-deduplicated": False},
                         ),
                         create_table_variant=True,
                     )

@@ -9,10 +9,12 @@ its own, and only the bad ones are set aside in the quarantine table with the re
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import logging
 import queue
+import re
 import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -27,10 +29,16 @@ from dlt.common.normalizers.naming.snake_case import NamingConvention
 from dlt.sources.helpers.rest_client import RESTClient
 from requests import Response
 
+from loaders.replica.settings import PARAM_SINCE
+
 log = logging.getLogger(__name__)
 
 NDJSON = "application/x-ndjson"
-
+# content types a page of records may come in (an error page in HTML, or a JSON document,
+# is not records)
+NDJSON_TYPES = frozenset(
+    {NDJSON, "application/ndjson", "application/jsonl", "application/x-jsonlines"}
+)
 # how dlt names raw columns after the API's fields (its default naming convention)
 NAMING = NamingConvention()
 
@@ -209,6 +217,23 @@ class ParsedPage:
     quarantined: list[dict[str, Any]]
 
 
+def check_page_type(spec: EntitySpec, number: int, response: Response) -> None:
+    """Refuse a page that is not NDJSON (an HTML error page a proxy answered with 200,
+    a JSON document): its lines are not records, and quarantining them line by line
+    would hide that the listing was cut short."""
+    declared = response.headers.get("Content-Type", "")
+    media = declared.split(";")[0].strip().lower()
+    if not media or media in NDJSON_TYPES:
+        return
+    query = response.request.path_url.partition("?")[2] if response.request else ""
+    raise ReplicaError(
+        f"{spec.name}: page {number} of {spec.path} ({query or 'first page'}) came back as"
+        f" {media} ({response.status_code}), not NDJSON: {response.content[:120]!r}. The"
+        " API, or a proxy in front of it, answered with something other than records;"
+        " nothing of this load was committed: run it again once the API serves records"
+    )
+
+
 def _read(body: bytes, schema: pa.Schema | None) -> pa.Table:
     opts = pj.ParseOptions(explicit_schema=schema, unexpected_field_behavior="infer")
     return pj.read_json(io.BytesIO(body), parse_options=opts)
@@ -223,6 +248,12 @@ def _quarantine_row(spec: EntitySpec, reason: str, record: str) -> dict[str, Any
     }
 
 
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+_FRACTION = re.compile(r"T[0-9:]+\.([0-9]+)")
+# the column pyarrow's JSON reader names in its errors ("Column(/price) changed from...")
+_ARROW_COLUMN = re.compile(r"Column\(/([^)/]+)")
+
+
 def _check_value(value: Any, type_name: str) -> str | None:
     """Why ``value`` does not fit the API's declared type, or None if it does."""
     if value is None:
@@ -234,11 +265,16 @@ def _check_value(value: Any, type_name: str) -> str | None:
         "decimal": isinstance(value, str | int | float) and not isinstance(value, bool),
         "timestamp": isinstance(value, str),
     }.get(type_name, True)
+    if ok and type_name == "integer" and not INT64_MIN <= value <= INT64_MAX:
+        return f"expected integer, got {json.dumps(value)[:60]} (beyond 64 bits)"
     if ok and type_name == "timestamp":
         try:
             datetime.fromisoformat(value.replace("Z", "+00:00"))
         except ValueError:
             ok = False
+        fraction = _FRACTION.search(value)
+        if ok and fraction and len(fraction.group(1)) > 6:
+            return f"expected timestamp, got {json.dumps(value)[:60]} (finer than microseconds)"
     if ok and type_name == "decimal" and isinstance(value, str):
         try:
             float(value)
@@ -247,8 +283,11 @@ def _check_value(value: Any, type_name: str) -> str | None:
     return None if ok else f"expected {type_name}, got {json.dumps(value)[:60]}"
 
 
-def _slow_path(spec: EntitySpec, body: bytes) -> tuple[bytes, list[dict[str, Any]]]:
-    """Split a page that does not parse as a whole into good lines and quarantined ones."""
+def _slow_path(
+    spec: EntitySpec, body: bytes, schema: pa.Schema | None
+) -> tuple[pa.Table | None, list[dict[str, Any]]]:
+    """Split a page that does not parse as a whole into a table of its good lines and
+    quarantined ones."""
     good: list[bytes] = []
     bad: list[dict[str, Any]] = []
     for raw in body.splitlines():
@@ -272,15 +311,64 @@ def _slow_path(spec: EntitySpec, body: bytes) -> tuple[bytes, list[dict[str, Any
             bad.append(_quarantine_row(spec, "wrong type: " + "; ".join(problems), text))
         else:
             good.append(raw)
-    return b"\n".join(good), bad
+    if not good:
+        return None, bad
+    try:
+        return _read(b"\n".join(good), schema), bad
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        pass
+    return _read_line_by_line(spec, good, schema, bad), bad
+
+
+def _read_line_by_line(
+    spec: EntitySpec, lines: list[bytes], schema: pa.Schema | None, bad: list[dict[str, Any]]
+) -> pa.Table | None:
+    """The good lines still do not read together: a value Arrow cannot take in its
+    declared type (a decimal sent as a number), the same field twice in a record, or a
+    field the API does not declare arriving with different types. Each line is read on
+    its own; a field the API does not declare takes the type of the first line with a
+    value in it, and the lines that disagree are quarantined with Arrow's reason."""
+    pinned = schema if schema is not None else pa.schema([])
+    keep: list[bytes] = []
+    for raw in lines:
+        try:
+            row = _read(raw, pinned)
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+            message = str(exc).splitlines()[0]
+            column = _ARROW_COLUMN.search(message)
+            reason = (
+                f"wrong type: {column.group(1)}: {message}"
+                if column and "changed from" in message
+                else f"unreadable record: {message}"
+            )
+            bad.append(_quarantine_row(spec, reason, raw.decode("utf-8", errors="replace")))
+            continue
+        keep.append(raw)
+        for f in row.schema:
+            if pinned.get_field_index(f.name) < 0 and not _holds_null_type(f.type):
+                pinned = pinned.append(f)
+    return _read(b"\n".join(keep), pinned) if keep else None
+
+
+def _holds_null_type(type_: pa.DataType) -> bool:
+    """Whether a type inferred from one line says nothing about some value (null)."""
+    if pa.types.is_null(type_):
+        return True
+    if pa.types.is_struct(type_):
+        return any(_holds_null_type(type_.field(i).type) for i in range(type_.num_fields))
+    if pa.types.is_list(type_) or pa.types.is_large_list(type_):
+        return _holds_null_type(type_.value_type)
+    return False
 
 
 def _rows_as_json(table: pa.Table, mask: pa.Array) -> list[str]:
     return [json.dumps(r, default=str) for r in table.filter(mask).to_pylist()]
 
 
-def parse_page(spec: EntitySpec, body: bytes) -> ParsedPage:
-    """Parse one NDJSON page into a valid Arrow table plus quarantined records."""
+def parse_page(spec: EntitySpec, body: bytes, since: datetime | None = None) -> ParsedPage:
+    """Parse one NDJSON page into a valid Arrow table plus quarantined records
+    (``since``: the start the page was requested from; rows before it are
+    quarantined)."""
     quarantined: list[dict[str, Any]] = []
     if not body.strip():
         return ParsedPage(None, quarantined)
@@ -288,10 +376,10 @@ def parse_page(spec: EntitySpec, body: bytes) -> ParsedPage:
     try:
         table = _read(body, schema)
     except (pa.ArrowInvalid, pa.ArrowTypeError):
-        body, quarantined = _slow_path(spec, body)
-        if not body.strip():
+        parsed, quarantined = _slow_path(spec, body, schema)
+        if parsed is None:
             return ParsedPage(None, quarantined)
-        table = _read(body, schema)
+        table = parsed
 
     # required values: key and cursor always; declared required fields on live rows
     pk, cursor = spec.primary_key, spec.cursor
@@ -301,9 +389,6 @@ def parse_page(spec: EntitySpec, body: bytes) -> ParsedPage:
                 f"{spec.name}: the API's records have no {name!r} field; check the endpoint"
                 " declaration (primary_key / cursor)"
             )
-    table = _hold_back_colliding(spec, table, quarantined)
-    if table is None:
-        return ParsedPage(None, quarantined)
     bad = pc.or_(pc.is_null(table[pk]), pc.is_null(table[cursor]))
     live = (
         pc.is_null(table[spec.deleted_marker])
@@ -323,19 +408,29 @@ def parse_page(spec: EntitySpec, body: bytes) -> ParsedPage:
             quarantined.append(_quarantine_row(spec, "null in a required field", rec))
         table = table.filter(pc.invert(bad))
 
-    # the same key twice in one page: keep the first, quarantine the repeats
+    # rows behind the requested start: the API broke its order; merging them could put
+    # an older version over a newer one, and dlt's incremental would drop them unseen
+    if since is not None and table.num_rows and pa.types.is_timestamp(table[cursor].type):
+        behind = pc.less(table[cursor], pa.scalar(since, table[cursor].type))
+        if pc.any(behind).as_py():
+            reason = (
+                f"{cursor} before the requested {PARAM_SINCE} ({since.isoformat()}): the"
+                " API served a row out of order"
+            )
+            for rec in _rows_as_json(table, behind):
+                quarantined.append(_quarantine_row(spec, reason, rec))
+            table = table.filter(pc.invert(behind))
+
+    # the same key twice in one page: the newest version loads (the first of equals),
+    # the others are quarantined
     if table.num_rows and pc.count_distinct(table[pk]).as_py() < table.num_rows:
-        seen: set[Any] = set()
-        keep = []
-        for key in table[pk].to_pylist():
-            keep.append(key not in seen)
-            seen.add(key)
-        keep_arr = pa.array(keep)
+        keep_arr = pa.array(_newest_per_key(table[pk], table[cursor]))
         for rec in _rows_as_json(table, pc.invert(keep_arr)):
             quarantined.append(
                 _quarantine_row(spec, f"duplicate {pk} in the same page", rec)
             )
         table = table.filter(keep_arr)
+    table = _drop_colliding_names(spec, table, quarantined)
     if not table.num_rows:
         return ParsedPage(None, quarantined)
     # the key is never null past this point: say so, as dlt's schema does
@@ -350,48 +445,47 @@ def parse_page(spec: EntitySpec, body: bytes) -> ParsedPage:
     return ParsedPage(table, quarantined)
 
 
-def colliding_fields(names: Iterable[str]) -> dict[str, tuple[str, str]]:
-    """Fields whose names become the same raw column once dlt normalises them
-    (``Channel`` beside ``channel``): field -> (that column, the field that keeps it).
-    The field already spelled as the column keeps it, else the first served."""
-    by_column: dict[str, list[str]] = {}
-    for name in names:
-        by_column.setdefault(NAMING.normalize_identifier(name), []).append(name)
-    out = {}
-    for column, fields in by_column.items():
-        keeper = column if column in fields else fields[0]
-        out.update({f: (column, keeper) for f in fields if f != keeper})
-    return out
+def _newest_per_key(keys: pa.ChunkedArray, cursors: pa.ChunkedArray) -> list[bool]:
+    """Which rows are the newest of their key (the first one, among equals)."""
+    stamps = pc.cast(pc.cast(cursors, pa.timestamp("us", tz="UTC")), pa.int64()).to_pylist()
+    best: dict[Any, int] = {}
+    for i, key in enumerate(keys.to_pylist()):
+        if key not in best or stamps[i] > stamps[best[key]]:
+            best[key] = i
+    chosen = set(best.values())
+    return [i in chosen for i in range(len(stamps))]
 
 
-def _hold_back_colliding(
+def _drop_colliding_names(
     spec: EntitySpec, table: pa.Table, quarantined: list[dict[str, Any]]
-) -> pa.Table | None:
-    """Two fields landing in one raw column would fail the whole load (dlt refuses the
-    collision): the field that keeps the column loads, rows carrying a value in another
-    are quarantined with the reason, and that field is dropped."""
-    colliding = colliding_fields(table.column_names)
-    if not colliding:
-        return table
-    names = list(colliding)
-    carries = pc.is_valid(table[names[0]])
-    for n in names[1:]:
-        carries = pc.or_(carries, pc.is_valid(table[n]))
-    if pc.any(carries).as_py():
-        reason = "; ".join(
-            f"field {n!r} would load into column {column!r}, as field {keeper!r} does"
-            for n, (column, keeper) in colliding.items()
-        )
-        for rec in _rows_as_json(table, carries):
-            quarantined.append(
-                _quarantine_row(
-                    spec, f"{reason}: two fields cannot share a column; ask the platform"
-                    " team to rename one", rec
-                )
+) -> pa.Table:
+    """Fields whose names become the same column once normalized (``Price`` and
+    ``price``): the declared one (or the first) stays; records carrying a value in
+    another are quarantined whole, so no value is stored under a column it was not
+    sent in."""
+    groups: dict[str, list[str]] = {}
+    for name in table.column_names:
+        groups.setdefault(NAMING.normalize_identifier(name), []).append(name)
+    declared = {*spec.fields, spec.primary_key, spec.cursor, spec.deleted_marker}
+    extra: list[str] = []
+    for column, names in groups.items():
+        if len(names) < 2:
+            continue
+        stays = next((n for n in names if n in declared), names[0])
+        others = [n for n in names if n != stays]
+        carries = pc.is_valid(table[others[0]])
+        for n in others[1:]:
+            carries = pc.or_(carries, pc.is_valid(table[n]))
+        if pc.any(carries).as_py():
+            reason = (
+                f"field names collide once normalized: {', '.join(map(repr, names))} all"
+                f" become column {column!r}; only {stays!r} is loaded"
             )
-        table = table.filter(pc.invert(carries))
-    table = table.drop_columns(names)
-    return table if table.num_rows else None
+            for rec in _rows_as_json(table, carries):
+                quarantined.append(_quarantine_row(spec, reason, rec))
+            table = table.filter(pc.invert(carries))
+        extra += others
+    return table.drop_columns(extra) if extra else table
 
 
 def _hold_back_frozen(
@@ -422,13 +516,27 @@ def _hold_back_frozen(
     return table if table.num_rows else None
 
 
+QUARANTINE_KEY = "record_key"
+
+
+def quarantine_key(entity: str, record: str) -> str:
+    """What identifies a quarantined record: the entity and the record as received. A
+    bad record the lookback window reads again has the same key, so the quarantine (a
+    merge on it) holds it once, with the latest reason and time."""
+    return hashlib.sha256(f"{entity}\n{record}".encode()).hexdigest()
+
+
 def quarantine_table(rows: Iterable[dict[str, Any]], cursor: str) -> pa.Table:
-    """Rejected records with the reason. The (always null) cursor column lets the table
-    pass the resource's incremental step untouched."""
+    """Rejected records with the reason and their key. The (always null) cursor column
+    lets the table pass the resource's incremental step untouched."""
+    rows = [
+        {**r, QUARANTINE_KEY: quarantine_key(r["entity"], r["record"])} for r in rows
+    ]
     table = pa.Table.from_pylist(
-        list(rows),
+        rows,
         schema=pa.schema(
             [
+                pa.field(QUARANTINE_KEY, pa.string(), nullable=False),
                 ("entity", pa.string()),
                 ("reason", pa.string()),
                 ("record", pa.string()),
