@@ -16,6 +16,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
+from benchmarks.oracle import assert_reconciled, raw_versions, replica_versions
 from loaders import pipeline
 from loaders.replica import ReplicaAuthError, ReplicaUnavailable
 from loaders.replica.settings import ENDPOINTS
@@ -26,43 +27,6 @@ from simulator.platform import Activity, Platform
 from tests.conftest import AS_OF, TOKEN, start_simulator
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def replica_versions(sim_dir: Path) -> dict[str, set[tuple]]:
-    """(primary key, updated_at in µs) of every row of every entity in the replica."""
-    con = sqlite3.connect(f"file:{sim_dir / store.REPLICA}?mode=ro", uri=True)
-    out = {}
-    for entity, ep in ENDPOINTS.items():
-        rows = con.execute(f"SELECT {ep['primary_key']}, updated_at FROM {entity}").fetchall()
-        out[entity] = {
-            (pk, int(store.parse_iso(ts).timestamp() * 1_000_000)) for pk, ts in rows
-        }
-    con.close()
-    return out
-
-
-def raw_versions(path: Path) -> dict[str, set[tuple]]:
-    con = duckdb.connect(str(path), read_only=True)
-    out = {}
-    for entity, ep in ENDPOINTS.items():
-        rows = con.execute(
-            f"select {ep['primary_key']}, epoch_us(updated_at) from raw.{entity}"
-        ).fetchall()
-        assert len(rows) == len(set(r[0] for r in rows)), f"duplicate keys in raw.{entity}"
-        out[entity] = set(rows)
-    con.close()
-    return out
-
-
-def assert_reconciled(sim_dir: Path, path: Path) -> None:
-    expected, found = replica_versions(sim_dir), raw_versions(path)
-    for entity in ENDPOINTS:
-        missing = expected[entity] - found[entity]
-        extra = found[entity] - expected[entity]
-        assert not missing and not extra, (
-            f"{entity}: {len(missing)} missing, {len(extra)} unexpected; e.g. "
-            f"{sorted(missing)[:3]} / {sorted(extra)[:3]}"
-        )
 
 
 def test_backfill_reconciles_and_second_run_changes_nothing(simulator, warehouse):
