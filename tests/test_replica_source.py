@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -18,7 +19,7 @@ import pytest
 
 from benchmarks.oracle import assert_reconciled, raw_versions, replica_versions
 from loaders import pipeline
-from loaders.replica import ReplicaAuthError, ReplicaUnavailable
+from loaders.replica import ReplicaAuthError, ReplicaUnavailable, replica_source
 from loaders.replica.settings import ENDPOINTS
 from simulator import faults, store
 from simulator.faults import Faults
@@ -214,6 +215,32 @@ def test_load_killed_mid_way_is_completed_by_the_next_run(tmp_path, warehouse):
     finally:
         sim.stop()
     assert_reconciled(sim_dir, warehouse)
+
+
+def test_a_kill_between_the_two_steps_of_a_normalize_commit_is_completed(
+    simulator, warehouse, tmp_path
+):
+    """dlt commits a normalized package by renaming it into the load storage, then
+    deletes the extracted copy. A process killed between the two left both behind, and
+    every later load failed on the package already there ("Directory not empty")."""
+    pipeline.load(base_url=simulator.url, token=TOKEN)
+    platform = Platform(simulator.dir)
+    platform.tick(20)
+    platform.close()
+    store.replicate(simulator.dir)
+    p = pipeline.make_pipeline()
+    p.extract(replica_source(base_url=simulator.url, token=TOKEN))
+    [load_id] = p.list_extracted_load_packages()
+    extracted = Path(p.working_dir) / "normalize" / "extracted" / load_id
+    shutil.copytree(extracted, tmp_path / "extracted-copy")
+    p.normalize()
+    shutil.copytree(tmp_path / "extracted-copy", extracted)  # as the kill left it
+    assert load_id in p.list_normalized_load_packages()
+    assert load_id in p.list_extracted_load_packages()
+
+    pipeline.load(base_url=simulator.url, token=TOKEN)
+    assert p.list_extracted_load_packages() == [] and not p.has_pending_data
+    assert_reconciled(simulator.dir, warehouse)
 
 
 def test_wrong_token_fails_fast_with_an_auth_error(simulator, warehouse):
