@@ -29,9 +29,10 @@ from simulator import store
 
 ROOT = Path(__file__).resolve().parent.parent
 MARTS_YML = ROOT / "models" / "marts" / "marketing" / "_marketing__models.yml"
-# columns saying which dlt load wrote a row: they differ between two warehouses loaded
-# in different runs by design, so mart comparisons leave them out
-LOAD_LINEAGE_SUFFIX = "load_id"
+# columns documented as what a row was built from "as of its last build" (the newest
+# load and source change behind it): they depend on the build history by design, so
+# mart comparisons leave them out
+BUILD_LINEAGE_DOCS = ("doc('last_load_id')", "doc('last_source_updated_at')")
 # marts describing the pipeline's own history (its cycles, incidents), not the platform
 PIPELINE_MARTS = ("pipeline_health",)
 
@@ -125,6 +126,18 @@ def mart_unique_keys(models_yml: Path = MARTS_YML) -> dict[str, str]:
     return keys
 
 
+def build_lineage_columns(models_yml: Path = MARTS_YML) -> dict[str, set[str]]:
+    """Per mart, the columns described by the build-lineage doc blocks."""
+    doc = yaml.safe_load(models_yml.read_text())
+    return {
+        model["name"]: {
+            c["name"] for c in model.get("columns", [])
+            if any(d in (c.get("description") or "") for d in BUILD_LINEAGE_DOCS)
+        }
+        for model in doc.get("models", [])
+    }
+
+
 def mart_duplicates(path: Path, keys: dict[str, str] | None = None) -> dict[str, int]:
     """Rows beyond the first per unique key value, per mart (0 everywhere when sound)."""
     out = {}
@@ -162,8 +175,9 @@ def revenue(sim_dir: Path, path: Path) -> dict[str, Any]:
 
 def mart_fingerprints(path: Path) -> dict[str, dict[str, Any]]:
     """Per mart: row count and an order-independent checksum over all columns but the
-    load lineage (the sum of each row's hash, so a duplicated row changes it too)."""
+    build lineage (the sum of each row's hash, so a duplicated row changes it too)."""
     out = {}
+    lineage = build_lineage_columns()
     with duckdb.connect(str(path), read_only=True) as con:
         marts = [
             r[0] for r in con.execute(
@@ -178,12 +192,12 @@ def mart_fingerprints(path: Path) -> dict[str, dict[str, Any]]:
                     "select column_name from information_schema.columns where table_schema"
                     " = 'marts' and table_name = ? order by ordinal_position", [mart]
                 ).fetchall()
-                if not r[0].endswith(LOAD_LINEAGE_SUFFIX)
+                if r[0] not in lineage.get(mart, ())
             ]
             cols = ", ".join(f'"{c}"' for c in columns)
             [(rows, total)] = con.execute(
                 f"select count(*), coalesce(sum(hash({cols})), 0) from marts.{mart}"
             ).fetchall()
             out[mart] = {"rows": int(rows), "checksum": format(int(total) % (1 << 64), "016x"),
-                         "columns": len(columns)}
+                         "columns": len(columns), "excluded": sorted(lineage.get(mart, ()))}
     return out
