@@ -15,7 +15,8 @@ Everything runs against ``salesflow sim serve`` on 127.0.0.1, in real processes:
    length. The phase it actually died in is the last one its output reached, so
    ``kills_by_phase`` counts what happened, not what was aimed at. Every
    ``complete_every`` kills one run is let finish and must succeed. Then traffic stops
-   and a clean final cycle runs; raw is reconciled.
+   and a clean final cycle runs; raw is reconciled (at smoke scale the next phase's
+   first cycle is the run after the last kill, and raw is reconciled at the end).
 2. **HTTP faults.** The same backfill into empty warehouses, without faults and with
    10% injected 429/5xx plus 1% connections dropped mid-body, alternating, ``rounds``
    times each; both reconcile exactly; wall times (process start to exit) and the ratio
@@ -27,7 +28,8 @@ Everything runs against ``salesflow sim serve`` on 127.0.0.1, in real processes:
 4. **Schema changes.** In the same watch, every evolution the simulator ships is
    scheduled effective now and applied by the serving platform while cycles go on:
    each expected change is logged in ``raw.schema_changelog`` and notified, and the
-   build after it (data tests included) is green.
+   build after it (data tests included) is green. One by one; at smoke scale those
+   touching different fields land together.
 5. **Reconcile.** Traffic stops, a final ``salesflow run``; raw against the replica
    (per-entity counts and checksums over (primary key, updated_at), nothing missing,
    stale or twice), order revenue per currency in ``fct_orders`` against the replica,
