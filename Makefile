@@ -5,7 +5,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint pytest venv clean docs docs-serve chromium postgres bench bench-smoke contract
+.PHONY: demo test lint pytest venv clean docs docs-serve chromium postgres bench bench-smoke chaos \
+	chaos-smoke contract
 
 # (Re)create the virtualenv when the dependency pins change; a no-op otherwise.
 $(STAMP): pyproject.toml constraints.txt
@@ -31,7 +32,7 @@ lint: $(STAMP)
 pytest: $(STAMP) chromium postgres
 	SALESFLOW_REQUIRE_POSTGRES=1 $(BIN)/python -m pytest
 
-test: lint pytest bench-smoke
+test: lint pytest bench-smoke chaos-smoke
 
 # The benchmark (benchmarks/bench.py): 1M orders through the whole pipeline, with
 # benchmarks/results.json and a table as the result; about 15 minutes on 2 cores.
@@ -42,6 +43,19 @@ bench: $(STAMP)
 bench-smoke: $(STAMP)
 	$(BIN)/python -m benchmarks.bench --scale smoke --out target/bench-smoke.json
 	$(BIN)/python -m benchmarks.check target/bench-smoke.json
+
+# The reliability harness (benchmarks/chaos.py): crashes (SIGKILL) in every phase, HTTP
+# faults, an outage and every schema evolution against the simulator, then an exact
+# reconciliation; writes benchmarks/reliability.json and a table, exits 1 when anything
+# was lost, duplicated or differs. About 15 minutes on 2 cores. `chaos-smoke`, part of
+# `make test`, runs it at a tiny scale (a few minutes), just as strict.
+chaos: $(STAMP)
+	$(BIN)/python -m benchmarks.chaos --scale default
+	$(BIN)/python -m benchmarks.check --reliability benchmarks/reliability.json
+
+chaos-smoke: $(STAMP)
+	$(BIN)/python -m benchmarks.chaos --scale smoke --out target/chaos-smoke.json
+	$(BIN)/python -m benchmarks.check --reliability target/chaos-smoke.json
 
 # The dbt docs site as one self-contained page: target/static_index.html (plus the usual
 # target/index.html, manifest.json and catalog.json). Compiles against the warehouse in

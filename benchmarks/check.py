@@ -1,6 +1,9 @@
-"""Check that a benchmark result file has every figure (not that the goals are met).
+"""Check that a benchmark result file has every figure (not that the goals are met),
+and that a reliability result file (benchmarks/chaos.py) has every figure and shows
+nothing lost, duplicated or different.
 
     python -m benchmarks.check target/bench-smoke.json
+    python -m benchmarks.check --reliability target/chaos-smoke.json
 """
 
 from __future__ import annotations
@@ -35,9 +38,46 @@ def problems(results: dict) -> list[str]:
     return out
 
 
+RELIABILITY_COUNTS = ["kills", "outage_cycles", "rows_expected", "rows_found", "lost_rows",
+                      "duplicate_pks", "http_fault_rate", "http_ratio"]
+# what must hold, whatever the scale
+RELIABILITY_EXACT = {"lost_rows": 0, "unexpected_rows": 0, "duplicate_pks": 0,
+                     "mart_checksum_match": True, "raw_checksums_match": True,
+                     "revenue_match": True, "outage_alerts": 1, "recovery_notices": 1,
+                     "passed": True}
+
+
+def reliability_problems(results: dict) -> list[str]:
+    out = []
+    for key in RELIABILITY_COUNTS:
+        value = results.get(key)
+        if not (isinstance(value, int | float) and not isinstance(value, bool) and value >= 0):
+            out.append(f"{key} is missing or not a non-negative number: {value!r}")
+    for key, want in RELIABILITY_EXACT.items():
+        if results.get(key) != want:
+            out.append(f"{key} is {results.get(key)!r}, must be {want!r}")
+    if not results.get("kills"):
+        out.append("kills: the pipeline was never killed")
+    if results.get("rows_found") != results.get("rows_expected"):
+        out.append("rows_found differs from rows_expected")
+    if not results.get("outage_cycles"):
+        out.append("outage_cycles: the outage spanned no cycle")
+    detected, expected = (results.get("schema_changes_detected"),
+                          results.get("schema_changes_expected"))
+    if not expected or detected != expected:
+        out.append(f"schema changes: {detected!r} of {expected!r} detected")
+    for key in ("measured_at", "machine"):
+        if not results.get(key):
+            out.append(f"missing {key}")
+    return out
+
+
 def main(argv: list[str]) -> int:
+    check = problems
+    if argv and argv[0] == "--reliability":
+        check, argv = reliability_problems, argv[1:]
     path = Path(argv[0] if argv else "benchmarks/results.json")
-    found = problems(json.loads(path.read_text()))
+    found = check(json.loads(path.read_text()))
     for p in found:
         print(f"{path}: {p}", file=sys.stderr)
     if not found:

@@ -13,8 +13,8 @@ lock (``<pipelines dir>/salesflow.lock``; on every target: one salesflow writer 
 time); a second one is refused with a clear message.
 dlt's working directory (pending load packages, state) is ``data/dlt`` unless
 ``SALESFLOW_PIPELINES_DIR`` says otherwise; ``dlt pipeline --pipelines-dir data/dlt
-salesflow_replica info`` inspects it. A package left half-loaded by a crash is completed
-by the next run before anything new is extracted.
+salesflow_replica info`` inspects it. A package left half-normalized or half-loaded by a
+crash is completed by the next run before anything new is extracted.
 """
 
 from __future__ import annotations
@@ -270,10 +270,34 @@ def notifier() -> notify.Notifier:
     return notify.from_config(pipelines_dir())
 
 
+def finish_normalize_commits(pipeline: dlt.Pipeline) -> list[str]:
+    """Complete what a process killed while normalizing left half committed.
+
+    dlt commits a normalized package in two steps: it renames the package into the load
+    storage (one atomic rename), then deletes the extracted copy. Killed in between, both
+    remain, and every later normalize stops on the package already there ("Directory not
+    empty"): no load would ever succeed again. The rename is atomic, so the normalized
+    package is whole: deleting its extracted copy finishes that commit. Returns the
+    load ids finished."""
+    committed = set(pipeline.list_normalized_load_packages()) | set(
+        pipeline.list_completed_load_packages()
+    )
+    finished = [i for i in pipeline.list_extracted_load_packages() if i in committed]
+    if finished:
+        # dlt has no public call for one extracted package
+        extracted = pipeline._get_normalize_storage().extracted_packages
+        for load_id in finished:
+            log.warning("finishing the normalize of package %s, interrupted after its"
+                        " commit", load_id)
+            extracted.delete_package(load_id)
+    return finished
+
+
 def _load(kwargs: dict[str, Any], progress: str | None = None) -> LoadResult:
     started = time.perf_counter()
     pipeline = make_pipeline(progress)
     try:
+        finish_normalize_commits(pipeline)
         if pipeline.has_pending_data:
             # dlt's run() would only finish these and extract nothing new: finish them
             # first, then extract as usual

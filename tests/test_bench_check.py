@@ -1,6 +1,10 @@
-"""The benchmark's result check fails on what it must catch."""
+"""The result checks (benchmark and reliability) fail on what they must catch."""
 
-from benchmarks.check import REQUIRED, problems
+import json
+
+import pytest
+
+from benchmarks.check import REQUIRED, main, problems, reliability_problems
 
 
 def complete() -> dict:
@@ -23,3 +27,48 @@ def test_a_missing_or_negative_figure_fails():
     assert "missing cycle.noop_s" in found
     assert any("freshness.p95_s" in p for p in found)
     assert any("nothing was loaded" in p for p in found)
+
+
+def reliable() -> dict:
+    """A reliability result as benchmarks/chaos.py writes it, with nothing wrong."""
+    return {
+        "kills": 6, "kills_by_phase": {"extract": 2, "normalize": 1, "load": 2, "dbt build": 1},
+        "http_fault_rate": 0.1, "http_ratio": 1.4, "outage_cycles": 3, "outage_alerts": 1,
+        "recovery_notices": 1, "schema_changes_expected": 13, "schema_changes_detected": 13,
+        "rows_expected": 20_021, "rows_found": 20_021, "lost_rows": 0, "unexpected_rows": 0,
+        "duplicate_pks": 0, "raw_checksums_match": True, "revenue_match": True,
+        "mart_checksum_match": True, "passed": True, "problems": [],
+        "machine": {"cores": 2}, "measured_at": "2026-11-24T00:00:00+00:00",
+    }
+
+
+def test_a_sound_reliability_result_passes():
+    assert reliability_problems(reliable()) == []
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "says"),
+    [
+        ("lost_rows", 3, "lost_rows is 3"),
+        ("duplicate_pks", 1, "duplicate_pks is 1"),
+        ("mart_checksum_match", False, "mart_checksum_match is False"),
+        ("outage_alerts", 2, "outage_alerts is 2"),
+        ("kills", 0, "never killed"),
+        ("rows_found", 20_020, "rows_found differs"),
+        ("schema_changes_detected", 12, "12 of 13 detected"),
+        ("http_ratio", None, "http_ratio is missing"),
+    ],
+)
+def test_a_reliability_result_with_a_loss_or_a_gap_fails(key, value, says):
+    r = reliable()
+    r[key] = value
+    assert any(says in p for p in reliability_problems(r)), reliability_problems(r)
+
+
+def test_the_checker_exits_1_on_a_lost_row(tmp_path, capsys):
+    r = reliable()
+    r["lost_rows"] = 1
+    path = tmp_path / "reliability.json"
+    path.write_text(json.dumps(r))
+    assert main(["--reliability", str(path)]) == 1
+    assert "lost_rows is 1" in capsys.readouterr().err

@@ -15,6 +15,7 @@ import duckdb
 import pytest
 from psycopg2 import errors
 
+from benchmarks.oracle import replica_versions
 from loaders import cli, pipeline, roles, status
 from loaders.replica.settings import ENDPOINTS
 from loaders.watch import watch
@@ -23,7 +24,6 @@ from simulator.generate import generate
 from simulator.platform import Platform
 from tests.conftest import AS_OF, ROOT, TOKEN, Simulator, dbt_invoke, start_simulator
 from tests.pg import SUPERUSER_PASSWORD, PostgresServer
-from tests.test_replica_source import replica_versions
 
 pytestmark = pytest.mark.slow
 

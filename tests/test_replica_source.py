@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -16,8 +17,9 @@ from pathlib import Path
 import duckdb
 import pytest
 
+from benchmarks.oracle import assert_reconciled, raw_versions, replica_versions
 from loaders import pipeline
-from loaders.replica import ReplicaAuthError, ReplicaUnavailable
+from loaders.replica import ReplicaAuthError, ReplicaUnavailable, replica_source
 from loaders.replica.settings import ENDPOINTS
 from simulator import faults, store
 from simulator.faults import Faults
@@ -26,43 +28,6 @@ from simulator.platform import Activity, Platform
 from tests.conftest import AS_OF, TOKEN, start_simulator
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def replica_versions(sim_dir: Path) -> dict[str, set[tuple]]:
-    """(primary key, updated_at in µs) of every row of every entity in the replica."""
-    con = sqlite3.connect(f"file:{sim_dir / store.REPLICA}?mode=ro", uri=True)
-    out = {}
-    for entity, ep in ENDPOINTS.items():
-        rows = con.execute(f"SELECT {ep['primary_key']}, updated_at FROM {entity}").fetchall()
-        out[entity] = {
-            (pk, int(store.parse_iso(ts).timestamp() * 1_000_000)) for pk, ts in rows
-        }
-    con.close()
-    return out
-
-
-def raw_versions(path: Path) -> dict[str, set[tuple]]:
-    con = duckdb.connect(str(path), read_only=True)
-    out = {}
-    for entity, ep in ENDPOINTS.items():
-        rows = con.execute(
-            f"select {ep['primary_key']}, epoch_us(updated_at) from raw.{entity}"
-        ).fetchall()
-        assert len(rows) == len(set(r[0] for r in rows)), f"duplicate keys in raw.{entity}"
-        out[entity] = set(rows)
-    con.close()
-    return out
-
-
-def assert_reconciled(sim_dir: Path, path: Path) -> None:
-    expected, found = replica_versions(sim_dir), raw_versions(path)
-    for entity in ENDPOINTS:
-        missing = expected[entity] - found[entity]
-        extra = found[entity] - expected[entity]
-        assert not missing and not extra, (
-            f"{entity}: {len(missing)} missing, {len(extra)} unexpected; e.g. "
-            f"{sorted(missing)[:3]} / {sorted(extra)[:3]}"
-        )
 
 
 def test_backfill_reconciles_and_second_run_changes_nothing(simulator, warehouse):
@@ -281,6 +246,32 @@ def test_load_killed_mid_way_is_completed_by_the_next_run(tmp_path, warehouse):
     finally:
         sim.stop()
     assert_reconciled(sim_dir, warehouse)
+
+
+def test_a_kill_between_the_two_steps_of_a_normalize_commit_is_completed(
+    simulator, warehouse, tmp_path
+):
+    """dlt commits a normalized package by renaming it into the load storage, then
+    deletes the extracted copy. A process killed between the two left both behind, and
+    every later load failed on the package already there ("Directory not empty")."""
+    pipeline.load(base_url=simulator.url, token=TOKEN)
+    platform = Platform(simulator.dir)
+    platform.tick(20)
+    platform.close()
+    store.replicate(simulator.dir)
+    p = pipeline.make_pipeline()
+    p.extract(replica_source(base_url=simulator.url, token=TOKEN))
+    [load_id] = p.list_extracted_load_packages()
+    extracted = Path(p.working_dir) / "normalize" / "extracted" / load_id
+    shutil.copytree(extracted, tmp_path / "extracted-copy")
+    p.normalize()
+    shutil.copytree(tmp_path / "extracted-copy", extracted)  # as the kill left it
+    assert load_id in p.list_normalized_load_packages()
+    assert load_id in p.list_extracted_load_packages()
+
+    pipeline.load(base_url=simulator.url, token=TOKEN)
+    assert p.list_extracted_load_packages() == [] and not p.has_pending_data
+    assert_reconciled(simulator.dir, warehouse)
 
 
 def test_wrong_token_fails_fast_with_an_auth_error(simulator, warehouse):
