@@ -7,10 +7,7 @@
         unique_key='customer_id',
         on_schema_change='append_new_columns',
         meta={'publish': 'by_load_id'},
-        post_hook=[
-            "delete from {{ this }} where customer_id not in"
-            " (select customer_id from {{ ref('stg_replica__customers') }})",
-        ],
+        post_hook=["{{ delete_gone('customer_id', ref('stg_replica__customers')) }}"],
     )
 }}
 

@@ -9,10 +9,7 @@
         unique_key='order_item_id',
         on_schema_change='append_new_columns',
         meta={'publish': 'by_load_id'},
-        post_hook=[
-            "delete from {{ this }} where order_item_id not in (select order_item_id"
-            " from {{ ref('int_order_items_joined_to_orders') }})",
-        ],
+        post_hook=["{{ delete_gone('order_item_id', ref('int_order_items_joined_to_orders')) }}"],
     )
 }}
 

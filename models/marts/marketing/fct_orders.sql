@@ -7,10 +7,7 @@
         unique_key='order_id',
         on_schema_change='append_new_columns',
         meta={'publish': 'by_load_id'},
-        post_hook=[
-            "delete from {{ this }} where order_id not in"
-            " (select order_id from {{ ref('stg_replica__orders') }})",
-        ],
+        post_hook=["{{ delete_gone('order_id', ref('stg_replica__orders')) }}"],
     )
 }}
 
