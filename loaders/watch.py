@@ -142,6 +142,7 @@ def watch(
 ) -> WatchStats:
     """Run cycles until stopped (signal, ``stop`` set, or ``max_cycles`` done)."""
     stop = stop or threading.Event()
+    progress = load_options.pop("progress", None)  # dlt's display, not a source option
     stats = WatchStats()
     restore = _install_signals(stop)
     try:
@@ -156,7 +157,7 @@ def watch(
                 started = time.monotonic()
                 stats.cycles += 1
                 try:
-                    result = pipeline._cycle(pipeline._source_kwargs(**load_options))
+                    result = pipeline._cycle(pipeline._source_kwargs(**load_options), progress)
                 except Exception as exc:  # recorded and notified by the cycle itself
                     failures += 1
                     stats.failures += 1

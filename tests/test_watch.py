@@ -224,8 +224,9 @@ def test_incremental_cycles_and_their_publication_equal_a_full_rebuild(
             platform.close()
         store.replicate(simulator.dir)
 
+    # with dlt's progress display, as `salesflow watch --progress log` runs
     stats = watch(interval=0, max_cycles=4, on_cycle=between, base_url=simulator.url,
-                  token=TOKEN)
+                  token=TOKEN, progress="log")
     assert stats.failures == 0 and stats.published == 4
     rebuilt = tmp_path / "rebuilt.duckdb"
     rebuilt.write_bytes(warehouse.read_bytes())
