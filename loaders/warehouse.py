@@ -81,7 +81,7 @@ def destination(read_only: bool = False) -> Any:
 
     kind = target_type()
     if kind != "duckdb":
-        return Destination.from_reference(kind)
+        return _remember_capabilities(Destination.from_reference(kind))
     path = duckdb_path()
     path.parent.mkdir(parents=True, exist_ok=True)
     credentials: dict[str, Any] = {"database": str(path), "read_only": read_only}
@@ -93,7 +93,37 @@ def destination(read_only: bool = False) -> Any:
             # large inserts parallel and lighter on memory
             "preserve_insertion_order": False,
         }
-    return dlt.destinations.duckdb(credentials)
+    return _remember_capabilities(dlt.destinations.duckdb(credentials))
+
+
+_CAPABILITIES: dict[tuple[Any, ...], Any] = {}
+
+
+def _remember_capabilities(dest: Any) -> Any:
+    """Resolve a destination's capabilities once per process and setting, not per ask.
+
+    dlt works them out afresh, walking every configuration provider, each time a step
+    of a run asks (some twenty times, about 0.3 s of a short run). They depend only on
+    the destination, its settings and the naming convention, so a continuous run keeps
+    them; a capability object handed out is a copy. Asked with a resolved configuration
+    (when dlt builds its client), dlt answers as usual."""
+    plain = dest.capabilities
+    settings = (
+        dest.destination_type,
+        repr(dest.config_params),
+        tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith("DESTINATION__"))),
+    )
+
+    def capabilities(config: Any = None, naming: Any = None) -> Any:
+        if config is not None:
+            return plain(config, naming)
+        key = (*settings, type(naming), getattr(naming, "max_length", None))
+        if key not in _CAPABILITIES:
+            _CAPABILITIES[key] = plain(None, naming)
+        return _CAPABILITIES[key].copy()
+
+    dest.capabilities = capabilities
+    return dest
 
 
 def loader_file_format() -> str | None:
