@@ -199,7 +199,7 @@ def _marts(con: duckdb.DuckDBPyConnection, db: str) -> dict[str, list[str]]:
 
 
 def test_incremental_cycles_and_their_publication_equal_a_full_rebuild(
-    simulator, warehouse, published, tmp_path
+    simulator, warehouse, published, tmp_path, monkeypatch
 ):
     """Cycles with new orders, updates, product price changes and deletions, built
     incrementally by load id and published key by key, end where a rebuild from
@@ -224,10 +224,16 @@ def test_incremental_cycles_and_their_publication_equal_a_full_rebuild(
             platform.close()
         store.replicate(simulator.dir)
 
+    target = tmp_path / "target"
+    monkeypatch.setenv("DBT_TARGET_PATH", str(target))
     # with dlt's progress display, as `salesflow watch --progress log` runs
     stats = watch(interval=0, max_cycles=4, on_cycle=between, base_url=simulator.url,
                   token=TOKEN, progress="log")
     assert stats.failures == 0 and stats.published == 4
+    # a cycle's run writes no manifest, but its results are where dbt users look
+    ran = json.loads((target / "run_results.json").read_text())
+    assert ran["args"]["which"] == "run"
+    assert "model.salesflow.fct_orders" in {r["unique_id"] for r in ran["results"]}
     rebuilt = tmp_path / "rebuilt.duckdb"
     rebuilt.write_bytes(warehouse.read_bytes())
     os.environ["SALESFLOW_DUCKDB_PATH"] = str(rebuilt)  # restored by the fixture
