@@ -37,7 +37,6 @@ from loaders.replica.helpers import (
     ReplicaAuthError,
     ReplicaError,
     ReplicaUnavailable,
-    SeenKeys,
     api_schema,
     check_page_type,
     parse_page,
@@ -57,24 +56,6 @@ __all__ = [
     "ReplicaAuthError",
     "ReplicaUnavailable",
 ]
-
-
-# dlt's table hint behind the merge option ``deduplicated``: set to False on the items
-# of a load in which a key came twice, so that load's merge deduplicates by cursor (the
-# option itself can only be switched on: a False value is not passed on as a hint)
-def _deduplicate() -> Any:
-    return dlt.mark.make_hints(additional_table_hints={"x-stage-data-deduplicated": False})
-
-
-class _DeduplicatedNotice(logging.Filter):
-    """dlt warns on every load that the cursor's ``dedup_sort`` hint goes unused while
-    staged data is declared deduplicated: that is the intended normal case here."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "declared as already deduplicated" not in record.getMessage()
-
-
-logging.getLogger("dlt").addFilter(_DeduplicatedNotice())
 
 
 def _iso(value: datetime | str) -> str:
@@ -126,8 +107,6 @@ def _entity_resource(
                            lookback_seconds, drop=not spec.reshaped)
             if lookback_seconds else None
         )
-        # a key repeated within this load switches the load back to deduplicating
-        seen, repeated = SeenKeys(), False
         paginator = HeaderCursorPaginator(
             cursor_key=settings.NEXT_CURSOR_HEADER, cursor_param=settings.PARAM_CURSOR
         )
@@ -150,20 +129,13 @@ def _entity_resource(
                             },
                             primary_key=[QUARANTINE_KEY],
                             merge_key=[],
-                            # not the entity's: repeats of a bad record are deduplicated
-                            additional_table_hints={"x-stage-data-deduplicated": False},
                         ),
                         create_table_variant=True,
                     )
                 if parsed.table is not None:
                     table = window.drop_seen(parsed.table) if window else parsed.table
-                    if not table.num_rows:
-                        continue
-                    if not repeated and seen.repeats(table[spec.primary_key]):
-                        repeated = True
-                        log.info("%s: a key read twice in this load: deduplicating by %s",
-                                 spec.name, spec.cursor)
-                    yield dlt.mark.with_hints(table, _deduplicate()) if repeated else table
+                    if table.num_rows:
+                        yield table
             if window:
                 window.save()
         except HTTPError as exc:
@@ -176,7 +148,7 @@ def _entity_resource(
             ) from None
 
     columns: dict[str, Any] = {
-        # used when a load has to deduplicate: the newest version of a row wins
+        # a key read twice in one load (changed while listed): the newest version wins
         spec.cursor: {"dedup_sort": "desc"},
         # the load that wrote each row (see [normalize.parquet_normalizer] in
         # .dlt/config.toml); nullable, so a warehouse loaded before can add the column
@@ -192,10 +164,7 @@ def _entity_resource(
         pages,
         name=spec.name,
         primary_key=spec.primary_key,
-        # staged rows are unique by key unless a load says otherwise (see SeenKeys)
-        write_disposition={
-            "disposition": "merge", "strategy": "delete-insert", "deduplicated": True,
-        },
+        write_disposition={"disposition": "merge", "strategy": "delete-insert"},
         columns=columns,
         parallelized=True,
     )

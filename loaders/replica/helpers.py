@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pj
@@ -667,51 +666,3 @@ class LookbackWindow:
             "until": self.newest, "rows": ",".join(window["key"].to_pylist()),
         }
 
-
-class SeenKeys:
-    """The primary keys one extraction has yielded so far, to tell whether a page
-    repeats one.
-
-    A key comes twice in one load when a row changes while the listing is being read
-    (its new version sorts later), or when the API serves it twice. A load without
-    repeats needs no deduplication in the warehouse, which is the costliest part of
-    dlt's merge (``ROW_NUMBER`` over all staged rows); the resource declares its staged
-    data deduplicated and falls back to deduplicating by cursor for the load in which a
-    repeat shows up. Non-negative integer keys below :attr:`BITMAP_LIMIT` (the usual
-    database ids) cost one bit each in a bitmap that grows with the largest key; other
-    keys go to a set."""
-
-    BITMAP_LIMIT = 1 << 30  # a bitmap of at most 128 MiB
-
-    def __init__(self) -> None:
-        self._bits = np.zeros(0, dtype=np.uint8)
-        self._others: set[Any] = set()
-
-    def repeats(self, keys: pa.Array | pa.ChunkedArray) -> bool:
-        """Record ``keys`` (unique among themselves); True if any was recorded before."""
-        if not pa.types.is_integer(keys.type) or keys.null_count:
-            return self._in_set(keys.to_pylist())
-        ids = keys.to_numpy().astype(np.int64, copy=False)
-        small = (ids >= 0) & (ids < self.BITMAP_LIMIT)
-        if small.all():
-            return self._in_bitmap(ids)
-        repeated = self._in_bitmap(ids[small])
-        return self._in_set(ids[~small].tolist()) or repeated
-
-    def _in_bitmap(self, ids: np.ndarray) -> bool:
-        if not len(ids):
-            return False
-        byte, bit = ids >> 3, np.left_shift(1, ids & 7).astype(np.uint8)
-        needed = int(byte.max()) + 1
-        if needed > len(self._bits):
-            grown = np.zeros(max(needed, 2 * len(self._bits)), dtype=np.uint8)
-            grown[: len(self._bits)] = self._bits
-            self._bits = grown
-        repeated = bool(np.any(self._bits[byte] & bit))
-        np.bitwise_or.at(self._bits, byte, bit)
-        return repeated
-
-    def _in_set(self, keys: list[Any]) -> bool:
-        repeated = not self._others.isdisjoint(keys)
-        self._others.update(keys)
-        return repeated
