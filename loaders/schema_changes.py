@@ -34,6 +34,8 @@ from typing import Any
 from loaders.replica import settings
 
 CHANGELOG = "schema_changelog"
+# the column in which dlt stamps each raw row with the load that wrote it
+LOAD_ID = "_dlt_load_id"
 KNOWN_VALUES = "schema_known_values"
 
 # kinds of change, and whether each is additive by nature
@@ -226,9 +228,17 @@ def remember_values(sql: Any, dataset: str, rows: Sequence[tuple[str, str, str]]
 
 
 def distinct_values(
-    sql: Any, dataset: str, columns: dict[str, Sequence[str]], existing: dict[str, Any]
+    sql: Any,
+    dataset: str,
+    columns: dict[str, Sequence[str]],
+    existing: dict[str, Any],
+    known: dict[tuple[str, str], set[str]] | None = None,
+    since: str | None = None,
 ) -> dict[tuple[str, str], set[str]]:
-    """Distinct non-null values of each categorical column present in raw."""
+    """Distinct non-null values of each categorical column present in raw. A column
+    with a baseline in ``known`` is read only in the rows written by loads after
+    ``since`` (a load id; a new value comes with a new or changed row), which keeps a
+    cycle from scanning whole tables; a column without one is read whole."""
     out = {}
     for entity, names in columns.items():
         have = existing.get(entity) or {}
@@ -236,9 +246,13 @@ def distinct_values(
             if name not in have:
                 continue
             column = sql.escape_column_name(name)
+            where, args = f"{column} IS NOT NULL", []
+            if since and (known or {}).get((entity, name)) and LOAD_ID in have:
+                where += f" AND {sql.escape_column_name(LOAD_ID)} > %s"
+                args = [since]
             rows = sql.execute_sql(
                 f"SELECT DISTINCT CAST({column} AS VARCHAR)"
-                f" FROM {dataset}.{sql.escape_column_name(entity)} WHERE {column} IS NOT NULL"
+                f" FROM {dataset}.{sql.escape_column_name(entity)} WHERE {where}", *args
             )
             out[(entity, name)] = {r[0] for r in rows or []}
     return out

@@ -196,6 +196,22 @@ def follow_announcements(
     return raised
 
 
+def _last_recorded_load(sql: Any, dataset: str) -> str | None:
+    """The newest load of a cycle in the health history (see :mod:`loaders.health`):
+    the loads after it are this run's, plus any whose run was cut short before its
+    values were looked at. None without a history."""
+    from loaders.health import CYCLES
+
+    exists = sql.execute_sql(
+        "SELECT count(*) FROM information_schema.tables"
+        " WHERE table_schema = %s AND table_name = %s", sql.dataset_name, CYCLES,
+    )
+    if not exists or not exists[0][0]:
+        return None
+    rows = sql.execute_sql(f"SELECT max(load_id) FROM {dataset}.{CYCLES}")
+    return rows[0][0] if rows else None
+
+
 def after_load(
     pipeline: Any,
     load_info: Any,
@@ -223,8 +239,12 @@ def after_load(
             sql.create_dataset()
         qualified = sql.fully_qualified_dataset_name()
         sc.ensure_tables(sql, qualified)
-        distinct = sc.distinct_values(sql, qualified, settings.CATEGORICAL, known_types(pipeline))
-        business, remember = sc.business_changes(distinct, sc.known_values(sql, qualified))
+        known = sc.known_values(sql, qualified)
+        distinct = sc.distinct_values(
+            sql, qualified, settings.CATEGORICAL, known_types(pipeline), known,
+            _last_recorded_load(sql, qualified),
+        )
+        business, remember = sc.business_changes(distinct, known)
         sc.remember_values(sql, qualified, remember)
         for c in (*changes, *business):
             c.load_id, c.schema_version = load_id, version
