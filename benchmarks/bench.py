@@ -368,16 +368,28 @@ def table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--scale", choices=sorted(SCALES), default="default")
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results.json")
-    args = parser.parse_args(argv)
-    os.chdir(ROOT)
-    results = run(args.scale, args.out)
-    print(table(results))
-    print(f"\nwritten to {args.out}")
-    return 0
+def command_line(
+    doc: str, scales: dict[str, Any], default_out: Path, run_scale: Any, table_of: Any,
+    passed: Any = lambda results: True,
+) -> Any:
+    """The ``main`` of a harness module: ``--scale`` (one of ``scales``) and ``--out``,
+    run from the repository's root, print the table; exit 1 when ``passed`` says the
+    results fail."""
+    def main(argv: list[str] | None = None) -> int:
+        parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+        parser.add_argument("--scale", choices=sorted(scales), default="default")
+        parser.add_argument("--out", type=Path, default=default_out)
+        args = parser.parse_args(argv)
+        os.chdir(ROOT)
+        results = run_scale(args.scale, args.out)
+        print(table_of(results))
+        print(f"\nwritten to {args.out}")
+        return 0 if passed(results) else 1
+
+    return main
+
+
+main = command_line(__doc__, SCALES, ROOT / "benchmarks" / "results.json", run, table)
 
 
 if __name__ == "__main__":

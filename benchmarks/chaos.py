@@ -40,7 +40,6 @@ Everything runs against ``salesflow sim serve`` on 127.0.0.1, in real processes:
 
 from __future__ import annotations
 
-import argparse
 import ast
 import json
 import os
@@ -61,7 +60,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import oracle
-from benchmarks.bench import ROOT, Server, _env, machine
+from benchmarks.bench import ROOT, Server, _env, command_line, machine
 from loaders.tracking import ANNOUNCED_KIND
 from simulator import faults as sim_faults
 from simulator import store
@@ -612,16 +611,10 @@ def table(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--scale", choices=sorted(SCALES), default="default")
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "reliability.json")
-    args = parser.parse_args(argv)
-    os.chdir(ROOT)
-    results = run(args.scale, args.out)
-    print(table(results))
-    print(f"\nwritten to {args.out}")
-    return 0 if results["passed"] else 1
+main = command_line(
+    __doc__, SCALES, ROOT / "benchmarks" / "reliability.json", run, table,
+    passed=lambda results: results["passed"],
+)
 
 
 if __name__ == "__main__":
