@@ -4,7 +4,7 @@ DuckDB admits one writing process per file and locks readers of other processes 
 while it writes, so analysts never query the working warehouse. After every successful
 build the marts are copied into ``data/published/analytics.duckdb``
 (``SALESFLOW_PUBLISHED_PATH``), schema ``marts``:
-the new version is written beside it under a temporary name, checkpointed, and renamed
+the new version is written beside it under another name, checkpointed, and renamed
 over the old one in one step (``os.replace``). Hence:
 
 * a reader is never blocked by the pipeline: it opens a different file;
@@ -13,14 +13,18 @@ over the old one in one step (``os.replace``). Hence:
   it is closed); reconnect to see the latest. ``marts._published`` says which version a
   connection sees (when, and the cycle behind it).
 
-Only the marts a cycle rebuilt are refreshed; the others are carried over from the
-previous version with a file copy. A rebuilt mart whose every change carries a newer dlt
-load id (``last_load_id``; the marts named in ``by_load_id`` with their key: a row's,
-or a period's for the sales aggregates) is refreshed key by key: the keys with a row
-loaded since the newest load id already published take the warehouse's rows, and keys
-no longer in the warehouse are deleted — the rows the incremental build wrote, so a
-cycle publishes in proportion to what it changed, not to the size of the mart. Other
-marts are copied whole. Views (``pipeline_health``) are
+A new version starts from an earlier one rather than from nothing. The version before
+the current one is kept beside it (``analytics.duckdb.spare``): when no one has that
+file open (DuckDB locks a file for its readers too), it is brought up to date in place
+and renamed over the current one, which becomes the spare in turn — no copy of the file
+each cycle. When a reader still holds it, the current version is copied instead and
+only the marts the cycle rebuilt are refreshed, the others carried over. A rebuilt mart
+whose every change carries a newer dlt load id (``last_load_id``; the marts named in
+``by_load_id`` with their key: a row's, or a period's for the sales aggregates) is
+refreshed key by key: the keys with a row loaded since the newest load id that version
+holds take the warehouse's rows, and keys no longer in the warehouse are deleted — so a
+cycle publishes in proportion to what changed, not to the size of the mart. Other marts
+are copied whole. Views (``pipeline_health``) are
 published as tables frozen at publication time.
 """
 
@@ -54,6 +58,7 @@ class Published:
     carried: list[str]  # carried over unchanged
     updated: dict[str, int]  # refreshed row by row: rows written
     seconds: float
+    in_place: bool = False  # brought the spare version up to date instead of a copy
 
 
 def _quote(name: str) -> str:
@@ -73,13 +78,18 @@ def publish(
     started = time.perf_counter()
     target = target or published_path()
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(target.name + ".next")
-    for stale in (tmp, tmp.with_name(tmp.name + ".wal")):
+    tmp, spare, prev = (target.with_name(f"{target.name}.{s}") for s in ("next", "spare", "prev"))
+    for stale in (tmp, tmp.with_name(tmp.name + ".wal"), prev):
         stale.unlink(missing_ok=True)
     changed_set = None if changed is None else set(changed)
-    if changed_set is not None and target.exists():
-        shutil.copyfile(target, tmp)  # start from the previous version
-    con = duckdb.connect(str(tmp))
+    # from the previous version: the spare one before it when no one reads that (updated
+    # in place, two publications behind, so every mart is brought up to date), else a copy
+    con = _claim(spare) if changed_set is not None and target.exists() else None
+    behind, path = con is not None, spare if con is not None else tmp
+    if con is None:
+        if changed_set is not None and target.exists():
+            shutil.copyfile(target, tmp)
+        con = duckdb.connect(str(tmp))
     try:
         con.execute(f"ATTACH {_literal(str(warehouse))} AS wh (READ_ONLY)")
         db = _quote(con.execute("select current_database()").fetchone()[0])
@@ -104,7 +114,7 @@ def publish(
         refresh = sorted(
             t for t in source
             # pipeline_health is a view of "now": refreshed with every publication
-            if changed_set is None or t in changed_set or t not in present
+            if changed_set is None or behind or t in changed_set or t not in present
             or t == "pipeline_health"
         )
         by_rows = {
@@ -133,9 +143,34 @@ def publish(
         con.execute("CHECKPOINT")
     finally:
         con.close()
-    os.replace(tmp, target)
+    # the version being replaced becomes the spare: readers may still have it open
+    if target.exists():
+        os.link(target, prev)
+    os.replace(path, target)
+    if prev.exists():
+        os.replace(prev, spare)
     carried = sorted(set(source) - set(refresh))
-    return Published(target, copy, carried, updated, time.perf_counter() - started)
+    return Published(target, copy, carried, updated, time.perf_counter() - started, behind)
+
+
+def _claim(path: Path) -> duckdb.DuckDBPyConnection | None:
+    """A writable connection to ``path`` when no one has that file open: DuckDB locks a
+    file for its readers too (an analyst may still be reading that version), and a
+    connection of this process is looked for among its open files. None otherwise."""
+    fds = Path("/proc/self/fd")
+    if not path.exists() or not fds.is_dir():
+        return None
+    inode = path.stat().st_ino
+    for fd in fds.iterdir():
+        try:
+            if fd.stat().st_ino == inode:
+                return None
+        except OSError:
+            continue
+    try:
+        return duckdb.connect(str(path))
+    except duckdb.Error:  # locked by a reader in another process
+        return None
 
 
 def _refreshable(con: duckdb.DuckDBPyConnection, db: str, table: str, key: str) -> bool:

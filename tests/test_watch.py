@@ -234,6 +234,15 @@ def test_incremental_cycles_and_their_publication_equal_a_full_rebuild(
     ran = json.loads((target / "run_results.json").read_text())
     assert ran["args"]["which"] == "run"
     assert "model.salesflow.fct_orders" in {r["unique_id"] for r in ran["results"]}
+    # the version before the current one is updated in place unless a reader holds it
+    spare = published.with_name(published.name + ".spare")
+    by_key = {"fct_orders": "order_id", "fct_order_items": "order_item_id"}
+    held = reader(spare, True, 60)
+    assert json.loads(held.stdout.readline())["row"]  # it has the file open
+    assert not publish.publish(warehouse, published, changed=[], by_load_id=by_key).in_place
+    held.terminate()
+    held.wait(timeout=30)
+    assert publish.publish(warehouse, published, changed=[], by_load_id=by_key).in_place
     rebuilt = tmp_path / "rebuilt.duckdb"
     rebuilt.write_bytes(warehouse.read_bytes())
     os.environ["SALESFLOW_DUCKDB_PATH"] = str(rebuilt)  # restored by the fixture
