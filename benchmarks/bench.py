@@ -9,7 +9,9 @@ absolute times drift on shared machines. Method, figure by figure:
 * ``load.rows_per_s``: a backfill of the scale's orders (other entities at their natural
   ratios) into an empty warehouse — ``salesflow load`` in its own process against
   ``salesflow sim serve --rate 0``; timed from process start to exit (start-up included),
-  rows = rows in the raw tables afterwards. ``memory.peak_rss_mb``: that process's peak
+  rows = rows in the raw tables afterwards; the generated history is flushed to disk
+  first (``sync``), so its write-back does not land in the timing.
+  ``memory.peak_rss_mb``: that process's peak
   resident memory (its ``VmHWM``, followed while it runs).
 * ``load.duckdb_read_json_rows_per_s``: the same rows, dumped from the replica as NDJSON
   by the API's own rendering (dump not timed), read by DuckDB's ``read_json`` into tables
@@ -302,6 +304,7 @@ def run(scale: str, out: Path) -> dict[str, Any]:
     t = time.perf_counter()
     generate(sim_dir, orders=cfg["orders"], seed=42, days=cfg["days"])
     generated_s = round(time.perf_counter() - t, 1)
+    os.sync()  # the history's gigabytes reach the disk now, not during the backfill
     results: dict[str, Any] = {"scale": scale, "orders": cfg["orders"],
                                "generate_s": generated_s}
     server = Server(sim_dir, "--rate", "0")
