@@ -194,20 +194,26 @@ def _cycle(kwargs: dict[str, Any], progress: str | None = None) -> LoadResult:
     """A load recorded as a cycle: classified, kept in the health history, incidents
     opened or closed and notified (see :mod:`loaders.health`)."""
     started = health.utcnow()
+    pipeline = None
     try:
-        result = _load(kwargs, progress)
+        pipeline = make_pipeline(progress)
+        result = _load(kwargs, pipeline)
     except Exception as exc:
         try:
-            _record_cycle(started, kwargs, None, exc)
+            _record_cycle(started, kwargs, None, exc, pipeline)
         except Exception:  # never hide the cycle's own error behind the record's
             log.exception("could not record the failed cycle")
         raise
-    result.outcome = _record_cycle(started, kwargs, result, None)
+    result.outcome = _record_cycle(started, kwargs, result, None, pipeline)
     return result
 
 
 def _record_cycle(
-    started: Any, kwargs: dict[str, Any], result: LoadResult | None, exc: BaseException | None
+    started: Any,
+    kwargs: dict[str, Any],
+    result: LoadResult | None,
+    exc: BaseException | None,
+    pipeline: dlt.Pipeline | None = None,
 ) -> str:
     rows = result.new_rows if result else {}
     outcome, message = health.classify(exc, result.total_new if result else 0)
@@ -230,7 +236,7 @@ def _record_cycle(
         tracker = health.Health(pipelines_dir(), None)
     recorded = False
     try:
-        with make_pipeline().sql_client() as sql:
+        with (pipeline or make_pipeline()).sql_client() as sql:
             tracker.record(cycle, sql, extra)
             recorded = True
     except Exception as warehouse_problem:  # the warehouse is unusable: keep the state file
@@ -293,9 +299,8 @@ def finish_normalize_commits(pipeline: dlt.Pipeline) -> list[str]:
     return finished
 
 
-def _load(kwargs: dict[str, Any], progress: str | None = None) -> LoadResult:
+def _load(kwargs: dict[str, Any], pipeline: dlt.Pipeline) -> LoadResult:
     started = time.perf_counter()
-    pipeline = make_pipeline(progress)
     try:
         finish_normalize_commits(pipeline)
         if pipeline.has_pending_data:
