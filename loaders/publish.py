@@ -145,7 +145,10 @@ def publish(
         con.close()
     # the version being replaced becomes the spare: readers may still have it open
     if target.exists():
-        os.link(target, prev)
+        try:
+            os.link(target, prev)
+        except OSError:  # a file system without hard links: no spare, the next one copies
+            log.info("no spare publication kept: %s cannot be linked", target)
     os.replace(path, target)
     if prev.exists():
         os.replace(prev, spare)
