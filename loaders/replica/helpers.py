@@ -9,6 +9,7 @@ its own, and only the bad ones are set aside in the quarantine table with the re
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -364,6 +365,27 @@ def _rows_as_json(table: pa.Table, mask: pa.Array) -> list[str]:
     return [json.dumps(r, default=str) for r in table.filter(mask).to_pylist()]
 
 
+def _any_of(masks: Iterable[pa.Array]) -> pa.Array:
+    return functools.reduce(pc.or_, masks)
+
+
+def _carries(table: pa.Table, names: Iterable[str]) -> pa.Array:
+    """Rows with a value in any of the columns ``names``."""
+    return _any_of(pc.is_valid(table[n]) for n in names)
+
+
+def _set_aside(
+    spec: EntitySpec, table: pa.Table, mask: pa.Array, reason: str,
+    quarantined: list[dict[str, Any]],
+) -> pa.Table:
+    """``table`` without the rows of ``mask``, which go to ``quarantined`` with
+    ``reason``."""
+    if not pc.any(mask).as_py():
+        return table
+    quarantined.extend(_quarantine_row(spec, reason, rec) for rec in _rows_as_json(table, mask))
+    return table.filter(pc.invert(mask))
+
+
 def parse_page(spec: EntitySpec, body: bytes, since: datetime | None = None) -> ParsedPage:
     """Parse one NDJSON page into a valid Arrow table plus quarantined records
     (``since``: the start the page was requested from; rows before it are
@@ -388,47 +410,30 @@ def parse_page(spec: EntitySpec, body: bytes, since: datetime | None = None) -> 
                 f"{spec.name}: the API's records have no {name!r} field; check the endpoint"
                 " declaration (primary_key / cursor)"
             )
-    bad = pc.or_(pc.is_null(table[pk]), pc.is_null(table[cursor]))
-    live = (
-        pc.is_null(table[spec.deleted_marker])
-        if spec.deleted_marker and spec.deleted_marker in table.column_names
-        else None
-    )
+    bad = _any_of(pc.is_null(table[n]) for n in (pk, cursor))
     missing_required = [n for n in spec.required if n in table.column_names]
     if missing_required:
-        any_null = pc.is_null(table[missing_required[0]])
-        for n in missing_required[1:]:
-            any_null = pc.or_(any_null, pc.is_null(table[n]))
-        if live is not None:
-            any_null = pc.and_(any_null, live)
+        any_null = _any_of(pc.is_null(table[n]) for n in missing_required)
+        if spec.deleted_marker and spec.deleted_marker in table.column_names:
+            any_null = pc.and_(any_null, pc.is_null(table[spec.deleted_marker]))  # live
         bad = pc.or_(bad, any_null)
-    if pc.any(bad).as_py():
-        for rec in _rows_as_json(table, bad):
-            quarantined.append(_quarantine_row(spec, "null in a required field", rec))
-        table = table.filter(pc.invert(bad))
+    table = _set_aside(spec, table, bad, "null in a required field", quarantined)
 
     # rows behind the requested start: the API broke its order; merging them could put
     # an older version over a newer one, and dlt's incremental would drop them unseen
     if since is not None and table.num_rows and pa.types.is_timestamp(table[cursor].type):
         behind = pc.less(table[cursor], pa.scalar(since, table[cursor].type))
-        if pc.any(behind).as_py():
-            reason = (
-                f"{cursor} before the requested {PARAM_SINCE} ({since.isoformat()}): the"
-                " API served a row out of order"
-            )
-            for rec in _rows_as_json(table, behind):
-                quarantined.append(_quarantine_row(spec, reason, rec))
-            table = table.filter(pc.invert(behind))
+        reason = (
+            f"{cursor} before the requested {PARAM_SINCE} ({since.isoformat()}): the"
+            " API served a row out of order"
+        )
+        table = _set_aside(spec, table, behind, reason, quarantined)
 
     # the same key twice in one page: the newest version loads (the first of equals),
     # the others are quarantined
     if table.num_rows and pc.count_distinct(table[pk]).as_py() < table.num_rows:
-        keep_arr = pa.array(_newest_per_key(table[pk], table[cursor]))
-        for rec in _rows_as_json(table, pc.invert(keep_arr)):
-            quarantined.append(
-                _quarantine_row(spec, f"duplicate {pk} in the same page", rec)
-            )
-        table = table.filter(keep_arr)
+        older = pc.invert(pa.array(_newest_per_key(table[pk], table[cursor])))
+        table = _set_aside(spec, table, older, f"duplicate {pk} in the same page", quarantined)
     table = _drop_colliding_names(spec, table, quarantined)
     if not table.num_rows:
         return ParsedPage(None, quarantined)
@@ -472,17 +477,11 @@ def _drop_colliding_names(
             continue
         stays = next((n for n in names if n in declared), names[0])
         others = [n for n in names if n != stays]
-        carries = pc.is_valid(table[others[0]])
-        for n in others[1:]:
-            carries = pc.or_(carries, pc.is_valid(table[n]))
-        if pc.any(carries).as_py():
-            reason = (
-                f"field names collide once normalized: {', '.join(map(repr, names))} all"
-                f" become column {column!r}; only {stays!r} is loaded"
-            )
-            for rec in _rows_as_json(table, carries):
-                quarantined.append(_quarantine_row(spec, reason, rec))
-            table = table.filter(pc.invert(carries))
+        reason = (
+            f"field names collide once normalized: {', '.join(map(repr, names))} all"
+            f" become column {column!r}; only {stays!r} is loaded"
+        )
+        table = _set_aside(spec, table, _carries(table, others), reason, quarantined)
         extra += others
     return table.drop_columns(extra) if extra else table
 
@@ -495,22 +494,15 @@ def _hold_back_frozen(
     names = [n for n in spec.frozen if n in table.column_names]
     if not names:
         return table
-    carries = pc.is_valid(table[names[0]])
-    for n in names[1:]:
-        carries = pc.or_(carries, pc.is_valid(table[n]))
-    if pc.any(carries).as_py():
-        reason = "; ".join(
-            f"type of {n} changed from {spec.frozen[n][0]} to {spec.frozen[n][1]} upstream"
-            for n in names
-        )
-        for rec in _rows_as_json(table, carries):
-            quarantined.append(
-                _quarantine_row(
-                    spec, f"{reason}: data types are frozen on {spec.name} (schema"
-                    " contract); load once the change is accepted", rec
-                )
-            )
-        table = table.filter(pc.invert(carries))
+    changes = "; ".join(
+        f"type of {n} changed from {spec.frozen[n][0]} to {spec.frozen[n][1]} upstream"
+        for n in names
+    )
+    reason = (
+        f"{changes}: data types are frozen on {spec.name} (schema contract); load once"
+        " the change is accepted"
+    )
+    table = _set_aside(spec, table, _carries(table, names), reason, quarantined)
     table = table.drop_columns(names)
     return table if table.num_rows else None
 
