@@ -151,15 +151,11 @@ def _scratch_sources(scratch: Path, manifest: Any) -> None:
         for source in manifest.sources.values():
             if source.source_name != settings.SOURCE_NAME or not source.columns:
                 continue
-            schema, table = _ident(source.schema), _ident(source.identifier)
+            quote = warehouse.quote_identifier
+            schema, table = quote(source.schema), quote(source.identifier)
             con.execute(f"create schema if not exists {schema}")
-            columns = ", ".join(f"{_ident(name)} varchar" for name in source.columns)
+            columns = ", ".join(f"{quote(name)} varchar" for name in source.columns)
             con.execute(f"create table {schema}.{table} ({columns})")
-
-
-def _ident(name: str) -> str:
-    """A DuckDB identifier, quoted (a declared column may carry any character)."""
-    return '"' + name.replace('"', '""') + '"'
 
 
 # ----------------------------------------------------------------------- lineage

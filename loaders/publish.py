@@ -41,6 +41,8 @@ from pathlib import Path
 
 import duckdb
 
+from loaders.warehouse import quote_identifier, quote_literal
+
 log = logging.getLogger(__name__)
 
 SCHEMA = "marts"
@@ -59,10 +61,6 @@ class Published:
     updated: dict[str, int]  # refreshed row by row: rows written
     seconds: float
     in_place: bool = False  # brought the spare version up to date instead of a copy
-
-
-def _quote(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
 
 
 def publish(
@@ -91,8 +89,8 @@ def publish(
             shutil.copyfile(target, tmp)
         con = duckdb.connect(str(tmp))
     try:
-        con.execute(f"ATTACH {_literal(str(warehouse))} AS wh (READ_ONLY)")
-        db = _quote(con.execute("select current_database()").fetchone()[0])
+        con.execute(f"ATTACH {quote_literal(str(warehouse))} AS wh (READ_ONLY)")
+        db = quote_identifier(con.execute("select current_database()").fetchone()[0])
         con.execute(f"CREATE SCHEMA IF NOT EXISTS {db}.{SCHEMA}")
         source = {
             r[0]
@@ -126,12 +124,12 @@ def publish(
         con.execute("BEGIN")
         for t in copy:
             con.execute(
-                f"CREATE OR REPLACE TABLE {db}.{SCHEMA}.{_quote(t)} AS"
-                f" SELECT * FROM wh.{SCHEMA}.{_quote(t)}"
+                f"CREATE OR REPLACE TABLE {db}.{SCHEMA}.{quote_identifier(t)} AS"
+                f" SELECT * FROM wh.{SCHEMA}.{quote_identifier(t)}"
             )
         updated = {t: _refresh_rows(con, db, t, key) for t, key in by_rows.items()}
         for t in present - source - {"_published"}:  # a mart that no longer exists
-            con.execute(f"DROP TABLE {db}.{SCHEMA}.{_quote(t)}")
+            con.execute(f"DROP TABLE {db}.{SCHEMA}.{quote_identifier(t)}")
         con.execute(
             f"CREATE OR REPLACE TABLE {db}.{SCHEMA}._published AS SELECT"
             " ?::TIMESTAMPTZ AS published_at, ?::VARCHAR AS cycle_id,"
@@ -183,7 +181,7 @@ def _refreshable(con: duckdb.DuckDBPyConnection, db: str, table: str, key: str) 
     def shape(relation: str) -> list[tuple]:
         return [tuple(r[:2]) for r in con.execute(f"DESCRIBE {relation}").fetchall()]
 
-    quoted = _quote(table)
+    quoted = quote_identifier(table)
     mine = shape(f"{db}.{SCHEMA}.{quoted}")
     names = {name for name, _ in mine}
     return key in names and LOAD_ID in names and mine == shape(f"wh.{SCHEMA}.{quoted}")
@@ -194,8 +192,9 @@ def _refresh_rows(con: duckdb.DuckDBPyConnection, db: str, table: str, key: str)
     a row loaded since the newest load id published (a row's key, or a period's) is
     replaced by the warehouse's rows of that key; keys gone from the warehouse are
     deleted — looked for only when the row counts say some are. Returns rows written."""
-    mine, theirs = f"{db}.{SCHEMA}.{_quote(table)}", f"wh.{SCHEMA}.{_quote(table)}"
-    k, lid = _quote(key), _quote(LOAD_ID)
+    quoted = quote_identifier(table)
+    mine, theirs = f"{db}.{SCHEMA}.{quoted}", f"wh.{SCHEMA}.{quoted}"
+    k, lid = quote_identifier(key), quote_identifier(LOAD_ID)
     since = con.execute(f"SELECT coalesce(max({lid}), '') FROM {mine}").fetchone()[0]
     con.execute(
         f"CREATE OR REPLACE TEMP TABLE _changed AS SELECT DISTINCT {k} FROM {theirs}"
@@ -215,7 +214,3 @@ def _refresh_rows(con: duckdb.DuckDBPyConnection, db: str, table: str, key: str)
         con.execute(f"DELETE FROM {mine} WHERE {k} NOT IN (SELECT {k} FROM {theirs})")
     con.execute("DROP TABLE _changed")
     return written
-
-
-def _literal(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"

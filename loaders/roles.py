@@ -25,6 +25,8 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+from loaders.warehouse import quote_identifier, quote_literal
+
 log = logging.getLogger(__name__)
 
 LOADER_ROLE = "salesflow_loader"
@@ -41,18 +43,14 @@ def analyst_role() -> str:
 def _ident(name: str) -> str:
     if not name or "\x00" in name:
         raise ValueError(f"not a valid role, schema or database name: {name!r}")
-    return '"' + name.replace('"', '""') + '"'
-
-
-def _literal(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
+    return quote_identifier(name)
 
 
 def _create_role(name: str, login: bool) -> str:
     kind = "LOGIN" if login else "NOLOGIN"
     return (
         "DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname ="
-        f" {_literal(name)}) THEN CREATE ROLE {_ident(name)} {kind}; END IF; END $$"
+        f" {quote_literal(name)}) THEN CREATE ROLE {_ident(name)} {kind}; END IF; END $$"
     )
 
 

@@ -126,6 +126,17 @@ def _remember_capabilities(dest: Any) -> Any:
     return dest
 
 
+def quote_identifier(name: str) -> str:
+    """A name as an SQL identifier, quoted (DuckDB and PostgreSQL alike): any character,
+    quotes included, stays part of the name."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def quote_literal(text: str) -> str:
+    """A text as an SQL string literal."""
+    return "'" + text.replace("'", "''") + "'"
+
+
 def loader_file_format() -> str | None:
     """How the Arrow pages reach the warehouse: parquet into DuckDB, CSV and ``COPY``
     into Postgres (its parquet path needs an ADBC driver), the destination's preferred
