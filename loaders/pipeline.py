@@ -465,7 +465,7 @@ def dbt_docs() -> Path:
         ok = _dbt("docs", "generate", "--static")
     if not ok:
         raise RuntimeError("dbt docs generate failed: see the output above")
-    return PROJECT_ROOT / os.environ.get("DBT_TARGET_PATH", "target") / "static_index.html"
+    return warehouse.dbt_target(PROJECT_ROOT) / "static_index.html"
 
 
 def describe_load(result: LoadResult) -> str:

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -31,11 +30,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from dlt.common.schema.typing import C_DLT_LOAD_ID
+
+from loaders import warehouse
 from loaders.replica import settings
 
 CHANGELOG = "schema_changelog"
-# the column in which dlt stamps each raw row with the load that wrote it
-LOAD_ID = "_dlt_load_id"
 KNOWN_VALUES = "schema_known_values"
 
 # kinds of change, and whether each is additive by nature
@@ -247,8 +247,9 @@ def distinct_values(
                 continue
             column = sql.escape_column_name(name)
             where, args = f"{column} IS NOT NULL", []
-            if since and (known or {}).get((entity, name)) and LOAD_ID in have:
-                where += f" AND {sql.escape_column_name(LOAD_ID)} > %s"
+            # dlt stamps every raw row with the load that wrote it
+            if since and (known or {}).get((entity, name)) and C_DLT_LOAD_ID in have:
+                where += f" AND {sql.escape_column_name(C_DLT_LOAD_ID)} > %s"
                 args = [since]
             rows = sql.execute_sql(
                 f"SELECT DISTINCT CAST({column} AS VARCHAR)"
@@ -401,7 +402,7 @@ def manifest_project(manifest: dict[str, Any]) -> str:
 def load_manifest(project_root: Path, target: Path | None = None) -> dict[str, Any]:
     """dbt's manifest (``target/manifest.json``, or under ``DBT_TARGET_PATH`` as dbt
     writes it), parsed first if it is not there."""
-    target = target or project_root / os.environ.get("DBT_TARGET_PATH", "target")
+    target = target or warehouse.dbt_target(project_root)
     path = target / "manifest.json"
     if not path.exists():
         from loaders.pipeline import _dbt

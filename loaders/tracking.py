@@ -28,6 +28,7 @@ from typing import Any
 
 from loaders import contract
 from loaders import schema_changes as sc
+from loaders.health import CYCLES
 from loaders.notify import Event, Notifier
 from loaders.replica import settings
 
@@ -200,8 +201,6 @@ def _last_recorded_load(sql: Any, dataset: str) -> str | None:
     """The newest load of a cycle in the health history (see :mod:`loaders.health`):
     the loads after it are this run's, plus any whose run was cut short before its
     values were looked at. None without a history."""
-    from loaders.health import CYCLES
-
     exists = sql.execute_sql(
         "SELECT count(*) FROM information_schema.tables"
         " WHERE table_schema = %s AND table_name = %s", sql.dataset_name, CYCLES,

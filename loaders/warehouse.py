@@ -126,6 +126,12 @@ def _remember_capabilities(dest: Any) -> Any:
     return dest
 
 
+def dbt_target(project_root: Path) -> Path:
+    """Where dbt writes its artifacts (manifest, run results, docs site): the folder
+    ``DBT_TARGET_PATH`` names, as dbt reads it, else ``target``."""
+    return project_root / os.environ.get("DBT_TARGET_PATH", "target")
+
+
 def quote_identifier(name: str) -> str:
     """A name as an SQL identifier, quoted (DuckDB and PostgreSQL alike): any character,
     quotes included, stays part of the name."""

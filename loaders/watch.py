@@ -36,7 +36,6 @@ publish for analysts.
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import threading
 import time
@@ -69,7 +68,7 @@ class DbtSession:
         if not parsed.success or parsed.result is None:
             raise RuntimeError(f"dbt parse failed: {parsed.exception}")
         self.runner = dbtRunner(manifest=parsed.result)
-        self.target = pipeline.PROJECT_ROOT / os.environ.get("DBT_TARGET_PATH", "target")
+        self.target = warehouse.dbt_target(pipeline.PROJECT_ROOT)
         self.by_load_id = published_by_load_id(parsed.result)
 
     @staticmethod

@@ -22,6 +22,7 @@ from datetime import datetime
 from typing import Any
 
 import dlt
+from dlt.common.schema.typing import C_DLT_LOAD_ID
 from dlt.sources.helpers.rest_client.auth import BearerTokenAuth
 from dlt.sources.helpers.rest_client.paginators import HeaderCursorPaginator
 from requests.exceptions import ConnectionError as RequestsConnectionError
@@ -152,7 +153,7 @@ def _entity_resource(
         spec.cursor: {"dedup_sort": "desc"},
         # the load that wrote each row (see [normalize.parquet_normalizer] in
         # .dlt/config.toml); nullable, so a warehouse loaded before can add the column
-        "_dlt_load_id": {"data_type": "text", "nullable": True},
+        C_DLT_LOAD_ID: {"data_type": "text", "nullable": True},
     }
     if spec.deleted_marker:
         columns[spec.deleted_marker] = {
