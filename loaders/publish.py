@@ -82,10 +82,11 @@ def publish(
     changed_set = None if changed is None else set(changed)
     # from the previous version: the spare one before it when no one reads that (updated
     # in place, two publications behind, so every mart is brought up to date), else a copy
-    con = _claim(spare) if changed_set is not None and target.exists() else None
+    from_previous = changed_set is not None and target.exists()
+    con = _claim(spare) if from_previous else None
     behind, path = con is not None, spare if con is not None else tmp
-    if con is None:
-        if changed_set is not None and target.exists():
+    if not behind:
+        if from_previous:
             shutil.copyfile(target, tmp)
         con = duckdb.connect(str(tmp))
     try:
@@ -161,10 +162,11 @@ def _claim(path: Path) -> duckdb.DuckDBPyConnection | None:
     fds = Path("/proc/self/fd")
     if not path.exists() or not fds.is_dir():
         return None
-    inode = path.stat().st_ino
+    file = path.stat()
     for fd in fds.iterdir():
         try:
-            if fd.stat().st_ino == inode:
+            opened = fd.stat()
+            if (opened.st_dev, opened.st_ino) == (file.st_dev, file.st_ino):
                 return None
         except OSError:
             continue
