@@ -288,18 +288,19 @@ def create_app(
         body = page.body
         f = faults.get()
         if f.malformed_rate and body:
-            body = "\n".join(_malform(body.split("\n"), f.malformed_rate, name, rng))
+            lines = _malform(body.decode().split("\n"), f.malformed_rate, name, rng)
+            body = "\n".join(lines).encode()
         next_cursor = encode_cursor(*page.last_key) if page.has_more and page.last_key else None
         ndjson = format == "ndjson" or (format is None and NDJSON in (accept or ""))
         if ndjson:
             headers = {"X-Has-More": "true" if page.has_more else "false"}
             if next_cursor:
                 headers["X-Next-Cursor"] = next_cursor
-            return Response(body + "\n" if body else "", media_type=NDJSON, headers=headers)
+            return Response(body + b"\n" if body else b"", media_type=NDJSON, headers=headers)
         body = (
-            '{"data":[' + body.replace("\n", ",") + '],"next_cursor":'
-            + json.dumps(next_cursor) + ',"has_more":' + ("true" if page.has_more else "false")
-            + "}"
+            b'{"data":[' + body.replace(b"\n", b",") + b'],"next_cursor":'
+            + json.dumps(next_cursor).encode()
+            + b',"has_more":' + (b"true" if page.has_more else b"false") + b"}"
         )
         return Response(body, media_type="application/json")
 
@@ -308,7 +309,9 @@ def create_app(
 
 @dataclass
 class Page:
-    body: str  # one JSON record per line (json_object escapes newlines), in keyset order
+    # one JSON record per line (json_object escapes newlines), in keyset order, as UTF-8
+    # bytes straight from SQLite: a page is never decoded into a string and encoded back
+    body: bytes
     count: int
     last_key: tuple[str, object] | None  # (updated_at, key) of the last record
     has_more: bool
@@ -373,11 +376,11 @@ def _page(
 
     con = replica.con()
     body, count = con.execute(
-        f"SELECT group_concat(j, char(10)), count(*) FROM ({union(True)} LIMIT ?)",
+        f"SELECT CAST(group_concat(j, char(10)) AS BLOB), count(*) FROM ({union(True)} LIMIT ?)",
         (*args, limit),
     ).fetchone()
     if not count:
-        return Page("", 0, None, False)
+        return Page(b"", 0, None, False)
     tail = con.execute(
         f"SELECT k1, k2 FROM ({union(False)} LIMIT 2 OFFSET ?)", (*args, count - 1)
     ).fetchall()

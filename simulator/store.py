@@ -57,7 +57,9 @@ def parse_iso(value: str) -> datetime:
     return datetime.fromisoformat(value.replace("Z", "+00:00"))
 
 
-MMAP_BYTES = 1 << 30
+# address space, not memory (pages read stay in the page cache, shared and reclaimable):
+# as much of the file as SQLite maps at most (its build's limit, 2 GB in common builds)
+MMAP_BYTES = 1 << 34
 
 
 def connect(path: Path | str, readonly: bool = False) -> sqlite3.Connection:
