@@ -437,9 +437,13 @@ def parse_page(spec: EntitySpec, body: bytes, since: datetime | None = None) -> 
     table = _drop_colliding_names(spec, table, quarantined)
     if not table.num_rows:
         return ParsedPage(None, quarantined)
-    # the key is never null past this point: say so, as dlt's schema does
-    key = table.schema.get_field_index(pk)
-    table = table.cast(table.schema.set(key, table.schema.field(key).with_nullable(False)))
+    # the key and the cursor are never null past this point: saying so, as dlt's schema
+    # does for the key, spares dlt's incremental from splitting every page by cursor nulls
+    schema = table.schema
+    for name in (pk, cursor):
+        i = schema.get_field_index(name)
+        schema = schema.set(i, schema.field(i).with_nullable(False))
+    table = table.cast(schema)
     if spec.frozen:
         table = _hold_back_frozen(spec, table, quarantined)
         if table is None:
@@ -615,8 +619,8 @@ class LookbackWindow:
             return None  # no typed cursor: nothing to compare, every row loads
         return pc.cast(pc.cast(col, pa.timestamp("us", tz="UTC")), pa.int64())
 
-    def _keys(self, table: pa.Table, cursor_us: pa.Array) -> pa.Array:
-        key = pc.cast(table[self.key], pa.string())
+    def _keys(self, key: pa.Array, cursor_us: pa.Array) -> pa.Array:
+        key = pc.cast(key, pa.string())
         return pc.binary_join_element_wise(key, pc.cast(cursor_us, pa.string()), "@")
 
     def drop_seen(self, table: pa.Table) -> pa.Table:
@@ -631,7 +635,8 @@ class LookbackWindow:
         earlier = pc.less_equal(cursor_us, self.until)
         if not pc.any(earlier).as_py():
             return table
-        seen = pc.and_(earlier, pc.is_in(self._keys(table, cursor_us), value_set=self.seen))
+        keys = self._keys(table[self.key], cursor_us)
+        seen = pc.and_(earlier, pc.is_in(keys, value_set=self.seen))
         return table.filter(pc.invert(pc.fill_null(seen, False)))
 
     def _remember(self, table: pa.Table, cursor_us: pa.Array) -> None:
@@ -642,8 +647,10 @@ class LookbackWindow:
         keep = [t for t in self.recent if pc.max(t["us"]).as_py() >= horizon]
         recent = pc.greater_equal(cursor_us, horizon)
         if pc.any(recent).as_py():
-            window = pa.table({"key": self._keys(table, cursor_us), "us": cursor_us})
-            keep.append(window.filter(recent))
+            # keys of the recent rows only: in a backfill, a few of each page
+            us = cursor_us.filter(recent)
+            keys = self._keys(table[self.key].filter(recent), us)
+            keep.append(pa.table({"key": keys, "us": us}))
         self.recent = keep
 
     def save(self) -> None:
