@@ -22,6 +22,7 @@ from datetime import datetime
 from typing import Any
 
 import dlt
+import pyarrow as pa
 from dlt.common.schema.typing import C_DLT_LOAD_ID
 from dlt.sources.helpers.rest_client.auth import BearerTokenAuth
 from dlt.sources.helpers.rest_client.paginators import HeaderCursorPaginator
@@ -136,7 +137,7 @@ def _entity_resource(
                 if parsed.table is not None:
                     table = window.drop_seen(parsed.table) if window else parsed.table
                     if table.num_rows:
-                        yield table
+                        yield with_load_id_slot(table)
             if window:
                 window.save()
         except HTTPError as exc:
@@ -168,6 +169,17 @@ def _entity_resource(
         write_disposition={"disposition": "merge", "strategy": "delete-insert"},
         columns=columns,
         parallelized=True,
+    )
+
+
+def with_load_id_slot(table: pa.Table) -> pa.Table:
+    """``table`` with an empty, nullable ``_dlt_load_id`` column, which dlt fills while
+    extracting. Declared on the Arrow table as on the resource (nullable), dlt finds
+    the two schemas agree instead of warning about it on every page."""
+    if C_DLT_LOAD_ID in table.column_names:
+        return table
+    return table.append_column(
+        pa.field(C_DLT_LOAD_ID, pa.string(), nullable=True), pa.nulls(table.num_rows, pa.string())
     )
 
 
