@@ -112,11 +112,11 @@ def test_deleted_records_are_removed(simulator, warehouse):
 
 
 def test_a_key_served_twice_in_one_load_keeps_its_newest_version(platform_dir, warehouse):
-    """A load in which the API serves a key twice (a row changed while it was being
-    listed) must end with the newest version, once: here a first load, appended and then
-    repaired (loaders.first_loads). The replica serves a tombstone newer than the
-    first-listed customer's row (served last) and one older than the last-listed
-    customer's row (served first)."""
+    """Staged rows are declared unique by key, so the merge skips deduplicating; a load
+    in which the API serves a key twice (a row changed while it was being listed) must
+    still end with the newest version, once. Here the replica serves a tombstone newer
+    than the first-listed customer's row (served last) and one older than the
+    last-listed customer's row (served first)."""
     con = sqlite3.connect(platform_dir / store.REPLICA)
     listed = "SELECT customer_id, updated_at FROM customers ORDER BY updated_at {} LIMIT 1"
     first, oldest = con.execute(listed.format("ASC")).fetchone()

@@ -86,7 +86,6 @@ def _entity_resource(
     page_size: int,
     start_date: str,
     lookback_seconds: float,
-    append: bool = False,
 ):
     def pages(
         cursor: dlt.sources.incremental[datetime] = dlt.sources.incremental(
@@ -151,14 +150,13 @@ def _entity_resource(
             ) from None
 
     columns: dict[str, Any] = {
+        # a key read twice in one load (changed while listed): the newest version wins
+        spec.cursor: {"dedup_sort": "desc"},
         # the load that wrote each row (see [normalize.parquet_normalizer] in
         # .dlt/config.toml); nullable, so a warehouse loaded before can add the column
         C_DLT_LOAD_ID: {"data_type": "text", "nullable": True},
     }
-    if not append:
-        # a key read twice in one load (changed while listed): the newest version wins
-        columns[spec.cursor] = {"dedup_sort": "desc"}
-    if spec.deleted_marker and not append:
+    if spec.deleted_marker:
         columns[spec.deleted_marker] = {
             "hard_delete": True,
             "data_type": "timestamp",
@@ -168,10 +166,7 @@ def _entity_resource(
         pages,
         name=spec.name,
         primary_key=spec.primary_key,
-        # a first load appends; loaders.first_loads repairs it into what a merge leaves
-        write_disposition=(
-            "append" if append else {"disposition": "merge", "strategy": "delete-insert"}
-        ),
+        write_disposition={"disposition": "merge", "strategy": "delete-insert"},
         columns=columns,
         parallelized=True,
     )
@@ -233,7 +228,6 @@ def replica_source(
     known_types: dict[str, dict[str, str]] | None = None,
     schema_contracts: dict[str, Any] | None = None,
     described: dict[str, dict[str, Any]] | None = None,
-    append: Sequence[str] = (),
 ) -> Any:
     """All entities of the replica API (or just ``entities``), as incremental resources.
 
@@ -241,9 +235,7 @@ def replica_source(
     field whose type changed upstream load into a variant column instead of being
     coerced into the old one, or, where the entity's schema contract freezes data types
     (``schema_contracts``, over :data:`settings.SCHEMA_CONTRACTS`), go to quarantine.
-    ``described`` is the API's schema when the caller has fetched it already.
-    ``append``: entities to append instead of merge, for their first load; the caller
-    must then repair them (:mod:`loaders.first_loads`) into what a merge leaves."""
+    ``described`` is the API's schema when the caller has fetched it already."""
     if not base_url.startswith(("http://", "https://")):
         raise ReplicaError(f"base_url must be an http(s) URL, got {base_url!r}")
     if not 1 <= page_size <= 1_000_000:
@@ -278,8 +270,7 @@ def replica_source(
                 name, sorted(spec.frozen),
             )
         resource = _entity_resource(
-            _client(base_url, token, spec.name), spec, page_size, start_date,
-            lookback_seconds, append=name in append,
+            _client(base_url, token, spec.name), spec, page_size, start_date, lookback_seconds
         )
         resource.apply_hints(schema_contract=contracts.get(name))
         resources.append(resource)
