@@ -3,8 +3,7 @@
 Warehouse layout (DuckDB by default, ``data/warehouse.duckdb``; PostgreSQL or another
 warehouse with ``SALESFLOW_TARGET``, see :mod:`loaders.warehouse`):
 
-* ``raw`` — written by the loader only (dlt, and :mod:`loaders.first_loads`' repair of
-  an entity's first, appended load): one table per entity (current rows, merged on the
+* ``raw`` — written by dlt only: one table per entity (current rows, merged on the
   primary key, deletions applied), ``quarantine`` (rejected records with the reason) and
   dlt's own ``_dlt_loads`` / ``_dlt_version`` / ``_dlt_pipeline_state``.
 * dbt's schemas (staging, marts) are built from ``raw`` by ``salesflow run``.

@@ -112,11 +112,10 @@ def test_deleted_records_are_removed(simulator, warehouse):
 
 
 def test_a_key_served_twice_in_one_load_keeps_its_newest_version(platform_dir, warehouse):
-    """Staged rows are declared unique by key, so the merge skips deduplicating; a load
-    in which the API serves a key twice (a row changed while it was being listed) must
-    still end with the newest version, once. Here the replica serves a tombstone newer
-    than the first-listed customer's row (served last) and one older than the
-    last-listed customer's row (served first)."""
+    """A load in which the API serves a key twice (a row changed while it was being
+    listed) must end with the newest version, once (the merge's deduplication). Here the
+    replica serves a tombstone newer than the first-listed customer's row (served last)
+    and one older than the last-listed customer's row (served first)."""
     con = sqlite3.connect(platform_dir / store.REPLICA)
     listed = "SELECT customer_id, updated_at FROM customers ORDER BY updated_at {} LIMIT 1"
     first, oldest = con.execute(listed.format("ASC")).fetchone()
@@ -271,6 +270,19 @@ def test_a_kill_between_the_two_steps_of_a_normalize_commit_is_completed(
 
     pipeline.load(base_url=simulator.url, token=TOKEN)
     assert p.list_extracted_load_packages() == [] and not p.has_pending_data
+    assert_reconciled(simulator.dir, warehouse)
+
+
+def test_a_load_from_the_command_line_warns_of_nothing(simulator, warehouse):
+    """dlt's warnings reach the person running the load: a clean backfill has none (no
+    schema disagreement reported on every page)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "loaders.cli", "load", "--base-url", simulator.url],
+        capture_output=True, text=True, timeout=300,
+        env={**os.environ, "SOURCES__REPLICA__TOKEN": TOKEN},
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "WARNING" not in done.stdout + done.stderr, done.stdout + done.stderr
     assert_reconciled(simulator.dir, warehouse)
 
 
