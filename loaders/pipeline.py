@@ -32,7 +32,7 @@ from typing import Any
 import dlt
 from dlt.pipeline.exceptions import PipelineStepFailed
 
-from loaders import health, notify, tracking, warehouse
+from loaders import first_loads, health, notify, tracking, warehouse
 from loaders.replica import (
     ReplicaError,
     fetch_announcements,
@@ -262,6 +262,15 @@ def _connection(kwargs: dict[str, Any]) -> tuple[str, str]:
     return str(base_url), str(token)
 
 
+def endpoints(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The endpoints declared: given, else configured, else the defaults."""
+    return dict(
+        kwargs.get("endpoints")
+        or dlt.config.get("sources.replica.endpoints")
+        or replica_settings.ENDPOINTS
+    )
+
+
 def contracts(kwargs: dict[str, Any]) -> dict[str, Any]:
     """Each entity's schema contract: the defaults, then configuration, then arguments."""
     configured = dlt.config.get("sources.replica.schema_contracts") or {}
@@ -308,6 +317,8 @@ def _load(kwargs: dict[str, Any], pipeline: dlt.Pipeline) -> LoadResult:
             # first, then extract as usual
             log.warning("completing load packages left by an interrupted run")
             pipeline.run()
+        # a first load the last run appended but did not live to repair
+        first_loads.repair_pending(pipeline, pipelines_dir())
         base_url, token = _connection(kwargs)
         before = known_types(pipeline)
         positions = cursor_positions(pipeline)
@@ -325,12 +336,19 @@ def _load(kwargs: dict[str, Any], pipeline: dlt.Pipeline) -> LoadResult:
                 )
             )
         }
+        appended = (
+            first_loads.plan(endpoints(kwargs), kwargs.get("entities"), before)
+            if first_loads.supported(pipeline) else []
+        )
         source = replica_source(
             **{**kwargs, "schema_contracts": entity_contracts},
             known_types=before,
             described=described,
+            append=[r.table for r in appended],
         )
+        first_loads.mark(pipelines_dir(), appended)
         info = pipeline.run(source, loader_file_format=warehouse.loader_file_format())
+        first_loads.repair_pending(pipeline, pipelines_dir())
     except PipelineStepFailed as exc:
         cause = root_cause(exc)
         if isinstance(cause, ReplicaError):

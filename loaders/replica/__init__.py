@@ -23,6 +23,7 @@ from typing import Any
 
 import dlt
 import pyarrow as pa
+import pyarrow.compute as pc
 from dlt.common.schema.typing import C_DLT_LOAD_ID
 from dlt.sources.helpers.rest_client.auth import BearerTokenAuth
 from dlt.sources.helpers.rest_client.paginators import HeaderCursorPaginator
@@ -86,6 +87,7 @@ def _entity_resource(
     page_size: int,
     start_date: str,
     lookback_seconds: float,
+    append: bool = False,
 ):
     def pages(
         cursor: dlt.sources.incremental[datetime] = dlt.sources.incremental(
@@ -136,6 +138,19 @@ def _entity_resource(
                     )
                 if parsed.table is not None:
                     table = window.drop_seen(parsed.table) if window else parsed.table
+                    if append and spec.deleted_marker in table.column_names:
+                        # a first load: tombstones go aside (loaders.first_loads applies
+                        # them to the rare rows listed before their deletion)
+                        table, tombstones = split_tombstones(spec, table)
+                        if tombstones.num_rows:
+                            yield dlt.mark.with_hints(
+                                with_load_id_slot(tombstones),
+                                dlt.mark.make_hints(
+                                    table_name=tombstones_table(spec.name),
+                                    write_disposition="append",
+                                ),
+                                create_table_variant=True,
+                            )
                     if table.num_rows:
                         yield with_load_id_slot(table)
             if window:
@@ -150,13 +165,14 @@ def _entity_resource(
             ) from None
 
     columns: dict[str, Any] = {
-        # a key read twice in one load (changed while listed): the newest version wins
-        spec.cursor: {"dedup_sort": "desc"},
         # the load that wrote each row (see [normalize.parquet_normalizer] in
         # .dlt/config.toml); nullable, so a warehouse loaded before can add the column
         C_DLT_LOAD_ID: {"data_type": "text", "nullable": True},
     }
-    if spec.deleted_marker:
+    if not append:
+        # a key read twice in one load (changed while listed): the newest version wins
+        columns[spec.cursor] = {"dedup_sort": "desc"}
+    if spec.deleted_marker and not append:
         columns[spec.deleted_marker] = {
             "hard_delete": True,
             "data_type": "timestamp",
@@ -166,10 +182,27 @@ def _entity_resource(
         pages,
         name=spec.name,
         primary_key=spec.primary_key,
-        write_disposition={"disposition": "merge", "strategy": "delete-insert"},
+        # a first load appends; loaders.first_loads repairs it into what a merge leaves
+        write_disposition=(
+            "append" if append else {"disposition": "merge", "strategy": "delete-insert"}
+        ),
         columns=columns,
         parallelized=True,
     )
+
+
+def tombstones_table(entity: str) -> str:
+    """Where a first load sets aside the tombstones it reads (see loaders.first_loads)."""
+    return f"{entity}__first_load_tombstones"
+
+
+def split_tombstones(spec: EntitySpec, table: pa.Table) -> tuple[pa.Table, pa.Table]:
+    """Live rows, and the tombstones as (key, cursor)."""
+    dead = pc.is_valid(table[spec.deleted_marker])
+    if not pc.any(dead).as_py():
+        return table, table.select([spec.primary_key, spec.cursor]).slice(0, 0)
+    tombstones = table.filter(dead).select([spec.primary_key, spec.cursor])
+    return table.filter(pc.invert(dead)), tombstones
 
 
 def with_load_id_slot(table: pa.Table) -> pa.Table:
@@ -228,6 +261,7 @@ def replica_source(
     known_types: dict[str, dict[str, str]] | None = None,
     schema_contracts: dict[str, Any] | None = None,
     described: dict[str, dict[str, Any]] | None = None,
+    append: Sequence[str] = (),
 ) -> Any:
     """All entities of the replica API (or just ``entities``), as incremental resources.
 
@@ -235,7 +269,9 @@ def replica_source(
     field whose type changed upstream load into a variant column instead of being
     coerced into the old one, or, where the entity's schema contract freezes data types
     (``schema_contracts``, over :data:`settings.SCHEMA_CONTRACTS`), go to quarantine.
-    ``described`` is the API's schema when the caller has fetched it already."""
+    ``described`` is the API's schema when the caller has fetched it already.
+    ``append``: entities to append instead of merge, for their first load; the caller
+    must then repair them (:mod:`loaders.first_loads`) into what a merge leaves."""
     if not base_url.startswith(("http://", "https://")):
         raise ReplicaError(f"base_url must be an http(s) URL, got {base_url!r}")
     if not 1 <= page_size <= 1_000_000:
@@ -270,7 +306,8 @@ def replica_source(
                 name, sorted(spec.frozen),
             )
         resource = _entity_resource(
-            _client(base_url, token, spec.name), spec, page_size, start_date, lookback_seconds
+            _client(base_url, token, spec.name), spec, page_size, start_date,
+            lookback_seconds, append=name in append,
         )
         resource.apply_hints(schema_contract=contracts.get(name))
         resources.append(resource)
