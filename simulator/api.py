@@ -288,17 +288,17 @@ def create_app(
         body = page.body
         f = faults.get()
         if f.malformed_rate and body:
-            lines = _malform(body.decode().split("\n"), f.malformed_rate, name, rng)
-            body = "\n".join(lines).encode()
+            lines = _malform(body.decode().rstrip("\n").split("\n"), f.malformed_rate, name, rng)
+            body = ("\n".join(lines) + "\n").encode()
         next_cursor = encode_cursor(*page.last_key) if page.has_more and page.last_key else None
         ndjson = format == "ndjson" or (format is None and NDJSON in (accept or ""))
         if ndjson:
             headers = {"X-Has-More": "true" if page.has_more else "false"}
             if next_cursor:
                 headers["X-Next-Cursor"] = next_cursor
-            return Response(body + b"\n" if body else b"", media_type=NDJSON, headers=headers)
+            return Response(body, media_type=NDJSON, headers=headers)
         body = (
-            b'{"data":[' + body.replace(b"\n", b",") + b'],"next_cursor":'
+            b'{"data":[' + body[:-1].replace(b"\n", b",") + b'],"next_cursor":'
             + json.dumps(next_cursor).encode()
             + b',"has_more":' + (b"true" if page.has_more else b"false") + b"}"
         )
@@ -309,8 +309,9 @@ def create_app(
 
 @dataclass
 class Page:
-    # one JSON record per line (json_object escapes newlines), in keyset order, as UTF-8
-    # bytes straight from SQLite: a page is never decoded into a string and encoded back
+    # one JSON record per line (json_object escapes newlines), each line ending in a
+    # newline, in keyset order, as UTF-8 bytes straight from SQLite: a page is never
+    # decoded into a string and encoded back
     body: bytes
     count: int
     last_key: tuple[str, object] | None  # (updated_at, key) of the last record
@@ -329,7 +330,8 @@ def _page(
     The page is rendered by SQLite in one statement (an index range scan from the later of
     ``updated_since`` and the cursor, rows and tombstones merged in key order, joined into
     one string), so serving costs the same however deep into the listing it is and no
-    Python object per row; a second, index-only query finds the last key."""
+    Python object per row. It asks for one row more than ``limit``: if that row comes,
+    more follow, and it is cut off; the last key is read from the last line served."""
     e = ENTITIES[entity]
     pk = e.primary_key
     _, expr = replica.shape(entity)
@@ -369,22 +371,19 @@ def _page(
         )
     args = [a for _, _, part_args in parts for a in part_args]
 
-    def union(with_json: bool) -> str:
-        return " UNION ALL ".join(
-            sql.format(json=js if with_json else "NULL") for sql, js, _ in parts
-        ) + " ORDER BY 1, 2"
+    union = " UNION ALL ".join(sql.format(json=js) for sql, js, _ in parts) + " ORDER BY 1, 2"
 
-    con = replica.con()
-    body, count = con.execute(
-        f"SELECT CAST(group_concat(j, char(10)) AS BLOB), count(*) FROM ({union(True)} LIMIT ?)",
-        (*args, limit),
+    body, count = replica.con().execute(
+        f"SELECT CAST(group_concat(j, char(10)) AS BLOB), count(*) FROM ({union} LIMIT ?)",
+        (*args, limit + 1),
     ).fetchone()
     if not count:
         return Page(b"", 0, None, False)
-    tail = con.execute(
-        f"SELECT k1, k2 FROM ({union(False)} LIMIT 2 OFFSET ?)", (*args, count - 1)
-    ).fetchall()
-    return Page(body, count, tuple(tail[0]), len(tail) > 1)
+    has_more = count > limit
+    # one copy either way: cut the extra row off, or add the last line's newline
+    body = body[: body.rfind(b"\n") + 1] if has_more else body + b"\n"
+    last = json.loads(body[body.rfind(b"\n", 0, len(body) - 1) + 1 :])
+    return Page(body, min(count, limit), (last["updated_at"], last[pk]), has_more)
 
 
 class FaultMiddleware:
