@@ -273,7 +273,7 @@ def _loader_roles(entity: str) -> dict[str, list[str]]:
     ep = settings.ENDPOINTS[entity]
     roles: dict[str, list[str]] = {}
     roles.setdefault(ep["primary_key"], []).append("primary key")
-    roles.setdefault(ep.get("cursor", "updated_at"), []).append("incremental cursor")
+    roles.setdefault(settings.cursor_of(ep), []).append("incremental cursor")
     if ep.get("deleted_marker"):
         roles.setdefault(ep["deleted_marker"], []).append("tombstone marker")
     return roles
@@ -416,7 +416,7 @@ def _entity(source_id: str, source: dict, fields: dict[str, dict]) -> dict[str, 
         "x-salesflow": {
             "endpoint": ep["path"],
             "primary_key": ep["primary_key"],
-            "cursor": ep.get("cursor", "updated_at"),
+            "cursor": settings.cursor_of(ep),
             "tombstone_marker": marker,
             "marts": sorted({m for f in fields.values() for m in f["x-salesflow"]["marts"]}),
             "exposures": union("exposures"),
@@ -425,7 +425,7 @@ def _entity(source_id: str, source: dict, fields: dict[str, dict]) -> dict[str, 
     }
     if marker:
         # a tombstone carries only its key, cursor and marker; live records the rest
-        tombstone = sorted({ep["primary_key"], ep.get("cursor", "updated_at"), marker})
+        tombstone = sorted({ep["primary_key"], settings.cursor_of(ep), marker})
         schema["if"] = {"properties": {marker: {"type": "string"}}, "required": [marker]}
         schema["then"] = {"required": tombstone}
         schema["else"] = {"required": required}

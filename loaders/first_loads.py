@@ -38,6 +38,7 @@ from typing import Any
 
 import dlt
 
+from loaders.replica import settings, tombstones_table
 from loaders.warehouse import quote_identifier
 
 log = logging.getLogger(__name__)
@@ -66,9 +67,7 @@ def plan(
     """The entities (of ``entities``, else all declared) that raw has no table for yet
     (``known``: the pipeline's tables), as the repairs their appended first load needs."""
     return [
-        Repair(
-            name, ep["primary_key"], ep.get("cursor", "updated_at"), ep.get("deleted_marker")
-        )
+        Repair(name, ep["primary_key"], settings.cursor_of(ep), ep.get("deleted_marker"))
         for name, ep in endpoints.items()
         if (not entities or name in entities) and name not in known
     ]
@@ -101,8 +100,6 @@ def mark(directory: Path, repairs: list[Repair]) -> None:
 def repair_pending(pipeline: dlt.Pipeline, directory: Path) -> dict[str, int]:
     """Repair every table written down, then cross them off. Returns the rows removed
     per table (a table not created yet, its load having failed, is skipped)."""
-    from loaders.replica import tombstones_table
-
     todo = pending(directory)
     if not todo:
         return {}

@@ -336,12 +336,14 @@ def _load(kwargs: dict[str, Any], pipeline: dlt.Pipeline) -> LoadResult:
                 )
             )
         }
+        declared = endpoints(kwargs)
         appended = (
-            first_loads.plan(endpoints(kwargs), kwargs.get("entities"), before)
+            first_loads.plan(declared, kwargs.get("entities"), before)
             if first_loads.supported(pipeline) else []
         )
+        # the source and the repairs read the same endpoint declarations
         source = replica_source(
-            **{**kwargs, "schema_contracts": entity_contracts},
+            **{**kwargs, "schema_contracts": entity_contracts, "endpoints": declared},
             known_types=before,
             described=described,
             append=[r.table for r in appended],

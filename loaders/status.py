@@ -63,7 +63,7 @@ def _warehouse() -> tuple[dict[str, dict[str, Any]], str | None]:
         for entity, ep in settings.ENDPOINTS.items():
             if entity not in tables:
                 continue
-            cursor = ep.get("cursor", "updated_at")
+            cursor = settings.cursor_of(ep)
             [(rows, newest)] = client.execute_sql(
                 f"select count(*), max({client.escape_column_name(cursor)}) from"
                 f" {client.make_qualified_table_name(entity)}"

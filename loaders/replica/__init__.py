@@ -291,7 +291,7 @@ def replica_source(
             name=name,
             path=ep["path"],
             primary_key=ep["primary_key"],
-            cursor=ep.get("cursor", "updated_at"),
+            cursor=settings.cursor_of(ep),
             deleted_marker=ep.get("deleted_marker"),
             fields={f["name"]: f["type"] for f in described.get("fields", [])},
             required=tuple(f["name"] for f in described.get("fields", []) if f.get("required")),

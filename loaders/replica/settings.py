@@ -42,6 +42,11 @@ ENDPOINTS: dict[str, Endpoint] = {
     "events": {"path": "v1/events", "primary_key": "event_id", "cursor": "updated_at"},
 }
 
+
+def cursor_of(endpoint: Endpoint) -> str:
+    """An endpoint's incremental cursor field: as declared, else ``updated_at``."""
+    return endpoint.get("cursor", "updated_at")
+
 # the API's schema endpoint (field names and types per entity); None if the API has none
 SCHEMA_PATH = "v1/schema"
 # announced schema changes (None if the API publishes none)
