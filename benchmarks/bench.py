@@ -14,7 +14,8 @@ absolute times drift on shared machines. Method, figure by figure:
   ``memory.peak_rss_mb``: that process's peak
   resident memory (its ``VmHWM``, followed while it runs).
 * ``load.duckdb_read_json_rows_per_s``: the same rows, dumped from the replica as NDJSON
-  by the API's own rendering (dump not timed), read by DuckDB's ``read_json`` into tables
+  (the records the API serves, from the replica's feed; dump not timed), read by
+  DuckDB's ``read_json`` into tables
   of a fresh database file; ``load.ratio`` = rows_per_s / that.
 * ``load.baseline_dlt_dicts_rows_per_s``: what a user would write first — a dlt resource
   paging the API's JSON with dlt's RESTClient, yielding the dicts, default loader
@@ -146,6 +147,7 @@ def read_json_baseline(work: Path, sim_dir: Path) -> dict[str, Any]:
     import duckdb
 
     from loaders.replica import settings
+    from simulator import store
     from simulator.api import Replica
 
     nd = work / "ndjson"
@@ -153,9 +155,9 @@ def read_json_baseline(work: Path, sim_dir: Path) -> dict[str, Any]:
     replica, rows = Replica(sim_dir), 0
     con = replica.con()
     for entity in settings.ENDPOINTS:
-        _, expr = replica.shape(entity)
         with open(nd / f"{entity}.ndjson", "w") as fh:
-            cur = con.execute(f"SELECT {expr} FROM {entity}")
+            # the live rows' records, as the API serves them
+            cur = con.execute(f"SELECT record FROM {store.feed_table(entity)} WHERE dead = 0")
             while batch := cur.fetchmany(100_000):
                 fh.write("\n".join(r[0] for r in batch) + "\n")
                 rows += len(batch)

@@ -17,8 +17,9 @@ Versioned under ``/v1``; the OpenAPI spec is at ``/openapi.json``.
 * ``GET /health``: liveness, replica position and schema version (no auth).
 * Rate limit per token (token bucket): 429 with ``Retry-After``.
 
-Pages are rendered to NDJSON inside SQLite (``json_object``, ``group_concat``), so
-serving builds no Python object per row.
+A page is a range of the replica's feed, records stored as served (see
+:mod:`simulator.store`), joined by SQLite (``group_concat``): serving renders nothing and
+builds no Python object per row.
 """
 
 from __future__ import annotations
@@ -99,8 +100,6 @@ class Replica:
     def __init__(self, directory: Path) -> None:
         self.path = directory / store.REPLICA
         self.local = threading.local()
-        self.lock = threading.Lock()
-        self.shapes: dict[tuple[int, str], tuple[list[str], str]] = {}
 
     def con(self):
         con = getattr(self.local, "con", None)
@@ -116,30 +115,6 @@ class Replica:
                 "SELECT name FROM evolutions WHERE applied_at IS NOT NULL ORDER BY applied_at"
             )
         ]
-
-    def shape(self, entity: str) -> tuple[list[str], str]:
-        """Column names and the SQL expression rendering a row as JSON."""
-        con = self.con()
-        version = con.execute("PRAGMA schema_version").fetchone()[0]
-        key = (version, entity)
-        cached = self.shapes.get(key)
-        if cached:
-            return cached
-        cols = [r[1] for r in con.execute(f"PRAGMA table_info({entity})") if r[1] != "_seq"]
-        types = {f.name: f.type for f in fields_at(entity, self.applied())}
-        parts = []
-        for c in cols:
-            if types.get(c) == "boolean":
-                parts.append(
-                    f"'{c}', json(CASE WHEN {c} IS NULL THEN 'null' WHEN {c} THEN 'true'"
-                    " ELSE 'false' END)"
-                )
-            else:
-                parts.append(f"'{c}', {c}")
-        shape = (cols, f"json_object({', '.join(parts)})")
-        with self.lock:
-            self.shapes[key] = shape
-        return shape
 
 
 def _malform(lines: list[str], rate: float, entity: str, rng: random.Random) -> list[str]:
@@ -325,62 +300,37 @@ def _page(
     after: tuple[str, object] | None,
     limit: int,
 ) -> Page:
-    """Up to ``limit`` rows (and tombstones) in keyset order, and whether more follow.
+    """Up to ``limit`` records (rows and tombstones) in keyset order, and whether more
+    follow.
 
-    The page is rendered by SQLite in one statement (an index range scan from the later of
-    ``updated_since`` and the cursor, rows and tombstones merged in key order, joined into
-    one string), so serving costs the same however deep into the listing it is and no
-    Python object per row. It asks for one row more than ``limit``: if that row comes,
-    more follow, and it is cut off; the last key is read from the last line served."""
-    e = ENTITIES[entity]
-    pk = e.primary_key
-    _, expr = replica.shape(entity)
+    One range scan of the entity's feed (its records as served, clustered on
+    ``(updated_at, key)``; see :mod:`simulator.store`) from the later of
+    ``updated_since`` and the cursor, the records joined into one string by SQLite: no
+    rendering and no Python object per row, however deep into the listing. It asks for
+    one record more than ``limit``: if that one comes, more follow, and it is cut off;
+    the last key is read from the last line served."""
+    pk = ENTITIES[entity].primary_key
     lower = max(filter(None, (updated_since, after[0] if after else None)), default=None)
     where, args = [], []
     if lower:
         where.append("updated_at >= ?")
         args.append(lower)
     if after:
-        where.append(f"(updated_at > ? OR {pk} > ?)")
+        where.append("(updated_at, k) > (?, ?)")
         args.extend(after)
-    parts = [
-        (
-            f"SELECT updated_at AS k1, {pk} AS k2, {{json}} AS j FROM {entity}"
-            f"{' WHERE ' + ' AND '.join(where) if where else ''}",
-            expr,
-            args,
-        )
-    ]
-    if e.deletable:
-        key_sql = "CAST(record_id AS INTEGER)" if e.field(pk).type == "integer" else "record_id"
-        dwhere, dargs = ["entity = ?"], [entity]
-        if lower:
-            dwhere.append("deleted_at >= ?")
-            dargs.append(lower)
-        if after:
-            dwhere.append(f"(deleted_at > ? OR {key_sql} > ?)")
-            dargs.extend(after)
-        parts.append(
-            (
-                f"SELECT deleted_at, {key_sql}, {{json}} FROM deletions"
-                f" WHERE {' AND '.join(dwhere)}",
-                f"json_object('{pk}', {key_sql}, 'updated_at', deleted_at,"
-                " 'deleted_at', deleted_at)",
-                dargs,
-            )
-        )
-    args = [a for _, _, part_args in parts for a in part_args]
-
-    union = " UNION ALL ".join(sql.format(json=js) for sql, js, _ in parts) + " ORDER BY 1, 2"
-
+    listing = (
+        f"SELECT record FROM {store.feed_table(entity)}"
+        f"{' WHERE ' + ' AND '.join(where) if where else ''}"
+        " ORDER BY updated_at, k, dead LIMIT ?"
+    )
     body, count = replica.con().execute(
-        f"SELECT CAST(group_concat(j, char(10)) AS BLOB), count(*) FROM ({union} LIMIT ?)",
+        f"SELECT CAST(group_concat(record, char(10)) AS BLOB), count(*) FROM ({listing})",
         (*args, limit + 1),
     ).fetchone()
     if not count:
         return Page(b"", 0, None, False)
     has_more = count > limit
-    # one copy either way: cut the extra row off, or add the last line's newline
+    # one copy either way: cut the extra record off, or add the last line's newline
     body = body[: body.rfind(b"\n") + 1] if has_more else body + b"\n"
     last = json.loads(body[body.rfind(b"\n", 0, len(body) - 1) + 1 :])
     return Page(body, min(count, limit), (last["updated_at"], last[pk]), has_more)

@@ -114,6 +114,10 @@ def serve(opts: ServeOptions, stop: threading.Event | None = None) -> None:
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: stop.set())
 
+    # the replica is brought up to date (and given its feeds, if it was made without)
+    # before the API serves it
+    store.replicate(d, opts.lag)
+
     ctx = mp.get_context("spawn")
     platform_stop = ctx.Event()
     platform = ctx.Process(

@@ -12,6 +12,16 @@ Both are SQLite files in WAL mode inside the simulator's directory:
 
 Deleted rows are removed from the entity table and recorded in ``deletions``; the API
 serves them as tombstones.
+
+The replica also keeps each entity's **feed** (``feed_<entity>``): every live row and
+tombstone rendered once as the API serves it (a JSON record), clustered in the listing's
+keyset order ``(updated_at, key)``. Replication maintains it in the same transaction as
+the rows (the versions a transaction replaced leave, the new ones come in); a schema
+change that alters how an entity renders rebuilds that entity's feed. So a page of the
+listing is one range scan of stored records: serving costs no rendering, as with a
+platform that keeps its API's records ready (an outbox or a serving cache) rather than
+rendering them per request. The price is disk: the replica holds every record twice,
+once in its columns and once as JSON.
 """
 
 from __future__ import annotations
@@ -26,7 +36,7 @@ from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from simulator.model import ENTITIES, create_table_sql
+from simulator.model import ENTITIES, create_table_sql, fields_at
 
 PRODUCTION = "production.db"
 REPLICA = "replica.db"
@@ -156,11 +166,17 @@ def create_replica(directory: Path | str) -> None:
     con.close()
     tmp = d / (REPLICA + ".tmp")
     shutil.copyfile(d / PRODUCTION, tmp)
-    rcon = connect(tmp)
+    # a file of its own until it is complete: no journal while building it
+    rcon = sqlite3.connect(tmp, isolation_level=None)
+    rcon.execute("PRAGMA journal_mode=OFF")
+    rcon.execute("PRAGMA synchronous=OFF")
+    rcon.execute("BEGIN")
     rcon.execute("CREATE TABLE IF NOT EXISTS replication_state (last_seq INTEGER NOT NULL)")
     rcon.execute("DELETE FROM replication_state")
     rcon.execute("INSERT INTO replication_state VALUES (?)", (last,))
-    rcon.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    sync_feeds(rcon, rebuild=True)
+    rcon.execute("COMMIT")
+    rcon.execute("PRAGMA journal_mode=WAL")
     rcon.close()
     for suffix in ("", "-wal", "-shm"):
         p = d / (REPLICA + suffix)
@@ -208,6 +224,7 @@ def _replicate_due(con: sqlite3.Connection, lag: float) -> int:
         "SELECT max(seq) FROM p.txlog WHERE seq > ? AND committed_at <= ?", (last, horizon)
     ).fetchone()[0]
     if upto is None:
+        sync_feeds(con)  # a replica written before it had feeds gets them here
         return last
     # Rows are copied as production holds them now, i.e. in its newest shape: so the
     # replica takes every schema change before copying rows, and a schema change that
@@ -215,6 +232,7 @@ def _replicate_due(con: sqlite3.Connection, lag: float) -> int:
     if con.execute(
         "SELECT 1 FROM p.txlog WHERE seq > ? AND ddl IS NOT NULL LIMIT 1", (upto,)
     ).fetchone():
+        sync_feeds(con)
         return last
     ddls = con.execute(
         "SELECT ddl FROM p.txlog WHERE seq > ? AND seq <= ? AND ddl IS NOT NULL ORDER BY seq",
@@ -224,6 +242,7 @@ def _replicate_due(con: sqlite3.Connection, lag: float) -> int:
         for statement in json.loads(ddl):
             con.execute(statement)
     _copy_rows(con, last, upto)
+    sync_feeds(con, last, upto)
     con.execute("UPDATE replication_state SET last_seq = ?", (upto,))
     return upto
 
@@ -248,6 +267,133 @@ def delete_sql(entity: str, record_id: str, schema: str = "main") -> tuple[str, 
     e = ENTITIES[entity]
     key: object = int(record_id) if e.field(e.primary_key).type == "integer" else record_id
     return f"DELETE FROM {schema}.{entity} WHERE {e.primary_key} = ?", (key,)
+
+
+# -- the feed ---------------------------------------------------------------------------
+
+FEED_SHAPES = "feed_shapes"
+
+
+def feed_table(entity: str) -> str:
+    return f"feed_{entity}"
+
+
+def _key_type(entity: str) -> str:
+    e = ENTITIES[entity]
+    return "INTEGER" if e.field(e.primary_key).type == "integer" else "TEXT"
+
+
+def _tombstone_key(entity: str) -> str:
+    """A tombstone's key, typed as the entity's key (``deletions`` keeps it as text)."""
+    return "CAST(record_id AS INTEGER)" if _key_type(entity) == "INTEGER" else "record_id"
+
+
+def record_sql(con: sqlite3.Connection, entity: str) -> str:
+    """The SQL expression rendering a row of ``entity`` as the API's JSON record, for the
+    replica's columns and applied schema changes as they stand on ``con``: every column
+    but ``_seq``, booleans as ``true``/``false`` (SQLite stores them as 0/1)."""
+    applied = [
+        r[0]
+        for r in con.execute(
+            "SELECT name FROM main.evolutions WHERE applied_at IS NOT NULL ORDER BY applied_at"
+        )
+    ]
+    types = {f.name: f.type for f in fields_at(entity, applied)}
+    parts = []
+    for (column,) in con.execute(
+        "SELECT name FROM pragma_table_info(?, 'main') WHERE name != '_seq' ORDER BY cid",
+        (entity,),
+    ):
+        if types.get(column) == "boolean":
+            parts.append(
+                f"'{column}', json(CASE WHEN {column} IS NULL THEN 'null' WHEN {column}"
+                " THEN 'true' ELSE 'false' END)"
+            )
+        else:
+            parts.append(f"'{column}', {column}")
+    return f"json_object({', '.join(parts)})"
+
+
+def _tombstone_sql(entity: str) -> str:
+    pk, key = ENTITIES[entity].primary_key, _tombstone_key(entity)
+    return f"json_object('{pk}', {key}, 'updated_at', deleted_at, 'deleted_at', deleted_at)"
+
+
+def _create_feed(con: sqlite3.Connection, entity: str) -> None:
+    feed = feed_table(entity)
+    # clustered on the listing's order: a page is a contiguous range of the table
+    con.execute(
+        f"CREATE TABLE IF NOT EXISTS main.{feed} (updated_at TEXT NOT NULL,"
+        f" k {_key_type(entity)} NOT NULL, dead INTEGER NOT NULL, record TEXT NOT NULL,"
+        " PRIMARY KEY (updated_at, k, dead)) WITHOUT ROWID"
+    )
+    con.execute(f"CREATE INDEX IF NOT EXISTS main.ix_{feed}_k ON {feed} (k)")
+
+
+def _rebuild_feed(con: sqlite3.Connection, entity: str, record: str) -> None:
+    feed, pk = feed_table(entity), ENTITIES[entity].primary_key
+    con.execute(f"DROP TABLE IF EXISTS main.{feed}")
+    _create_feed(con, entity)
+    con.execute(
+        f"INSERT INTO main.{feed} SELECT updated_at, {pk}, 0, {record} FROM main.{entity}"
+        f" ORDER BY updated_at, {pk}"
+    )
+    if ENTITIES[entity].deletable:
+        con.execute(
+            f"INSERT OR REPLACE INTO main.{feed} SELECT deleted_at, {_tombstone_key(entity)},"
+            f" 1, {_tombstone_sql(entity)} FROM main.deletions WHERE entity = ?",
+            (entity,),
+        )
+    con.execute(
+        f"INSERT OR REPLACE INTO main.{FEED_SHAPES} (entity, record_sql) VALUES (?, ?)",
+        (entity, record),
+    )
+
+
+def _update_feed(con: sqlite3.Connection, entity: str, record: str, lo: int, hi: int) -> None:
+    """Bring the feed up to the rows and tombstones replicated with sequence numbers in
+    ``(lo, hi]``: the versions they replace (or the rows they delete) leave, they come in."""
+    feed, pk = feed_table(entity), ENTITIES[entity].primary_key
+    changed = f"SELECT {pk} FROM main.{entity} WHERE _seq > ? AND _seq <= ?"
+    deleted = (
+        f"SELECT {_tombstone_key(entity)} FROM main.deletions"
+        " WHERE entity = ? AND _seq > ? AND _seq <= ?"
+    )
+    for keys, args in ((changed, (lo, hi)), (deleted, (entity, lo, hi))):
+        con.execute(f"DELETE FROM main.{feed} WHERE dead = 0 AND k IN ({keys})", args)
+    if ENTITIES[entity].deletable:  # the API lists tombstones of these
+        con.execute(
+            f"INSERT OR REPLACE INTO main.{feed} SELECT deleted_at, {_tombstone_key(entity)},"
+            f" 1, {_tombstone_sql(entity)} FROM main.deletions"
+            " WHERE entity = ? AND _seq > ? AND _seq <= ?",
+            (entity, lo, hi),
+        )
+    con.execute(
+        f"INSERT OR REPLACE INTO main.{feed} SELECT updated_at, {pk}, 0, {record}"
+        f" FROM main.{entity} WHERE _seq > ? AND _seq <= ?",
+        (lo, hi),
+    )
+
+
+def sync_feeds(
+    con: sqlite3.Connection, lo: int | None = None, hi: int | None = None,
+    rebuild: bool = False,
+) -> None:
+    """Keep the replica's feeds equal to its tables (inside the caller's transaction):
+    an entity whose rendering changed (a schema change, or no feed yet) is rebuilt whole;
+    the others take the rows replicated in ``(lo, hi]``. ``rebuild``: rebuild them all
+    (after the tables were written other than by replication)."""
+    con.execute(
+        f"CREATE TABLE IF NOT EXISTS main.{FEED_SHAPES} (entity TEXT PRIMARY KEY,"
+        " record_sql TEXT NOT NULL)"
+    )
+    built = dict(con.execute(f"SELECT entity, record_sql FROM main.{FEED_SHAPES}"))
+    for entity in ENTITIES:
+        record = record_sql(con, entity)
+        if rebuild or built.get(entity) != record:
+            _rebuild_feed(con, entity, record)
+        elif lo is not None and hi is not None and hi > lo:
+            _update_feed(con, entity, record, lo, hi)
 
 
 def wait_for_replica(directory: Path | str, timeout: float = 30.0) -> None:

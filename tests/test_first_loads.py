@@ -46,6 +46,7 @@ def test_first_load_appends_then_later_loads_merge(platform_dir, warehouse):
     latest = store.parse_iso(con.execute("SELECT max(updated_at) FROM orders").fetchone()[0])
     con.execute("UPDATE orders SET status = 'refunded', updated_at = ?",
                 (store.iso(latest + timedelta(minutes=5)),))
+    store.sync_feeds(con, rebuild=True)  # written behind replication's back
     con.commit()
     con.close()
     sim = start_simulator(platform_dir)
@@ -74,6 +75,7 @@ def test_a_first_load_killed_before_its_repair_is_repaired_by_the_next_run(
         "INSERT INTO deletions (entity, record_id, deleted_at) VALUES ('customers', ?, ?)",
         (str(customer), store.iso(store.parse_iso(latest) + timedelta(seconds=1))),
     )
+    store.sync_feeds(con, rebuild=True)
     con.commit()
     con.close()
 

@@ -126,6 +126,7 @@ def test_a_key_served_twice_in_one_load_keeps_its_newest_version(platform_dir, w
         "INSERT INTO deletions (entity, record_id, deleted_at) VALUES ('customers', ?, ?)",
         [(str(first), later), (str(second), earlier)],
     )
+    store.sync_feeds(con, rebuild=True)  # written behind replication's back
     con.commit()
     con.close()
     sim = start_simulator(platform_dir)
