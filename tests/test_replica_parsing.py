@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import itertools
 import json
+import threading
 from datetime import datetime, timezone
 
 import pyarrow as pa
 import pytest
 
-from loaders.replica.helpers import EntitySpec, ReplicaError, parse_page
+from loaders.replica.helpers import EntitySpec, ReplicaError, parse_page, prefetch
 
 SPEC = EntitySpec(
     name="orders",
@@ -150,3 +152,35 @@ def test_without_a_typed_cursor_rows_are_not_compared_with_the_start():
     since = datetime(2026, 11, 1, tzinfo=timezone.utc)
     parsed = parse_page(untyped, page({"order_id": 1, "updated_at": "a while ago"}), since)
     assert parsed.quarantined == [] and parsed.table.num_rows == 1
+
+
+# --- prefetching (pages fetched, then parsed, each in a thread of its own) ----------------
+
+
+def test_prefetched_pages_come_in_order_and_an_error_reaches_the_consumer() -> None:
+    def pages():
+        yield from range(5)
+        raise ReplicaError("the API went away mid-listing")
+
+    got = []
+    with pytest.raises(ReplicaError, match="mid-listing"):
+        for page in prefetch(prefetch(pages())):
+            got.append(page)
+    assert got == [0, 1, 2, 3, 4]
+
+
+def test_closing_the_consumer_stops_every_prefetch_behind_it() -> None:
+    closed = threading.Event()
+
+    def pages():
+        try:
+            yield from itertools.count()
+        finally:
+            closed.set()
+
+    listing = prefetch(pages())  # held here too: stopped by being closed, not collected
+    consumer = prefetch(listing)
+    assert next(consumer) == 0
+    consumer.close()  # a load that stops early (an error further on, a kill of the cycle)
+    assert closed.wait(10), "the listing was left running"
+

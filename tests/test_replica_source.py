@@ -42,6 +42,32 @@ def test_backfill_reconciles_and_second_run_changes_nothing(simulator, warehouse
     assert second.total < first.total / 10
 
 
+def test_the_first_load_starts_at_the_configured_start_date(simulator, warehouse):
+    """``start_date`` bounds the backfill: rows updated before it stay out, every row
+    from it on comes in, and the next load goes on from the cursor, not from the start."""
+    with sqlite3.connect(f"file:{simulator.dir / store.REPLICA}?mode=ro", uri=True) as con:
+        stamps = [r[0] for r in con.execute("SELECT updated_at FROM orders ORDER BY 1")]
+        start = stamps[len(stamps) // 2]
+        expected = con.execute(
+            "SELECT count(*) FROM orders WHERE updated_at >= ?", (start,)
+        ).fetchone()[0]
+    first = pipeline.load(
+        base_url=simulator.url, token=TOKEN, entities=["orders"], start_date=start
+    )
+    raw = duckdb.connect(str(warehouse), read_only=True)
+    try:
+        loaded = raw.execute("select count(*), min(updated_at) from raw.orders").fetchone()
+    finally:
+        raw.close()
+    assert 0 < loaded[0] == expected < len(stamps)
+    assert loaded[1] >= store.parse_iso(start)
+    assert first.quarantined == 0
+    again = pipeline.load(
+        base_url=simulator.url, token=TOKEN, entities=["orders"], start_date=start
+    )
+    assert again.total == 0
+
+
 def test_rows_read_again_unchanged_keep_their_load(simulator, warehouse):
     """The lookback window is read again every cycle; an unchanged row is not loaded
     again (its dlt load id stays, so incremental models do not rebuild it), a row

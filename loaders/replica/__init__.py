@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -37,6 +37,7 @@ from loaders.replica.helpers import (
     EntitySpec,
     LookbackWindow,
     NdjsonClient,
+    ParsedPage,
     ReplicaAuthError,
     ReplicaError,
     ReplicaUnavailable,
@@ -89,10 +90,15 @@ def _entity_resource(
     lookback_seconds: float,
     append: bool = False,
 ):
+    first_start = _as_datetime(start_date)  # a bad start date fails here, not mid-load
+
     def pages(
         cursor: dlt.sources.incremental[datetime] = dlt.sources.incremental(
             spec.cursor,
-            initial_value=datetime.fromisoformat(start_date.replace("Z", "+00:00")),
+            # no initial value: the first load asks the API from start_date and dlt has
+            # nothing to filter (a copy of every page of a backfill saved); a row before
+            # the requested start is set aside by parse_page, on every load
+            initial_value=None,
             lag=lookback_seconds or None,
             range_start="closed",
             # rows read again (boundary, lookback) are deduplicated by the merge, so no
@@ -101,8 +107,9 @@ def _entity_resource(
             on_cursor_value_missing="include",
         ),
     ) -> Iterator[Any]:
+        start = cursor.start_value or first_start
         params = {
-            settings.PARAM_SINCE: _iso(cursor.start_value),
+            settings.PARAM_SINCE: _iso(start),
             settings.PARAM_LIMIT: page_size,
         }
         # rows read again from the lookback window load only if they changed
@@ -118,10 +125,9 @@ def _entity_resource(
             responses = client.paginate(
                 spec.path, params=params, paginator=paginator, headers={"Accept": NDJSON}
             )
-            since = _as_datetime(cursor.start_value)
-            for number, page in enumerate(prefetch(responses), 1):
-                check_page_type(spec, number, page.response)
-                parsed = parse_page(spec, page[0], since)
+            # pages are fetched and parsed in threads of their own, each ahead of the
+            # next step, so dlt writing one page overlaps parsing the next
+            for parsed in prefetch(_parsed(spec, prefetch(responses), _as_datetime(start))):
                 if parsed.quarantined:
                     yield dlt.mark.with_hints(
                         quarantine_table(parsed.quarantined, spec.cursor),
@@ -189,6 +195,13 @@ def _entity_resource(
         columns=columns,
         parallelized=True,
     )
+
+
+def _parsed(spec: EntitySpec, pages: Iterable[Any], since: datetime) -> Iterator[ParsedPage]:
+    """The pages of a listing, checked and parsed (``since``: the start requested)."""
+    for number, page in enumerate(pages, 1):
+        check_page_type(spec, number, page.response)
+        yield parse_page(spec, page[0], since)
 
 
 def tombstones_table(entity: str) -> str:

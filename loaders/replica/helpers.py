@@ -117,26 +117,35 @@ _DONE = object()
 
 
 def prefetch(pages: Iterable[Any], depth: int = 2) -> Iterator[Any]:
-    """Iterate ``pages`` in a background thread, ``depth`` pages ahead, so the next
-    request is in flight while the current page is parsed (both release the GIL).
-    Errors surface in the consumer; closing the consumer stops the producer."""
+    """Iterate ``pages`` in a background thread, ``depth`` items ahead, so the next one is
+    being made (a request in flight, a page parsed: both release the GIL) while the
+    consumer works on the current one. Errors surface in the consumer; closing the
+    consumer stops the producer, which closes ``pages`` (a prefetch fed by another
+    stops that one's producer in turn)."""
     q: queue.Queue[Any] = queue.Queue(maxsize=depth)
     stop = threading.Event()
+
+    def put(item: tuple[Any, BaseException | None]) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
 
     def produce() -> None:
         try:
             for page in pages:
-                while not stop.is_set():
-                    try:
-                        q.put((page, None), timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
+                if not put((page, None)):
                     return
-            q.put((_DONE, None))
+            put((_DONE, None))
         except BaseException as exc:  # handed over to the consumer, never swallowed
-            q.put((_DONE, exc))
+            put((_DONE, exc))
+        finally:
+            close = getattr(pages, "close", None)
+            if close is not None:
+                close()
 
     worker = threading.Thread(target=produce, name="salesflow-prefetch", daemon=True)
     worker.start()
