@@ -109,12 +109,7 @@ class Replica:
         return con
 
     def applied(self) -> list[str]:
-        return [
-            r[0]
-            for r in self.con().execute(
-                "SELECT name FROM evolutions WHERE applied_at IS NOT NULL ORDER BY applied_at"
-            )
-        ]
+        return store.applied_evolutions(self.con())
 
 
 def _malform(lines: list[str], rate: float, entity: str, rng: random.Random) -> list[str]:

@@ -265,7 +265,7 @@ def _copy_rows(con: sqlite3.Connection, lo: int, hi: int) -> None:
 def delete_sql(entity: str, record_id: str, schema: str = "main") -> tuple[str, tuple]:
     """The statement that deletes one record by its id as stored in ``deletions``."""
     e = ENTITIES[entity]
-    key: object = int(record_id) if e.field(e.primary_key).type == "integer" else record_id
+    key: object = int(record_id) if _key_type(entity) == "INTEGER" else record_id
     return f"DELETE FROM {schema}.{entity} WHERE {e.primary_key} = ?", (key,)
 
 
@@ -288,16 +288,20 @@ def _tombstone_key(entity: str) -> str:
     return "CAST(record_id AS INTEGER)" if _key_type(entity) == "INTEGER" else "record_id"
 
 
-def record_sql(con: sqlite3.Connection, entity: str) -> str:
-    """The SQL expression rendering a row of ``entity`` as the API's JSON record, for the
-    replica's columns and applied schema changes as they stand on ``con``: every column
-    but ``_seq``, booleans as ``true``/``false`` (SQLite stores them as 0/1)."""
-    applied = [
+def applied_evolutions(con: sqlite3.Connection) -> list[str]:
+    """The schema changes applied to the database of ``con`` (its main schema), in order."""
+    return [
         r[0]
         for r in con.execute(
             "SELECT name FROM main.evolutions WHERE applied_at IS NOT NULL ORDER BY applied_at"
         )
     ]
+
+
+def record_sql(con: sqlite3.Connection, entity: str, applied: list[str]) -> str:
+    """The SQL expression rendering a row of ``entity`` as the API's JSON record, for the
+    replica's columns as they stand on ``con`` and the schema changes ``applied``: every
+    column but ``_seq``, booleans as ``true``/``false`` (SQLite stores them as 0/1)."""
     types = {f.name: f.type for f in fields_at(entity, applied)}
     parts = []
     for (column,) in con.execute(
@@ -388,8 +392,9 @@ def sync_feeds(
         " record_sql TEXT NOT NULL)"
     )
     built = dict(con.execute(f"SELECT entity, record_sql FROM main.{FEED_SHAPES}"))
+    applied = applied_evolutions(con)
     for entity in ENTITIES:
-        record = record_sql(con, entity)
+        record = record_sql(con, entity, applied)
         if rebuild or built.get(entity) != record:
             _rebuild_feed(con, entity, record)
         elif lo is not None and hi is not None and hi > lo:
