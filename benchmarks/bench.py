@@ -49,7 +49,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from loaders.warehouse import environment
+from loaders.replica import settings
+from loaders.runners.watch import watch
+from loaders.warehouse import environment, raw_counts
+from simulator import store
+from simulator.api import Replica
+from simulator.generate import generate
+from simulator.platform import Platform
+from simulator.server import read_server_file
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "bench-token"
@@ -68,8 +75,6 @@ GOALS = {"load.ratio": 0.25, "memory.peak_rss_mb": 1024, "cycle.delta_ratio": 0.
 
 class Server:
     def __init__(self, sim_dir: Path, *args: str) -> None:
-        from simulator.server import read_server_file
-
         (sim_dir / "server.json").unlink(missing_ok=True)
         self.log = open(sim_dir / "serve.log", "ab")
         self.proc = subprocess.Popen(
@@ -133,11 +138,9 @@ def backfill(work: Path, url: str) -> dict[str, Any]:
     watcher.join()
     if proc.returncode != 0:
         raise RuntimeError(f"backfill failed:\n{output}")
-    from loaders import pipeline
-    from loaders.replica import settings
 
     with environment(**_env(work)):
-        counts = pipeline.raw_counts(list(settings.ENDPOINTS))
+        counts = raw_counts(list(settings.ENDPOINTS))
     rows = sum(counts.get(e, 0) for e in settings.ENDPOINTS)
     return {"rows": rows, "seconds": round(seconds, 2), "rows_per_s": round(rows / seconds),
             "peak_rss_mb": peak[0] if peak else None}
@@ -146,9 +149,6 @@ def backfill(work: Path, url: str) -> dict[str, Any]:
 def read_json_baseline(work: Path, sim_dir: Path) -> dict[str, Any]:
     import duckdb
 
-    from loaders.replica import settings
-    from simulator import store
-    from simulator.api import Replica
 
     nd = work / "ndjson"
     nd.mkdir(exist_ok=True)
@@ -211,9 +211,6 @@ def dicts_baseline(work: Path, url: str, limit: int) -> dict[str, Any]:
 
 def cycles(work: Path, sim_dir: Path, url: str, total_rows: int) -> dict[str, Any]:
     """Full, 1% delta and no-op cycles of watch (see the module docstring)."""
-    from loaders.watch import watch
-    from simulator import store
-    from simulator.platform import Platform
 
     timings: list[dict[str, Any]] = []
 
@@ -242,7 +239,6 @@ def cycles(work: Path, sim_dir: Path, url: str, total_rows: int) -> dict[str, An
 def freshness(work: Path, url: str, seconds: float) -> dict[str, Any]:
     import duckdb
 
-    from loaders.watch import watch
 
     published = work / "published" / "analytics.duckdb"
     latencies: list[float] = []
@@ -296,7 +292,6 @@ def machine() -> dict[str, Any]:
 
 
 def run(scale: str, out: Path) -> dict[str, Any]:
-    from simulator.generate import generate
 
     cfg = SCALES[scale]
     work = ROOT / "data" / "bench" / scale

@@ -61,10 +61,11 @@ from typing import Any
 
 from benchmarks import oracle
 from benchmarks.bench import ROOT, Server, _env, command_line, machine
-from loaders.tracking import ANNOUNCED_KIND
+from loaders.schema_changes.announcements import ANNOUNCED_KIND
 from simulator import faults as sim_faults
 from simulator import store
 from simulator.faults import Faults
+from simulator.generate import generate
 from simulator.model import EVOLUTIONS
 from simulator.platform import Platform
 
@@ -525,7 +526,6 @@ def problems(r: dict[str, Any]) -> list[str]:
 
 
 def run(scale: str, out: Path) -> dict[str, Any]:
-    from simulator.generate import generate
 
     cfg = SCALES[scale]
     rng = random.Random(cfg["seed"])

@@ -1,4 +1,11 @@
-"""The ``salesflow`` command line."""
+"""The ``salesflow`` command line: parse the arguments, call a runner or a service, print.
+
+The commands import what they run when they run it (marked ``# on use``): ``salesflow
+sim serve`` and ``salesflow status`` must not pay for importing dlt, dbt, pyarrow and
+sqlglot, which the loading commands need.
+
+May import: anything in ``loaders`` (on use), and ``simulator.cli``.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +14,10 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the types only: the module imports dlt
+    from loaders.replica.client import Announcement
 
 from simulator import cli as sim_cli
 
@@ -22,7 +33,7 @@ def _project_dir() -> None:
 
 
 def _print_load(result) -> None:
-    from loaders.pipeline import describe_load
+    from loaders.runners.pipeline import describe_load  # on use
 
     print(describe_load(result))
 
@@ -39,14 +50,14 @@ def _load_options(args) -> dict:
 
 
 def cmd_load(args) -> int:
-    from loaders.pipeline import load
+    from loaders.runners.pipeline import load  # on use
 
     _print_load(load(**_load_options(args)))
     return 0
 
 
 def cmd_run(args) -> int:
-    from loaders.pipeline import run_cycle
+    from loaders.runners.pipeline import run_cycle  # on use
 
     result, ok = run_cycle(select=args.select, **_load_options(args))
     _print_load(result)
@@ -54,16 +65,15 @@ def cmd_run(args) -> int:
     return 0 if ok else 1
 
 
-def _announcements(args) -> tuple[list[dict], str | None]:
+def _announcements(args) -> tuple[list[Announcement], str | None]:
     """Announced changes from the API, or why they could not be read."""
-    import dlt
+    from loaders import config  # on use
+    from loaders.replica.client import fetch_announcements
+    from loaders.replica.errors import ReplicaError
 
-    from loaders.replica import ReplicaError, fetch_announcements
-
-    base_url = args.base_url or dlt.config.get("sources.replica.base_url")
-    token = dlt.secrets.get("sources.replica.token")
     try:
-        return fetch_announcements(base_url, token), None
+        api = config.api_connection(args.base_url)
+        return fetch_announcements(api.base_url, api.token), None
     except ReplicaError as exc:
         return [], str(exc)
 
@@ -71,28 +81,29 @@ def _announcements(args) -> tuple[list[dict], str | None]:
 def cmd_schema(args) -> int:
     import json
 
-    from loaders import contract
-    from loaders.pipeline import recent_changes
+    from loaders.contract.assess import assess_announcement, format_assessment  # on use
+    from loaders.contract.document import committed
+    from loaders.schema_changes.changelog import recent_changes
 
     announced, problem = _announcements(args)
     detected = recent_changes(limit=args.limit)
-    doc = contract.committed() if announced else None
-    for a in announced:
-        a["contract"] = contract.assess_announcement(a, doc) if doc else None
+    doc = committed() if announced else None
+    assessed = [(a, assess_announcement(a, doc) if doc else None) for a in announced]
     if args.json:
-        print(json.dumps({"announced": announced, "detected": detected,
+        listed = [{**a, "contract": assessment} for a, assessment in assessed]
+        print(json.dumps({"announced": listed, "detected": detected,
                           "announcements_error": problem}, indent=2, default=str))
         return 0
     print("Announced changes" + (f" (unavailable: {problem})" if problem else ":"))
-    for a in announced:
+    for a, assessment in assessed:
         print(f"  [{a.get('status')}] {a.get('change_id')}: {a.get('title')}"
               f" — effective {a.get('effective_at')}"
               + (" (breaking)" if a.get("breaking") else ""))
         for fc in a.get("changes", []):
             extra = f" into {fc['into']}" if fc.get("into") else ""
             print(f"      {fc.get('entity')}.{fc.get('field')}: {fc.get('change')}{extra}")
-        if a["contract"] is not None:
-            print("    " + contract.format_assessment(a["contract"]).replace("\n", "\n    "))
+        if assessment is not None:
+            print("    " + format_assessment(assessment).replace("\n", "\n    "))
     if not announced and not problem:
         print("  none")
     print(f"Detected changes (raw.schema_changelog, newest first, up to {args.limit}):")
@@ -111,16 +122,17 @@ def cmd_schema(args) -> int:
 def cmd_schema_impact(args) -> int:
     import json
 
-    from loaders import schema_changes as sc
-    from loaders import tracking
-    from loaders.pipeline import PROJECT_ROOT, recent_changes
+    from loaders.contract.reach import current  # on use
+    from loaders.schema_changes.announcements import announcement_impacts
+    from loaders.schema_changes.changelog import recent_changes
+    from loaders.schema_changes.impact import format_impact, impact
 
-    manifest = sc.load_manifest(PROJECT_ROOT)
+    lineage = current()
     reports = []
     if args.entity:
         kind = args.kind or ("column_removed" if args.column else "new_table")
         reports.append((f"{args.entity}.{args.column or ''} {kind}",
-                        sc.impact(manifest, args.entity, args.column, kind)))
+                        impact(lineage, args.entity, args.column, kind)))
     else:
         announced, problem = _announcements(args)
         if problem:
@@ -128,19 +140,19 @@ def cmd_schema_impact(args) -> int:
         for a in announced:
             if a.get("status") == "applied":
                 continue
-            for label, report in tracking.announcement_impacts(a, manifest):
+            for label, report in announcement_impacts(a, lineage):
                 reports.append((f"[announced {a.get('change_id')}, effective"
                                 f" {a.get('effective_at')}] {label}", report))
         for c in recent_changes(limit=args.limit):
             label = f"[detected {c['detected_at']}] {c['entity']}.{c['column'] or ''} {c['kind']}"
             if c["value"]:
                 label += f" {c['value']!r}"
-            reports.append((label, sc.impact(manifest, c["entity"], c["column"], c["kind"])))
+            reports.append((label, impact(lineage, c["entity"], c["column"], c["kind"])))
     if args.json:
-        print(json.dumps([{"change": label, **r} for label, r in reports], indent=2))
+        print(json.dumps([{"change": label, **r.as_dict()} for label, r in reports], indent=2))
         return 0
     for label, report in reports:
-        print(sc.format_impact(label, report))
+        print(format_impact(label, report))
         print()
     if not reports:
         print("no announced or detected changes")
@@ -148,15 +160,16 @@ def cmd_schema_impact(args) -> int:
 
 
 def cmd_contract_export(args) -> int:
-    from loaders import contract
-    from loaders.pipeline import PROJECT_ROOT
+    from loaders.config import PROJECT_ROOT  # on use
+    from loaders.contract import export
+    from loaders.contract.document import fields
 
-    exported = contract.export(PROJECT_ROOT)
+    exported = export.export(PROJECT_ROOT)
     doc = exported.document
     summary = (f"contract {doc['version']}: {len(doc['$defs'])} entities,"
-               f" {sum(1 for _ in contract.fields(doc))} fields")
+               f" {sum(1 for _ in fields(doc))} fields")
     if args.check:
-        stale = contract.stale(exported, PROJECT_ROOT)
+        stale = export.stale(exported, PROJECT_ROOT)
         if stale:
             print(f"salesflow: {', '.join(map(str, stale))} out of date with the models:"
                   " run `salesflow contract export` and commit the result", file=sys.stderr)
@@ -172,7 +185,7 @@ def cmd_contract_export(args) -> int:
             Path(args.out).write_text(text)
             print(f"{summary}; wrote {args.out} ({fmt})")
         return 0
-    changed = contract.write(exported, PROJECT_ROOT)
+    changed = export.write(exported, PROJECT_ROOT)
     print(f"{summary}; " + (f"wrote {', '.join(map(str, changed))}" if changed
                             else "the committed files were up to date"))
     return 0
@@ -181,36 +194,34 @@ def cmd_contract_export(args) -> int:
 def cmd_contract_verify(args) -> int:
     import json
 
-    import dlt
+    from loaders import config  # on use
+    from loaders.contract import document, verify
 
-    from loaders import contract, contract_verify
-
-    doc = contract.load(Path(args.contract) if args.contract else None)
-    base_url = args.api or dlt.config.get("sources.replica.base_url")
-    token = args.token or dlt.secrets.get("sources.replica.token")
+    doc = document.load(Path(args.contract) if args.contract else None)
+    base_url, token = config.api_base_url(args.api), config.api_token(args.token)
     if not base_url:
         raise ValueError("no API to check: pass --api URL (or set SOURCES__REPLICA__BASE_URL)")
     if not token:
         raise ValueError("no token for the API: set SOURCES__REPLICA__TOKEN or pass --token")
-    report = contract_verify.verify(doc, base_url, token, sample=args.sample, since=args.since)
+    report = verify.verify(doc, base_url, token, sample=args.sample, since=args.since)
     if args.json:
         print(json.dumps(report.as_dict(), indent=2, sort_keys=True))
     else:
-        print(contract_verify.render(report))
+        print(verify.render(report))
     return report.exit_code
 
 
 def cmd_status(args) -> int:
-    from loaders import status
-    from loaders.pipeline import PROJECT_ROOT, pipelines_dir
+    from loaders import config  # on use
+    from loaders.monitoring import status
 
-    report = status.collect(pipelines_dir(), PROJECT_ROOT)
+    report = status.collect(config.pipelines_dir(), config.PROJECT_ROOT)
     print(status.as_json(report) if args.json else status.render(report))
     return 1 if report["status"] == status.RED else 0
 
 
 def cmd_watch(args) -> int:
-    from loaders.watch import watch
+    from loaders.runners.watch import watch  # on use
 
     def show(stats) -> None:
         print(f"cycle {stats.cycles}: {stats.last}", flush=True)
@@ -226,7 +237,7 @@ def cmd_watch(args) -> int:
 def cmd_query(args) -> int:
     import duckdb
 
-    from loaders.publish import published_path
+    from loaders.runners.publish import published_path  # on use
 
     path = Path(args.database) if args.database else published_path()
     if not path.exists():
@@ -252,7 +263,7 @@ def cmd_query(args) -> int:
 
 
 def cmd_warehouse_init_roles(args) -> int:
-    from loaders import roles, warehouse
+    from loaders import roles, warehouse  # on use
 
     if warehouse.target_type() != "postgres":
         raise ValueError(
@@ -290,7 +301,7 @@ def cmd_warehouse_init_roles(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from loaders.demo import demo
+    from loaders.runners.demo import demo  # on use
 
     return demo(orders=args.orders, live_seconds=args.live_seconds)
 
@@ -421,10 +432,11 @@ def main(argv: list[str] | None = None) -> int:
     _project_dir()
     if getattr(args, "target", None):
         os.environ["SALESFLOW_TARGET"] = args.target
-    from loaders.contract import ContractError
-    from loaders.lineage import LineageError
-    from loaders.pipeline import AlreadyRunning
-    from loaders.replica import ReplicaError
+    # on use: the errors' modules import dlt and sqlglot
+    from loaders.contract.document import ContractError
+    from loaders.contract.lineage import LineageError
+    from loaders.replica.errors import ReplicaError
+    from loaders.runners.pipeline import AlreadyRunning
 
     try:
         return args.func(args)

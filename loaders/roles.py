@@ -16,6 +16,8 @@ or the SQL of ``salesflow warehouse init-roles --print`` run with psql):
 
 Every statement is idempotent: running it again changes nothing, and it may run before
 or after the first load. Passwords are sent as parameters, never printed or logged.
+
+May import: :mod:`loaders.warehouse` (quoting).
 """
 
 from __future__ import annotations

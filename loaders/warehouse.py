@@ -6,7 +6,7 @@ The output's ``type`` is also the dlt destination, so the loader and dbt always 
 the same warehouse:
 
 * **duckdb**: the file ``SALESFLOW_DUCKDB_PATH``, loaded from parquet, published for
-  analysts as a read-only copy (:mod:`loaders.publish`).
+  analysts as a read-only copy (:mod:`loaders.runners.publish`).
 * **postgres**: dlt's ``destination.postgres.credentials`` (``.dlt/secrets.toml`` or
   ``DESTINATION__POSTGRES__CREDENTIALS__*``) are the one place for the connection;
   salesflow hands them to dbt as the environment variables ``profiles.yml`` reads. Raw
@@ -14,22 +14,29 @@ the same warehouse:
   ``marts`` schema with the analyst role (see :mod:`loaders.roles`).
 * any other type dlt and dbt both support: add an output to ``profiles.yml`` and the
   destination's credentials to dlt's config; it loads with dlt's preferred file format.
+
+May import: dlt, :mod:`loaders.config` and the replica source's settings.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import dlt
 import yaml
+from dlt.common.configuration.exceptions import ConfigFieldMissingException
+from dlt.common.destination import Destination
+
+from loaders.config import PROJECT_ROOT, pipelines_dir
+from loaders.replica import settings as replica_settings
 
 log = logging.getLogger(__name__)
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_TARGET = "dev"
 PROFILE = "salesflow"
 DUCKDB_MEMORY_LIMIT = os.environ.get("SALESFLOW_DUCKDB_MEMORY_LIMIT", "400MB")
@@ -76,9 +83,6 @@ def duckdb_path() -> Path:
 
 def destination(read_only: bool = False) -> Any:
     """The dlt destination of the current target."""
-    import dlt
-    from dlt.common.destination import Destination
-
     kind = target_type()
     if kind != "duckdb":
         return _remember_capabilities(Destination.from_reference(kind))
@@ -126,12 +130,6 @@ def _remember_capabilities(dest: Any) -> Any:
     return dest
 
 
-def dbt_target(project_root: Path) -> Path:
-    """Where dbt writes its artifacts (manifest, run results, docs site): the folder
-    ``DBT_TARGET_PATH`` names, as dbt reads it, else ``target``."""
-    return project_root / os.environ.get("DBT_TARGET_PATH", "target")
-
-
 def quote_identifier(name: str) -> str:
     """A name as an SQL identifier, quoted (DuckDB and PostgreSQL alike): any character,
     quotes included, stays part of the name."""
@@ -143,7 +141,7 @@ def quote_literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-def loader_file_format() -> str | None:
+def loader_file_format() -> Any:
     """How the Arrow pages reach the warehouse: parquet into DuckDB, CSV and ``COPY``
     into Postgres (its parquet path needs an ADBC driver), the destination's preferred
     format elsewhere."""
@@ -163,14 +161,9 @@ def describe() -> str:
 
 def postgres_credentials() -> Any:
     """dlt's resolved postgres credentials (config, secrets or environment)."""
-    from dlt.common.configuration.exceptions import ConfigFieldMissingException
-    from dlt.common.destination import Destination
-
-    from loaders.replica.settings import DATASET_NAME
-
-    dest = Destination.from_reference("postgres")
+    dest: Any = Destination.from_reference("postgres")
     config = dest.spec()
-    config.dataset_name = DATASET_NAME
+    config.dataset_name = replica_settings.DATASET_NAME
     try:
         return dest.configuration(config).credentials
     except ConfigFieldMissingException as exc:
@@ -212,3 +205,67 @@ def environment(**values: str) -> Iterator[None]:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+# ---------------------------------------------------------------- the dlt pipeline on it
+
+
+def dlt_pipeline(progress: str | None = None, read_only: bool = False) -> dlt.Pipeline:
+    """The replica pipeline on the current target's warehouse (``read_only``: for
+    readers of a DuckDB file, which must not take its write lock)."""
+    display: Any = progress  # dlt names its displays in a Literal
+    return dlt.pipeline(
+        pipeline_name=replica_settings.PIPELINE_NAME,
+        destination=destination(read_only=read_only),
+        dataset_name=replica_settings.DATASET_NAME,
+        pipelines_dir=str(pipelines_dir()),
+        progress=display,
+    )
+
+
+def known_types(pipe: dlt.Pipeline) -> dict[str, dict[str, str]]:
+    """Column data types of the raw tables loaded so far (table -> column -> type)."""
+    if replica_settings.SOURCE_NAME not in pipe.schema_names:
+        return {}
+    schema = pipe.schemas[replica_settings.SOURCE_NAME]
+    return {
+        table: {c: str(col["data_type"]) for c, col in t["columns"].items() if col.get("data_type")}
+        for table, t in schema.tables.items()
+        if not table.startswith("_dlt")
+    }
+
+
+def cursor_positions(pipe: dlt.Pipeline) -> dict[str, Any]:
+    """Each resource's incremental cursor (last value seen), from dlt's state."""
+    try:
+        resources = pipe.state["sources"][replica_settings.SOURCE_NAME]["resources"]
+    except KeyError:
+        return {}
+    out = {}
+    for name, r in resources.items():
+        for inc in (r.get("incremental") or {}).values():
+            out[name] = inc.get("last_value")
+    return out
+
+
+def raw_counts(entities: Sequence[str] | None = None) -> dict[str, int]:
+    """Rows per raw table now in the warehouse (a DuckDB file is opened read-only)."""
+    names = list(entities or replica_settings.ENDPOINTS) + [replica_settings.QUARANTINE_TABLE]
+    out: dict[str, int] = {}
+    with dlt_pipeline(read_only=True).sql_client() as sql:
+        if not sql.has_dataset():
+            return out
+        existing = {
+            r[0]
+            for r in sql.execute_sql(
+                "select table_name from information_schema.tables where table_schema = %s",
+                sql.dataset_name,
+            )
+            or []
+        }
+        for name in names:
+            if name in existing:
+                [(out[name],)] = sql.execute_sql(
+                    f"select count(*) from {sql.make_qualified_table_name(name)}"
+                ) or [(0,)]
+    return out

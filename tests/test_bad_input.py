@@ -31,9 +31,10 @@ from urllib.parse import parse_qs, urlsplit
 import duckdb
 import pytest
 
-from loaders import pipeline
 from loaders.replica import ReplicaError
 from loaders.replica.settings import ENDPOINTS, NEXT_CURSOR_HEADER
+from loaders.runners import pipeline
+from loaders.warehouse import cursor_positions, dlt_pipeline
 from simulator.model import ENTITIES, fields_at
 from tests.conftest import TOKEN
 
@@ -207,8 +208,8 @@ def snapshot(path: Path, entities: list[str]) -> Snapshot:
         )
     finally:
         con.close()
-    state = pipeline.make_pipeline(read_only=True)
-    return Snapshot(raw, quarantine, pipeline.cursor_positions(state), tables)
+    state = dlt_pipeline(read_only=True)
+    return Snapshot(raw, quarantine, cursor_positions(state), tables)
 
 
 def plant_canary(path: Path) -> None:
@@ -303,7 +304,7 @@ def test_bad_input_is_quarantined_or_refused(case: Case, stub: StubReplica, ware
         assert (after.raw, after.quarantine, after.cursors) == (
             before.raw, before.quarantine, before.cursors
         ), "a failed load committed part of its data"
-        assert not pipeline.make_pipeline().has_pending_data
+        assert not dlt_pipeline().has_pending_data
         return
     load(stub, case)
     snap = snapshot(warehouse, case.entities)

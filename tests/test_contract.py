@@ -13,9 +13,15 @@ import jsonschema
 import pytest
 from conftest import TOKEN
 
-from loaders import cli, contract, contract_verify, lineage, tracking
-from loaders.notify import JsonLinesChannel, Ledger, Notifier
+from loaders import cli
+from loaders.contract import assess, document, export, lineage, reach
+from loaders.contract.build import build as build_contract
+from loaders.contract.compile import compiled_manifest
+from loaders.contract.verify import check_records
+from loaders.dbt_project import project_version
+from loaders.monitoring.notify import JsonLinesChannel, Ledger, Notifier
 from loaders.replica import fetch_announcements
+from loaders.schema_changes.announcements import follow_announcements
 from simulator import store
 from tests.test_schema_tracking import evolve
 
@@ -30,35 +36,35 @@ def work_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def exported(work_dir: Path) -> contract.Exported:
-    return contract.export(ROOT, work_dir=work_dir)
+def exported(work_dir: Path) -> export.Exported:
+    return export.export(ROOT, work_dir=work_dir)
 
 
-def props(exported: contract.Exported, entity: str) -> dict:
+def props(exported: export.Exported, entity: str) -> dict:
     return exported.document["$defs"][entity]["properties"]
 
 
-def uses(exported: contract.Exported, entity: str, field: str) -> dict:
+def uses(exported: export.Exported, entity: str, field: str) -> dict:
     return props(exported, entity)[field]["x-salesflow"]
 
 
 def test_export_is_deterministic_and_the_committed_contract_is_current(exported, tmp_path):
-    again = contract.export(ROOT, work_dir=tmp_path / "again")  # parsed and compiled anew
+    again = export.export(ROOT, work_dir=tmp_path / "again")  # parsed and compiled anew
     assert again.json == exported.json
     assert again.yaml == exported.yaml
     assert again.docs == exported.docs
-    stale = contract.stale(exported, ROOT)
+    stale = export.stale(exported, ROOT)
     assert stale == [], (
         f"{[str(p) for p in stale]} out of date with the models: run"
         " `salesflow contract export` and commit the result"
     )
     doc = exported.document
-    assert doc["version"].startswith(contract.project_version(ROOT) + "+")
+    assert doc["version"].startswith(project_version(ROOT) + "+")
     assert doc["version"].split("+")[1] in doc["x-salesflow"]["content_hash"]
 
 
 def test_a_field_only_a_staging_model_selects_is_not_contracted(exported, work_dir):
-    models = contract.project_lineage(contract.compiled_manifest(ROOT, work_dir), ROOT)
+    models = reach.project_lineage(compiled_manifest(ROOT, work_dir), ROOT)
     staging = {m.unique_id.split(".")[-1]: m for m in models.values()}
     # selected by its staging model, used by nothing downstream
     for entity, field in (("order_items", "created_at"), ("events", "product_id"),
@@ -90,17 +96,17 @@ def test_a_field_a_mart_uses_is_contracted_with_its_marts_exposures_and_owners(e
 
 
 def test_a_mart_that_stops_using_a_field_takes_it_out_of_the_contract(work_dir):
-    manifest = copy.deepcopy(contract.compiled_manifest(ROOT, work_dir))
+    manifest = copy.deepcopy(compiled_manifest(ROOT, work_dir))
     dim = manifest["nodes"]["model.salesflow.dim_products"]
     assert "        sku,\n" in dim["compiled_code"]
     dim["compiled_code"] = dim["compiled_code"].replace("        sku,\n", "")
-    products = contract.build(manifest, ROOT)["$defs"]["products"]["properties"]
+    products = build_contract(manifest, ROOT)["$defs"]["products"]["properties"]
     assert "sku" not in products and "product_name" in products
 
     column = manifest["sources"][f"{REPLICA}.products"]["columns"]["product_name"]
     column["data_type"] = None
-    with pytest.raises(contract.ContractError, match="products.product_name .*_sources.yml"):
-        contract.build(manifest, ROOT)
+    with pytest.raises(document.ContractError, match="products.product_name .*_sources.yml"):
+        build_contract(manifest, ROOT)
 
 
 def test_types_nullability_and_allowed_values_come_from_the_yml_and_the_tests(exported):
@@ -153,13 +159,13 @@ def test_lineage_counts_filters_joins_and_group_keys_but_not_unused_columns():
 
 
 def test_sampled_records_break_the_contract_with_nulls_wrong_types_and_missing_fields():
-    doc = contract.load()
+    doc = document.load()
     spec = doc["$defs"]["orders"]
     good = {name: "x" for name in spec["else"]["required"]}
     good.update(order_id=1, customer_id=2, session_id=None, subtotal_cents=10, discount_cents=0,
                 shipping_cents=0, total_cents=10, status="paid", channel="email",
                 ordered_at="2026-11-01T10:00:00.000000Z", updated_at="2026-11-01T10:00:00Z")
-    assert contract_verify.check_records("orders", spec, [good], set()) == []
+    assert check_records("orders", spec, [good], set()) == []
     bad = [
         {**good, "total_cents": None},  # the marts need a value
         {**good, "total_cents": "12.50"},  # not an integer
@@ -169,7 +175,7 @@ def test_sampled_records_break_the_contract_with_nulls_wrong_types_and_missing_f
         {"order_id": 3, "updated_at": "2026-11-01T10:00:00Z",
          "deleted_at": "2026-11-01T10:00:00Z"},  # a tombstone: nothing to check
     ]
-    found = {(v.field, v.kind): v for v in contract_verify.check_records("orders", spec, bad,
+    found = {(v.field, v.kind): v for v in check_records("orders", spec, bad,
                                                                          set())}
     assert {k: (v.severity, v.records) for k, v in found.items()} == {
         ("total_cents", "null_in_sample"): ("breaking", 1),
@@ -209,9 +215,9 @@ def announcement(*changes: dict) -> dict:
     ],
 )
 def test_announced_changes_are_judged_against_the_contract(change, verdict):
-    assessment = contract.assess_announcement(announcement(change), contract.load())
+    assessment = assess.assess_announcement(announcement(change), document.load())
     assert assessment["verdict"] == verdict
-    text = contract.format_assessment(assessment)
+    text = assess.format_assessment(assessment)
     assert ("BREAKING" in text) == (verdict == "breaking")
     if verdict == "safe" and change["field"] in ("referrer", "created_at"):
         assert "touches no contracted field" in text
@@ -236,7 +242,7 @@ def test_verify_passes_before_the_restructure_and_fails_after_it_naming_fields_a
     assert report["sampled"]["orders"] == 100 and report["breaking"] == 0
 
     # a warn-level allowed set the platform's values exceed: reported, not breaking
-    doc = copy.deepcopy(contract.load())
+    doc = copy.deepcopy(document.load())
     allowed = doc["$defs"]["customers"]["properties"]["acquisition_channel"]["x-salesflow"]
     allowed["accepted_values"]["values"].remove("email")
     path = tmp_path / "warn.contract.json"
@@ -315,7 +321,7 @@ def test_an_announced_breaking_change_is_flagged_from_its_first_notice(
         "restructure": "upcoming", "additive": "upcoming"}
     log = tmp_path / "notices.jsonl"
     notifier = Notifier([JsonLinesChannel(log)], Ledger(tmp_path / "ledger.db"))
-    tracking.follow_announcements(announced, notifier, None, now)
+    follow_announcements(announced, notifier, None, now)
     by_id = {n["details"]["announcement"]["change_id"]: n for n in notices(log)}
 
     restructure = by_id["restructure"]

@@ -12,7 +12,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from loaders import pipeline
+from loaders.runners import pipeline
 from simulator import store
 from simulator.model import EVOLUTIONS, FX_PER_USD
 from simulator.platform import Platform

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from loaders import pipeline
+from loaders.runners import pipeline
 from tests.conftest import TOKEN, dbt_invoke
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -12,9 +12,10 @@ import duckdb
 import pytest
 
 from benchmarks.oracle import assert_reconciled
-from loaders import first_loads, pipeline
 from loaders.replica import tombstones_table
 from loaders.replica.settings import SOURCE_NAME
+from loaders.runners import first_loads, pipeline
+from loaders.warehouse import dlt_pipeline
 from simulator import store
 from tests.conftest import TOKEN, start_simulator
 
@@ -28,7 +29,7 @@ def raw_keys(path: Path, table: str, key: str) -> list:
 
 
 def schema_disposition(table: str) -> str:
-    p = pipeline.make_pipeline()
+    p = dlt_pipeline()
     return p.schemas[SOURCE_NAME].tables[table]["write_disposition"]
 
 

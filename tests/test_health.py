@@ -11,8 +11,10 @@ import duckdb
 import pytest
 from dbt.cli.main import dbtRunner
 
-from loaders import cli, pipeline, status
+from loaders import cli, dbt_project
+from loaders.monitoring import status
 from loaders.replica import ReplicaAuthError, ReplicaUnavailable
+from loaders.runners import pipeline
 from simulator import faults
 from simulator.faults import Faults
 from tests.conftest import ROOT, TOKEN, start_simulator
@@ -138,7 +140,7 @@ def freshness(tmp_path: Path) -> dict[str, str]:
         "--project-dir", str(ROOT), "--profiles-dir", str(ROOT),
         "--target-path", str(tmp_path / "target"), "--log-path", str(tmp_path / "logs"),
     ])
-    pipeline.release_dbt_warehouse()
+    dbt_project.release_warehouse()
     return {r.node.name: str(r.status) for r in result.result.results}
 
 
@@ -161,7 +163,7 @@ def test_freshness_turns_warn_then_error_when_loading_stops(simulator, warehouse
         "--project-dir", str(ROOT), "--profiles-dir", str(ROOT),
         "--target-path", str(tmp_path / "target"), "--log-path", str(tmp_path / "logs"),
     ])
-    pipeline.release_dbt_warehouse()
+    dbt_project.release_warehouse()
     assert result.success
     states = query(warehouse, "select distinct freshness_status, open_incident_kind"
                               " from marts.pipeline_health")

@@ -14,9 +14,10 @@ from typing import Any
 import duckdb
 import pytest
 
-from loaders import pipeline
 from loaders.replica import settings
-from loaders.replica.helpers import LookbackWindow
+from loaders.replica.lookback import LookbackWindow
+from loaders.runners import pipeline
+from loaders.warehouse import cursor_positions, dlt_pipeline
 from simulator import store
 from simulator.platform import Platform
 from tests.conftest import TOKEN, start_simulator
@@ -45,7 +46,7 @@ def mart_checksums(path: Path) -> dict[str, tuple[int, int]]:
 
 def resource_states() -> dict[str, dict[str, Any]]:
     """Each entity's dlt resource state (incremental cursor, lookback window)."""
-    p = pipeline.make_pipeline(read_only=True)
+    p = dlt_pipeline(read_only=True)
     try:
         resources = p.state["sources"][settings.SOURCE_NAME]["resources"]
     except KeyError:
@@ -170,7 +171,7 @@ def test_every_state_checkpoint_resumes_to_an_exact_copy(platform_dir, warehouse
 
 
 def set_cursor(entity: str, value: datetime) -> None:
-    p = pipeline.make_pipeline()
+    p = dlt_pipeline()
     with p.managed_state() as state:
         inc = state["sources"][settings.SOURCE_NAME]["resources"][entity]["incremental"]
         inc["updated_at"]["last_value"] = value
@@ -186,7 +187,7 @@ def test_a_cursor_from_the_future_loads_nothing_and_loses_nothing(simulator, war
     result = pipeline.load(base_url=simulator.url, token=TOKEN)
     assert result.rows.get("orders", 0) == 0 and result.quarantined == 0
     assert raw_versions(warehouse) == raw, "raw kept every row it had"
-    cursor = pipeline.cursor_positions(pipeline.make_pipeline())["orders"]
+    cursor = cursor_positions(dlt_pipeline())["orders"]
     assert cursor == future, "the cursor did not move backwards"
 
     # once the cursor is put back where the data is, the change loads
@@ -234,7 +235,7 @@ def test_an_interrupted_sync_leaves_raw_and_state_as_before(
     assert calls.count("products") == 3
     assert raw_versions(warehouse) == raw
     assert resource_states() == states
-    assert not pipeline.make_pipeline().has_pending_data
+    assert not dlt_pipeline().has_pending_data
 
     monkeypatch.setattr(replica, "parse_page", parse)
     pipeline.load(base_url=simulator.url, token=TOKEN, page_size=10)

@@ -13,7 +13,8 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from loaders import pipeline
+from loaders import dbt_project
+from loaders.runners import pipeline
 from tests.conftest import TOKEN, dbt_invoke
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -63,7 +64,7 @@ def mf_query(tmp_path: Path, metrics: str, group_by: str) -> list[dict[str, str]
 def test_metricflow_metrics_reconcile_with_the_marts(simulator, warehouse, tmp_path):
     pipeline.load(base_url=simulator.url, token=TOKEN)
     dbt_invoke(tmp_path, "build", "--exclude-resource-type", "unit_test")
-    pipeline.release_dbt_warehouse()
+    dbt_project.release_warehouse()
 
     # revenue and orders per day: cancelled orders never became sales
     rows = mf_query(tmp_path, "revenue,orders", "metric_time__day")

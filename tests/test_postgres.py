@@ -16,9 +16,13 @@ import pytest
 from psycopg2 import errors
 
 from benchmarks.oracle import replica_versions
-from loaders import cli, pipeline, roles, status
+from loaders import cli, dbt_project, roles
+from loaders.monitoring import status
 from loaders.replica.settings import ENDPOINTS
-from loaders.watch import watch
+from loaders.runners import pipeline
+from loaders.runners.watch import watch
+from loaders.schema_changes.changelog import recent_changes
+from loaders.warehouse import raw_counts
 from simulator import store
 from simulator.generate import generate
 from simulator.platform import Platform
@@ -142,11 +146,11 @@ def test_load_and_build_on_postgres_reconcile_with_the_replica(pg):
     assert set(tables.values()) == {roles.LOADER_ROLE}
     # the commands read the same warehouse: raw counts, status, the schema changelog
     n_orders = len(replica_orders(pg.sim.dir))
-    assert pipeline.raw_counts()["orders"] == n_orders
+    assert raw_counts()["orders"] == n_orders
     report = status.collect(pg.work / "dlt", ROOT)
     assert report["warehouse"] == "readable" and report["status"] == "green"
     assert {e["entity"]: e["rows_in_raw"] for e in report["entities"]}["orders"] == n_orders
-    assert {c["entity"] for c in pipeline.recent_changes()} >= set(ENDPOINTS)
+    assert {c["entity"] for c in recent_changes()} >= set(ENDPOINTS)
 
 
 def denied(con, sql: str) -> bool:
@@ -254,7 +258,7 @@ def pg_profile(wh: Warehouse, marts: list[str]) -> dict[str, dict[str, tuple]]:
 
 
 def duckdb_profile(path: Path, marts: list[str]) -> dict[str, dict[str, tuple]]:
-    pipeline.release_dbt_warehouse()  # dbt-duckdb keeps the file open in this process
+    dbt_project.release_warehouse()  # dbt-duckdb keeps the file open in this process
     out = {}
     with closing(duckdb.connect(str(path), read_only=True)) as con:
         for t in marts:

@@ -10,7 +10,9 @@ from datetime import datetime, timezone
 import pyarrow as pa
 import pytest
 
-from loaders.replica.helpers import EntitySpec, ReplicaError, parse_page, prefetch
+from loaders.replica.client import prefetch
+from loaders.replica.errors import ReplicaError
+from loaders.replica.pages import EntitySpec, parse_page
 
 SPEC = EntitySpec(
     name="orders",

@@ -18,9 +18,10 @@ import duckdb
 import pytest
 
 from benchmarks.oracle import assert_reconciled, raw_versions, replica_versions
-from loaders import pipeline
 from loaders.replica import ReplicaAuthError, ReplicaUnavailable, replica_source
 from loaders.replica.settings import ENDPOINTS
+from loaders.runners import pipeline
+from loaders.warehouse import dlt_pipeline
 from simulator import faults, store
 from simulator.faults import Faults
 from simulator.generate import generate
@@ -285,7 +286,7 @@ def test_a_kill_between_the_two_steps_of_a_normalize_commit_is_completed(
     platform.tick(20)
     platform.close()
     store.replicate(simulator.dir)
-    p = pipeline.make_pipeline()
+    p = dlt_pipeline()
     p.extract(replica_source(base_url=simulator.url, token=TOKEN))
     [load_id] = p.list_extracted_load_packages()
     extracted = Path(p.working_dir) / "normalize" / "extracted" / load_id

@@ -14,9 +14,19 @@ import pytest
 from conftest import TOKEN, Simulator, start_simulator
 from sinks import HttpReceiver, SmtpSink
 
-from loaders import cli, pipeline, tracking
-from loaders.notify import Event, JsonLinesChannel, Ledger, Notifier, WebhookChannel, sign
+from loaders import cli
+from loaders.monitoring.notify import (
+    Event,
+    JsonLinesChannel,
+    Ledger,
+    Notifier,
+    WebhookChannel,
+    sign,
+)
 from loaders.replica import settings
+from loaders.runners import pipeline
+from loaders.schema_changes.announcements import follow_announcements
+from loaders.schema_changes.track import build_failed_event
 from simulator import store
 from simulator.model import EVOLUTIONS
 from simulator.platform import Platform
@@ -245,7 +255,7 @@ def test_announcement_milestones_are_notified_once_each(tmp_path):
         before = sent(tmp_path)
         now = effective - timedelta(days=days_before)
         # a fresh notifier on the same ledger each time: state survives restarts
-        tracking.follow_announcements(a, notifier(tmp_path), None, now)
+        follow_announcements(a, notifier(tmp_path), None, now)
         keys = [f"announcement:restructure:{k}" for k in expect]
         assert sent(tmp_path)[len(before):] == keys, days_before
 
@@ -253,12 +263,12 @@ def test_announcement_milestones_are_notified_once_each(tmp_path):
 def test_an_announcement_first_seen_late_skips_the_milestones_it_passed(tmp_path):
     effective = datetime(2026, 12, 20, 9, tzinfo=timezone.utc)
     a = [_announcement(effective)]
-    tracking.follow_announcements(a, notifier(tmp_path), None, effective - timedelta(days=3))
-    tracking.follow_announcements(a, notifier(tmp_path), None, effective - timedelta(days=2))
-    tracking.follow_announcements(a, notifier(tmp_path), None, effective - timedelta(days=1))
+    follow_announcements(a, notifier(tmp_path), None, effective - timedelta(days=3))
+    follow_announcements(a, notifier(tmp_path), None, effective - timedelta(days=2))
+    follow_announcements(a, notifier(tmp_path), None, effective - timedelta(days=1))
     assert sent(tmp_path) == ["announcement:restructure:seen", "announcement:restructure:d1"]
     applied = [{**a[0], "status": "applied"}]
-    tracking.follow_announcements(applied, notifier(tmp_path), None, effective)
+    follow_announcements(applied, notifier(tmp_path), None, effective)
     assert len(sent(tmp_path)) == 2
 
 
@@ -311,7 +321,7 @@ def test_a_failed_build_notice_carries_the_impact_of_recent_changes():
     change = {"entity": "orders", "column": "total_cents", "kind": "type_change",
               "detected_at": "2026-11-23T10:00:00+00:00"}
     result = pipeline.LoadResult(load_ids=["1795000000.1"])
-    event = tracking.build_failed_event(result, [change])
+    event = build_failed_event(result.last_load_id, [change])
     assert event.key == "build_failed:1795000000.1" and event.severity == "error"
     assert "BREAKING" in event.text and "fct_orders" in event.text
     assert event.details["impact"][0]["staging_models"] == ["stg_replica__orders"]

@@ -39,10 +39,12 @@ import requests
 from conftest import AS_OF, ROOT, start_simulator
 from sinks import HttpReceiver, SmtpSink
 
-from loaders import cli, pipeline, publish
+from loaders import cli
 from loaders.replica import ReplicaAuthError, ReplicaUnavailable
-from loaders.replica.helpers import NAMING
+from loaders.replica.pages import NAMING
 from loaders.replica.settings import ENDPOINTS
+from loaders.runners import pipeline, publish
+from loaders.warehouse import dlt_pipeline
 from simulator import store
 from simulator.generate import generate
 from simulator.platform import Platform
@@ -283,9 +285,9 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             publish.publish(w.warehouse)
             pipeline.dbt_docs()
             w.texts["last trace"] = "\n".join(
-                [str(pipeline.make_pipeline().last_trace),
-                 repr(pipeline.make_pipeline().last_trace),
-                 json.dumps(pipeline.make_pipeline().last_trace.asdict(), default=str)]
+                [str(dlt_pipeline().last_trace),
+                 repr(dlt_pipeline().last_trace),
+                 json.dumps(dlt_pipeline().last_trace.asdict(), default=str)]
             )
     finally:
         for s in stubs:
@@ -561,7 +563,7 @@ def test_hostile_names_are_data_in_the_changelog_reports_and_notifications(world
 
 
 def test_a_field_colliding_with_a_column_is_held_back_not_the_whole_page():
-    from loaders.replica.helpers import EntitySpec, parse_page
+    from loaders.replica.pages import EntitySpec, parse_page
 
     spec = EntitySpec("events", "v1/events", "event_id", "updated_at",
                       fields={"event_id": "integer", "updated_at": "timestamp",

@@ -14,9 +14,10 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from loaders import cli, pipeline, publish
+from loaders import cli, dbt_project
 from loaders.replica.settings import ENDPOINTS
-from loaders.watch import watch
+from loaders.runners import pipeline, publish
+from loaders.runners.watch import watch
 from simulator import faults
 from simulator.faults import Faults
 from tests.conftest import ROOT, TOKEN, start_simulator
@@ -164,7 +165,7 @@ def test_an_outage_during_watch_is_one_alert_and_one_recovery(
 
 def test_analyses_run_on_the_published_file(simulator, warehouse, published, capsys):
     pipeline.load(base_url=simulator.url, token=TOKEN)
-    assert pipeline._dbt("build", "--exclude-resource-type", "unit_test")
+    assert dbt_project.run("build", "--exclude-resource-type", "unit_test")
     publish.publish(warehouse)
     for sql in sorted((ROOT / "analyses").glob("*.sql")):
         assert cli.main(["query", str(sql), "--csv"]) == 0, sql.name
@@ -246,7 +247,7 @@ def test_incremental_cycles_and_their_publication_equal_a_full_rebuild(
     rebuilt = tmp_path / "rebuilt.duckdb"
     rebuilt.write_bytes(warehouse.read_bytes())
     os.environ["SALESFLOW_DUCKDB_PATH"] = str(rebuilt)  # restored by the fixture
-    assert pipeline._dbt("run", "--full-refresh", "--select", "marts")
+    assert dbt_project.run("run", "--full-refresh", "--select", "marts")
     with duckdb.connect(str(published), read_only=True) as con:
         con.execute(f"ATTACH '{rebuilt}' AS rebuilt (READ_ONLY)")
         con.execute(f"ATTACH '{warehouse}' AS wh (READ_ONLY)")

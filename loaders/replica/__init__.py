@@ -6,16 +6,18 @@ never advances past data that did not load), merged on its primary key (an updat
 replaces the row; the newest version wins within a load), with deletions applied from
 the API's tombstones (``hard_delete``). Requests start ``lookback_seconds`` before the
 last cursor seen, so rows committed late are caught; rows read again unchanged are
-dropped before loading (:class:`~loaders.replica.helpers.LookbackWindow`), so a cycle
-loads only what is new or changed.
+dropped before loading (:mod:`~loaders.replica.lookback`), so a cycle loads only what
+is new or changed.
 
-Pages are NDJSON parsed straight into Arrow (see :mod:`loaders.replica.helpers`); bad
-records go to the ``quarantine`` table with the reason, never silently away.
+The package: ``settings`` (endpoint declarations), ``errors``, ``client`` (HTTP, the
+schema and announcements endpoints), ``pages`` (NDJSON → Arrow, validation and
+quarantine: bad records go to the ``quarantine`` table with the reason, never silently
+away), ``lookback``, and the source itself here. It imports nothing of the project
+outside this package: every other part of ``loaders`` may use it.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
@@ -25,28 +27,29 @@ import dlt
 import pyarrow as pa
 import pyarrow.compute as pc
 from dlt.common.schema.typing import C_DLT_LOAD_ID
-from dlt.sources.helpers.rest_client.auth import BearerTokenAuth
 from dlt.sources.helpers.rest_client.paginators import HeaderCursorPaginator
 from requests.exceptions import ConnectionError as RequestsConnectionError
 from requests.exceptions import HTTPError, RetryError, Timeout
 
 from loaders.replica import settings
-from loaders.replica.helpers import (
+from loaders.replica.client import (
     NDJSON,
+    NdjsonClient,
+    client,
+    fetch_announcements,
+    fetch_api_schema,
+    prefetch,
+    raise_for_api_status,
+)
+from loaders.replica.errors import ReplicaAuthError, ReplicaError, ReplicaUnavailable
+from loaders.replica.lookback import LookbackWindow
+from loaders.replica.pages import (
     QUARANTINE_KEY,
     EntitySpec,
-    LookbackWindow,
-    NdjsonClient,
     ParsedPage,
-    ReplicaAuthError,
-    ReplicaError,
-    ReplicaUnavailable,
-    api_schema,
     check_page_type,
     parse_page,
-    prefetch,
     quarantine_table,
-    raise_for_api_status,
 )
 
 log = logging.getLogger(__name__)
@@ -74,16 +77,8 @@ def _as_datetime(value: datetime | str) -> datetime:
     return value
 
 
-@functools.lru_cache(maxsize=64)
-def _client(base_url: str, token: str, user: str = "") -> NdjsonClient:
-    """One client per (API, token, user) for the life of the process: a continuous run
-    does not pay dlt's configuration resolution for each client every cycle. ``user``
-    keeps resources apart: each is extracted in a thread of its own, one at a time."""
-    return NdjsonClient(base_url=base_url.rstrip("/") + "/", auth=BearerTokenAuth(token))
-
-
 def _entity_resource(
-    client: NdjsonClient,  # one per resource: resources are extracted in parallel threads
+    api: NdjsonClient,  # one per resource: resources are extracted in parallel threads
     spec: EntitySpec,
     page_size: int,
     start_date: str,
@@ -122,7 +117,7 @@ def _entity_resource(
             cursor_key=settings.NEXT_CURSOR_HEADER, cursor_param=settings.PARAM_CURSOR
         )
         try:
-            responses = client.paginate(
+            responses = api.paginate(
                 spec.path, params=params, paginator=paginator, headers={"Accept": NDJSON}
             )
             # pages are fetched and parsed in threads of their own, each ahead of the
@@ -145,7 +140,7 @@ def _entity_resource(
                 if parsed.table is not None:
                     table = window.drop_seen(parsed.table) if window else parsed.table
                     if append and spec.deleted_marker in table.column_names:
-                        # a first load: tombstones go aside (loaders.first_loads applies
+                        # a first load: tombstones go aside (loaders.runners.first_loads applies
                         # them to the rare rows listed before their deletion)
                         table, tombstones = split_tombstones(spec, table)
                         if tombstones.num_rows:
@@ -162,11 +157,11 @@ def _entity_resource(
             if window:
                 window.save()
         except HTTPError as exc:
-            raise_for_api_status(exc.response, client.base_url)
+            raise_for_api_status(exc.response, api.base_url)
             raise
         except (RequestsConnectionError, Timeout, RetryError) as exc:
             raise ReplicaUnavailable(
-                f"cannot reach the replica API at {client.base_url} ({spec.path}):"
+                f"cannot reach the replica API at {api.base_url} ({spec.path}):"
                 f" {type(exc).__name__}: {exc}"
             ) from None
 
@@ -184,14 +179,16 @@ def _entity_resource(
             "data_type": "timestamp",
             "nullable": True,
         }
+    disposition: Any = (
+        "append" if append else {"disposition": "merge", "strategy": "delete-insert"}
+    )
     return dlt.resource(
         pages,
         name=spec.name,
         primary_key=spec.primary_key,
-        # a first load appends; loaders.first_loads repairs it into what a merge leaves
-        write_disposition=(
-            "append" if append else {"disposition": "merge", "strategy": "delete-insert"}
-        ),
+        # a first load appends; loaders.runners.first_loads repairs it into what a merge
+        # leaves
+        write_disposition=disposition,
         columns=columns,
         parallelized=True,
     )
@@ -205,7 +202,7 @@ def _parsed(spec: EntitySpec, pages: Iterable[Any], since: datetime) -> Iterator
 
 
 def tombstones_table(entity: str) -> str:
-    """Where a first load sets aside the tombstones it reads (see loaders.first_loads)."""
+    """Where a first load sets aside the tombstones it reads (see loaders.runners.first_loads)."""
     return f"{entity}__first_load_tombstones"
 
 
@@ -235,33 +232,6 @@ def freezes_types(contract: Any) -> bool:
     return bool(contract) and contract.get("data_type") == "freeze"
 
 
-def fetch_api_schema(base_url: str, token: str) -> dict[str, dict[str, Any]]:
-    """The API's fields and types per entity ({} if it has no schema endpoint)."""
-    try:
-        return api_schema(_client(base_url, token), settings.SCHEMA_PATH)
-    except (RequestsConnectionError, Timeout, RetryError) as exc:
-        raise ReplicaUnavailable(
-            f"cannot reach the replica API at {base_url}: {type(exc).__name__}: {exc}"
-        ) from None
-
-
-def fetch_announcements(base_url: str, token: str) -> list[dict[str, Any]]:
-    """The API's announced schema changes, upcoming and applied ([] without any)."""
-    if not settings.ANNOUNCEMENTS_PATH:
-        return []
-    client = _client(base_url, token)
-    try:
-        response = client.get(settings.ANNOUNCEMENTS_PATH)
-    except (RequestsConnectionError, Timeout, RetryError) as exc:
-        raise ReplicaUnavailable(
-            f"cannot reach the replica API at {base_url}: {type(exc).__name__}: {exc}"
-        ) from None
-    if response.status_code == 404:
-        return []
-    raise_for_api_status(response, client.base_url)
-    return response.json().get("announcements", [])
-
-
 @dlt.source(name=settings.SOURCE_NAME, max_table_nesting=0)
 def replica_source(
     base_url: str = dlt.config.value,
@@ -284,7 +254,7 @@ def replica_source(
     (``schema_contracts``, over :data:`settings.SCHEMA_CONTRACTS`), go to quarantine.
     ``described`` is the API's schema when the caller has fetched it already.
     ``append``: entities to append instead of merge, for their first load; the caller
-    must then repair them (:mod:`loaders.first_loads`) into what a merge leaves."""
+    must then repair them (:mod:`loaders.runners.first_loads`) into what a merge leaves."""
     if not base_url.startswith(("http://", "https://")):
         raise ReplicaError(f"base_url must be an http(s) URL, got {base_url!r}")
     if not 1 <= page_size <= 1_000_000:
@@ -299,15 +269,17 @@ def replica_source(
     for name, ep in declared.items():
         if entities and name not in entities:
             continue
-        described = schema.get(name, {})
+        entity_schema = schema.get(name, {})
         spec = EntitySpec(
             name=name,
             path=ep["path"],
             primary_key=ep["primary_key"],
             cursor=settings.cursor_of(ep),
             deleted_marker=ep.get("deleted_marker"),
-            fields={f["name"]: f["type"] for f in described.get("fields", [])},
-            required=tuple(f["name"] for f in described.get("fields", []) if f.get("required")),
+            fields={f["name"]: f["type"] for f in entity_schema.get("fields", [])},
+            required=tuple(
+                f["name"] for f in entity_schema.get("fields", []) if f.get("required")
+            ),
         ).with_variants(
             (known_types or {}).get(name, {}), freeze_types=freezes_types(contracts.get(name))
         )
@@ -319,7 +291,7 @@ def replica_source(
                 name, sorted(spec.frozen),
             )
         resource = _entity_resource(
-            _client(base_url, token, spec.name), spec, page_size, start_date,
+            client(base_url, token, spec.name), spec, page_size, start_date,
             lookback_seconds, append=name in append,
         )
         resource.apply_hints(schema_contract=contracts.get(name))

@@ -3,6 +3,8 @@
 A new endpoint is one more entry here (or under ``[sources.replica.endpoints]`` in
 ``.dlt/config.toml``, which replaces these defaults): its path, primary key, incremental
 cursor and whether the API serves tombstones for deleted records.
+
+May import: nothing.
 """
 
 from __future__ import annotations

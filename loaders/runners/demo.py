@@ -17,6 +17,9 @@ import sys
 import time
 from pathlib import Path
 
+from loaders import config, warehouse
+from loaders.runners import pipeline
+from loaders.runners.publish import publish
 from simulator.cli import DEFAULT_TOKEN
 from simulator.generate import default_as_of, generate
 from simulator.server import read_server_file
@@ -29,13 +32,11 @@ def _step(text: str) -> None:
 
 
 def demo(orders: int = 3000, live_seconds: float = 5.0) -> int:
-    from loaders import pipeline, warehouse
-
     sim_dir = DEMO_DIR / "sim"
     token = os.environ.get("SALESFLOW_SIM_TOKEN", DEFAULT_TOKEN)
     _step(f"generating a platform with {orders:,} orders in {sim_dir}")
     shutil.rmtree(sim_dir, ignore_errors=True)
-    for stale in (pipeline.warehouse_path(), pipeline.pipelines_dir()):
+    for stale in (warehouse.duckdb_path(), config.pipelines_dir()):
         if stale.is_dir():
             shutil.rmtree(stale)
         elif stale.exists():
@@ -75,9 +76,7 @@ def demo(orders: int = 3000, live_seconds: float = 5.0) -> int:
                 return 1
             if warehouse.is_duckdb():
                 _step("publish the marts for analysts")
-                from loaders.publish import publish
-
-                published = publish(pipeline.warehouse_path())
+                published = publish(warehouse.duckdb_path())
                 print(f"  {len(published.tables)} marts in {published.path}"
                       f" ({published.seconds:.2f} s)")
             _step("docs site: dbt docs generate --static")
@@ -95,12 +94,12 @@ def demo(orders: int = 3000, live_seconds: float = 5.0) -> int:
     if docs is not None:
         print(f"  docs site:      open {docs} in a browser, or `make docs-serve`")
     print(f"  warehouse:      {wh}  (schemas raw, staging, marts)")
-    print(f"  dlt pipeline:   dlt pipeline --pipelines-dir {pipeline.pipelines_dir()} "
+    print(f"  dlt pipeline:   dlt pipeline --pipelines-dir {config.pipelines_dir()} "
           f"salesflow_replica info")
     print("  query it:       .venv/bin/salesflow query"
           " analyses/top_product_lines_last_7_days.sql   (the published marts)")
     print("  or with dbt:    .venv/bin/dbt show --select product_sales_daily")
     print("  schema changes: .venv/bin/salesflow schema   (and `salesflow schema impact`)")
-    print(f"  notifications:  {pipeline.pipelines_dir() / 'notifications.jsonl'}")
+    print(f"  notifications:  {config.pipelines_dir() / 'notifications.jsonl'}")
     return 0
 

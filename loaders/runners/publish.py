@@ -38,14 +38,16 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import duckdb
 
+from loaders.dbt_project import MARTS_SCHEMA
 from loaders.warehouse import quote_identifier, quote_literal
 
 log = logging.getLogger(__name__)
 
-SCHEMA = "marts"
+SCHEMA = MARTS_SCHEMA
 LOAD_ID = "last_load_id"
 
 
@@ -61,6 +63,18 @@ class Published:
     updated: dict[str, int]  # refreshed row by row: rows written
     seconds: float
     in_place: bool = False  # brought the spare version up to date instead of a copy
+
+
+def by_load_id(manifest: Any) -> dict[str, str]:
+    """The marts analysts' copy may refresh row by row (``meta: {publish: by_load_id}``,
+    see above), with their unique key (``manifest``: dbt's parsed manifest)."""
+    return {
+        node.name: node.config.unique_key
+        for node in manifest.nodes.values()
+        if node.resource_type == "model" and node.schema == SCHEMA
+        and (node.config.meta or {}).get("publish") == "by_load_id"
+        and isinstance(node.config.unique_key, str)
+    }
 
 
 def publish(

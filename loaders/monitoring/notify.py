@@ -16,6 +16,8 @@ each channel has delivered, so the same event reaches each channel once, across
 restarts. A channel that fails never breaks the pipeline: the failure is logged and the
 message waits in the ledger for the next attempt. Messages say what happened, what it
 affects and what to do; they never carry secrets or row-level data.
+
+May import: :mod:`loaders.config`.
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import requests
+
+from loaders.config import notify_setting
 
 log = logging.getLogger(__name__)
 
@@ -280,43 +284,33 @@ class Notifier:
         return "delivered"
 
 
-def _setting(name: str, secret: bool = False) -> Any:
-    import dlt
-
-    provider = dlt.secrets if secret else dlt.config
-    value = provider.get(f"notify.{name}")
-    if value is None and not secret:
-        value = dlt.secrets.get(f"notify.{name}")
-    return value
-
-
 def from_config(data_dir: Path) -> Notifier:
     """The notifier configured under ``[notify]`` (config, secrets or environment)."""
     channels: list[Channel] = []
-    jsonl = _setting("jsonl_path")
+    jsonl = notify_setting("jsonl_path")
     if jsonl != "":  # an empty string switches the local log off
         channels.append(JsonLinesChannel(Path(jsonl or data_dir / "notifications.jsonl")))
-    if url := _setting("slack_webhook_url", secret=True):
+    if url := notify_setting("slack_webhook_url", secret=True):
         channels.append(SlackChannel(url))
-    if url := _setting("webhook_url", secret=True):
-        secret = _setting("webhook_secret", secret=True)
+    if url := notify_setting("webhook_url", secret=True):
+        secret = notify_setting("webhook_secret", secret=True)
         if not secret:
             raise ValueError("notify.webhook_url is set but notify.webhook_secret is not")
         channels.append(WebhookChannel(url, secret))
-    if host := _setting("smtp_host"):
-        to = _setting("smtp_to") or []
+    if host := notify_setting("smtp_host"):
+        to = notify_setting("smtp_to") or []
         recipients = [a.strip() for a in to.split(",")] if isinstance(to, str) else list(to)
         if not recipients:
             raise ValueError("notify.smtp_host is set but notify.smtp_to is not")
         channels.append(
             EmailChannel(
                 host=host,
-                port=int(_setting("smtp_port") or 25),
-                sender=_setting("smtp_from") or "salesflow@localhost",
+                port=int(notify_setting("smtp_port") or 25),
+                sender=notify_setting("smtp_from") or "salesflow@localhost",
                 recipients=recipients,
-                username=_setting("smtp_username"),
-                password=_setting("smtp_password", secret=True),
-                starttls=str(_setting("smtp_starttls") or "").lower() in ("1", "true", "yes"),
+                username=notify_setting("smtp_username"),
+                password=notify_setting("smtp_password", secret=True),
+                starttls=str(notify_setting("smtp_starttls") or "").lower() in ("1", "true", "yes"),
             )
         )
     return Notifier(channels, Ledger(data_dir / "notifications.sqlite3"))

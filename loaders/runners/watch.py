@@ -16,14 +16,14 @@ publish for analysts.
   (default 300), after that cycle's publication, so a sale's way to the marts never
   waits for a full-table test; a failure is notified like a failed build. Contracts are
   enforced by every build. Unit tests belong to ``make test``.
-* **Published atomically** (:mod:`loaders.publish`) after every successful build:
+* **Published atomically** (:mod:`loaders.runners.publish`) after every successful build:
   analysts read ``data/published/analytics.duckdb`` and are never blocked or shown a
   half-built mart. A failed build publishes nothing (analysts keep the last good
   version) and is notified with the impact of recent schema changes. On a server
   warehouse (``SALESFLOW_TARGET=postgres``) nothing is published: analysts query its
   ``marts`` schema directly with their own role, and dbt swaps each rebuilt mart in one
   transaction, so they never see a half-built one either.
-* **Outages**: a failed cycle is classified and recorded (:mod:`loaders.health`: one
+* **Outages**: a failed cycle is classified and recorded (:mod:`loaders.monitoring.health`: one
   alert per incident, one recovery notice); watch backs off (interval doubled per
   failure, at most ``max_backoff``) and resumes; the incremental cursor did not move, so
   the next good cycle catches up.
@@ -43,7 +43,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from loaders import pipeline, publish, tracking, warehouse
+from loaders import dbt_project, warehouse
+from loaders.replica import settings as replica_settings
+from loaders.runners import pipeline, publish
+from loaders.schema_changes.changelog import recent_changes
+from loaders.schema_changes.track import build_failed_event
 
 log = logging.getLogger(__name__)
 
@@ -55,86 +59,6 @@ class WatchStats:
     failures: int = 0
     published: int = 0
     last: dict[str, Any] = field(default_factory=dict)
-
-
-class DbtSession:
-    """dbt with the project parsed once (the manifest is reused by every command)."""
-
-    def __init__(self) -> None:
-        from dbt.cli.main import dbtRunner
-
-        warehouse.prepare_dbt()
-        parsed = self._invoke(dbtRunner(), "parse")
-        if not parsed.success or parsed.result is None:
-            raise RuntimeError(f"dbt parse failed: {parsed.exception}")
-        self.runner = dbtRunner(manifest=parsed.result)
-        self.target = warehouse.dbt_target(pipeline.PROJECT_ROOT)
-        self.by_load_id = published_by_load_id(parsed.result)
-
-    @staticmethod
-    def _invoke(runner: Any, *args: str) -> Any:
-        root = str(pipeline.PROJECT_ROOT)
-        try:
-            return runner.invoke([*args, "--project-dir", root, "--profiles-dir", root])
-        finally:
-            pipeline.release_dbt_warehouse()
-
-    def build(
-        self, select: list[str] | None, tests: bool = True, views: bool = True
-    ) -> tuple[bool, list[str]]:
-        """Build (models, seeds, snapshots, and with ``tests`` their data tests; never
-        unit tests); returns success and the marts rebuilt. Without ``views`` (and
-        tests), the selected views are left as they are."""
-        args = (
-            ["build", "--exclude-resource-type", "unit_test"] if tests
-            # a cycle's run leaves the manifest as parsed (rewriting its megabytes of
-            # JSON each cycle cost about 0.2 s); its run_results.json is written below
-            else ["run", "--no-write-json"]
-        )
-        if select:
-            args += ["--select", *select]
-            if not tests and not views:
-                # a view's definition changes with the project or the source's shape,
-                # not with new rows: recreating them each cycle is wasted work
-                args += ["--exclude", "config.materialized:view"]
-        result = self._invoke(self.runner, *args)
-        if result.exception is not None:
-            raise result.exception
-        if not tests and result.result is not None:
-            # what failed stays where dbt users (and salesflow's notices) look for it
-            result.result.write(str(self.target / "run_results.json"))
-        return bool(result.success), self._marts(result)
-
-    def test(self, select: list[str] | None) -> bool:
-        """The data tests of the selection (never unit tests); True when all pass."""
-        args = ["test", "--exclude-resource-type", "unit_test"]
-        if select:
-            args += ["--select", *select]
-        result = self._invoke(self.runner, *args)
-        if result.exception is not None:
-            raise result.exception
-        return bool(result.success)
-
-    @staticmethod
-    def _marts(result: Any) -> list[str]:
-        return [
-            r.node.name
-            for r in getattr(result.result, "results", None) or []
-            if r.node.resource_type == "model" and r.node.schema == publish.SCHEMA
-            and str(r.status) == "success"
-        ]
-
-
-def published_by_load_id(manifest: Any) -> dict[str, str]:
-    """The marts analysts' copy may refresh row by row (``meta: {publish: by_load_id}``,
-    see :mod:`loaders.publish`), with their unique key."""
-    return {
-        node.name: node.config.unique_key
-        for node in manifest.nodes.values()
-        if node.resource_type == "model" and node.schema == publish.SCHEMA
-        and (node.config.meta or {}).get("publish") == "by_load_id"
-        and isinstance(node.config.unique_key, str)
-    }
 
 
 def watch(
@@ -153,7 +77,8 @@ def watch(
     restore = _install_signals(stop)
     try:
         with pipeline.run_lock("watch"):
-            dbt = DbtSession()
+            dbt = dbt_project.Session()
+            by_load_id = publish.by_load_id(dbt.manifest)
             # a DuckDB file is copied for analysts; a server warehouse is queried directly
             publishes = warehouse.is_duckdb()
             built_once = False
@@ -163,7 +88,7 @@ def watch(
                 started = time.monotonic()
                 stats.cycles += 1
                 try:
-                    result = pipeline._cycle(pipeline._source_kwargs(**load_options), progress)
+                    result = pipeline.cycle(progress, **load_options)
                 except Exception as exc:  # recorded and notified by the cycle itself
                     failures += 1
                     stats.failures += 1
@@ -180,7 +105,7 @@ def watch(
                 if result.advanced or not built_once:
                     select = (
                         None if not built_once
-                        else [f"source:{pipeline.replica_settings.SOURCE_NAME}.{e}+"
+                        else [f"source:{replica_settings.SOURCE_NAME}.{e}+"
                               for e in result.advanced]
                     )
                     t = time.monotonic()
@@ -198,10 +123,10 @@ def watch(
                         built_once = True
                         if publishes:
                             pub = publish.publish(
-                                pipeline.warehouse_path(),
+                                warehouse.duckdb_path(),
                                 changed=None if select is None else marts,
                                 cycle_id=result.load_ids[-1] if result.load_ids else None,
-                                by_load_id=dbt.by_load_id,
+                                by_load_id=by_load_id,
                             )
                             stats.published += 1
                             stats.last["publish_s"] = round(pub.seconds, 2)
@@ -216,11 +141,11 @@ def watch(
                             stats.last["test_s"] = round(tested_at - t, 2)
                             if not passed:
                                 stats.last["tests_failed"] = True
-                                pipeline.notifier().notify(tracking.build_failed_event(
-                                    result, pipeline.recent_changes(20), published=True))
+                                pipeline.notifier().notify(build_failed_event(
+                                    result.last_load_id, recent_changes(20), published=True))
                     else:
                         pipeline.notifier().notify(
-                            tracking.build_failed_event(result, pipeline.recent_changes(20))
+                            build_failed_event(result.last_load_id, recent_changes(20))
                         )
                         stats.last["build"] = "failed"
                 stats.last["cycle_s"] = round(time.monotonic() - started, 2)

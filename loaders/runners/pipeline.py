@@ -32,30 +32,18 @@ from typing import Any
 import dlt
 from dlt.pipeline.exceptions import PipelineStepFailed
 
-from loaders import first_loads, health, notify, tracking, warehouse
-from loaders.replica import (
-    ReplicaError,
-    fetch_announcements,
-    fetch_api_schema,
-    freezes_types,
-    replica_source,
-)
+from loaders import config, dbt_project, warehouse
+from loaders.monitoring import health, notify
+from loaders.replica import freezes_types, replica_source
 from loaders.replica import settings as replica_settings
-from loaders.replica.helpers import type_changes
+from loaders.replica.client import fetch_announcements, fetch_api_schema
+from loaders.replica.errors import ReplicaError
+from loaders.replica.pages import type_changes
+from loaders.runners import first_loads
+from loaders.schema_changes import track
+from loaders.schema_changes.changelog import recent_changes
 
 log = logging.getLogger(__name__)
-
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-
-
-def warehouse_path() -> Path:
-    """The DuckDB warehouse file (the ``dev`` target)."""
-    return warehouse.duckdb_path()
-
-
-def pipelines_dir() -> Path:
-    return Path(os.environ.get("SALESFLOW_PIPELINES_DIR", "data/dlt"))
-
 
 class AlreadyRunning(RuntimeError):
     pass
@@ -64,7 +52,7 @@ class AlreadyRunning(RuntimeError):
 @contextmanager
 def run_lock(what: str) -> Iterator[None]:
     """Exclusive lock for anything that writes the warehouse."""
-    d = pipelines_dir()
+    d = config.pipelines_dir()
     d.mkdir(parents=True, exist_ok=True)
     path = d / "salesflow.lock"
     fh = open(path, "a+")
@@ -90,30 +78,22 @@ def run_lock(what: str) -> Iterator[None]:
         fh.close()
 
 
-def make_pipeline(progress: str | None = None, read_only: bool = False) -> dlt.Pipeline:
-    """The replica pipeline on the current target's warehouse (``read_only``: for
-    readers of a DuckDB file, which must not take its write lock)."""
-    return dlt.pipeline(
-        pipeline_name=replica_settings.PIPELINE_NAME,
-        destination=warehouse.destination(read_only=read_only),
-        dataset_name=replica_settings.DATASET_NAME,
-        pipelines_dir=str(pipelines_dir()),
-        progress=progress,  # type: ignore[arg-type]
-    )
-
-
 @dataclass
 class LoadResult:
     rows: dict[str, int] = field(default_factory=dict)  # rows extracted per table
     quarantined: int = 0
     load_ids: list[str] = field(default_factory=list)
     seconds: float = 0.0
-    tracked: tracking.Tracked | None = None  # schema changes and notices of this load
-    outcome: str = ""  # the cycle's outcome (see loaders.health)
+    tracked: track.Tracked | None = None  # schema changes and notices of this load
+    outcome: str = ""  # the cycle's outcome (see loaders.monitoring.health)
     # entities with new data: their cursor moved forward, or rows loaded (the lookback
     # window's unchanged rows are not loaded again, so a row loaded behind the cursor
     # is a late commit, or the entity's new shape)
     advanced: list[str] = field(default_factory=list)
+
+    @property
+    def last_load_id(self) -> str | None:
+        return self.load_ids[-1] if self.load_ids else None
 
     @property
     def new_rows(self) -> dict[str, int]:
@@ -127,31 +107,6 @@ class LoadResult:
     @property
     def total(self) -> int:
         return sum(v for k, v in self.rows.items() if k != replica_settings.QUARANTINE_TABLE)
-
-
-def known_types(pipeline: dlt.Pipeline) -> dict[str, dict[str, str]]:
-    """Column data types of the raw tables loaded so far (table -> column -> type)."""
-    if replica_settings.SOURCE_NAME not in pipeline.schema_names:
-        return {}
-    schema = pipeline.schemas[replica_settings.SOURCE_NAME]
-    return {
-        table: {c: col["data_type"] for c, col in t["columns"].items() if col.get("data_type")}
-        for table, t in schema.tables.items()
-        if not table.startswith("_dlt")
-    }
-
-
-def cursor_positions(pipeline: dlt.Pipeline) -> dict[str, Any]:
-    """Each resource's incremental cursor (last value seen), from dlt's state."""
-    try:
-        resources = pipeline.state["sources"][replica_settings.SOURCE_NAME]["resources"]
-    except KeyError:
-        return {}
-    out = {}
-    for name, r in resources.items():
-        for inc in (r.get("incremental") or {}).values():
-            out[name] = inc.get("last_value")
-    return out
 
 
 def root_cause(exc: BaseException) -> BaseException:
@@ -182,6 +137,12 @@ def _source_kwargs(
     return kwargs
 
 
+def cycle(progress: str | None = None, **options: Any) -> LoadResult:
+    """One load recorded as a cycle, for a runner that holds the run lock already
+    (options as for :func:`load`)."""
+    return _cycle(_source_kwargs(**options), progress)
+
+
 def load(progress: str | None = None, **options: Any) -> LoadResult:
     """Extract, normalize and load the replica API into ``raw`` (options: base_url,
     token, entities and any argument of ``replica_source``). Raises ReplicaError
@@ -192,11 +153,11 @@ def load(progress: str | None = None, **options: Any) -> LoadResult:
 
 def _cycle(kwargs: dict[str, Any], progress: str | None = None) -> LoadResult:
     """A load recorded as a cycle: classified, kept in the health history, incidents
-    opened or closed and notified (see :mod:`loaders.health`)."""
+    opened or closed and notified (see :mod:`loaders.monitoring.health`)."""
     started = health.utcnow()
     pipeline = None
     try:
-        pipeline = make_pipeline(progress)
+        pipeline = warehouse.dlt_pipeline(progress)
         result = _load(kwargs, pipeline)
     except Exception as exc:
         try:
@@ -219,7 +180,7 @@ def _record_cycle(
     outcome, message = health.classify(exc, result.total_new if result else 0)
     cycle = health.Cycle(
         started, health.utcnow(), outcome, message, rows,
-        load_id=(result.load_ids or [None])[-1] if result else None,
+        load_id=result.last_load_id if result else None,
     )
     upcoming = [
         {k: a.get(k) for k in ("change_id", "title", "effective_at", "breaking")}
@@ -230,13 +191,13 @@ def _record_cycle(
     if result is not None:
         extra["upcoming_announcements"] = upcoming
     try:
-        tracker = health.Health(pipelines_dir(), notifier())
+        tracker = health.Health(config.pipelines_dir(), notifier())
     except ValueError as config_problem:  # a misconfigured channel: record, tell no one
         log.error("notifications are misconfigured: %s", config_problem)
-        tracker = health.Health(pipelines_dir(), None)
+        tracker = health.Health(config.pipelines_dir(), None)
     recorded = False
     try:
-        with (pipeline or make_pipeline()).sql_client() as sql:
+        with (pipeline or warehouse.dlt_pipeline()).sql_client() as sql:
             tracker.record(cycle, sql, extra)
             recorded = True
     except Exception as warehouse_problem:  # the warehouse is unusable: keep the state file
@@ -248,41 +209,9 @@ def _record_cycle(
     return outcome
 
 
-def _connection(kwargs: dict[str, Any]) -> tuple[str, str]:
-    """The API's base URL and token: given, or from dlt's config and secrets."""
-    base_url = kwargs.get("base_url") or dlt.config.get("sources.replica.base_url")
-    token = kwargs.get("token") or dlt.secrets.get("sources.replica.token")
-    if not base_url:
-        raise ReplicaError("no replica API configured: set sources.replica.base_url")
-    if not token:
-        raise ReplicaError(
-            "no replica API token: set SOURCES__REPLICA__TOKEN or sources.replica.token in"
-            " .dlt/secrets.toml"
-        )
-    return str(base_url), str(token)
-
-
-def endpoints(kwargs: dict[str, Any]) -> dict[str, Any]:
-    """The endpoints declared: given, else configured, else the defaults."""
-    return dict(
-        kwargs.get("endpoints")
-        or dlt.config.get("sources.replica.endpoints")
-        or replica_settings.ENDPOINTS
-    )
-
-
-def contracts(kwargs: dict[str, Any]) -> dict[str, Any]:
-    """Each entity's schema contract: the defaults, then configuration, then arguments."""
-    configured = dlt.config.get("sources.replica.schema_contracts") or {}
-    return {
-        **replica_settings.SCHEMA_CONTRACTS,
-        **dict(configured),
-        **(kwargs.get("schema_contracts") or {}),
-    }
-
-
 def notifier() -> notify.Notifier:
-    return notify.from_config(pipelines_dir())
+    """The notifier configured for this project (see :mod:`loaders.monitoring.notify`)."""
+    return notify.from_config(config.pipelines_dir())
 
 
 def finish_normalize_commits(pipeline: dlt.Pipeline) -> list[str]:
@@ -318,13 +247,13 @@ def _load(kwargs: dict[str, Any], pipeline: dlt.Pipeline) -> LoadResult:
             log.warning("completing load packages left by an interrupted run")
             pipeline.run()
         # a first load the last run appended but did not live to repair
-        first_loads.repair_pending(pipeline, pipelines_dir())
-        base_url, token = _connection(kwargs)
-        before = known_types(pipeline)
-        positions = cursor_positions(pipeline)
-        described = fetch_api_schema(base_url, token)
-        announcements = fetch_announcements(base_url, token)
-        entity_contracts = contracts(kwargs)
+        first_loads.repair_pending(pipeline, config.pipelines_dir())
+        api = config.api_connection(kwargs.get("base_url"), kwargs.get("token"))
+        before = warehouse.known_types(pipeline)
+        positions = warehouse.cursor_positions(pipeline)
+        described = fetch_api_schema(api.base_url, api.token)
+        announcements = fetch_announcements(api.base_url, api.token)
+        entity_contracts = config.schema_contracts(kwargs.get("schema_contracts"))
         frozen = {
             name: changed
             for name, spec in described.items()
@@ -336,27 +265,28 @@ def _load(kwargs: dict[str, Any], pipeline: dlt.Pipeline) -> LoadResult:
                 )
             )
         }
-        declared = endpoints(kwargs)
+        declared = config.endpoints(kwargs.get("endpoints"))
         appended = (
             first_loads.plan(declared, kwargs.get("entities"), before)
             if first_loads.supported(pipeline) else []
         )
         # the source and the repairs read the same endpoint declarations
         source = replica_source(
-            **{**kwargs, "schema_contracts": entity_contracts, "endpoints": declared},
+            **{**kwargs, "base_url": api.base_url, "token": api.token,
+               "schema_contracts": entity_contracts, "endpoints": declared},
             known_types=before,
             described=described,
             append=[r.table for r in appended],
         )
-        first_loads.mark(pipelines_dir(), appended)
+        first_loads.mark(config.pipelines_dir(), appended)
         info = pipeline.run(source, loader_file_format=warehouse.loader_file_format())
-        first_loads.repair_pending(pipeline, pipelines_dir())
+        first_loads.repair_pending(pipeline, config.pipelines_dir())
     except PipelineStepFailed as exc:
         cause = root_cause(exc)
         if isinstance(cause, ReplicaError):
             raise cause from None
         raise
-    tracked = tracking.after_load(
+    tracked = track.after_load(
         pipeline, info, before, described, frozen, announcements, notifier()
     )
     rows: dict[str, int] = {}
@@ -365,7 +295,7 @@ def _load(kwargs: dict[str, Any], pipeline: dlt.Pipeline) -> LoadResult:
         for table, n in trace.last_normalize_info.row_counts.items():
             if not table.startswith("_dlt"):
                 rows[table] = rows.get(table, 0) + n
-    now = cursor_positions(pipeline)
+    now = warehouse.cursor_positions(pipeline)
     return LoadResult(
         rows=rows,
         quarantined=rows.get(replica_settings.QUARANTINE_TABLE, 0),
@@ -379,118 +309,38 @@ def _load(kwargs: dict[str, Any], pipeline: dlt.Pipeline) -> LoadResult:
     )
 
 
-def raw_counts(entities: Sequence[str] | None = None) -> dict[str, int]:
-    """Rows per raw table now in the warehouse (a DuckDB file is opened read-only)."""
-    names = list(entities or replica_settings.ENDPOINTS) + [replica_settings.QUARANTINE_TABLE]
-    out: dict[str, int] = {}
-    with make_pipeline(read_only=True).sql_client() as sql:
-        if not sql.has_dataset():
-            return out
-        existing = {
-            r[0]
-            for r in sql.execute_sql(
-                "select table_name from information_schema.tables where table_schema = %s",
-                sql.dataset_name,
-            )
-            or []
-        }
-        for name in names:
-            if name in existing:
-                [(out[name],)] = sql.execute_sql(
-                    f"select count(*) from {sql.make_qualified_table_name(name)}"
-                )
-    return out
-
-
 def run_cycle(select: Sequence[str] | None = None, **load_options: Any) -> tuple[LoadResult, bool]:
     """One cycle under one lock: load, then ``dbt build``. A failed build is notified
     with the impact of the schema changes logged lately, the likely cause."""
     progress = load_options.pop("progress", None)
     with run_lock("run"):
         result = _cycle(_source_kwargs(**load_options), progress)
-        ok = _dbt_build(select)
+        ok = dbt_project.build(select)
         if not ok:
-            notifier().notify(tracking.build_failed_event(result, recent_changes(limit=20)))
+            notifier().notify(
+                track.build_failed_event(result.last_load_id, recent_changes(limit=20))
+            )
         return result, ok
 
 
-def recent_changes(limit: int = 200) -> list[dict[str, Any]]:
-    """The schema changelog, newest first ([] before the first load)."""
-    from loaders import schema_changes
-
-    pipeline = make_pipeline()
-    with pipeline.sql_client() as sql:
-        if not sql.has_dataset():
-            return []
-        qualified = sql.fully_qualified_dataset_name()
-        try:
-            return schema_changes.read_changelog(sql, qualified, limit)
-        except Exception as exc:  # no changelog table yet
-            if "schema_changelog" in str(exc):
-                return []
-            raise
-
-
 def dbt_build(select: Sequence[str] | None = None) -> bool:
+    """``dbt build`` under the run lock."""
     with run_lock("dbt build"):
-        return _dbt_build(select)
-
-
-def _dbt(*args: str) -> bool:
-    """A dbt command on this project through dbt's programmatic runner, in this process
-    (no start-up cost per call). Raises what dbt raised; returns whether it succeeded."""
-    from dbt.cli.main import dbtRunner
-
-    warehouse.prepare_dbt()
-    try:
-        result = dbtRunner().invoke(
-            [*args, "--project-dir", str(PROJECT_ROOT), "--profiles-dir", str(PROJECT_ROOT)]
-        )
-    finally:
-        release_dbt_warehouse()
-    if result.exception is not None:
-        raise result.exception
-    return bool(result.success)
-
-
-def release_dbt_warehouse() -> None:
-    """Close the DuckDB database dbt-duckdb keeps open in this process after a command.
-
-    Between cycles the warehouse file must be free: for analysts' and tools' processes,
-    and for this process's own readers, which DuckDB refuses while an instance with
-    another configuration holds the file. (dbt-duckdb exposes no public call for this;
-    its connection manager keeps one environment per process.)"""
-    try:
-        from dbt.adapters.duckdb.connections import DuckDBConnectionManager
-    except ImportError:  # another adapter: nothing held between commands
-        return
-    with DuckDBConnectionManager._LOCK:
-        if DuckDBConnectionManager._ENV is not None:
-            DuckDBConnectionManager._ENV.close()
-            DuckDBConnectionManager._ENV = None
-
-
-def _dbt_build(select: Sequence[str] | None = None) -> bool:
-    # unit tests check the models' logic on fixed inputs: they belong to `make test`, not
-    # to every cycle (and those of incremental marts need the built model to exist)
-    args = ["build", "--exclude-resource-type", "unit_test"]
-    if select:
-        args += ["--select", *select]
-    return _dbt(*args)
+        return dbt_project.build(select)
 
 
 def dbt_docs() -> Path:
     """Generate the static docs site; returns the page to open."""
     with run_lock("dbt docs generate"):
-        ok = _dbt("docs", "generate", "--static")
+        ok = dbt_project.run("docs", "generate", "--static")
     if not ok:
         raise RuntimeError("dbt docs generate failed: see the output above")
-    return warehouse.dbt_target(PROJECT_ROOT) / "static_index.html"
+    return dbt_project.target_dir() / "static_index.html"
 
 
 def describe_load(result: LoadResult) -> str:
     """A load's rows per table beside what raw now holds, for people."""
-    counts = raw_counts()
+    counts = warehouse.raw_counts()
     rate = result.total / max(result.seconds, 1e-9)
     lines = [
         f"loaded {result.total:,} rows in {result.seconds:.1f} s ({rate:,.0f} rows/s)"

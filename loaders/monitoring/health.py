@@ -26,6 +26,8 @@ The history is kept in the warehouse (``raw.pipeline_cycles``, ``raw.pipeline_lo
 one row per entity per successful cycle, ``raw.pipeline_incidents``), documented as the
 dbt source ``salesflow``; the current state is also kept in ``health.json`` beside dlt's
 working directory, so ``salesflow status`` answers while a cycle holds the warehouse.
+
+May import: :mod:`.notify` and the replica source's errors.
 """
 
 from __future__ import annotations
@@ -39,8 +41,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from loaders.notify import Event, Notifier
-from loaders.replica.helpers import ReplicaAuthError, ReplicaError, ReplicaUnavailable
+from loaders.monitoring.notify import Event, Notifier
+from loaders.replica.errors import ReplicaAuthError, ReplicaError, ReplicaUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -191,9 +193,9 @@ class Health:
                 log.error("could not write the health history to the warehouse: %s", exc)
         if self.notifier is not None:
             if closed:
-                notices.append(self._notify_closed(closed))
+                notices.append(self._notify_closed(self.notifier, closed))
             if opened:
-                notices.append(self._notify_opened(opened, cycle))
+                notices.append(self._notify_opened(self.notifier, opened, cycle))
         return notices
 
     # warehouse ------------------------------------------------------------------------
@@ -256,7 +258,9 @@ class Health:
             )
 
     # notices ------------------------------------------------------------------------
-    def _notify_opened(self, incident: dict[str, Any], cycle: Cycle) -> str:
+    def _notify_opened(
+        self, notifier: Notifier, incident: dict[str, Any], cycle: Cycle
+    ) -> str:
         kind = incident["kind"]
         outage = incident["family"] == "outage"
         title = {
@@ -275,10 +279,10 @@ class Health:
             severity="warning" if outage else "error",
             details={k: incident[k] for k in ("incident_id", "kind", "started_at")},
         )
-        self.notifier.notify(event)
+        notifier.notify(event)
         return event.key
 
-    def _notify_closed(self, incident: dict[str, Any]) -> str:
+    def _notify_closed(self, notifier: Notifier, incident: dict[str, Any]) -> str:
         outage = incident["family"] == "outage"
         seconds = _duration(incident)
         if incident.get("superseded_by"):
@@ -293,7 +297,7 @@ class Health:
                 severity="warning",
                 details={"incident_id": incident["incident_id"]},
             )
-            self.notifier.notify(event)
+            notifier.notify(event)
             return event.key
         what = "Replica API back" if outage else "salesflow loading again"
         event = Event(
@@ -313,7 +317,7 @@ class Health:
                                                  "rows_caught_up")}
             | {"duration_seconds": seconds},
         )
-        self.notifier.notify(event)
+        notifier.notify(event)
         return event.key
 
 

@@ -9,6 +9,9 @@ so the command, source freshness and the ``pipeline_health`` mart agree.
 Exit code: 0 when everything is green or only warns, 1 when something is red (an open
 incident, an entity past the error threshold, or nothing ever loaded), so schedulers and
 monitors can act on it.
+
+May import: :mod:`.health`, :mod:`.notify`, the foundations and the replica source's
+settings.
 """
 
 from __future__ import annotations
@@ -18,31 +21,28 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from loaders import health
-from loaders.notify import Ledger
+from loaders import dbt_project, warehouse
+from loaders.config import PROJECT_ROOT
+from loaders.monitoring import health
+from loaders.monitoring.notify import Ledger
 from loaders.replica import settings
 
 RED, WARN, GREEN = "red", "warn", "green"
 
 
-def thresholds(project_root: Path) -> tuple[float, float]:
+def thresholds(project_root: Path = PROJECT_ROOT) -> tuple[float, float]:
     """(warn, error) minutes, from dbt_project.yml's vars."""
-    project = yaml.safe_load((project_root / "dbt_project.yml").read_text())
-    v = project.get("vars") or {}
+    v = dbt_project.project_file(project_root).get("vars") or {}
     return float(v.get("freshness_warn_minutes", 30)), float(v.get("freshness_error_minutes", 120))
 
 
 def _warehouse() -> tuple[dict[str, dict[str, Any]], str | None]:
     """Rows and newest updated_at per raw table, or why they could not be read (a DuckDB
     file is opened read-only, and is busy while a cycle writes it)."""
-    from loaders import pipeline, warehouse
-
     duckdb = warehouse.is_duckdb()
     if duckdb and not warehouse.duckdb_path().exists():
         return {}, "no warehouse yet"
-    client = pipeline.make_pipeline(read_only=True).sql_client()
+    client = warehouse.dlt_pipeline(read_only=True).sql_client()
     try:
         client.open_connection()
     except Exception as exc:  # busy file or unreachable server: say so, answer the rest
@@ -67,14 +67,16 @@ def _warehouse() -> tuple[dict[str, dict[str, Any]], str | None]:
             [(rows, newest)] = client.execute_sql(
                 f"select count(*), max({client.escape_column_name(cursor)}) from"
                 f" {client.make_qualified_table_name(entity)}"
-            )
+            ) or [(0, None)]
             out[entity] = {"rows": rows, "newest_record_at": newest}
     finally:
         client.close_connection()
     return out, None
 
 
-def collect(state_dir: Path, project_root: Path, now: datetime | None = None) -> dict[str, Any]:
+def collect(
+    state_dir: Path, project_root: Path = PROJECT_ROOT, now: datetime | None = None
+) -> dict[str, Any]:
     now = now or datetime.now(timezone.utc)
     warn_after, error_after = thresholds(project_root)
     state = health.Health(state_dir).state()

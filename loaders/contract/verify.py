@@ -15,6 +15,8 @@ Every violation carries its impact from the contract (marts, exposures, owners) 
 severity: ``breaking`` (exit code 1) or ``warning`` (a new value where the test only warns:
 exit code 0). Record values are never reported, except the offending values of
 categorical fields (those with an allowed set).
+
+May import: the replica source's client, errors and settings.
 """
 
 from __future__ import annotations
@@ -22,12 +24,17 @@ from __future__ import annotations
 import json
 import logging
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
+from dataclasses import field as dataclass_field
 from datetime import datetime
 from typing import Any
 
-from loaders.replica import ReplicaUnavailable, settings
-from loaders.replica.helpers import NDJSON, raise_for_api_status
+from requests.exceptions import ConnectionError as RequestsConnectionError
+from requests.exceptions import RetryError, Timeout
+
+from loaders.replica import settings
+from loaders.replica.client import NDJSON, client, raise_for_api_status
+from loaders.replica.errors import ReplicaUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -45,11 +52,11 @@ class Violation:
     severity: str  # breaking | warning
     detail: str
     records: int = 0  # sampled records showing it (sample checks)
-    examples: list[str] = field(default_factory=list)  # offending categorical values
+    examples: list[str] = dataclass_field(default_factory=list)  # offending categorical values
     read: str = "direct"  # tolerant: staging reads it with column_or_null (absorbs absence)
-    marts: dict[str, list[str]] = field(default_factory=dict)  # mart -> columns reached
-    exposures: list[str] = field(default_factory=list)
-    owners: list[str] = field(default_factory=list)
+    marts: dict[str, list[str]] = dataclass_field(default_factory=dict)  # mart -> columns reached
+    exposures: list[str] = dataclass_field(default_factory=list)
+    owners: list[str] = dataclass_field(default_factory=list)
 
     @property
     def where(self) -> str:
@@ -61,9 +68,9 @@ class Report:
     api: str
     contract_version: str | None
     schema_version: Any = None
-    sampled: dict[str, int] = field(default_factory=dict)
-    violations: list[Violation] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
+    sampled: dict[str, int] = dataclass_field(default_factory=dict)
+    violations: list[Violation] = dataclass_field(default_factory=list)
+    notes: list[str] = dataclass_field(default_factory=list)
 
     @property
     def breaking(self) -> list[Violation]:
@@ -214,30 +221,27 @@ def check_records(
     return [found[k] for k in sorted(found)]
 
 
-def _get(client: Any, path: str, **kwargs: Any) -> Any:
-    from requests.exceptions import ConnectionError as RequestsConnectionError
-    from requests.exceptions import RetryError, Timeout
-
+def _get(api: Any, path: str, **kwargs: Any) -> Any:
     try:
-        return client.get(path, **kwargs)
+        return api.get(path, **kwargs)
     except (RequestsConnectionError, Timeout, RetryError) as exc:
         raise ReplicaUnavailable(
-            f"cannot reach the replica API at {client.base_url}: {type(exc).__name__}: {exc}"
+            f"cannot reach the replica API at {api.base_url}: {type(exc).__name__}: {exc}"
         ) from None
 
 
 def _sample(
-    client: Any, path: str, size: int, since: str | None = None
+    api: Any, path: str, size: int, since: str | None = None
 ) -> list[dict[str, Any]] | None:
     """The first ``size`` records of an entity's listing, from ``since`` if given (None:
     no such endpoint)."""
     params: dict[str, Any] = {settings.PARAM_LIMIT: size}
     if since:
         params[settings.PARAM_SINCE] = since
-    response = _get(client, path, params=params, headers={"Accept": NDJSON})
+    response = _get(api, path, params=params, headers={"Accept": NDJSON})
     if response.status_code == 404:
         return None
-    raise_for_api_status(response, client.base_url)
+    raise_for_api_status(response, api.base_url)
     records = []
     for line in response.content.decode().splitlines():
         if line.strip():
@@ -254,8 +258,6 @@ def verify(
     """Check the API at ``base_url`` against the contract ``doc``: its schema, and
     ``sample`` records per entity (changed at or after ``since``, an ISO-8601 time, if
     given: e.g. the records written since a deploy)."""
-    from loaders.replica import _client
-
     if sample < 0:
         raise ValueError(f"--sample must be 0 or more, got {sample}")
     if since:
@@ -263,14 +265,14 @@ def verify(
             datetime.fromisoformat(since.replace("Z", "+00:00"))
         except ValueError:
             raise ValueError(f"--since must be an ISO-8601 time, got {since!r}") from None
-    client = _client(base_url, token)
+    api = client(base_url, token)
     report = Report(api=base_url, contract_version=doc.get("version"))
     reported: dict[str, set[str]] = {}
-    response = _get(client, settings.SCHEMA_PATH or "v1/schema")
+    response = _get(api, settings.SCHEMA_PATH or "v1/schema")
     if response.status_code == 404:
         report.notes.append("the API has no schema endpoint: checked sampled records only")
     else:
-        raise_for_api_status(response, client.base_url)
+        raise_for_api_status(response, api.base_url)
         body = response.json()
         report.schema_version = body.get("schema_version")
         found, reported = check_schema(doc, body.get("entities", {}))
@@ -279,7 +281,7 @@ def verify(
         if sample == 0 or any(v.kind == "entity_missing" and v.entity == entity
                               for v in report.violations):
             continue
-        records = _sample(client, spec["x-salesflow"]["endpoint"], sample, since)
+        records = _sample(api, spec["x-salesflow"]["endpoint"], sample, since)
         if records is None:
             report.violations.append(Violation(
                 entity, None, "entity_missing", BREAKING,

@@ -5,6 +5,9 @@ JSON reader with the entity's schema, validation is vectorised, and the resultin
 is handed to dlt as is (parquet files, loaded by DuckDB). A page that fails to parse
 (a value of the wrong type, broken JSON) takes the slow path: each line is checked on
 its own, and only the bad ones are set aside in the quarantine table with the reason.
+
+May import: pyarrow, dlt's naming convention, and this package's ``settings``,
+``errors`` and ``client`` (content types).
 """
 
 from __future__ import annotations
@@ -14,10 +17,8 @@ import hashlib
 import io
 import json
 import logging
-import queue
 import re
-import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -26,19 +27,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pj
 from dlt.common.normalizers.naming.snake_case import NamingConvention
-from dlt.sources.helpers.rest_client import RESTClient
 from requests import Response
 
+from loaders.replica.client import NDJSON_TYPES
+from loaders.replica.errors import ReplicaError
 from loaders.replica.settings import PARAM_SINCE
 
 log = logging.getLogger(__name__)
 
-NDJSON = "application/x-ndjson"
-# content types a page of records may come in (an error page in HTML, or a JSON document,
-# is not records)
-NDJSON_TYPES = frozenset(
-    {NDJSON, "application/ndjson", "application/jsonl", "application/x-jsonlines"}
-)
 # how dlt names raw columns after the API's fields (its default naming convention)
 NAMING = NamingConvention()
 
@@ -60,106 +56,6 @@ DLT_TYPES: dict[str, str] = {
     "timestamp": "timestamp",
     "decimal": "text",
 }
-
-
-class ReplicaError(RuntimeError):
-    """A problem with the replica API, explained for the person running the load."""
-
-
-class ReplicaAuthError(ReplicaError):
-    pass
-
-
-class ReplicaUnavailable(ReplicaError):
-    """The API could not serve: ``kind`` is ``maintenance`` (503 with Retry-After),
-    ``rate_limited`` (429) or ``unavailable`` (refused, timed out, other 5xx), as it
-    stood after the retries."""
-
-    def __init__(
-        self, message: str, kind: str = "unavailable", retry_after: str | None = None
-    ) -> None:
-        super().__init__(message)
-        self.kind = kind
-        self.retry_after = retry_after
-
-
-BODY_READ_SIZE = 1 << 20
-
-
-def _read_body(response: Response, *args: Any, **kwargs: Any) -> Response:
-    """Read the whole body in large reads (requests' default reads 10 KiB at a time, a
-    cost per byte on multi-megabyte pages). A response hook, so it runs inside dlt's
-    retried ``send``: a connection dropped mid-body is retried like any other."""
-    if response._content is False:  # not read yet
-        response._content = b"".join(response.iter_content(BODY_READ_SIZE))
-        response._content_consumed = True
-    return response
-
-
-class NdjsonClient(RESTClient):
-    """dlt's REST client (session, auth, retries, paginators) with NDJSON pages: a page's
-    data is its raw body, parsed by :func:`parse_page`."""
-
-    def _send_request(self, request: Any, **kwargs: Any) -> Response:
-        hooks = request.hooks.setdefault("response", [])
-        if _read_body not in hooks:
-            hooks.insert(0, _read_body)
-        return super()._send_request(request, stream=True, **kwargs)
-
-    def detect_data_selector(self, response: Response) -> str:
-        return "$"
-
-    def extract_response(self, response: Response, data_selector: Any) -> list[Any]:
-        return [response.content]
-
-
-_DONE = object()
-
-
-def prefetch(pages: Iterable[Any], depth: int = 2) -> Iterator[Any]:
-    """Iterate ``pages`` in a background thread, ``depth`` items ahead, so the next one is
-    being made (a request in flight, a page parsed: both release the GIL) while the
-    consumer works on the current one. Errors surface in the consumer; closing the
-    consumer stops the producer, which closes ``pages`` (a prefetch fed by another
-    stops that one's producer in turn)."""
-    q: queue.Queue[Any] = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-
-    def put(item: tuple[Any, BaseException | None]) -> bool:
-        while not stop.is_set():
-            try:
-                q.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def produce() -> None:
-        try:
-            for page in pages:
-                if not put((page, None)):
-                    return
-            put((_DONE, None))
-        except BaseException as exc:  # handed over to the consumer, never swallowed
-            put((_DONE, exc))
-        finally:
-            close = getattr(pages, "close", None)
-            if close is not None:
-                close()
-
-    worker = threading.Thread(target=produce, name="salesflow-prefetch", daemon=True)
-    worker.start()
-    try:
-        while True:
-            page, exc = q.get()
-            if page is _DONE:
-                if exc is not None:
-                    raise exc
-                return
-            yield page
-    finally:
-        stop.set()
-        worker.join(timeout=5)
 
 
 def type_changes(fields: dict[str, str], known: dict[str, str]) -> dict[str, tuple[str, str]]:
@@ -552,125 +448,3 @@ def quarantine_table(rows: Iterable[dict[str, Any]], cursor: str) -> pa.Table:
         pa.field(cursor, pa.timestamp("us", tz="UTC")),
         pa.nulls(table.num_rows, pa.timestamp("us", tz="UTC")),
     )
-
-
-def api_schema(client: RESTClient, path: str | None) -> dict[str, dict[str, Any]]:
-    """Fields and types per entity from the API's schema endpoint ({} without one)."""
-    if not path:
-        return {}
-    response = client.get(path)
-    if response.status_code == 404:
-        log.warning("the API has no schema endpoint at %s: column types are inferred", path)
-        return {}
-    raise_for_api_status(response, client.base_url)
-    return response.json().get("entities", {})
-
-
-def raise_for_api_status(response: Response, base_url: str | None) -> None:
-    status = response.status_code
-    if status in (401, 403):
-        raise ReplicaAuthError(
-            f"the replica API at {base_url} refused the token ({status}):"
-            " check SOURCES__REPLICA__TOKEN or .dlt/secrets.toml"
-        )
-    if status < 400:
-        return
-    what = (
-        f"the replica API at {base_url} answered {status} for"
-        f" {response.request.path_url.split('?')[0]}: {response.text[:200]}"
-    )
-    retry_after = response.headers.get("Retry-After")
-    if status == 429:
-        raise ReplicaUnavailable(what, "rate_limited", retry_after)
-    if status == 503 and retry_after:
-        raise ReplicaUnavailable(what, "maintenance", retry_after)
-    if status >= 500:
-        raise ReplicaUnavailable(what, "unavailable", retry_after)
-    raise ReplicaError(what + " (check the endpoint declarations and base_url)")
-
-
-class LookbackWindow:
-    """Rows already loaded inside the lookback window, so that reading them again does
-    not load them again.
-
-    Every request starts ``lookback`` seconds before the last cursor, to catch rows
-    committed late. A row read again with the same key and cursor value is the same
-    version (the platform moves the cursor on every write), so it is dropped before
-    dlt sees it: a cycle loads only rows that are new or changed, and their dlt load id
-    says so to the incremental models downstream. Kept in the resource's dlt state —
-    committed with the load package, like the cursor — as ``"<key>@<cursor µs>"`` for
-    the rows of the last ``lookback`` seconds. Only pages that reach back before the last
-    cursor are checked (the first pages of a cycle); a backfill checks none. When the
-    API's schema describes the entity differently from raw (a new field, a new type), rows
-    read again are loaded anyway: existing rows served in the new shape are how the
-    change reaches the warehouse, since their cursor did not move."""
-
-    STATE_KEY = "lookback_window"
-
-    def __init__(
-        self, state: dict[str, Any], key: str, cursor: str, lookback: float, drop: bool = True
-    ):
-        """``drop=False``: remember the window but load every row (the entity's shape
-        changed upstream: rows read again carry it into the warehouse)."""
-        self.state, self.key, self.cursor, self.drop = state, key, cursor, drop
-        self.lookback_us = int(lookback * 1_000_000)
-        saved = state.get(self.STATE_KEY) or {}
-        self.until: int | None = saved.get("until")
-        rows = saved.get("rows") or ""  # one string: dlt decodes its state often
-        keys = rows.split(",") if isinstance(rows, str) and rows else list(rows or [])
-        self.seen = pa.array(keys, pa.string())
-        self.recent: list[pa.Table] = []
-        self.newest: int | None = self.until
-
-    def _cursor_us(self, table: pa.Table) -> pa.Array | None:
-        col = table[self.cursor] if self.cursor in table.column_names else None
-        if col is None or not pa.types.is_timestamp(col.type):
-            return None  # no typed cursor: nothing to compare, every row loads
-        return pc.cast(pc.cast(col, pa.timestamp("us", tz="UTC")), pa.int64())
-
-    def _keys(self, key: pa.Array, cursor_us: pa.Array) -> pa.Array:
-        key = pc.cast(key, pa.string())
-        return pc.binary_join_element_wise(key, pc.cast(cursor_us, pa.string()), "@")
-
-    def drop_seen(self, table: pa.Table) -> pa.Table:
-        """``table`` without the rows already loaded; remembers the page for the next
-        cycle's window."""
-        cursor_us = self._cursor_us(table)
-        if cursor_us is None or table.num_rows == 0:
-            return table
-        self._remember(table, cursor_us)
-        if not self.drop or self.until is None or len(self.seen) == 0:
-            return table
-        earlier = pc.less_equal(cursor_us, self.until)
-        if not pc.any(earlier).as_py():
-            return table
-        keys = self._keys(table[self.key], cursor_us)
-        seen = pc.and_(earlier, pc.is_in(keys, value_set=self.seen))
-        return table.filter(pc.invert(pc.fill_null(seen, False)))
-
-    def _remember(self, table: pa.Table, cursor_us: pa.Array) -> None:
-        newest = pc.max(cursor_us).as_py()
-        if newest is not None and (self.newest is None or newest > self.newest):
-            self.newest = newest
-        horizon = self.newest - self.lookback_us
-        keep = [t for t in self.recent if pc.max(t["us"]).as_py() >= horizon]
-        recent = pc.greater_equal(cursor_us, horizon)
-        if pc.any(recent).as_py():
-            # keys of the recent rows only: in a backfill, a few of each page
-            us = cursor_us.filter(recent)
-            keys = self._keys(table[self.key].filter(recent), us)
-            keep.append(pa.table({"key": keys, "us": us}))
-        self.recent = keep
-
-    def save(self) -> None:
-        """Store the rows of the last ``lookback`` seconds seen in this cycle (read again
-        or new); without any new row the previous window stays as it was."""
-        if not self.recent or self.newest is None:
-            return
-        horizon = self.newest - self.lookback_us
-        window = pa.concat_tables(self.recent)
-        window = window.filter(pc.greater_equal(window["us"], horizon))
-        self.state[self.STATE_KEY] = {
-            "until": self.newest, "rows": ",".join(window["key"].to_pylist()),
-        }
-

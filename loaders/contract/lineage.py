@@ -16,6 +16,8 @@ dependency order. Per model this gives:
 
 :func:`reach` follows a column forward through the whole project, so a caller can ask
 which marts (columns or rows) a source field ends up in.
+
+May import: sqlglot; nothing of the project.
 """
 
 from __future__ import annotations
@@ -93,7 +95,7 @@ def analyse(unique_id: str, compiled_sql: str, project: Project) -> ModelLineage
     """The lineage of one model; its output columns are added to ``project``."""
     try:
         expression = sqlglot.parse_one(compiled_sql, dialect=DIALECT)
-        schema = MappingSchema(project.schema, dialect=DIALECT)
+        schema = MappingSchema(dict(project.schema), dialect=DIALECT)
         qualified = qualify(
             expression, dialect=DIALECT, schema=schema, validate_qualify_columns=False,
             identify=False,

@@ -1,0 +1,82 @@
+"""One place for each setting salesflow reads, and how it is resolved.
+
+Settings come from dlt's configuration (``.dlt/config.toml``, ``.dlt/secrets.toml`` and
+environment variables such as ``SOURCES__REPLICA__TOKEN``) or from salesflow's own
+environment variables (``SALESFLOW_*``). The warehouse's settings are resolved in
+:mod:`loaders.warehouse`, the dbt project's in :mod:`loaders.dbt_project`.
+
+May import: dlt, and the replica source's declarations and errors.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import dlt
+
+from loaders.replica import settings as replica_settings
+from loaders.replica.errors import ReplicaError
+
+# the project checkout: dbt project, profiles.yml, .dlt/, contracts/
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def pipelines_dir() -> Path:
+    """dlt's working directory, and beside it salesflow's state (health, notices, lock)."""
+    return Path(os.environ.get("SALESFLOW_PIPELINES_DIR", "data/dlt"))
+
+
+@dataclass(frozen=True)
+class ApiConnection:
+    """Where the replica API is and the token it takes (never printed)."""
+
+    base_url: str
+    token: str = field(repr=False)
+
+
+def api_base_url(given: str | None = None) -> str | None:
+    """The replica API's base URL: given, else ``sources.replica.base_url``."""
+    return given or dlt.config.get("sources.replica.base_url")
+
+
+def api_token(given: str | None = None) -> str | None:
+    """The replica API's token: given, else ``sources.replica.token`` (a secret)."""
+    return given or dlt.secrets.get("sources.replica.token")
+
+
+def api_connection(base_url: str | None = None, token: str | None = None) -> ApiConnection:
+    """The API to load from; a missing setting is a :class:`ReplicaError` saying which."""
+    url, secret = api_base_url(base_url), api_token(token)
+    if not url:
+        raise ReplicaError("no replica API configured: set sources.replica.base_url")
+    if not secret:
+        raise ReplicaError(
+            "no replica API token: set SOURCES__REPLICA__TOKEN or sources.replica.token in"
+            " .dlt/secrets.toml"
+        )
+    return ApiConnection(str(url), str(secret))
+
+
+def endpoints(given: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The endpoints declared: given, else configured, else the defaults."""
+    return dict(
+        given or dlt.config.get("sources.replica.endpoints") or replica_settings.ENDPOINTS
+    )
+
+
+def schema_contracts(given: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Each entity's schema contract: the defaults, then configuration, then ``given``."""
+    configured: dict[str, Any] = dlt.config.get("sources.replica.schema_contracts") or {}
+    return {**replica_settings.SCHEMA_CONTRACTS, **dict(configured), **(given or {})}
+
+
+def notify_setting(name: str, secret: bool = False) -> Any:
+    """A setting of ``[notify]``: secrets only from secrets; others from either."""
+    provider = dlt.secrets if secret else dlt.config
+    value: Any = provider.get(f"notify.{name}")
+    if value is None and not secret:
+        value = dlt.secrets.get(f"notify.{name}")
+    return value

@@ -1,0 +1,208 @@
+"""Talking to the replica API: dlt's REST client with NDJSON pages, a prefetching
+iterator, and the API's schema and announcements endpoints.
+
+May import: dlt, requests, and this package's ``settings`` and ``errors``.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import queue
+import threading
+from collections.abc import Iterable, Iterator
+from typing import Any, TypedDict
+
+from dlt.sources.helpers.rest_client import RESTClient
+from dlt.sources.helpers.rest_client.auth import BearerTokenAuth
+from requests import Response
+from requests.exceptions import ConnectionError as RequestsConnectionError
+from requests.exceptions import RetryError, Timeout
+
+from loaders.replica import settings
+from loaders.replica.errors import ReplicaAuthError, ReplicaError, ReplicaUnavailable
+
+log = logging.getLogger(__name__)
+
+
+class FieldChange(TypedDict, total=False):
+    """One field change an announcement lists (``change``: added, removed, combined,
+    renamed, type_changed or new_value; ``into``: the field a combined one becomes)."""
+
+    entity: str
+    field: str
+    change: str
+    into: str
+    new_type: str
+    note: str
+
+
+class Announcement(TypedDict, total=False):
+    """A schema change the platform announces on its announcements endpoint."""
+
+    change_id: str
+    title: str
+    description: str
+    breaking: bool
+    announced_at: str
+    effective_at: str
+    applied_at: str | None
+    status: str  # upcoming | applied
+    changes: list[FieldChange]
+
+NDJSON = "application/x-ndjson"
+# content types a page of records may come in (an error page in HTML, or a JSON document,
+# is not records)
+NDJSON_TYPES = frozenset(
+    {NDJSON, "application/ndjson", "application/jsonl", "application/x-jsonlines"}
+)
+
+
+BODY_READ_SIZE = 1 << 20
+
+
+def _read_body(response: Response, *args: Any, **kwargs: Any) -> Response:
+    """Read the whole body in large reads (requests' default reads 10 KiB at a time, a
+    cost per byte on multi-megabyte pages). A response hook, so it runs inside dlt's
+    retried ``send``: a connection dropped mid-body is retried like any other."""
+    if response._content is False:  # not read yet
+        response._content = b"".join(response.iter_content(BODY_READ_SIZE))
+        response._content_consumed = True
+    return response
+
+
+class NdjsonClient(RESTClient):
+    """dlt's REST client (session, auth, retries, paginators) with NDJSON pages: a page's
+    data is its raw body, parsed by :func:`parse_page`."""
+
+    def _send_request(self, request: Any, **kwargs: Any) -> Response:
+        hooks = request.hooks.setdefault("response", [])
+        if _read_body not in hooks:
+            hooks.insert(0, _read_body)
+        return super()._send_request(request, stream=True, **kwargs)
+
+    def detect_data_selector(self, response: Response) -> str:
+        return "$"
+
+    def extract_response(self, response: Response, data_selector: Any) -> list[Any]:
+        return [response.content]
+
+
+_DONE = object()
+
+
+def prefetch(pages: Iterable[Any], depth: int = 2) -> Iterator[Any]:
+    """Iterate ``pages`` in a background thread, ``depth`` items ahead, so the next one is
+    being made (a request in flight, a page parsed: both release the GIL) while the
+    consumer works on the current one. Errors surface in the consumer; closing the
+    consumer stops the producer, which closes ``pages`` (a prefetch fed by another
+    stops that one's producer in turn)."""
+    q: queue.Queue[Any] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(item: tuple[Any, BaseException | None]) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for page in pages:
+                if not put((page, None)):
+                    return
+            put((_DONE, None))
+        except BaseException as exc:  # handed over to the consumer, never swallowed
+            put((_DONE, exc))
+        finally:
+            close = getattr(pages, "close", None)
+            if close is not None:
+                close()
+
+    worker = threading.Thread(target=produce, name="salesflow-prefetch", daemon=True)
+    worker.start()
+    try:
+        while True:
+            page, exc = q.get()
+            if page is _DONE:
+                if exc is not None:
+                    raise exc
+                return
+            yield page
+    finally:
+        stop.set()
+        worker.join(timeout=5)
+
+
+def api_schema(client: RESTClient, path: str | None) -> dict[str, dict[str, Any]]:
+    """Fields and types per entity from the API's schema endpoint ({} without one)."""
+    if not path:
+        return {}
+    response = client.get(path)
+    if response.status_code == 404:
+        log.warning("the API has no schema endpoint at %s: column types are inferred", path)
+        return {}
+    raise_for_api_status(response, client.base_url)
+    return response.json().get("entities", {})
+
+
+def raise_for_api_status(response: Response, base_url: str | None) -> None:
+    status = response.status_code
+    if status in (401, 403):
+        raise ReplicaAuthError(
+            f"the replica API at {base_url} refused the token ({status}):"
+            " check SOURCES__REPLICA__TOKEN or .dlt/secrets.toml"
+        )
+    if status < 400:
+        return
+    what = (
+        f"the replica API at {base_url} answered {status} for"
+        f" {response.request.path_url.split('?')[0]}: {response.text[:200]}"
+    )
+    retry_after = response.headers.get("Retry-After")
+    if status == 429:
+        raise ReplicaUnavailable(what, "rate_limited", retry_after)
+    if status == 503 and retry_after:
+        raise ReplicaUnavailable(what, "maintenance", retry_after)
+    if status >= 500:
+        raise ReplicaUnavailable(what, "unavailable", retry_after)
+    raise ReplicaError(what + " (check the endpoint declarations and base_url)")
+
+
+@functools.lru_cache(maxsize=64)
+def client(base_url: str, token: str, user: str = "") -> NdjsonClient:
+    """One client per (API, token, user) for the life of the process: a continuous run
+    does not pay dlt's configuration resolution for each client every cycle. ``user``
+    keeps resources apart: each is extracted in a thread of its own, one at a time."""
+    return NdjsonClient(base_url=base_url.rstrip("/") + "/", auth=BearerTokenAuth(token))
+
+
+def fetch_api_schema(base_url: str, token: str) -> dict[str, dict[str, Any]]:
+    """The API's fields and types per entity ({} if it has no schema endpoint)."""
+    try:
+        return api_schema(client(base_url, token), settings.SCHEMA_PATH)
+    except (RequestsConnectionError, Timeout, RetryError) as exc:
+        raise ReplicaUnavailable(
+            f"cannot reach the replica API at {base_url}: {type(exc).__name__}: {exc}"
+        ) from None
+
+
+def fetch_announcements(base_url: str, token: str) -> list[Announcement]:
+    """The API's announced schema changes, upcoming and applied ([] without any)."""
+    if not settings.ANNOUNCEMENTS_PATH:
+        return []
+    api = client(base_url, token)
+    try:
+        response = api.get(settings.ANNOUNCEMENTS_PATH)
+    except (RequestsConnectionError, Timeout, RetryError) as exc:
+        raise ReplicaUnavailable(
+            f"cannot reach the replica API at {base_url}: {type(exc).__name__}: {exc}"
+        ) from None
+    if response.status_code == 404:
+        return []
+    raise_for_api_status(response, api.base_url)
+    announced: list[Announcement] = response.json().get("announcements", [])
+    return announced

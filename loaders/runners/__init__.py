@@ -1,0 +1,13 @@
+"""The runners: what ``salesflow`` commands start, built from the services below them.
+
+* ``pipeline`` — one load as a cycle under the run lock (extract, normalize, load, the
+  first-load repair, schema tracking, health), optionally followed by ``dbt build``;
+* ``first_loads`` — the repair that makes an appended first load what a merge leaves;
+* ``watch`` — cycles back to back: load, build what changed, publish;
+* ``publish`` — the analysts' read-only copy of the DuckDB marts;
+* ``demo`` — the simulator, a backfill, an incremental load, dbt and the docs site.
+
+May import: every service (the replica source, schema changes, the contract,
+monitoring), the foundations and, for the demo, the simulator; only the CLI imports
+the runners.
+"""

@@ -1,0 +1,13 @@
+"""Upstream schema changes: detect them, log them once, say what they break, follow
+what the platform announces.
+
+* ``changes`` — a change, as logged; ``detect`` — what changed in one load (shape and
+  business values); ``changelog`` — ``raw.schema_changelog`` and the known values;
+* ``impact`` — what a change reaches and how badly, from the project's column lineage
+  (the same answer the data contract uses);
+* ``announcements`` — announced changes, their milestones and notices;
+* ``track`` — the step every cycle runs after its load: detect, log, notify.
+
+May import: the replica source, :mod:`loaders.contract`, :mod:`loaders.monitoring`
+(notices and the cycles table) and the foundations; nothing that runs the pipeline.
+"""

@@ -1,0 +1,177 @@
+"""The schema changelog in the warehouse: ``raw.schema_changelog`` and
+``raw.schema_known_values``.
+
+Each change is written once (keyed by a hash of what changed, so a change seen again is
+not logged again); dbt documents the table as the ``salesflow`` source. Portable SQL
+through a dlt sql client, so every warehouse keeps it the same way.
+
+May import: :mod:`.changes`, :mod:`loaders.warehouse`, :mod:`loaders.monitoring.health`
+(the cycles table) and dlt.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timezone
+from typing import Any, TypedDict
+
+from dlt.common.schema.typing import C_DLT_LOAD_ID
+
+from loaders import warehouse
+from loaders.monitoring.health import CYCLES
+from loaders.schema_changes.changes import Change
+
+CHANGELOG = "schema_changelog"
+
+
+KNOWN_VALUES = "schema_known_values"
+
+
+def ensure_tables(sql: Any, dataset: str) -> None:
+    """Create the changelog tables (portable SQL; ``sql`` is a dlt sql client)."""
+    sql.execute_sql(
+        f"CREATE TABLE IF NOT EXISTS {dataset}.{CHANGELOG} ("
+        " change_id VARCHAR PRIMARY KEY, load_id VARCHAR, detected_at TIMESTAMP WITH TIME"
+        " ZONE, category VARCHAR, entity VARCHAR, column_name VARCHAR, change_kind VARCHAR,"
+        " old_type VARCHAR, new_type VARCHAR, value VARCHAR, detail VARCHAR,"
+        " schema_version INTEGER)"
+    )
+    sql.execute_sql(
+        f"CREATE TABLE IF NOT EXISTS {dataset}.{KNOWN_VALUES} (entity VARCHAR, column_name"
+        " VARCHAR, value VARCHAR, first_seen_at TIMESTAMP WITH TIME ZONE,"
+        " PRIMARY KEY (entity, column_name, value))"
+    )
+
+
+def record(sql: Any, dataset: str, changes: Sequence[Change]) -> list[Change]:
+    """Insert the changes not logged before; returns those (the new ones)."""
+    if not changes:
+        return []
+    ids = [c.change_id for c in changes]
+    marks = ", ".join(["%s"] * len(ids))
+    logged = {
+        r[0]
+        for r in sql.execute_sql(
+            f"SELECT change_id FROM {dataset}.{CHANGELOG} WHERE change_id IN ({marks})", *ids
+        )
+        or []
+    }
+    new, seen = [], set(logged)
+    for c in changes:
+        if c.change_id in seen:
+            continue
+        seen.add(c.change_id)
+        sql.execute_sql(
+            f"INSERT INTO {dataset}.{CHANGELOG} VALUES"
+            " (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+            c.change_id, c.load_id, c.detected_at, c.category, c.entity, c.column, c.kind,
+            c.old_type, c.new_type, c.value, c.detail, c.schema_version,
+        )
+        new.append(c)
+    return new
+
+
+def known_values(sql: Any, dataset: str) -> dict[tuple[str, str], set[str]]:
+    out: dict[tuple[str, str], set[str]] = {}
+    for entity, column, value in sql.execute_sql(
+        f"SELECT entity, column_name, value FROM {dataset}.{KNOWN_VALUES}"
+    ) or []:
+        out.setdefault((entity, column), set()).add(value)
+    return out
+
+
+def remember_values(sql: Any, dataset: str, rows: Sequence[tuple[str, str, str]]) -> None:
+    now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    for entity, column, value in rows:
+        sql.execute_sql(
+            f"INSERT INTO {dataset}.{KNOWN_VALUES} VALUES (%s, %s, %s, %s)",
+            entity, column, value, now,
+        )
+
+
+def distinct_values(
+    sql: Any,
+    dataset: str,
+    columns: Mapping[str, Sequence[str]],
+    existing: dict[str, Any],
+    known: dict[tuple[str, str], set[str]] | None = None,
+    since: str | None = None,
+) -> dict[tuple[str, str], set[str]]:
+    """Distinct non-null values of each categorical column present in raw. A column
+    with a baseline in ``known`` is read only in the rows written by loads after
+    ``since`` (a load id; a new value comes with a new or changed row), which keeps a
+    cycle from scanning whole tables; a column without one is read whole."""
+    out = {}
+    for entity, names in columns.items():
+        have = existing.get(entity) or {}
+        for name in names:
+            if name not in have:
+                continue
+            column = sql.escape_column_name(name)
+            where, args = f"{column} IS NOT NULL", []
+            # dlt stamps every raw row with the load that wrote it
+            if since and (known or {}).get((entity, name)) and C_DLT_LOAD_ID in have:
+                where += f" AND {sql.escape_column_name(C_DLT_LOAD_ID)} > %s"
+                args = [since]
+            rows = sql.execute_sql(
+                f"SELECT DISTINCT CAST({column} AS VARCHAR)"
+                f" FROM {dataset}.{sql.escape_column_name(entity)} WHERE {where}", *args
+            )
+            out[(entity, name)] = {r[0] for r in rows or []}
+    return out
+
+
+class ChangelogEntry(TypedDict):
+    """One row of ``raw.schema_changelog``, as read back."""
+
+    change_id: str
+    load_id: str | None
+    detected_at: Any  # a timestamp with time zone, as the warehouse returns it
+    category: str
+    entity: str
+    column: str | None
+    kind: str
+    old_type: str | None
+    new_type: str | None
+    value: str | None
+    detail: str | None
+    schema_version: int | None
+
+
+def read_changelog(sql: Any, dataset: str, limit: int = 200) -> list[ChangelogEntry]:
+    rows = sql.execute_sql(
+        f"SELECT change_id, load_id, detected_at, category, entity, column_name, change_kind,"
+        f" old_type, new_type, value, detail, schema_version FROM {dataset}.{CHANGELOG}"
+        f" ORDER BY detected_at DESC, entity, column_name LIMIT {int(limit)}"
+    ) or []
+    keys = ["change_id", "load_id", "detected_at", "category", "entity", "column", "kind",
+            "old_type", "new_type", "value", "detail", "schema_version"]
+    return [ChangelogEntry(**dict(zip(keys, r, strict=True))) for r in rows]  # type: ignore[typeddict-item]
+
+
+def recent_changes(limit: int = 200) -> list[ChangelogEntry]:
+    """The schema changelog, newest first ([] before the first load)."""
+    with warehouse.dlt_pipeline().sql_client() as sql:
+        if not sql.has_dataset():
+            return []
+        qualified = sql.fully_qualified_dataset_name()
+        try:
+            return read_changelog(sql, qualified, limit)
+        except Exception as exc:  # no changelog table yet
+            if CHANGELOG in str(exc):
+                return []
+            raise
+
+
+def last_recorded_load(sql: Any, dataset: str) -> str | None:
+    """The newest load of a cycle in the health history (:mod:`loaders.monitoring.health`):
+    the loads after it are this run's, plus any whose run was cut short before its
+    values were looked at. None without a history."""
+    exists = sql.execute_sql(
+        "SELECT count(*) FROM information_schema.tables"
+        " WHERE table_schema = %s AND table_name = %s", sql.dataset_name, CYCLES,
+    )
+    if not exists or not exists[0][0]:
+        return None
+    rows = sql.execute_sql(f"SELECT max(load_id) FROM {dataset}.{CYCLES}")
+    return rows[0][0] if rows else None
