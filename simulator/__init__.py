@@ -1,1 +1,5 @@
-"""A simulated sales platform: production database, read replica and replica API."""
+"""A simulated sales platform: production database, read replica and replica API.
+
+Imports flow one way, down these layers: ``cli``; ``server``; ``api``, ``platform`` and
+``generate``; ``faults`` and ``store``; ``model``. Nothing here imports ``loaders``.
+"""

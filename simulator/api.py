@@ -20,6 +20,8 @@ Versioned under ``/v1``; the OpenAPI spec is at ``/openapi.json``.
 A page is a range of the replica's feed, records stored as served (see
 :mod:`simulator.store`), joined by SQLite (``group_concat``): serving renders nothing and
 builds no Python object per row.
+
+May import ``store``, ``faults`` and ``model``.
 """
 
 from __future__ import annotations

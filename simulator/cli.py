@@ -1,4 +1,8 @@
-"""``salesflow sim ...``: generate, serve and steer the simulated sales platform."""
+"""``salesflow sim ...``: generate, serve and steer the simulated sales platform.
+
+A thin command line over the simulator's modules: parse arguments, call them, print.
+May import any ``simulator`` module; nothing in ``simulator`` imports it.
+"""
 
 from __future__ import annotations
 

@@ -3,6 +3,8 @@
 The faults in force live in ``faults.json`` in the simulator's directory, replaced
 atomically by :func:`save` (``salesflow sim fault ...`` or tests). The serving process
 re-reads the file when it changes, so faults switch on and off without a restart.
+
+Imports no other project module.
 """
 
 from __future__ import annotations

@@ -10,6 +10,8 @@ repeat customers (customers exist before their orders); a view → cart → chec
 purchase funnel (see ``model.FUNNEL``) whose purchases are the orders; order status
 progressing with age (placed → paid → shipped → delivered, some cancelled or returned);
 profile edits; a few deleted customers and orders; about 2% of events arriving late.
+
+May import ``store`` and ``model``.
 """
 
 from __future__ import annotations

@@ -9,6 +9,8 @@ Field types are the API's logical types, not SQLite's:
 
 ``integer``, ``string``, ``boolean``, ``timestamp`` (ISO-8601 UTC with microseconds and a
 ``Z``) and ``decimal`` (a decimal number carried as a JSON string, e.g. ``"12.99"``).
+
+The foundation of the package: imports no other project module.
 """
 
 from __future__ import annotations

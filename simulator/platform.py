@@ -4,6 +4,8 @@
 and keeps the replica following it (:func:`simulator.store.replicate`). Live time is
 compressed so that a short run shows every kind of change: a new order is paid within
 seconds, shipped within a minute and delivered within two.
+
+May import ``store`` and ``model``.
 """
 
 from __future__ import annotations

@@ -5,6 +5,9 @@ The API runs under uvicorn on a socket this module binds itself, so that a hard 
 (``Faults.outage_until``) can really close the port — clients get "connection refused" —
 and reopen the same port when the window ends. Once listening, the address is written to
 ``server.json`` in the simulator's directory for other processes (tests, ``make demo``).
+
+May import ``store``, ``api``, ``faults`` and ``platform``; within the package, only ``cli``
+imports it.
 """
 
 from __future__ import annotations

@@ -22,6 +22,8 @@ listing is one range scan of stored records: serving costs no rendering, as with
 platform that keeps its API's records ready (an outbox or a serving cache) rather than
 rendering them per request. The price is disk: the replica holds every record twice,
 once in its columns and once as JSON.
+
+May import ``model`` only.
 """
 
 from __future__ import annotations
