@@ -17,6 +17,7 @@ from pathlib import Path
 from simulator import faults as faults_mod
 from simulator import store
 from simulator.model import ENTITIES, EVOLUTIONS
+from simulator.platform import Platform
 
 DEFAULT_DIR = Path("data/sim")
 DEFAULT_TOKEN = "local-dev-token"  # the simulator's own token; a real API's comes from secrets
@@ -31,6 +32,7 @@ def _dir(args) -> Path:
 
 
 def cmd_generate(args) -> int:
+    # imported here, not at the top: numpy would slow every `salesflow` start-up
     from simulator.generate import default_as_of, generate
 
     d = _dir(args)
@@ -54,6 +56,7 @@ def cmd_generate(args) -> int:
 
 
 def cmd_serve(args) -> int:
+    # imported here, not at the top: fastapi would slow every `salesflow` start-up
     from simulator.server import ServeOptions, serve
 
     serve(
@@ -74,8 +77,6 @@ def cmd_serve(args) -> int:
 
 
 def cmd_evolve(args) -> int:
-    from simulator.platform import Platform
-
     d = _dir(args)
     if args.list:
         for name, evo in EVOLUTIONS.items():

@@ -28,6 +28,7 @@ import uvicorn
 from simulator import store
 from simulator.api import create_app
 from simulator.faults import FaultWatcher
+from simulator.platform import Platform
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +49,6 @@ class ServeOptions:
 
 
 def _platform_main(directory: str, rate: float, lag: float, jitter: float, stop) -> None:
-    from simulator.platform import Platform
-
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops us through `stop`
     logging.basicConfig(level=logging.INFO, format="%(asctime)s platform %(message)s")
     platform = Platform(directory, jitter=jitter)
