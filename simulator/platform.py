@@ -23,6 +23,7 @@ from simulator import store
 from simulator.model import (
     CAMPAIGNS,
     CHANNELS,
+    ENTITIES,
     EVOLUTIONS,
     FUNNEL,
     FX_PER_USD,
@@ -472,6 +473,81 @@ class Platform:
             rcon.close()
         return self.activity
 
+    # -- direct changes: each one transaction, replicated as any other -------------------
+    # For tests and drills that need one particular change rather than random traffic.
+
+    def insert(self, entity: str, rows: list[dict]) -> None:
+        """Insert ``rows`` (column → value; columns the table lacks are left out) into
+        ``entity`` in one transaction."""
+        columns = set(self.prod.columns(entity))
+        with self.prod.tx() as (con, seq):
+            for row in rows:
+                row = {k: v for k, v in row.items() if k in columns}
+                row["_seq"] = seq
+                con.execute(
+                    f"INSERT INTO {entity} ({', '.join(row)})"
+                    f" VALUES ({', '.join('?' * len(row))})",
+                    tuple(row.values()),
+                )
+
+    def update(
+        self, entity: str, record_id: object, updated_at: datetime | None = None, **values
+    ) -> None:
+        """Set ``values`` on one record, stamped ``updated_at`` (default now; an earlier
+        time stands for a long transaction committing late)."""
+        pk = ENTITIES[entity].primary_key
+        changes = {**values, "updated_at": store.iso(updated_at or store.utcnow())}
+        with self.prod.tx() as (con, seq):
+            changed = con.execute(
+                f"UPDATE {entity} SET {', '.join(f'{c} = ?' for c in changes)}, _seq = ?"
+                f" WHERE {pk} = ?",
+                (*changes.values(), seq, record_id),
+            ).rowcount
+        if not changed:
+            raise KeyError(f"no {entity} record {record_id!r} in production to update")
+
+    def touch(
+        self, entity: str, record_ids: list | None = None, updated_at: datetime | None = None
+    ) -> None:
+        """Stamp records of ``entity`` (all of them by default) as changed at
+        ``updated_at`` (default now), their values unchanged, in one transaction."""
+        pk = ENTITIES[entity].primary_key
+        stamp = store.iso(updated_at or store.utcnow())
+        with self.prod.tx() as (con, seq):
+            if record_ids is None:
+                con.execute(f"UPDATE {entity} SET updated_at = ?, _seq = ?", (stamp, seq))
+            for record_id in record_ids or []:
+                con.execute(
+                    f"UPDATE {entity} SET updated_at = ?, _seq = ? WHERE {pk} = ?",
+                    (stamp, seq, record_id),
+                )
+
+    def delete_records(
+        self, entity: str, record_ids: list, deleted_at: datetime | None = None
+    ) -> int:
+        """Delete records (an order takes its lines along) at ``deleted_at`` (default now),
+        leaving tombstones, in one transaction. Returns how many of them there were."""
+        when = deleted_at or store.utcnow()
+        with self.prod.tx() as (con, seq):
+            return sum(
+                self.delete(con, seq, when, entity, record_id, Activity())
+                for record_id in record_ids
+            )
+
+    def evolve(self, name: str, effective_at: datetime | None = None, orders: int = 0) -> None:
+        """Announce the evolution ``name`` effective at ``effective_at`` (default now),
+        apply every evolution due, then write ``orders`` new orders in the resulting shape."""
+        self.schedule(name, effective_at or store.utcnow())
+        self.apply_due()
+        if orders:
+            self.tick(orders)
+
     def close(self) -> None:
         self.prod.close()
+
+    def __enter__(self) -> Platform:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 

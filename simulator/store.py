@@ -33,7 +33,7 @@ import os
 import shutil
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -401,6 +401,69 @@ def sync_feeds(
             _rebuild_feed(con, entity, record)
         elif lo is not None and hi is not None and hi > lo:
             _update_feed(con, entity, record, lo, hi)
+
+
+def query(directory: Path | str, sql: str, *args: object, db: str = REPLICA) -> list[tuple]:
+    """Rows of a read-only query on the replica (or on production, ``db=PRODUCTION``):
+    what a check compares the warehouse or the API with."""
+    con = connect(Path(directory) / db, readonly=True)
+    try:
+        return con.execute(sql, args).fetchall()
+    finally:
+        con.close()
+
+
+def write_replica_only(
+    directory: Path | str, sql: str, rows: Iterable[Sequence[object]] = ((),)
+) -> None:
+    """Run a write on the replica alone, once per parameter row, behind replication's
+    back, and rebuild its feeds: a replica saying what production never did (a tombstone
+    newer than its row, a rewrite of every row), for a client to be tested against."""
+    con = connect(Path(directory) / REPLICA)
+    try:
+        con.execute("BEGIN")
+        con.executemany(sql, rows)
+        sync_feeds(con, rebuild=True)
+        con.execute("COMMIT")
+    finally:
+        con.close()
+
+
+def feeds(directory: Path | str, rebuild: bool = False) -> dict[str, list[tuple]]:
+    """Every entity's feed as ``(updated_at, k, dead, record)`` rows in listing order; with
+    ``rebuild``, as rendered afresh from the tables instead (in a transaction rolled back:
+    the replica is left as it was). The two must always be equal."""
+    con = connect(Path(directory) / REPLICA)
+    try:
+        con.execute("BEGIN")
+        try:
+            if rebuild:
+                sync_feeds(con, rebuild=True)
+            return {
+                entity: con.execute(
+                    f"SELECT updated_at, k, dead, record FROM {feed_table(entity)}"
+                    " ORDER BY updated_at, k, dead"
+                ).fetchall()
+                for entity in ENTITIES
+            }
+        finally:
+            con.execute("ROLLBACK")
+    finally:
+        con.close()
+
+
+def drop_feeds(directory: Path | str) -> None:
+    """Remove the replica's feeds, leaving a replica as made before it kept them; the
+    next :func:`replicate` builds them again."""
+    con = connect(Path(directory) / REPLICA)
+    try:
+        con.execute("BEGIN")
+        for entity in ENTITIES:
+            con.execute(f"DROP TABLE {feed_table(entity)}")
+        con.execute(f"DROP TABLE {FEED_SHAPES}")
+        con.execute("COMMIT")
+    finally:
+        con.close()
 
 
 def wait_for_replica(directory: Path | str, timeout: float = 30.0) -> None:
