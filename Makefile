@@ -27,8 +27,9 @@ lint: $(STAMP)
 	mkdir -p target
 	SALESFLOW_DUCKDB_PATH=target/sqlfluff.duckdb $(BIN)/sqlfluff lint models tests/data
 
-# tests/test_postgres.py starts its own throw-away PostgreSQL server (tests/pg.py): the
-# server binaries must be there, and missing ones fail the run instead of skipping it
+# tests/test_postgres.py starts its own throw-away PostgreSQL server
+# (tests/support/postgres.py): the server binaries must be there, and missing ones fail the
+# run instead of skipping it
 pytest: $(STAMP) chromium postgres
 	SALESFLOW_REQUIRE_POSTGRES=1 $(BIN)/python -m pytest
 

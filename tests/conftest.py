@@ -1,80 +1,18 @@
-"""Shared fixtures: a generated platform and a replica API served on 127.0.0.1."""
+"""Fixtures: a generated platform, the replica API serving it on 127.0.0.1, the test's own
+warehouse and a throw-away PostgreSQL server. Plain helpers are in ``tests/support/``."""
 
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
-import requests
-from dbt.cli.main import dbtRunner
 
 from simulator.generate import generate
-from simulator.server import read_server_file
-
-ROOT = Path(__file__).resolve().parent.parent
-AS_OF = datetime(2026, 11, 1, tzinfo=timezone.utc)
-TOKEN = "test-token-5f3a"
-
-
-@dataclass
-class Simulator:
-    """A serving simulator in its own process."""
-
-    dir: Path
-    url: str
-    token: str
-    proc: subprocess.Popen
-
-    def get(self, path: str, **kwargs) -> requests.Response:
-        headers = kwargs.pop("headers", {})
-        headers.setdefault("Authorization", f"Bearer {self.token}")
-        return requests.get(self.url + path, headers=headers, timeout=10, **kwargs)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
-
-
-def start_simulator(directory: Path, *args: str, token: str = TOKEN) -> Simulator:
-    """Serve the platform in ``directory`` (already generated) and wait until it answers."""
-    stale = directory / "server.json"
-    if stale.exists():
-        stale.unlink()
-    log = open(directory / "serve.log", "ab")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "loaders.cli", "sim", "serve", "--dir", str(directory),
-         "--token", token, *args],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    try:
-        info = read_server_file(directory, timeout=30)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                requests.get(info["url"] + "/health", timeout=2).raise_for_status()
-                break
-            except requests.RequestException:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
-    except BaseException:
-        proc.kill()
-        raise
-    return Simulator(directory, info["url"], token, proc)
+from tests.support import AS_OF, ROOT
+from tests.support.postgres import PostgresServer, PostgresUnavailable, start_server
+from tests.support.simulator import Simulator, start_simulator
 
 
 @pytest.fixture
@@ -105,34 +43,12 @@ def warehouse(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return path
 
 
-def dbt_invoke(tmp_path: Path, *args: str) -> None:
-    """A dbt command on the repository's project and the test's warehouse; fails the
-    test on any error or failing test."""
-    result = dbtRunner().invoke(
-        [
-            *args,
-            "--project-dir", str(ROOT),
-            "--profiles-dir", str(ROOT),
-            "--target-path", str(tmp_path / "target"),
-            "--log-path", str(tmp_path / "logs"),
-        ]
-    )
-    assert result.exception is None, result.exception
-    failed = [
-        f"{r.node.unique_id}: {r.status} {r.message}"
-        for r in getattr(result.result, "results", None) or []  # docs generate has none
-        if str(r.status) in ("error", "fail", "runtime error")
-    ]
-    assert result.success and not failed, f"dbt {args[0]} failed:\n" + "\n".join(failed)
-
-
 @pytest.fixture(scope="session")
-def postgres_server():
-    """A throw-away PostgreSQL server on 127.0.0.1 for the whole session (tests/pg.py),
-    stopped at the end, also when tests fail. Without server binaries the tests using it
-    skip, unless SALESFLOW_REQUIRE_POSTGRES=1 (make test) or CI is set: then they fail."""
-    from tests.pg import PostgresUnavailable, start_server
-
+def postgres_server() -> Iterator[PostgresServer]:
+    """A throw-away PostgreSQL server on 127.0.0.1 for the whole session
+    (tests/support/postgres.py), stopped at the end, also when tests fail. Without server
+    binaries the tests using it skip, unless SALESFLOW_REQUIRE_POSTGRES=1 (make test) or
+    CI is set: then they fail."""
     try:
         server = start_server()
     except PostgresUnavailable as exc:

@@ -36,7 +36,7 @@ from loaders.replica.settings import ENDPOINTS, NEXT_CURSOR_HEADER
 from loaders.runners import pipeline
 from loaders.warehouse import cursor_positions, dlt_pipeline
 from simulator.model import ENTITIES, fields_at
-from tests.conftest import TOKEN
+from tests.support import TOKEN
 
 CORPUS = Path(__file__).parent / "data" / "bad_input"
 CONTENT_TYPES = {

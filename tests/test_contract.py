@@ -11,7 +11,6 @@ from pathlib import Path
 
 import jsonschema
 import pytest
-from conftest import TOKEN
 
 from loaders import cli
 from loaders.contract import assess, document, export, lineage, reach
@@ -23,9 +22,9 @@ from loaders.monitoring.notify import JsonLinesChannel, Ledger, Notifier
 from loaders.replica import fetch_announcements
 from loaders.schema_changes.announcements import follow_announcements
 from simulator import store
-from tests.test_schema_tracking import evolve
+from tests.support import ROOT, TOKEN
+from tests.support.simulator import evolve
 
-ROOT = Path(__file__).resolve().parent.parent
 REPLICA = "source.salesflow.replica"
 
 

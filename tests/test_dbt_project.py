@@ -16,9 +16,9 @@ from loaders.runners import pipeline
 from simulator import store
 from simulator.model import EVOLUTIONS, FX_PER_USD
 from simulator.platform import Platform
-from tests.conftest import dbt_invoke, start_simulator
+from tests.support.simulator import start_simulator
+from tests.support.warehouse import dbt_invoke
 
-ROOT = Path(__file__).resolve().parent.parent
 CENT = Decimal("0.01")
 
 pytestmark = pytest.mark.slow

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 from loaders.runners import pipeline
-from tests.conftest import TOKEN, dbt_invoke
+from tests.support import TOKEN
+from tests.support.warehouse import dbt_invoke
 
-ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 MART = "product_sales_daily"
 MART_DESCRIPTION = "Sales per day × product line × region × channel"

@@ -17,7 +17,8 @@ from loaders.replica.settings import SOURCE_NAME
 from loaders.runners import first_loads, pipeline
 from loaders.warehouse import dlt_pipeline
 from simulator import store
-from tests.conftest import TOKEN, start_simulator
+from tests.support import TOKEN
+from tests.support.simulator import start_simulator
 
 
 def raw_keys(path: Path, table: str, key: str) -> list:

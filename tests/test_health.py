@@ -17,8 +17,9 @@ from loaders.replica import ReplicaAuthError, ReplicaUnavailable
 from loaders.runners import pipeline
 from simulator import faults
 from simulator.faults import Faults
-from tests.conftest import ROOT, TOKEN, start_simulator
-from tests.test_replica_source import catch_up_and_reconcile
+from tests.support import ROOT, TOKEN
+from tests.support.simulator import start_simulator
+from tests.support.warehouse import catch_up_and_reconcile
 
 
 @pytest.fixture

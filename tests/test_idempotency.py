@@ -14,14 +14,15 @@ from typing import Any
 import duckdb
 import pytest
 
+from benchmarks.oracle import assert_reconciled, raw_versions, replica_versions
 from loaders.replica import settings
 from loaders.replica.lookback import LookbackWindow
 from loaders.runners import pipeline
 from loaders.warehouse import cursor_positions, dlt_pipeline
 from simulator import store
 from simulator.platform import Platform
-from tests.conftest import TOKEN, start_simulator
-from tests.test_replica_source import assert_reconciled, raw_versions, replica_versions
+from tests.support import TOKEN
+from tests.support.simulator import start_simulator
 
 MARTS = "marts"
 

@@ -15,9 +15,9 @@ import pytest
 
 from loaders import dbt_project
 from loaders.runners import pipeline
-from tests.conftest import TOKEN, dbt_invoke
+from tests.support import ROOT, TOKEN
+from tests.support.warehouse import dbt_invoke
 
-ROOT = Path(__file__).resolve().parent.parent
 MF = ROOT / ".venv" / "bin" / "mf"
 
 pytestmark = pytest.mark.slow

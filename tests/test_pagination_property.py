@@ -12,7 +12,6 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from conftest import AS_OF, TOKEN
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -22,6 +21,7 @@ from simulator.api import create_app
 from simulator.generate import generate
 from simulator.model import ENTITIES
 from simulator.platform import Activity, Platform
+from tests.support import AS_OF, TOKEN
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 

@@ -26,8 +26,10 @@ from loaders.warehouse import raw_counts
 from simulator import store
 from simulator.generate import generate
 from simulator.platform import Platform
-from tests.conftest import AS_OF, ROOT, TOKEN, Simulator, dbt_invoke, start_simulator
-from tests.pg import SUPERUSER_PASSWORD, PostgresServer
+from tests.support import AS_OF, ROOT, TOKEN
+from tests.support.postgres import SUPERUSER_PASSWORD, PostgresServer
+from tests.support.simulator import Simulator, start_simulator
+from tests.support.warehouse import dbt_invoke
 
 pytestmark = pytest.mark.slow
 

@@ -15,13 +15,13 @@ from pathlib import Path
 
 import pytest
 import requests
-from conftest import TOKEN
 from fastapi.testclient import TestClient
 
 from simulator import store
 from simulator.api import MAX_LIMIT, create_app
 from simulator.model import ENTITIES
 from simulator.platform import Activity, Platform
+from tests.support import TOKEN
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 DELETABLE = [name for name, e in ENTITIES.items() if e.deletable]

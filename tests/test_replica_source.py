@@ -26,9 +26,9 @@ from simulator import faults, store
 from simulator.faults import Faults
 from simulator.generate import generate
 from simulator.platform import Activity, Platform
-from tests.conftest import AS_OF, TOKEN, start_simulator
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.support import AS_OF, ROOT, TOKEN
+from tests.support.simulator import start_simulator
+from tests.support.warehouse import catch_up_and_reconcile
 
 
 def test_backfill_reconciles_and_second_run_changes_nothing(simulator, warehouse):
@@ -167,17 +167,6 @@ def test_a_key_served_twice_in_one_load_keeps_its_newest_version(platform_dir, w
     assert len(keys) == len(set(keys)), "a key loaded twice"
     assert first not in keys, "the tombstone is the newest version: the row is deleted"
     assert second in keys, "the row is newer than its tombstone: it stays"
-
-
-def catch_up_and_reconcile(sim_dir: Path, path: Path) -> None:
-    """Serve the (now quiet) platform again, load once more, and check that raw holds
-    exactly the replica's rows: nothing lost, nothing twice."""
-    quiet = start_simulator(sim_dir)
-    try:
-        pipeline.load(base_url=quiet.url, token=TOKEN)
-    finally:
-        quiet.stop()
-    assert_reconciled(sim_dir, path)
 
 
 def test_live_updates_and_deletes_merge_into_current_rows(platform_dir, warehouse):

@@ -15,17 +15,16 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from conftest import TOKEN, start_simulator
 from fastapi.testclient import TestClient
 
 from simulator import store
 from simulator.api import create_app
 from simulator.model import EVOLUTIONS
 from simulator.platform import Platform
+from tests.support import ROOT, TOKEN
+from tests.support.simulator import start_simulator
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-ROOT = Path(__file__).resolve().parent.parent
-
 
 @pytest.fixture
 def platform(platform_dir: Path) -> Iterator[Platform]:

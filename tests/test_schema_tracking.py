@@ -11,8 +11,6 @@ from pathlib import Path
 
 import duckdb
 import pytest
-from conftest import TOKEN, Simulator, start_simulator
-from sinks import HttpReceiver, SmtpSink
 
 from loaders import cli
 from loaders.monitoring.notify import (
@@ -29,7 +27,9 @@ from loaders.schema_changes.announcements import follow_announcements
 from loaders.schema_changes.track import build_failed_event
 from simulator import store
 from simulator.model import EVOLUTIONS
-from simulator.platform import Platform
+from tests.support import TOKEN
+from tests.support.simulator import Simulator, evolve
+from tests.support.sinks import HttpReceiver, SmtpSink
 
 SECRET = "hmac-test-secret-9c1d"
 ALL = list(settings.ENDPOINTS)
@@ -65,21 +65,6 @@ def channels(warehouse: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Chann
     yield Channels(http, smtp, warehouse.parent / "dlt" / "notifications.jsonl")
     http.close()
     smtp.close()
-
-
-def evolve(sim: Simulator, name: str, when: datetime | None = None) -> Simulator:
-    """Stop the server, announce ``name`` (effective ``when``, default now), apply it if
-    due, write some traffic in the new shape, and serve again."""
-    sim.stop()
-    platform = Platform(sim.dir, seed=11)
-    try:
-        platform.schedule(name, when or store.utcnow())
-        platform.apply_due()
-        platform.tick(40)
-    finally:
-        platform.close()
-    store.replicate(sim.dir)
-    return start_simulator(sim.dir, token=sim.token)
 
 
 def changelog(warehouse: Path) -> list[tuple]:

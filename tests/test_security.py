@@ -36,8 +36,6 @@ from urllib.parse import urlsplit
 import duckdb
 import pytest
 import requests
-from conftest import AS_OF, ROOT, start_simulator
-from sinks import HttpReceiver, SmtpSink
 
 from loaders import cli
 from loaders.replica import ReplicaAuthError, ReplicaUnavailable
@@ -48,6 +46,9 @@ from loaders.warehouse import dlt_pipeline
 from simulator import store
 from simulator.generate import generate
 from simulator.platform import Platform
+from tests.support import AS_OF, ROOT
+from tests.support.simulator import start_simulator
+from tests.support.sinks import HttpReceiver, SmtpSink
 
 SECRET = f"sf-tok-{secrets.token_hex(16)}"  # the token the platform accepts
 WRONG = f"sf-tok-{secrets.token_hex(16)}"  # a refused one: it must not leak either

@@ -9,12 +9,13 @@ from pathlib import Path
 
 import pytest
 import requests
-from conftest import AS_OF, Simulator, start_simulator
 
 from simulator import faults
 from simulator.faults import Faults
 from simulator.generate import generate
 from simulator.model import ENTITIES
+from tests.support import AS_OF
+from tests.support.simulator import Simulator, start_simulator
 
 
 @pytest.fixture(scope="module")

@@ -12,11 +12,11 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from conftest import AS_OF
 
 from simulator import store
 from simulator.generate import generate
 from simulator.model import ENTITIES, EVENT_TYPES, FUNNEL, ORDER_STATUSES, PLATFORMS, REGIONS
+from tests.support import AS_OF
 
 TABLES = (*ENTITIES, "deletions")
 KEYS = {**{name: e.primary_key for name, e in ENTITIES.items()}, "deletions": "deletion_id"}

@@ -13,11 +13,12 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from conftest import AS_OF, Simulator, start_simulator
 
 from simulator import store
 from simulator.generate import generate
 from simulator.server import SERVER_FILE
+from tests.support import AS_OF
+from tests.support.simulator import Simulator, start_simulator
 
 RATE, LAG = 50, 1.0
 GENERATED_ORDERS = 300

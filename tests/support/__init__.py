@@ -1,0 +1,21 @@
+"""What the tests share besides fixtures (those are in ``tests/conftest.py``).
+
+Tests import these, always as ``from tests.support... import ...``, never from another
+test file:
+
+* this module: the repository's root and the fixed values the fixtures use;
+* ``simulator``: serving a generated platform in its own process, and changing its
+  schema while served;
+* ``warehouse``: dbt on the test's warehouse, and the last load that reconciles it;
+* ``postgres``: a throw-away PostgreSQL server;
+* ``sinks``: local receivers for notifications (HTTP and SMTP).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]  # the repository
+AS_OF = datetime(2026, 11, 1, tzinfo=timezone.utc)  # end of the generated history
+TOKEN = "test-token-5f3a"  # the served simulator's bearer token
