@@ -4,7 +4,6 @@ absorbed by staging."""
 
 from __future__ import annotations
 
-import sqlite3
 from contextlib import closing
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
@@ -33,8 +32,7 @@ def dbt_build(tmp_path: Path) -> None:
 
 def replica_orders(sim_dir: Path) -> list[tuple[str, int]]:
     """(currency, total_cents) of every live order in the simulator's replica."""
-    with closing(sqlite3.connect(f"file:{sim_dir / store.REPLICA}?mode=ro", uri=True)) as con:
-        return con.execute("SELECT currency, total_cents FROM orders").fetchall()
+    return store.query(sim_dir, "SELECT currency, total_cents FROM orders")
 
 
 def query(path: Path, sql: str) -> list[tuple]:
@@ -99,14 +97,11 @@ def test_staging_absorbs_every_schema_evolution(simulator, warehouse, tmp_path):
 
     # the serving platform applies due evolutions too: stop it so only this one does
     simulator.stop()
-    platform = Platform(simulator.dir, seed=11)
-    try:
+    with Platform(simulator.dir, seed=11) as platform:
         for name in EVOLUTIONS:
             platform.schedule(name, store.utcnow())
         assert platform.apply_due() == list(EVOLUTIONS)
         platform.tick(40)  # new orders, customers and events in the new shapes
-    finally:
-        platform.close()
     store.replicate(simulator.dir)
     evolved = start_simulator(simulator.dir, token=simulator.token)
     try:

@@ -3,7 +3,6 @@ when the run is killed between the load and the repair."""
 
 from __future__ import annotations
 
-import sqlite3
 from datetime import timedelta
 from pathlib import Path
 
@@ -44,13 +43,12 @@ def test_first_load_appends_then_later_loads_merge(platform_dir, warehouse):
     finally:
         sim.stop()
     # every order changes: the next load must replace them, not add to them
-    con = sqlite3.connect(platform_dir / store.REPLICA)
-    latest = store.parse_iso(con.execute("SELECT max(updated_at) FROM orders").fetchone()[0])
-    con.execute("UPDATE orders SET status = 'refunded', updated_at = ?",
-                (store.iso(latest + timedelta(minutes=5)),))
-    store.sync_feeds(con, rebuild=True)  # written behind replication's back
-    con.commit()
-    con.close()
+    [(latest,)] = store.query(platform_dir, "SELECT max(updated_at) FROM orders")
+    store.write_replica_only(
+        platform_dir,
+        "UPDATE orders SET status = 'refunded', updated_at = ?",
+        [(store.iso(store.parse_iso(latest) + timedelta(minutes=5)),)],
+    )
     sim = start_simulator(platform_dir)
     try:
         pipeline.load(base_url=sim.url, token=TOKEN)
@@ -68,18 +66,15 @@ def test_a_first_load_killed_before_its_repair_is_repaired_by_the_next_run(
 ):
     """The backfill lists a customer and later its tombstone: the row is appended, the
     tombstone set aside; the repair is what deletes the row."""
-    con = sqlite3.connect(platform_dir / store.REPLICA)
-    customer, newest = con.execute(
-        "SELECT customer_id, updated_at FROM customers ORDER BY updated_at LIMIT 1"
-    ).fetchone()
-    latest = con.execute("SELECT max(updated_at) FROM customers").fetchone()[0]
-    con.execute(
-        "INSERT INTO deletions (entity, record_id, deleted_at) VALUES ('customers', ?, ?)",
-        (str(customer), store.iso(store.parse_iso(latest) + timedelta(seconds=1))),
+    [(customer, newest)] = store.query(
+        platform_dir, "SELECT customer_id, updated_at FROM customers ORDER BY updated_at LIMIT 1"
     )
-    store.sync_feeds(con, rebuild=True)
-    con.commit()
-    con.close()
+    [(latest,)] = store.query(platform_dir, "SELECT max(updated_at) FROM customers")
+    store.write_replica_only(
+        platform_dir,
+        "INSERT INTO deletions (entity, record_id, deleted_at) VALUES ('customers', ?, ?)",
+        [(str(customer), store.iso(store.parse_iso(latest) + timedelta(seconds=1)))],
+    )
 
     repair, calls = first_loads.repair_pending, []
 

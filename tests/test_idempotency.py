@@ -65,16 +65,13 @@ def _plain(value: Any) -> Any:
 
 def change_an_order(sim_dir: Path, status: str) -> int:
     """Update the most recently changed order in production, replicated at once."""
-    platform = Platform(sim_dir)
-    with platform.prod.tx() as (con, seq):
-        order_id = con.execute(
-            "SELECT order_id FROM orders ORDER BY updated_at DESC, order_id LIMIT 1"
-        ).fetchone()[0]
-        con.execute(
-            "UPDATE orders SET status = ?, updated_at = ?, _seq = ? WHERE order_id = ?",
-            (status, store.iso(store.utcnow()), seq, order_id),
-        )
-    platform.close()
+    [(order_id,)] = store.query(
+        sim_dir,
+        "SELECT order_id FROM orders ORDER BY updated_at DESC, order_id LIMIT 1",
+        db=store.PRODUCTION,
+    )
+    with Platform(sim_dir) as platform:
+        platform.update("orders", order_id, status=status)
     store.replicate(sim_dir)
     return order_id
 
@@ -212,11 +209,8 @@ def test_an_interrupted_sync_leaves_raw_and_state_as_before(
     pipeline.load(base_url=simulator.url, token=TOKEN)
     for status in ("returned", "shipped", "paid"):
         change_an_order(simulator.dir, status)
-    platform = Platform(simulator.dir)
-    with platform.prod.tx() as (con, seq):  # every product changed: several pages
-        now = store.iso(store.utcnow())
-        con.execute("UPDATE products SET updated_at = ?, _seq = ?", (now, seq))
-    platform.close()
+    with Platform(simulator.dir) as platform:
+        platform.touch("products")  # every product changed: several pages
     store.replicate(simulator.dir)
     raw, states = raw_versions(warehouse), resource_states()
 

@@ -5,9 +5,7 @@ and sees no row version twice."""
 from __future__ import annotations
 
 import itertools
-import sqlite3
 from collections.abc import Iterator
-from contextlib import closing
 from datetime import timedelta
 from pathlib import Path
 
@@ -20,7 +18,7 @@ from simulator import store
 from simulator.api import create_app
 from simulator.generate import generate
 from simulator.model import ENTITIES
-from simulator.platform import Activity, Platform
+from simulator.platform import Platform
 from tests.support import AS_OF, TOKEN
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -39,14 +37,14 @@ steps = st.lists(
 def state(directory: Path, entity: str) -> tuple[dict, dict]:
     """The replica's rows {id: updated_at} and tombstones {id: deleted_at} of an entity."""
     pk = ENTITIES[entity].primary_key
-    with closing(sqlite3.connect(f"file:{directory / store.REPLICA}?mode=ro", uri=True)) as con:
-        rows = dict(con.execute(f"SELECT {pk}, updated_at FROM {entity}"))
-        tombs = dict(
-            con.execute(
-                "SELECT CAST(record_id AS INTEGER), deleted_at FROM deletions WHERE entity = ?",
-                (entity,),
-            )
+    rows = dict(store.query(directory, f"SELECT {pk}, updated_at FROM {entity}"))
+    tombs = dict(
+        store.query(
+            directory,
+            "SELECT CAST(record_id AS INTEGER), deleted_at FROM deletions WHERE entity = ?",
+            entity,
         )
+    )
     return rows, tombs
 
 
@@ -56,20 +54,15 @@ def write(platform: Platform, entity: str, op: tuple) -> None:
         platform.tick(arg)
         return
     pk = ENTITIES[entity].primary_key
-    ids = [r[0] for r in platform.prod.con.execute(f"SELECT {pk} FROM {entity} ORDER BY {pk}")]
+    listed = f"SELECT {pk} FROM {entity} ORDER BY {pk}"
+    ids = [r[0] for r in store.query(platform.dir, listed, db=store.PRODUCTION)]
     if not ids:
         return
-    chosen = {ids[i % len(ids)] for i in arg}
-    with platform.prod.tx() as (con, seq):
-        now = store.utcnow()
-        for record_id in chosen:
-            if kind == "touch":
-                con.execute(
-                    f"UPDATE {entity} SET updated_at = ?, _seq = ? WHERE {pk} = ?",
-                    (store.iso(now), seq, record_id),
-                )
-            else:
-                platform.delete(con, seq, now, entity, record_id, Activity())
+    chosen = list({ids[i % len(ids)] for i in arg})
+    if kind == "touch":
+        platform.touch(entity, chosen)
+    else:
+        platform.delete_records(entity, chosen)
 
 
 @pytest.fixture(scope="module")
@@ -150,36 +143,38 @@ def test_paging_under_concurrent_writes_misses_nothing(
 
 def test_many_rows_sharing_one_updated_at_page_correctly(platform_dir: Path) -> None:
     """Rows, tombstones and string keys with one identical updated_at, paged 3 at a time."""
-    platform = Platform(platform_dir)
-    try:
-        [stamp] = platform.prod.con.execute(
-            "SELECT updated_at FROM orders ORDER BY updated_at LIMIT 1 OFFSET 100"
-        ).fetchone()
-        template = platform.prod.con.execute(
-            "SELECT * FROM orders WHERE updated_at = ?", (stamp,)
-        ).fetchone()
+    [(stamp,)] = store.query(
+        platform_dir,
+        "SELECT updated_at FROM orders ORDER BY updated_at LIMIT 1 OFFSET 100",
+        db=store.PRODUCTION,
+    )
+    [template] = store.query(
+        platform_dir,
+        "SELECT * FROM orders WHERE updated_at = ? LIMIT 1",
+        stamp,
+        db=store.PRODUCTION,
+    )
+    with Platform(platform_dir) as platform:
         columns = platform.prod.columns("orders")
-        with platform.prod.tx() as (con, seq):
-            # 20 new orders written at exactly the same time as an existing one
-            for oid in range(5001, 5021):
-                row = dict(zip(columns, template, strict=True))
-                row.update(order_id=oid, updated_at=stamp, _seq=seq)
-                con.execute(
-                    f"INSERT INTO orders ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
-                    tuple(row.values()),
-                )
-            # two deleted at that very time, tombstones interleaving with the rows
-            for oid in (5003, 5010):
-                platform.delete(con, seq, store.parse_iso(stamp), "orders", oid, Activity())
-            # and regions (string keys) sharing one time too
-            for i in range(8):
-                con.execute(
-                    "INSERT INTO regions (region_id, region_name, country_code, currency,"
-                    " created_at, updated_at, _seq) VALUES (?, 'Test', 'XX', 'USD', ?, ?, ?)",
-                    (f"test-{i}", stamp, stamp, seq),
-                )
-    finally:
-        platform.close()
+        # 20 new orders written at exactly the same time as an existing one
+        platform.insert(
+            "orders",
+            [
+                {**dict(zip(columns, template, strict=True)), "order_id": oid, "updated_at": stamp}
+                for oid in range(5001, 5021)
+            ],
+        )
+        # two deleted at that very time, tombstones interleaving with the rows
+        platform.delete_records("orders", [5003, 5010], deleted_at=store.parse_iso(stamp))
+        # and regions (string keys) sharing one time too
+        platform.insert(
+            "regions",
+            [
+                {"region_id": f"test-{i}", "region_name": "Test", "country_code": "XX",
+                 "currency": "USD", "created_at": stamp, "updated_at": stamp}
+                for i in range(8)
+            ],
+        )
     store.replicate(platform_dir)
 
     with TestClient(create_app(platform_dir, TOKEN), headers=AUTH) as client:

@@ -4,7 +4,6 @@ to the marts, the marts equal to DuckDB's for the same data, and an incremental 
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Iterator
 from contextlib import closing
 from dataclasses import dataclass
@@ -119,8 +118,7 @@ def assert_reconciled(wh: Warehouse) -> None:
 
 
 def replica_orders(sim_dir: Path) -> list[tuple[str, int]]:
-    with closing(sqlite3.connect(f"file:{sim_dir / store.REPLICA}?mode=ro", uri=True)) as con:
-        return con.execute("SELECT currency, total_cents FROM orders").fetchall()
+    return store.query(sim_dir, "SELECT currency, total_cents FROM orders")
 
 
 def assert_orders_reconciled(wh: Warehouse) -> None:
@@ -328,12 +326,9 @@ def test_marts_on_postgres_equal_those_on_duckdb(pg, tmp_path, monkeypatch):
 def test_an_incremental_cycle_after_platform_activity(pg, monkeypatch):
     before = pg.query("select count(*), sum(units) from marts.product_sales_daily")
     pg.sim.stop()  # so only this test's activity changes the platform
-    platform = Platform(pg.sim.dir, seed=13)
-    try:
+    with Platform(pg.sim.dir, seed=13) as platform:
         for _ in range(3):
             platform.tick(25)  # new orders, status changes, edits and deletions
-    finally:
-        platform.close()
     store.replicate(pg.sim.dir)
     pg.sim = start_simulator(pg.sim.dir)
     published = pg.work / "published.duckdb"

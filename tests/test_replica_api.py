@@ -7,10 +7,8 @@ from __future__ import annotations
 
 import base64
 import json
-import sqlite3
 import time
 from collections.abc import Iterator
-from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -20,7 +18,7 @@ from fastapi.testclient import TestClient
 from simulator import store
 from simulator.api import MAX_LIMIT, create_app
 from simulator.model import ENTITIES
-from simulator.platform import Activity, Platform
+from simulator.platform import Platform
 from tests.support import TOKEN
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -31,11 +29,6 @@ DELETABLE = [name for name, e in ENTITIES.items() if e.deletable]
 def client(platform_dir: Path) -> Iterator[TestClient]:
     with TestClient(create_app(platform_dir, TOKEN), headers=AUTH) as c:
         yield c
-
-
-def replica_rows(directory: Path, sql: str, *args: object) -> list[tuple]:
-    with closing(sqlite3.connect(f"file:{directory / store.REPLICA}?mode=ro", uri=True)) as con:
-        return con.execute(sql, args).fetchall()
 
 
 def cursor_of(value: object) -> str:
@@ -137,7 +130,7 @@ def test_unknown_entity_and_format_are_rejected(client: TestClient) -> None:
 
 
 def test_updated_since_is_inclusive(client: TestClient, platform_dir: Path) -> None:
-    [(since, n_at_or_after)] = replica_rows(
+    [(since, n_at_or_after)] = store.query(
         platform_dir,
         "SELECT o.updated_at, (SELECT count(*) FROM orders WHERE updated_at >= o.updated_at)"
         " FROM orders o ORDER BY updated_at LIMIT 1 OFFSET 150",
@@ -210,7 +203,7 @@ def test_paging_returns_every_replica_row_once_in_keyset_order(
 
     live = [r[pk] for r in records if "deleted_at" not in r]
     assert len(live) == len(set(live))
-    assert set(live) == {r[0] for r in replica_rows(platform_dir, f"SELECT {pk} FROM {entity}")}
+    assert set(live) == {r[0] for r in store.query(platform_dir, f"SELECT {pk} FROM {entity}")}
     keys = [(r["updated_at"], r[pk]) for r in records]
     assert keys == sorted(keys)
     # every record has exactly the entity's fields
@@ -221,14 +214,9 @@ def test_paging_returns_every_replica_row_once_in_keyset_order(
 @pytest.fixture
 def with_deletions(platform_dir: Path) -> Path:
     """The platform deletes two orders (with their lines) and a customer, and replicates."""
-    platform = Platform(platform_dir)
-    try:
-        with platform.prod.tx() as (con, seq):
-            now = store.utcnow()
-            for entity, record_id in (("orders", 10), ("orders", 250), ("customers", 3)):
-                assert platform.delete(con, seq, now, entity, record_id, Activity())
-    finally:
-        platform.close()
+    with Platform(platform_dir) as platform:
+        assert platform.delete_records("orders", [10, 250]) == 2
+        assert platform.delete_records("customers", [3]) == 1
     store.replicate(platform_dir)
     return platform_dir
 
@@ -240,7 +228,7 @@ def test_deleted_records_are_served_as_tombstones(
     platform_dir = with_deletions
     pk = ENTITIES[entity].primary_key
     deletions = dict(
-        replica_rows(
+        store.query(
             platform_dir,
             "SELECT CAST(record_id AS INTEGER), deleted_at FROM deletions WHERE entity = ?",
             entity,
@@ -339,8 +327,8 @@ def test_served_api_over_http(simulator) -> None:
         cursor = r.headers.get("X-Next-Cursor")
         if not cursor:
             break
-    expected = replica_rows(simulator.dir, "SELECT order_id FROM orders")
-    deleted = replica_rows(
+    expected = store.query(simulator.dir, "SELECT order_id FROM orders")
+    deleted = store.query(
         simulator.dir,
         "SELECT CAST(record_id AS INTEGER) FROM deletions WHERE entity = 'orders'",
     )

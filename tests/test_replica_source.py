@@ -7,7 +7,6 @@ import json
 import os
 import shutil
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -25,7 +24,7 @@ from loaders.warehouse import dlt_pipeline
 from simulator import faults, store
 from simulator.faults import Faults
 from simulator.generate import generate
-from simulator.platform import Activity, Platform
+from simulator.platform import Platform
 from tests.support import AS_OF, ROOT, TOKEN
 from tests.support.simulator import start_simulator
 from tests.support.warehouse import catch_up_and_reconcile
@@ -46,12 +45,11 @@ def test_backfill_reconciles_and_second_run_changes_nothing(simulator, warehouse
 def test_the_first_load_starts_at_the_configured_start_date(simulator, warehouse):
     """``start_date`` bounds the backfill: rows updated before it stay out, every row
     from it on comes in, and the next load goes on from the cursor, not from the start."""
-    with sqlite3.connect(f"file:{simulator.dir / store.REPLICA}?mode=ro", uri=True) as con:
-        stamps = [r[0] for r in con.execute("SELECT updated_at FROM orders ORDER BY 1")]
-        start = stamps[len(stamps) // 2]
-        expected = con.execute(
-            "SELECT count(*) FROM orders WHERE updated_at >= ?", (start,)
-        ).fetchone()[0]
+    stamps = [r[0] for r in store.query(simulator.dir, "SELECT updated_at FROM orders ORDER BY 1")]
+    start = stamps[len(stamps) // 2]
+    [(expected,)] = store.query(
+        simulator.dir, "SELECT count(*) FROM orders WHERE updated_at >= ?", start
+    )
     first = pipeline.load(
         base_url=simulator.url, token=TOKEN, entities=["orders"], start_date=start
     )
@@ -95,19 +93,14 @@ def test_rows_read_again_unchanged_keep_their_load(simulator, warehouse):
     assert load_ids() == first
 
     # a change inside the window: the changed order loads, its neighbours do not
-    con = sqlite3.connect(simulator.dir / store.PRODUCTION)
-    order_id, updated = con.execute(
-        "SELECT order_id, updated_at FROM orders ORDER BY updated_at DESC LIMIT 1"
-    ).fetchone()
-    con.close()
-    platform = Platform(simulator.dir)
-    with platform.prod.tx() as (pcon, seq):
-        pcon.execute(
-            "UPDATE orders SET status = 'returned', updated_at = ?, _seq = ?"
-            " WHERE order_id = ?",
-            [store.iso(store.parse_iso(updated) + timedelta(microseconds=1)), seq, order_id],
-        )
-    platform.close()
+    [(order_id, updated)] = store.query(
+        simulator.dir,
+        "SELECT order_id, updated_at FROM orders ORDER BY updated_at DESC LIMIT 1",
+        db=store.PRODUCTION,
+    )
+    with Platform(simulator.dir) as platform:
+        just_after = store.parse_iso(updated) + timedelta(microseconds=1)
+        platform.update("orders", order_id, just_after, status="returned")
     store.replicate(simulator.dir)
     third = pipeline.load(base_url=simulator.url, token=TOKEN)
     assert third.rows.get("orders") == 1
@@ -120,16 +113,12 @@ def test_rows_read_again_unchanged_keep_their_load(simulator, warehouse):
 def test_deleted_records_are_removed(simulator, warehouse):
     pipeline.load(base_url=simulator.url, token=TOKEN)
     # deletions after the first load (the history may hold some of its own too)
-    platform = Platform(simulator.dir)
-    with platform.prod.tx() as (con, seq):
-        now = store.utcnow()
-        platform.delete(con, seq, now, "orders", 1, Activity())  # takes its lines along
-        platform.delete(con, seq, now, "customers", 2, Activity())
-    platform.close()
+    with Platform(simulator.dir) as platform:
+        platform.delete_records("orders", [1])  # takes its lines along
+        platform.delete_records("customers", [2])
     store.replicate(simulator.dir)
     pipeline.load(base_url=simulator.url, token=TOKEN)
-    con = sqlite3.connect(simulator.dir / store.REPLICA)
-    deleted = con.execute("SELECT entity, record_id FROM deletions").fetchall()
+    deleted = store.query(simulator.dir, "SELECT entity, record_id FROM deletions")
     assert {e for e, _ in deleted} >= {"orders", "order_items", "customers"}
     raw = duckdb.connect(str(warehouse), read_only=True)
     for entity, record_id in deleted:
@@ -143,19 +132,16 @@ def test_a_key_served_twice_in_one_load_keeps_its_newest_version(platform_dir, w
     listed) must end with the newest version, once (the merge's deduplication). Here the
     replica serves a tombstone newer than the first-listed customer's row (served last)
     and one older than the last-listed customer's row (served first)."""
-    con = sqlite3.connect(platform_dir / store.REPLICA)
     listed = "SELECT customer_id, updated_at FROM customers ORDER BY updated_at {} LIMIT 1"
-    first, oldest = con.execute(listed.format("ASC")).fetchone()
-    second, newest = con.execute(listed.format("DESC")).fetchone()
+    [(first, oldest)] = store.query(platform_dir, listed.format("ASC"))
+    [(second, newest)] = store.query(platform_dir, listed.format("DESC"))
     later = store.iso(store.parse_iso(newest) + timedelta(seconds=1))
     earlier = store.iso(store.parse_iso(oldest) - timedelta(days=1))
-    con.executemany(
+    store.write_replica_only(
+        platform_dir,
         "INSERT INTO deletions (entity, record_id, deleted_at) VALUES ('customers', ?, ?)",
         [(str(first), later), (str(second), earlier)],
     )
-    store.sync_feeds(con, rebuild=True)  # written behind replication's back
-    con.commit()
-    con.close()
     sim = start_simulator(platform_dir)
     try:
         pipeline.load(base_url=sim.url, token=TOKEN, page_size=25, entities=["customers"])
@@ -188,16 +174,12 @@ def test_live_updates_and_deletes_merge_into_current_rows(platform_dir, warehous
 def commit_late_update(platform_dir: Path) -> None:
     """Commit now an update stamped 10 minutes before the newest cursor (a long
     transaction), as the first order's return, and replicate it."""
-    platform = Platform(platform_dir)
-    newest = platform.prod.con.execute("SELECT max(updated_at) FROM orders").fetchone()[0]
-    late = store.iso(store.parse_iso(newest) - timedelta(minutes=10))
-    with platform.prod.tx() as (con, seq):
-        con.execute(
-            "UPDATE orders SET status = 'returned', updated_at = ?, _seq = ?"
-            " WHERE order_id = (SELECT min(order_id) FROM orders)",
-            (late, seq),
-        )
-    platform.close()
+    [(first, newest)] = store.query(
+        platform_dir, "SELECT min(order_id), max(updated_at) FROM orders", db=store.PRODUCTION
+    )
+    with Platform(platform_dir) as platform:
+        late = store.parse_iso(newest) - timedelta(minutes=10)
+        platform.update("orders", first, late, status="returned")
     store.replicate(platform_dir)
 
 
@@ -403,14 +385,9 @@ def test_a_type_change_upstream_loads_into_a_variant_column(simulator, warehouse
     """products.price turns from integer cents into a decimal string: new values go to
     price__v_text exactly as sent, old values stay in price untouched."""
     pipeline.load(base_url=simulator.url, token=TOKEN)
-    platform = Platform(simulator.dir)
-    platform.apply("restructure")
-    with platform.prod.tx() as (con, seq):
-        con.execute(
-            "UPDATE products SET price = '176.99', updated_at = ?, _seq = ? WHERE product_id = 1",
-            (store.iso(store.utcnow()), seq),
-        )
-    platform.close()
+    with Platform(simulator.dir) as platform:
+        platform.apply("restructure")
+        platform.update("products", 1, price="176.99")
     store.replicate(simulator.dir)
     pipeline.load(base_url=simulator.url, token=TOKEN)
     raw = duckdb.connect(str(warehouse), read_only=True)

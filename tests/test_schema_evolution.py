@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-import sqlite3
 import subprocess
 import sys
 import time
@@ -64,7 +63,7 @@ def schema_fields(client: TestClient, entity: str) -> dict[str, str]:
 
 
 def columns(db: Path, table: str) -> list[str]:
-    with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as con:
+    with closing(store.connect(db, readonly=True)) as con:
         return [r[1] for r in con.execute(f"PRAGMA table_info({table})")]
 
 
@@ -72,7 +71,7 @@ def same_content(directory: Path) -> bool:
     """Replica and production hold the same rows in every replicated table."""
 
     def digest(db: str, table: str) -> str:
-        with closing(sqlite3.connect(f"file:{directory / db}?mode=ro", uri=True)) as con:
+        with closing(store.connect(directory / db, readonly=True)) as con:
             rows = con.execute(f"SELECT * FROM {table} ORDER BY 1").fetchall()
         return hashlib.sha256(repr(rows).encode()).hexdigest()
 

@@ -25,7 +25,7 @@ KEYS = {**{name: e.primary_key for name, e in ENTITIES.items()}, "deletions": "d
 def digest(db: Path, table: str) -> str:
     """A checksum of a table's full content in primary-key order."""
     h = hashlib.sha256()
-    with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as con:
+    with closing(store.connect(db, readonly=True)) as con:
         for row in con.execute(f"SELECT * FROM {table} ORDER BY {KEYS[table]}"):
             h.update(repr(row).encode())
     return h.hexdigest()
@@ -45,7 +45,7 @@ def history(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def db(history: Path) -> Iterator[sqlite3.Connection]:
-    with closing(sqlite3.connect(f"file:{history / store.PRODUCTION}?mode=ro", uri=True)) as con:
+    with closing(store.connect(history / store.PRODUCTION, readonly=True)) as con:
         yield con
 
 
@@ -203,8 +203,7 @@ def test_timestamps_are_consistent_and_status_follows_age(db: sqlite3.Connection
 
 def test_replica_starts_equal_to_production(history: Path) -> None:
     assert digests(history, store.REPLICA) == digests(history, store.PRODUCTION)
-    with closing(sqlite3.connect(history / store.REPLICA)) as rcon:
-        assert rcon.execute("SELECT last_seq FROM replication_state").fetchone()[0] == 1
+    assert store.query(history, "SELECT last_seq FROM replication_state") == [(1,)]
 
 
 def test_deleted_records_are_recorded_and_gone(db: sqlite3.Connection) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import sqlite3
 import time
 from collections.abc import Iterator
 from contextlib import closing
@@ -25,7 +24,7 @@ GENERATED_ORDERS = 300
 
 
 def query(db: Path, sql: str, *args: object) -> list[tuple]:
-    with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)) as con:
+    with closing(store.connect(db, readonly=True)) as con:
         return con.execute(sql, args).fetchall()
 
 

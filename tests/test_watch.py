@@ -18,8 +18,9 @@ from loaders import cli, dbt_project
 from loaders.replica.settings import ENDPOINTS
 from loaders.runners import pipeline, publish
 from loaders.runners.watch import watch
-from simulator import faults
+from simulator import faults, store
 from simulator.faults import Faults
+from simulator.platform import Platform
 from tests.support import ROOT, TOKEN
 from tests.support.simulator import start_simulator
 from tests.support.warehouse import catch_up_and_reconcile
@@ -206,24 +207,19 @@ def test_incremental_cycles_and_their_publication_equal_a_full_rebuild(
     """Cycles with new orders, updates, product price changes and deletions, built
     incrementally by load id and published key by key, end where a rebuild from
     scratch of the same raw data does."""
-    from simulator import store
-    from simulator.platform import Activity, Platform
 
     def between(stats) -> None:
-        platform = Platform(simulator.dir, seed=stats.cycles)
-        try:
+        with Platform(simulator.dir, seed=stats.cycles) as platform:
             platform.tick(40)
-            with platform.prod.tx() as (con, seq):
-                now = store.utcnow()
-                for entity in ("orders", "order_items", "customers"):
-                    key = ENDPOINTS[entity]["primary_key"]
-                    (victim,) = con.execute(
-                        f"SELECT {key} FROM {entity} ORDER BY {key} LIMIT 1 OFFSET ?",
-                        [stats.cycles * 7],
-                    ).fetchone()
-                    platform.delete(con, seq, now, entity, victim, Activity())
-        finally:
-            platform.close()
+            for entity in ("orders", "order_items", "customers"):
+                key = ENDPOINTS[entity]["primary_key"]
+                [(victim,)] = store.query(
+                    simulator.dir,
+                    f"SELECT {key} FROM {entity} ORDER BY {key} LIMIT 1 OFFSET ?",
+                    stats.cycles * 7,
+                    db=store.PRODUCTION,
+                )
+                platform.delete_records(entity, [victim])
         store.replicate(simulator.dir)
 
     target = tmp_path / "target"
