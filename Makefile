@@ -24,6 +24,7 @@ demo: $(STAMP)
 # never contends with a running pipeline for data/warehouse.duckdb
 lint: $(STAMP)
 	$(BIN)/ruff check loaders simulator tests benchmarks
+	$(BIN)/mypy
 	mkdir -p target
 	SALESFLOW_DUCKDB_PATH=target/sqlfluff.duckdb $(BIN)/sqlfluff lint models tests/data
 

@@ -308,7 +308,8 @@ def _page(
     the last key is read from the last line served."""
     pk = ENTITIES[entity].primary_key
     lower = max(filter(None, (updated_since, after[0] if after else None)), default=None)
-    where, args = [], []
+    where: list[str] = []
+    args: list[object] = []
     if lower:
         where.append("updated_at >= ?")
         args.append(lower)

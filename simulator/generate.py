@@ -23,6 +23,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -43,6 +44,8 @@ log = logging.getLogger(__name__)
 US = 1_000_000  # microseconds per second
 HOUR = 3600 * US
 DAY = 24 * HOUR
+# a SQL null in an object array (numpy's stubs do not take None as np.where's branch)
+NULL: Any = None
 
 FIRST_NAMES = np.array(
     [
@@ -163,7 +166,7 @@ def _channel_arrays(rng: np.random.Generator, n: int) -> tuple[np.ndarray, ...]:
     med = np.array([v[2] for v in CHANNELS.values()], dtype=object)[ch]
     paid = np.isin(names[ch], PAID_CHANNELS)
     camp = np.array(CAMPAIGNS, dtype=object)[rng.integers(0, len(CAMPAIGNS), size=n)]
-    camp = np.where(paid, camp, None)
+    camp = np.where(paid, camp, NULL)
     return names[ch], src, med, camp
 
 
@@ -472,7 +475,7 @@ def _draw_orders(
     ch = np.where(loyal, customers.channel[cust_idx], ch)
     src = np.where(loyal, np.array([CHANNELS[c][1] for c in ch.tolist()], dtype=object), src)
     med = np.where(loyal, np.array([CHANNELS[c][2] for c in ch.tolist()], dtype=object), med)
-    camp = np.where(np.isin(ch, PAID_CHANNELS), camp, None)
+    camp = np.where(np.isin(ch, PAID_CHANNELS), camp, NULL)
     camp = np.where(
         np.isin(ch, PAID_CHANNELS) & (camp == None),  # noqa: E711 (numpy elementwise)
         CAMPAIGNS[-1],
@@ -585,8 +588,8 @@ def _purchase_events(
         ],
         axis=1,
     ).ravel()
-    ev["order_id"] = np.where(ev["event_type"] == "purchase", ev["order_id"], None)
-    ev["product_id"] = np.where(ev["event_type"] == "purchase", None, ev["product_id"])
+    ev["order_id"] = np.where(ev["event_type"] == "purchase", ev["order_id"], NULL)
+    ev["product_id"] = np.where(ev["event_type"] == "purchase", NULL, ev["product_id"])
     return ev, occ
 
 
@@ -671,7 +674,7 @@ def _write_events(
     n_ev = len(sel)
     event_ids = np.arange(ids.events, ids.events + n_ev)
     ids.events += n_ev
-    cols = {"event_id": event_ids}
+    cols: dict[str, Any] = {"event_id": event_ids}
     for key, arr in ev_all.items():
         cols[key] = arr[sel]
     cols["occurred_at"] = _iso(occurred[sel])

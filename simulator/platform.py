@@ -61,10 +61,10 @@ class Platform:
         past (long transactions committing late), as on a busy production database."""
         self.dir = Path(directory)
         self.prod = store.Production(self.dir)
-        base_seed = json.loads(self.prod.meta("seed", "0"))
+        base_seed = json.loads(self.prod.meta("seed") or "0")
         self.rng = random.Random(seed if seed is not None else base_seed + 1)
         self.jitter = jitter
-        self.ids: dict[str, int] = json.loads(self.prod.meta("next_ids", "{}"))
+        self.ids: dict[str, int] = json.loads(self.prod.meta("next_ids") or "{}")
         self.pending: list[tuple[float, int, str]] = []  # (due monotonic, order_id, status)
         self.activity = Activity()
         self._refresh_shape()
@@ -90,7 +90,7 @@ class Platform:
             )
         }
 
-    def _price_cents(self, price: object) -> int:
+    def _price_cents(self, price: str | int | float) -> int:
         """Product price in US cents, whichever shape the catalogue has."""
         if isinstance(price, str):
             return round(float(price) * 100)

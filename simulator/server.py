@@ -72,7 +72,7 @@ class ApiServer:
 
     def __init__(self, app, host: str, port: int) -> None:
         self.app, self.host = app, host
-        self.sock = _bind(host, port)
+        self.sock: socket.socket | None = _bind(host, port)
         self.port = self.sock.getsockname()[1]
         self.server: uvicorn.Server | None = None
         self.thread: threading.Thread | None = None

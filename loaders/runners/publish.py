@@ -99,13 +99,13 @@ def publish(
     from_previous = changed_set is not None and target.exists()
     con = _claim(spare) if from_previous else None
     behind, path = con is not None, spare if con is not None else tmp
-    if not behind:
+    if con is None:
         if from_previous:
             shutil.copyfile(target, tmp)
         con = duckdb.connect(str(tmp))
     try:
         con.execute(f"ATTACH {quote_literal(str(warehouse))} AS wh (READ_ONLY)")
-        db = quote_identifier(con.execute("select current_database()").fetchone()[0])
+        db = quote_identifier(_scalar(con, "select current_database()"))
         con.execute(f"CREATE SCHEMA IF NOT EXISTS {db}.{SCHEMA}")
         source = {
             r[0]
@@ -190,6 +190,14 @@ def _claim(path: Path) -> duckdb.DuckDBPyConnection | None:
         return None
 
 
+def _scalar(con: duckdb.DuckDBPyConnection, sql: str) -> Any:
+    """The one value a statement answers."""
+    row = con.execute(sql).fetchone()
+    if row is None:
+        raise RuntimeError(f"no row from: {sql}")
+    return row[0]
+
+
 def _refreshable(con: duckdb.DuckDBPyConnection, db: str, table: str, key: str) -> bool:
     """The previous version can be refreshed key by key: same columns and types as in
     the warehouse (a mart whose shape changed is copied whole), with the key and the
@@ -211,20 +219,20 @@ def _refresh_rows(con: duckdb.DuckDBPyConnection, db: str, table: str, key: str)
     quoted = quote_identifier(table)
     mine, theirs = f"{db}.{SCHEMA}.{quoted}", f"wh.{SCHEMA}.{quoted}"
     k, lid = quote_identifier(key), quote_identifier(LOAD_ID)
-    since = con.execute(f"SELECT coalesce(max({lid}), '') FROM {mine}").fetchone()[0]
+    since = _scalar(con, f"SELECT coalesce(max({lid}), '') FROM {mine}")
     con.execute(
         f"CREATE OR REPLACE TEMP TABLE _changed AS SELECT DISTINCT {k} FROM {theirs}"
         f" WHERE {lid} >= ?", [since],
     )
     con.execute(f"DELETE FROM {mine} WHERE {k} IN (SELECT {k} FROM _changed)")
-    written = con.execute(
-        f"INSERT INTO {mine} BY NAME SELECT * FROM {theirs}"
+    written = _scalar(
+        con, f"INSERT INTO {mine} BY NAME SELECT * FROM {theirs}"
         f" WHERE {k} IN (SELECT {k} FROM _changed)"
-    ).fetchone()[0]
+    )
     # every key of the warehouse is now here (unchanged ones were already): a count
     # above the warehouse's means keys it no longer has
-    (count_mine,), (count_theirs,) = (
-        con.execute(f"SELECT count(*) FROM {rel}").fetchone() for rel in (mine, theirs)
+    count_mine, count_theirs = (
+        _scalar(con, f"SELECT count(*) FROM {rel}") for rel in (mine, theirs)
     )
     if count_mine != count_theirs:
         con.execute(f"DELETE FROM {mine} WHERE {k} NOT IN (SELECT {k} FROM {theirs})")
