@@ -6,13 +6,13 @@ with
 
 loads as (
 
-    select * from {{ source('salesflow', 'pipeline_loads') }}
+    select * from {{ ref('stg_salesflow__pipeline_loads') }}
 
 ),
 
 incidents as (
 
-    select * from {{ source('salesflow', 'pipeline_incidents') }}
+    select * from {{ ref('stg_salesflow__pipeline_incidents') }}
 
 ),
 
@@ -30,11 +30,11 @@ last_load as (
 open_incident as (
 
     select
-        kind as open_incident_kind,
-        family as open_incident_family,
+        incident_kind as open_incident_kind,
+        incident_family as open_incident_family,
         started_at as open_incident_since
     from incidents
-    where ended_at is null
+    where is_open
     order by started_at desc
     limit 1
 
@@ -50,22 +50,28 @@ aged as (
             as minutes_since_load
     from last_load
 
+),
+
+final as (
+
+    select
+        aged.entity,
+        aged.last_loaded_at,
+        aged.last_new_data_at,
+        aged.minutes_since_load,
+        case
+            when aged.minutes_since_load >= {{ var('freshness_error_minutes') }}
+                then 'error'
+            when aged.minutes_since_load >= {{ var('freshness_warn_minutes') }}
+                then 'warn'
+            else 'fresh'
+        end as freshness_status,
+        open_incident.open_incident_kind,
+        open_incident.open_incident_family,
+        open_incident.open_incident_since
+    from aged
+    left join open_incident on true
+
 )
 
-select
-    aged.entity,
-    aged.last_loaded_at,
-    aged.last_new_data_at,
-    aged.minutes_since_load,
-    case
-        when aged.minutes_since_load >= {{ var('freshness_error_minutes') }}
-            then 'error'
-        when aged.minutes_since_load >= {{ var('freshness_warn_minutes') }}
-            then 'warn'
-        else 'fresh'
-    end as freshness_status,
-    open_incident.open_incident_kind,
-    open_incident.open_incident_family,
-    open_incident.open_incident_since
-from aged
-left join open_incident on true
+select * from final
