@@ -66,14 +66,17 @@ class Published:
 
 
 def by_load_id(manifest: Any) -> dict[str, str]:
-    """The marts analysts' copy may refresh row by row (``meta: {publish: by_load_id}``,
-    see above), with their unique key (``manifest``: dbt's parsed manifest)."""
+    """The marts analysts' copy may refresh row by row (see above), with their unique
+    key: as dbt's config says, the incremental marts with one unique key and a
+    ``last_load_id`` column (the pattern of the doc block ``incremental_by_load``,
+    models/marts/marketing/_marketing__docs.md). ``manifest``: dbt's parsed manifest."""
     return {
         node.name: node.config.unique_key
         for node in manifest.nodes.values()
         if node.resource_type == "model" and node.schema == SCHEMA
-        and (node.config.meta or {}).get("publish") == "by_load_id"
+        and node.config.materialized == "incremental"
         and isinstance(node.config.unique_key, str)
+        and LOAD_ID in node.columns
     }
 
 

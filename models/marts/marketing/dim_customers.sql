@@ -1,12 +1,9 @@
-{# a rebuilt customer carries a load id at or after the newest one built, so analysts'
-    copy is refreshed row by row (meta.publish, loaders/publish.py) #}
 {{
     config(
         materialized='incremental',
         incremental_strategy='delete+insert',
         unique_key='customer_id',
         on_schema_change='append_new_columns',
-        meta={'publish': 'by_load_id'},
         post_hook=["{{ delete_gone('customer_id', ref('stg_replica__customers')) }}"],
     )
 }}

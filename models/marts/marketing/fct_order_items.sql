@@ -1,14 +1,11 @@
 -- depends_on: {{ ref('stg_replica__orders') }}, {{ ref('stg_replica__products') }}
 -- depends_on: {{ ref('stg_replica__order_items') }}
-{# every change to a row comes with a newer last_load_id, so analysts' copy is
-    refreshed row by row (meta.publish, loaders/publish.py) #}
 {{
     config(
         materialized='incremental',
         incremental_strategy='delete+insert',
         unique_key='order_item_id',
         on_schema_change='append_new_columns',
-        meta={'publish': 'by_load_id'},
         post_hook=["{{ delete_gone('order_item_id', ref('int_order_items_joined_to_orders')) }}"],
     )
 }}

@@ -1,12 +1,9 @@
-{# every change to a row comes with a newer last_load_id, so analysts' copy is
-    refreshed row by row (meta.publish, loaders/publish.py) #}
 {{
     config(
         materialized='incremental',
         incremental_strategy='delete+insert',
         unique_key='order_id',
         on_schema_change='append_new_columns',
-        meta={'publish': 'by_load_id'},
         post_hook=["{{ delete_gone('order_id', ref('stg_replica__orders')) }}"],
     )
 }}

@@ -1,12 +1,9 @@
-{# every change to a row comes with a newer last_load_id, so analysts' copy is
-    refreshed row by row (meta.publish, loaders/publish.py) #}
 {{
     config(
         materialized='incremental',
         incremental_strategy='delete+insert',
         unique_key='session_id',
         on_schema_change='append_new_columns',
-        meta={'publish': 'by_load_id'},
     )
 }}
 

@@ -1,12 +1,9 @@
-{# a rebuilt period has a row with a load id at or after the newest one built, so
-    analysts' copy is refreshed period by period (meta.publish, loaders/publish.py) #}
 {{
     config(
         materialized='incremental',
         incremental_strategy='delete+insert',
         unique_key='sales_hour',
         on_schema_change='append_new_columns',
-        meta={'publish': 'by_load_id'},
         post_hook=[
             "delete from {{ this }} where sales_hour not in"
             " (select distinct date_trunc('hour', ordered_at)"
