@@ -52,7 +52,10 @@ joined as (
             orders.updated_at,
             coalesce(products.updated_at, order_items.updated_at)
         ) as source_updated_at,
-        -- the latest load of any of the three
+        -- the load that last wrote each of the three, and the latest of them
+        order_items.load_id as order_item_load_id,
+        orders.load_id as order_load_id,
+        products.load_id as product_load_id,
         greatest(
             order_items.load_id,
             orders.load_id,
