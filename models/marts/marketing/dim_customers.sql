@@ -10,13 +10,25 @@
 
 with
 
+customers as (
+
+    select * from {{ ref('stg_replica__customers') }}
+
+),
+
+orders as (
+
+    select * from {{ ref('fct_orders') }}
+
+),
+
 {% if is_incremental() %}
-    current_orders as (
+    order_counts as (
 
         select
             customer_id,
             count(*) as lifetime_orders
-        from {{ ref('fct_orders') }}
+        from orders
         where not is_cancelled
         group by customer_id
 
@@ -25,34 +37,28 @@ with
     stale_customers as (
 
         -- an order of theirs was deleted: it left no newer row, only a count that no
-        -- longer matches
-        select built.customer_id
+        -- longer matches; stamped with the newest load of the input
+        select
+            built.customer_id,
+            greatest(
+                (select max(customers.load_id) from customers),
+                (select max(orders.last_load_id) from orders)
+            ) as newest_load_id
         from {{ this }} as built
-        left join current_orders
-            on built.customer_id = current_orders.customer_id
-        where built.lifetime_orders != coalesce(current_orders.lifetime_orders, 0)
+        left join order_counts as current_counts
+            on built.customer_id = current_counts.customer_id
+        where built.lifetime_orders != coalesce(current_counts.lifetime_orders, 0)
 
     ),
 
-    newest_load as (
-
-        select max(newest.load_id) as load_id
-        from (
-            select max(load_id) as load_id from {{ ref('stg_replica__customers') }}
-            union all
-            select max(last_load_id) as load_id from {{ ref('fct_orders') }}
-        ) as newest
-
-    ),
-
-    changed_customers as (
+    customers_to_build as (
 
         -- the customer was loaded since the last build
-        select customer_id from {{ ref('stg_replica__customers') }}
+        select customer_id from customers
         where load_id >= {{ last_built_load_id() }}
         union
         -- one of their orders was
-        select customer_id from {{ ref('fct_orders') }}
+        select customer_id from orders
         where last_load_id >= {{ last_built_load_id() }}
         union
         select stale.customer_id from stale_customers as stale
@@ -60,20 +66,20 @@ with
     ),
 {% endif %}
 
-customers as (
+selected_customers as (
 
-    select * from {{ ref('stg_replica__customers') }}
+    select * from customers
     {% if is_incremental() %}
-        where customer_id in (select changed.customer_id from changed_customers as changed)
+        where customer_id in (select build.customer_id from customers_to_build as build)
     {% endif %}
 
 ),
 
-orders as (
+selected_orders as (
 
-    select * from {{ ref('fct_orders') }}
+    select * from orders
     {% if is_incremental() %}
-        where customer_id in (select changed.customer_id from changed_customers as changed)
+        where customer_id in (select build.customer_id from customers_to_build as build)
     {% endif %}
 
 ),
@@ -89,7 +95,7 @@ customer_orders as (
         max(ordered_at) filter (where not is_cancelled) as last_order_at,
         -- every order counts here: a cancellation is a change to the customer
         max(last_load_id) as last_load_id
-    from orders
+    from selected_orders
     group by customer_id
 
 ),
@@ -97,32 +103,40 @@ customer_orders as (
 final as (
 
     select
-        customers.customer_id,
-        customers.region_id,
-        customers.email_hash,
-        customers.customer_name_hash,
-        customers.acquisition_channel,
+        selected_customers.customer_id,
+        selected_customers.region_id,
+        selected_customers.email_hash,
+        selected_customers.customer_name_hash,
+        selected_customers.acquisition_channel,
         coalesce(customer_orders.lifetime_orders, 0) as lifetime_orders,
         cast(
             coalesce(customer_orders.lifetime_revenue_usd, 0) as decimal(18, 2)
         ) as lifetime_revenue_usd,
-        customers.has_phone,
-        customers.is_marketing_opt_in,
+        selected_customers.has_phone,
+        selected_customers.is_marketing_opt_in,
         coalesce(customer_orders.lifetime_orders, 0) > 0 as has_ordered,
         cast(customer_orders.first_order_at as date) as first_order_date,
-        customers.created_at,
+        selected_customers.created_at,
         customer_orders.first_order_at,
         customer_orders.last_order_at,
-        -- a stale customer takes the newest load, so analysts' copy takes the rebuild
+        -- a stale customer takes the newest load, so that analysts' copy takes it
         greatest(
-            customers.load_id,
+            selected_customers.load_id,
             customer_orders.last_load_id,
-            {{ stale_load_id('customers.customer_id', 'stale_customers') }}
+            {% if is_incremental() -%}
+                (
+                    select stale.newest_load_id
+                    from stale_customers as stale
+                    where stale.customer_id = selected_customers.customer_id
+                )
+            {%- else -%}
+                cast(null as varchar)
+            {%- endif %}
         ) as last_load_id
 
-    from customers
+    from selected_customers
     left join customer_orders
-        on customers.customer_id = customer_orders.customer_id
+        on selected_customers.customer_id = customer_orders.customer_id
 
 )
 

@@ -9,24 +9,30 @@
 
 with
 
+events as (
+
+    select * from {{ ref('stg_replica__events') }}
+
+),
+
 {% if is_incremental() %}
-    touched_sessions as (
+    sessions_to_build as (
 
         -- sessions with an event loaded since the last build (events arrive late)
         select distinct session_id
-        from {{ ref('stg_replica__events') }}
+        from events
         where load_id >= {{ last_built_load_id() }}
 
     ),
 {% endif %}
 
-events as (
+selected_events as (
 
     -- all events of the sessions to build, selected before aggregating: an
-    -- incremental build rolls up the touched sessions only
-    select * from {{ ref('stg_replica__events') }}
+    -- incremental build rolls up those sessions only
+    select * from events
     {% if is_incremental() %}
-        where session_id in (select touched.session_id from touched_sessions as touched)
+        where session_id in (select build.session_id from sessions_to_build as build)
     {% endif %}
 
 ),
@@ -56,7 +62,7 @@ aggregated as (
         max(arrived_at) as last_arrived_at,
         max(load_id) as last_load_id
 
-    from events
+    from selected_events
     group by session_id
 
 ),

@@ -5,9 +5,8 @@
         unique_key='sales_date',
         on_schema_change='append_new_columns',
         post_hook=[
-            "delete from {{ this }} where sales_date not in"
-            " (select distinct cast(sales_hour as date)"
-            " from {{ ref('product_sales_hourly') }})",
+            "{{ delete_gone('sales_date', ref('product_sales_hourly'),"
+            " upstream_key='cast(kept.sales_hour as date)') }}",
         ],
     )
 }}
@@ -24,14 +23,56 @@ hourly as (
 ),
 
 {% if is_incremental() %}
-    {{ affected_periods('sales_date', 'hourly', 'last_load_id', 'units') }},
+    built_days as (
+
+        select
+            sales_date,
+            sum(units) as units
+        from {{ this }}
+        group by sales_date
+
+    ),
+
+    current_days as (
+
+        select
+            sales_date,
+            sum(units) as units
+        from hourly
+        group by sales_date
+
+    ),
+
+    stale_days as (
+
+        -- an hour deleted leaves no newer row behind, only units that no longer match
+        -- what was built; stamped with the newest load of the input
+        select
+            current_days.sales_date,
+            (select max(hourly.last_load_id) from hourly) as newest_load_id
+        from current_days
+        left join built_days
+            on current_days.sales_date = built_days.sales_date
+        where built_days.units is distinct from current_days.units
+
+    ),
+
+    days_to_build as (
+
+        -- a day with an hour rebuilt since the last build
+        select sales_date from hourly
+        where last_load_id >= {{ last_built_load_id() }}
+        union
+        select stale.sales_date from stale_days as stale
+
+    ),
 {% endif %}
 
 selected_hours as (
 
     select * from hourly
     {% if is_incremental() %}
-        where sales_date in (select affected.sales_date from affected_periods as affected)
+        where sales_date in (select build.sales_date from days_to_build as build)
     {% endif %}
 
 ),
@@ -67,9 +108,18 @@ final as (
         cast(revenue_usd as decimal(18, 2)) as revenue_usd,
         sales_date,
         last_source_updated_at,
-        -- a period rebuilt because its units no longer matched takes the newest load
+        -- a stale day takes the newest load, so that analysts' copy takes it
         greatest(
-            last_load_id, {{ stale_load_id('sales_date', 'stale_periods') }}
+            last_load_id,
+            {% if is_incremental() -%}
+                (
+                    select stale.newest_load_id
+                    from stale_days as stale
+                    where stale.sales_date = aggregated.sales_date
+                )
+            {%- else -%}
+                cast(null as varchar)
+            {%- endif %}
         ) as last_load_id
     from aggregated
 

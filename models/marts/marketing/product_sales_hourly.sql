@@ -5,9 +5,9 @@
         unique_key='sales_hour',
         on_schema_change='append_new_columns',
         post_hook=[
-            "delete from {{ this }} where sales_hour not in"
-            " (select distinct date_trunc('hour', ordered_at)"
-            " from {{ ref('fct_order_items') }} where not is_cancelled)",
+            "{{ delete_gone('sales_hour', ref('fct_order_items'),"
+            " upstream_key=\"date_trunc('hour', kept.ordered_at)\","
+            " upstream_where='not kept.is_cancelled') }}",
         ],
     )
 }}
@@ -24,14 +24,57 @@ order_items as (
 ),
 
 {% if is_incremental() %}
-    {{ affected_periods('sales_hour', 'order_items', 'last_load_id', 'quantity', 'not is_cancelled') }},
+    built_hours as (
+
+        select
+            sales_hour,
+            sum(units) as units
+        from {{ this }}
+        group by sales_hour
+
+    ),
+
+    current_hours as (
+
+        select
+            sales_hour,
+            sum(quantity) as units
+        from order_items
+        where not is_cancelled
+        group by sales_hour
+
+    ),
+
+    stale_hours as (
+
+        -- a line deleted or cancelled leaves no newer row behind, only units that no
+        -- longer match what was built; stamped with the newest load of the input
+        select
+            current_hours.sales_hour,
+            (select max(order_items.last_load_id) from order_items) as newest_load_id
+        from current_hours
+        left join built_hours
+            on current_hours.sales_hour = built_hours.sales_hour
+        where built_hours.units is distinct from current_hours.units
+
+    ),
+
+    hours_to_build as (
+
+        -- an hour with a line (cancelled ones too) loaded since the last build
+        select sales_hour from order_items
+        where last_load_id >= {{ last_built_load_id() }}
+        union
+        select stale.sales_hour from stale_hours as stale
+
+    ),
 {% endif %}
 
 selected_items as (
 
     select * from order_items
     {% if is_incremental() %}
-        where sales_hour in (select affected.sales_hour from affected_periods as affected)
+        where sales_hour in (select build.sales_hour from hours_to_build as build)
     {% endif %}
 
 ),
@@ -73,9 +116,18 @@ final as (
         cast(revenue_usd as decimal(18, 2)) as revenue_usd,
         sales_hour,
         last_source_updated_at,
-        -- a period rebuilt because its units no longer matched takes the newest load
+        -- a stale hour takes the newest load, so that analysts' copy takes it
         greatest(
-            last_load_id, {{ stale_load_id('sales_hour', 'stale_periods') }}
+            last_load_id,
+            {% if is_incremental() -%}
+                (
+                    select stale.newest_load_id
+                    from stale_hours as stale
+                    where stale.sales_hour = aggregated.sales_hour
+                )
+            {%- else -%}
+                cast(null as varchar)
+            {%- endif %}
         ) as last_load_id
     from aggregated
 
