@@ -23,37 +23,11 @@ hourly as (
 ),
 
 {% if is_incremental() %}
-    built_days as (
-
-        select
-            sales_date,
-            sum(units) as units
-        from {{ this }}
-        group by sales_date
-
-    ),
-
-    current_days as (
-
-        select
-            sales_date,
-            sum(units) as units
-        from hourly
-        group by sales_date
-
-    ),
-
     stale_days as (
 
         -- an hour deleted leaves no newer row behind, only units that no longer match
-        -- what was built; stamped with the newest load of the input
-        select
-            current_days.sales_date,
-            (select max(hourly.last_load_id) from hourly) as newest_load_id
-        from current_days
-        left join built_days
-            on current_days.sales_date = built_days.sales_date
-        where built_days.units is distinct from current_days.units
+        -- what was built
+        {{ stale_periods('sales_date', 'hourly', 'units') }}
 
     ),
 

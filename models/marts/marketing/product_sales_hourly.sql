@@ -24,38 +24,11 @@ order_items as (
 ),
 
 {% if is_incremental() %}
-    built_hours as (
-
-        select
-            sales_hour,
-            sum(units) as units
-        from {{ this }}
-        group by sales_hour
-
-    ),
-
-    current_hours as (
-
-        select
-            sales_hour,
-            sum(quantity) as units
-        from order_items
-        where not is_cancelled
-        group by sales_hour
-
-    ),
-
     stale_hours as (
 
         -- a line deleted or cancelled leaves no newer row behind, only units that no
-        -- longer match what was built; stamped with the newest load of the input
-        select
-            current_hours.sales_hour,
-            (select max(order_items.last_load_id) from order_items) as newest_load_id
-        from current_hours
-        left join built_hours
-            on current_hours.sales_hour = built_hours.sales_hour
-        where built_hours.units is distinct from current_hours.units
+        -- longer match what was built
+        {{ stale_periods('sales_hour', 'order_items', 'quantity', 'not is_cancelled') }}
 
     ),
 
