@@ -1,4 +1,4 @@
-"""Running dbt on this project: where it is, one way to invoke it, its manifest.
+"""Running dbt on this project: where it is, one way to invoke it, its parsed manifest.
 
 Every dbt command salesflow runs goes through :func:`invoke` (dbt's programmatic
 runner, in this process: no start-up cost per command). The current target's connection
@@ -12,7 +12,6 @@ May import: dbt, :mod:`loaders.config` and :mod:`loaders.warehouse`.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -105,15 +104,6 @@ def run(*args: str) -> bool:
 def build(select: Sequence[str] | None = None) -> bool:
     """``dbt build`` (models, seeds, snapshots and data tests; never unit tests)."""
     return run("build", *NO_UNIT_TESTS, *(["--select", *select] if select else []))
-
-
-def manifest(project_root: Path = PROJECT_ROOT) -> dict[str, Any]:
-    """dbt's manifest as JSON (``target/manifest.json``, or under ``DBT_TARGET_PATH``),
-    parsed first when it is not there."""
-    path = target_dir(project_root) / "manifest.json"
-    if not path.exists():
-        run("parse")
-    return json.loads(path.read_text())
 
 
 class Session:

@@ -16,7 +16,6 @@ import functools
 import hashlib
 import io
 import json
-import logging
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -32,8 +31,6 @@ from requests import Response
 from loaders.replica.client import NDJSON_TYPES
 from loaders.replica.errors import ReplicaError
 from loaders.replica.settings import PARAM_SINCE
-
-log = logging.getLogger(__name__)
 
 # how dlt names raw columns after the API's fields (its default naming convention)
 NAMING = NamingConvention()

@@ -45,6 +45,7 @@ from loaders.schema_changes.changelog import recent_changes
 
 log = logging.getLogger(__name__)
 
+
 class AlreadyRunning(RuntimeError):
     pass
 

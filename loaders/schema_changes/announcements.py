@@ -12,7 +12,6 @@ May import: :mod:`.changes`, :mod:`.impact`, the contract and the notifier.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from typing import Any
@@ -23,9 +22,6 @@ from loaders.monitoring.notify import Event, Notifier
 from loaders.replica.client import Announcement
 from loaders.schema_changes.changes import Change
 from loaders.schema_changes.impact import Impact, Lineage, format_impact, impact
-
-log = logging.getLogger(__name__)
-
 
 # days before an announced change takes effect at which it is notified again
 MILESTONES: tuple[int, ...] = (7, 1, 0)

@@ -22,8 +22,6 @@ from loaders.monitoring.health import CYCLES
 from loaders.schema_changes.changes import Change
 
 CHANGELOG = "schema_changelog"
-
-
 KNOWN_VALUES = "schema_known_values"
 
 

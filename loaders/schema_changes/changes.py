@@ -13,8 +13,6 @@ from typing import Any
 
 # kinds of change, and whether each is additive by nature
 ADDITIVE = {"new_table", "new_column", "new_value"}
-
-
 BREAKING = {"column_removed", "type_change"}
 
 
