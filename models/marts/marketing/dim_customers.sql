@@ -10,13 +10,15 @@
 
 with
 
-customers as (
+-- not materialized: read again by the incremental filter, DuckDB would otherwise
+-- copy the whole input once per build
+customers as not materialized (
 
     select * from {{ ref('stg_replica__customers') }}
 
 ),
 
-orders as (
+orders as not materialized (
 
     select * from {{ ref('fct_orders') }}
 

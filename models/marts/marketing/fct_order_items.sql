@@ -12,7 +12,9 @@
 
 with
 
-order_items as (
+-- not materialized: read again by the incremental filter, DuckDB would otherwise
+-- copy the whole input once per build
+order_items as not materialized (
 
     select * from {{ ref('int_order_items_joined_to_orders') }}
 

@@ -9,7 +9,9 @@
 
 with
 
-events as (
+-- not materialized: read again by the incremental filter, DuckDB would otherwise
+-- copy the whole input once per build
+events as not materialized (
 
     select * from {{ ref('stg_replica__events') }}
 
