@@ -17,7 +17,7 @@ or the SQL of ``salesflow warehouse init-roles --print`` run with psql):
 Every statement is idempotent: running it again changes nothing, and it may run before
 or after the first load. Passwords are sent as parameters, never printed or logged.
 
-May import: :mod:`loaders.warehouse` (quoting).
+May import: :mod:`loaders.warehouse` (quoting) and :mod:`loaders.dbt_project` (the marts schema).
 """
 
 from __future__ import annotations
@@ -27,14 +27,15 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+from loaders.dbt_project import MARTS_SCHEMA
 from loaders.warehouse import quote_identifier, quote_literal
 
 log = logging.getLogger(__name__)
 
 LOADER_ROLE = "salesflow_loader"
 # the schemas salesflow writes: dlt's dataset and the folders of the dbt project
-SCHEMAS = ("raw", "staging", "intermediate", "marts", "reference", "snapshots")
-PUBLIC_SCHEMA = "marts"
+PUBLIC_SCHEMA = MARTS_SCHEMA
+SCHEMAS = ("raw", "staging", "intermediate", PUBLIC_SCHEMA, "reference", "snapshots")
 
 
 def analyst_role() -> str:

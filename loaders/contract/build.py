@@ -23,7 +23,7 @@ from typing import Any
 from loaders.config import PROJECT_ROOT
 from loaders.contract import lineage
 from loaders.contract.document import API_TYPES, HEADER, SOURCES_YML, ContractError
-from loaders.contract.reach import ProjectLineage
+from loaders.contract.reach import ProjectLineage, tested_node
 from loaders.contract.render import canonical
 from loaders.dbt_project import manifest_project, project_version
 from loaders.replica import settings
@@ -40,8 +40,7 @@ def _constraint_tests(manifest: dict[str, Any]) -> dict[str, list[dict[str, Any]
             "not_null", "accepted_values"
         ):
             continue
-        parents = node.get("depends_on", {}).get("nodes", [])
-        attached = node.get("attached_node") or (parents[0] if len(parents) == 1 else None)
+        attached = tested_node(node)
         if attached and node.get("column_name"):
             out.setdefault(attached, []).append(node)
     return out

@@ -110,15 +110,19 @@ def reads_tolerantly(model: dict[str, Any], field_name: str) -> bool:
     return bool(re.search(pattern, model.get("raw_code", "")))
 
 
+def tested_node(test: dict[str, Any]) -> str | None:
+    """The node a data test tests: the one it is attached to, else its only parent."""
+    parents = test.get("depends_on", {}).get("nodes", [])
+    return test.get("attached_node") or (parents[0] if len(parents) == 1 else None)
+
+
 def _tests_by_column(manifest: dict[str, Any]) -> dict[tuple[str, str], list[str]]:
     """Data tests by the (node, lower-case column) they test."""
     out: dict[tuple[str, str], list[str]] = {}
     for node in manifest["nodes"].values():
         if node["resource_type"] != "test" or not node.get("column_name"):
             continue
-        parents = node.get("depends_on", {}).get("nodes", [])
-        attached = node.get("attached_node") or (parents[0] if len(parents) == 1 else None)
-        if attached:
+        if attached := tested_node(node):
             out.setdefault((attached, node["column_name"].lower()), []).append(node["name"])
     return out
 

@@ -149,7 +149,7 @@ def load(progress: str | None = None, **options: Any) -> LoadResult:
     token, entities and any argument of ``replica_source``). Raises ReplicaError
     subclasses with a clear message for auth and reachability problems."""
     with run_lock("load"):
-        return _cycle(_source_kwargs(**options), progress)
+        return cycle(progress, **options)
 
 
 def _cycle(kwargs: dict[str, Any], progress: str | None = None) -> LoadResult:
@@ -315,7 +315,7 @@ def run_cycle(select: Sequence[str] | None = None, **load_options: Any) -> tuple
     with the impact of the schema changes logged lately, the likely cause."""
     progress = load_options.pop("progress", None)
     with run_lock("run"):
-        result = _cycle(_source_kwargs(**load_options), progress)
+        result = cycle(progress, **load_options)
         ok = dbt_project.build(select)
         if not ok:
             notifier().notify(

@@ -125,7 +125,7 @@ def watch(
                             pub = publish.publish(
                                 warehouse.duckdb_path(),
                                 changed=None if select is None else marts,
-                                cycle_id=result.load_ids[-1] if result.load_ids else None,
+                                cycle_id=result.last_load_id,
                                 by_load_id=by_load_id,
                             )
                             stats.published += 1

@@ -12,7 +12,7 @@ May import: :mod:`.changes`, :mod:`.impact`, the contract and the notifier.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from typing import Any
 
@@ -21,7 +21,13 @@ from loaders.contract.document import committed
 from loaders.monitoring.notify import Event, Notifier
 from loaders.replica.client import Announcement
 from loaders.schema_changes.changes import Change
-from loaders.schema_changes.impact import Impact, Lineage, format_impact, impact
+from loaders.schema_changes.impact import (
+    Impact,
+    LineageSource,
+    format_impact,
+    impact,
+    resolve,
+)
 
 # days before an announced change takes effect at which it is notified again
 MILESTONES: tuple[int, ...] = (7, 1, 0)
@@ -56,20 +62,12 @@ def annotate(changes: Sequence[Change], announcements: Sequence[Announcement]) -
                 )
 
 
-# the project's lineage, or a way to get it when first needed (None: not available)
-LineageSource = Lineage | Callable[[], Lineage | None] | None
-
-
-def _lineage(source: LineageSource) -> Lineage | None:
-    return source() if callable(source) else source
-
-
 def announcement_impacts(
     announcement: Announcement, lineage: LineageSource
 ) -> list[tuple[str, Impact]]:
     """Each field change an announcement lists, with its impact on the project."""
     out = []
-    project = _lineage(lineage) if announcement.get("changes") else None
+    project = resolve(lineage) if announcement.get("changes") else None
     for fc in announcement.get("changes", []):
         change = fc.get("change", "")
         kind = ANNOUNCED_KIND.get(change, change)

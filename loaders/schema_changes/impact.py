@@ -14,6 +14,7 @@ May import: :mod:`.changes`, :mod:`loaders.contract` and the replica source's se
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -24,6 +25,8 @@ from loaders.schema_changes.changes import ADDITIVE
 log = logging.getLogger(__name__)
 
 Lineage = reach.ProjectLineage
+# the project's lineage, or a way to get it when first needed (None: not available)
+LineageSource = Lineage | Callable[[], Lineage | None] | None
 
 ADVICE = {
     "additive": "nothing breaks; document the column in the source and use it when needed",
@@ -65,6 +68,11 @@ def current_lineage() -> Lineage | None:
     except Exception as exc:  # impact is advice: a project that does not compile never
         log.warning("dbt lineage unavailable, impact not computed: %s", exc)  # stops a load
         return None
+
+
+def resolve(source: LineageSource) -> Lineage | None:
+    """The lineage ``source`` stands for, asking for it if it is a way to get it."""
+    return source() if callable(source) else source
 
 
 def impact(

@@ -28,10 +28,17 @@ from loaders.monitoring.notify import Event, Notifier
 from loaders.replica import settings
 from loaders.replica.client import Announcement
 from loaders.schema_changes import changelog, detect
-from loaders.schema_changes.announcements import LineageSource, annotate, follow_announcements
+from loaders.schema_changes.announcements import annotate, follow_announcements
 from loaders.schema_changes.changelog import ChangelogEntry
 from loaders.schema_changes.changes import ADDITIVE, Change
-from loaders.schema_changes.impact import Impact, current_lineage, format_impact, impact
+from loaders.schema_changes.impact import (
+    Impact,
+    LineageSource,
+    current_lineage,
+    format_impact,
+    impact,
+    resolve,
+)
 
 log = logging.getLogger(__name__)
 
@@ -119,8 +126,7 @@ def after_load(
     lineage = _once(lineage)
     if not baseline:
         for c in new:
-            resolved = lineage() if callable(lineage) else lineage
-            event = change_event(c, impact(resolved, c.entity, c.column, c.kind))
+            event = change_event(c, impact(resolve(lineage), c.entity, c.column, c.kind))
             notifier.notify(event)
             tracked.notices.append(event.key)
     tracked.notices += follow_announcements(announcements, notifier, lineage)
@@ -145,7 +151,7 @@ def build_failed_event(
         " `dbt build` output or target/run_results.json for the failing nodes.",
     ]
     impacts = []
-    resolved = (lineage() if callable(lineage) else lineage) if changes else None
+    resolved = resolve(lineage) if changes else None
     for c in changes[:10] if resolved is not None else []:
         report = impact(resolved, c["entity"], c["column"], c["kind"])
         label = f"{c['entity']}.{c['column'] or ''} {c['kind']} ({c['detected_at']})"
