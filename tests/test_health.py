@@ -214,3 +214,40 @@ def test_status_reports_a_real_pipeline(simulator, warehouse, capsys):
     assert report["last_cycle"]["outcome"] == "success_new_data"
     orders = next(e for e in report["entities"] if e["entity"] == "orders")
     assert orders["rows_in_raw"] == 300 and orders["freshness"] == "green"
+
+
+
+def test_a_data_alarm_is_one_notice_while_it_lasts_one_recovery_and_red_meanwhile(warehouse):
+    from loaders import config
+    from loaders import warehouse as raw
+    from loaders.monitoring import health
+    from loaders.monitoring.alarms import AlarmCheck, Condition
+
+    state = config.pipelines_dir()
+    tracker = health.Health(state, pipeline.notifier())
+    finding = Condition("entity_stalled", "orders", "orders stopped arriving",
+                        "no new order for 9 min while order_items keep arriving")
+    start = datetime.now(timezone.utc) - timedelta(minutes=10)
+
+    def cycle(minute: int, *found: Condition) -> list[str]:
+        at = start + timedelta(minutes=minute)
+        check = AlarmCheck()
+        check.add("entity_stalled", list(found))
+        done = health.Cycle(at, at, "success_no_data", "nothing new upstream")
+        with raw.dlt_pipeline().sql_client() as sql:
+            return tracker.record(done, sql, {"entities": ["orders"]}, check)
+
+    assert [k.split(":")[-1] for k in cycle(0, finding)] == ["opened"]
+    assert cycle(1, finding) == []  # still open: nothing more said
+    report = status.collect(state)
+    assert report["status"] == status.RED
+    assert report["open_alarms"][0]["entity"] == "orders"
+    assert [k.split(":")[-1] for k in cycle(5)] == ["closed"]
+    assert cycle(6) == []
+    assert not health.Health(state).state()["open_alarms"]
+    assert [n["kind"] for n in notices(warehouse)] == ["entity_stalled", "recovery"]
+    [row] = query(
+        warehouse, "select family, kind, entity, failed_cycles, duration_seconds"
+        " from raw.pipeline_incidents"
+    )
+    assert row == ("data", "entity_stalled", "orders", 2, 300.0)

@@ -27,7 +27,10 @@ one row per entity per successful cycle, ``raw.pipeline_incidents``), documented
 dbt source ``salesflow``; the current state is also kept in ``health.json`` beside dlt's
 working directory, so ``salesflow status`` answers while a cycle holds the warehouse.
 
-May import: :mod:`.notify` and the replica source's errors.
+Besides cycle incidents, data alarms (:mod:`.alarms`: conditions of the data found while
+cycles succeed) are recorded here with each cycle, in the same table.
+
+May import: :mod:`.notify`, :mod:`.alarms` and the replica source's errors.
 """
 
 from __future__ import annotations
@@ -41,6 +44,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from loaders.monitoring import alarms
+from loaders.monitoring.alarms import AlarmCheck
 from loaders.monitoring.notify import Event, Notifier
 from loaders.replica.errors import ReplicaAuthError, ReplicaError, ReplicaUnavailable
 
@@ -133,7 +138,8 @@ class Health:
         try:
             return json.loads(self.path.read_text())
         except FileNotFoundError:
-            return {"open_incident": None, "last_cycle": None, "entities": {}}
+            return {"open_incident": None, "last_cycle": None, "entities": {},
+                    "open_alarms": {}}
 
     def _save(self, state: dict[str, Any]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -142,10 +148,15 @@ class Health:
         os.replace(tmp, self.path)
 
     # a cycle ------------------------------------------------------------------------
-    def record(self, cycle: Cycle, sql_client: Any = None, extra: dict[str, Any] | None = None
-               ) -> list[str]:
-        """Record ``cycle``; returns the keys of the notices it raised."""
+    def record(self, cycle: Cycle, sql_client: Any = None, extra: dict[str, Any] | None = None,
+               check: AlarmCheck | None = None) -> list[str]:
+        """Record ``cycle`` and the data alarms of its ``check``; returns the keys of the
+        notices it raised."""
         state = self.state()
+        alarm_changes = alarms.update(
+            state.setdefault("open_alarms", {}), check or AlarmCheck(), cycle.ended_at,
+            cycle.cycle_id,
+        )
         notices: list[str] = []
         closed: dict[str, Any] | None = None
         opened: dict[str, Any] | None = None
@@ -188,7 +199,7 @@ class Health:
         if sql_client is not None:
             try:
                 self._write(sql_client, cycle, opened, closed, state.get("open_incident"),
-                            (extra or {}).get("entities", []))
+                            (extra or {}).get("entities", []), alarm_changes)
             except Exception as exc:  # the history is a record, not the pipeline
                 log.error("could not write the health history to the warehouse: %s", exc)
         if self.notifier is not None:
@@ -196,6 +207,7 @@ class Health:
                 notices.append(self._notify_closed(self.notifier, closed))
             if opened:
                 notices.append(self._notify_opened(self.notifier, opened, cycle))
+            notices += alarms.notify(self.notifier, alarm_changes)
         return notices
 
     # warehouse ------------------------------------------------------------------------
@@ -215,11 +227,16 @@ class Health:
             f"CREATE TABLE IF NOT EXISTS {dataset}.{INCIDENTS} (incident_id VARCHAR PRIMARY"
             " KEY, family VARCHAR, kind VARCHAR, started_at TIMESTAMP WITH TIME ZONE,"
             " ended_at TIMESTAMP WITH TIME ZONE, duration_seconds DOUBLE PRECISION,"
-            " failed_cycles INTEGER, rows_caught_up BIGINT, last_error VARCHAR)"
+            " failed_cycles INTEGER, rows_caught_up BIGINT, last_error VARCHAR,"
+            " entity VARCHAR)"
         )
+        # the entity a data alarm is about (a history kept before alarms lacks it)
+        sql.execute_sql(f"ALTER TABLE {dataset}.{INCIDENTS} ADD COLUMN IF NOT EXISTS entity"
+                        " VARCHAR")
 
     def _write(self, sql: Any, cycle: Cycle, opened: dict | None, closed: dict | None,
-               current: dict | None, entities: Sequence[str]) -> None:
+               current: dict | None, entities: Sequence[str],
+               alarm_changes: alarms.AlarmChanges | None = None) -> None:
         if not sql.has_dataset():
             sql.create_dataset()
         ds = sql.fully_qualified_dataset_name()
@@ -245,8 +262,8 @@ class Health:
             )
         if opened:
             sql.execute_sql(
-                f"INSERT INTO {ds}.{INCIDENTS} VALUES (%s, %s, %s, %s, NULL, NULL, %s, NULL,"
-                " %s)",
+                f"INSERT INTO {ds}.{INCIDENTS} (incident_id, family, kind, started_at,"
+                " failed_cycles, last_error) VALUES (%s, %s, %s, %s, %s, %s)",
                 opened["incident_id"], opened["family"], opened["kind"], opened["started_at"],
                 opened["failed_cycles"], opened["last_error"],
             )
@@ -256,6 +273,8 @@ class Health:
                 " WHERE incident_id = %s",
                 current["failed_cycles"], current["last_error"], current["incident_id"],
             )
+        if alarm_changes is not None:
+            alarms.write(sql, ds, INCIDENTS, alarm_changes)
 
     # notices ------------------------------------------------------------------------
     def _notify_opened(

@@ -7,8 +7,8 @@ table. Freshness thresholds are dbt's (``freshness_*_minutes`` vars in dbt_proje
 so the command, source freshness and the ``pipeline_health`` mart agree.
 
 Exit code: 0 when everything is green or only warns, 1 when something is red (an open
-incident, an entity past the error threshold, or nothing ever loaded), so schedulers and
-monitors can act on it.
+incident, an open data alarm, an entity past the error threshold, or nothing ever loaded),
+so schedulers and monitors can act on it.
 
 May import: :mod:`.health`, :mod:`.notify`, the foundations and the replica source's
 settings.
@@ -100,12 +100,17 @@ def collect(
             "newest_record_at": tables.get(entity, {}).get("newest_record_at"),
         })
     incident = state.get("open_incident")
+    open_alarms = sorted(
+        (state.get("open_alarms") or {}).values(), key=lambda a: a["started_at"]
+    )
+    for e in entities:
+        e["alarms"] = [a["kind"] for a in open_alarms if a["entity"] in (e["entity"], None)]
     ledger_path = state_dir / "notifications.sqlite3"
     notices = Ledger(ledger_path).recent(5) if ledger_path.exists() else []
     overall = GREEN
     if any(e["freshness"] == WARN for e in entities):
         overall = WARN
-    if incident or any(e["freshness"] == RED for e in entities):
+    if incident or open_alarms or any(e["freshness"] == RED for e in entities):
         overall = RED
     return {
         "status": overall,
@@ -113,6 +118,11 @@ def collect(
         "thresholds_minutes": {"warn": warn_after, "error": error_after},
         "last_cycle": state.get("last_cycle"),
         "open_incident": incident,
+        "open_alarms": [
+            {k: a.get(k) for k in ("kind", "entity", "title", "started_at", "failed_cycles",
+                                   "last_error")}
+            for a in open_alarms
+        ],
         "entities": entities,
         "upcoming_announcements": state.get("upcoming_announcements", []),
         "recent_notifications": notices,
@@ -136,6 +146,10 @@ def render(report: dict[str, Any]) -> str:
         )
     else:
         lines.append("incidents:   none open")
+    for a in report["open_alarms"]:
+        lines.append(f"ALARM: {a['title']} (since {a['started_at']},"
+                     f" {a['failed_cycles']} cycle(s))")
+        lines += [f"  {line}" for line in a["last_error"].splitlines()[:6]]
     t = report["thresholds_minutes"]
     lines.append(f"freshness (warn {t['warn']:.0f} min, error {t['error']:.0f} min):")
     lines.append(f"  {'entity':<12} {'last success':<26} {'min ago':>8}  {'state':<6}"
@@ -143,9 +157,10 @@ def render(report: dict[str, Any]) -> str:
     for e in report["entities"]:
         ago = "-" if e["minutes_since_success"] is None else f"{e['minutes_since_success']:.1f}"
         rows = "-" if e["rows_in_raw"] is None else f"{e['rows_in_raw']:,}"
+        alarm = f"  ALARM: {', '.join(e['alarms'])}" if e["alarms"] else ""
         lines.append(
             f"  {e['entity']:<12} {e['last_success_at'] or 'never':<26} {ago:>8}"
-            f"  {mark[e['freshness']]:<6} {rows:>12}  {e['newest_record_at'] or '-'}"
+            f"  {mark[e['freshness']]:<6} {rows:>12}  {e['newest_record_at'] or '-'}{alarm}"
         )
     if report["warehouse"] != "readable":
         lines.append(f"  ({report['warehouse']})")

@@ -34,6 +34,7 @@ from dlt.pipeline.exceptions import PipelineStepFailed
 
 from loaders import config, dbt_project, warehouse
 from loaders.monitoring import health, notify
+from loaders.monitoring.alarms import AlarmCheck
 from loaders.replica import freezes_types, replica_source
 from loaders.replica import settings as replica_settings
 from loaders.replica.client import fetch_announcements, fetch_api_schema
@@ -91,6 +92,8 @@ class LoadResult:
     # window's unchanged rows are not loaded again, so a row loaded behind the cursor
     # is a late commit, or the entity's new shape)
     advanced: list[str] = field(default_factory=list)
+    # the data alarms' checks after this load (see loaders.monitoring.alarms)
+    alarms: AlarmCheck = field(default_factory=AlarmCheck)
 
     @property
     def last_load_id(self) -> str | None:
@@ -196,15 +199,16 @@ def _record_cycle(
     except ValueError as config_problem:  # a misconfigured channel: record, tell no one
         log.error("notifications are misconfigured: %s", config_problem)
         tracker = health.Health(config.pipelines_dir(), None)
+    check = result.alarms if result is not None else AlarmCheck()
     recorded = False
     try:
         with (pipeline or warehouse.dlt_pipeline()).sql_client() as sql:
-            tracker.record(cycle, sql, extra)
+            tracker.record(cycle, sql, extra, check)
             recorded = True
     except Exception as warehouse_problem:  # the warehouse is unusable: keep the state file
         log.error("health history not written to the warehouse: %s", warehouse_problem)
         if not recorded:
-            tracker.record(cycle, None, extra)
+            tracker.record(cycle, None, extra, check)
     if outcome not in health.SUCCESS:
         log.warning("cycle %s: %s", outcome, message)
     return outcome

@@ -34,9 +34,25 @@ open_incident as (
         incident_family as open_incident_family,
         started_at as open_incident_since
     from incidents
-    where is_open
+    where is_open and incident_family in ('outage', 'error')
     order by started_at desc
     limit 1
+
+),
+
+-- data alarms: on one entity, or (entity null) on the whole platform
+open_alarms as (
+
+    select
+        loaded.entity,
+        min(incidents.started_at) as open_alarm_since,
+        string_agg(incidents.incident_kind, ', ' order by incidents.incident_kind)
+            as open_alarm_kinds
+    from incidents
+    inner join (select distinct entity from loads) as loaded
+        on incidents.entity = loaded.entity or incidents.entity is null
+    where incidents.is_open and incidents.incident_family = 'data'
+    group by loaded.entity
 
 ),
 
@@ -66,11 +82,23 @@ final as (
                 then 'warn'
             else 'fresh'
         end as freshness_status,
+        case
+            when aged.minutes_since_load >= {{ var('freshness_error_minutes') }}
+                or open_incident.open_incident_kind is not null
+                or open_alarms.open_alarm_kinds is not null
+                then 'red'
+            when aged.minutes_since_load >= {{ var('freshness_warn_minutes') }}
+                then 'warn'
+            else 'green'
+        end as health_status,
         open_incident.open_incident_kind,
         open_incident.open_incident_family,
-        open_incident.open_incident_since
+        open_incident.open_incident_since,
+        open_alarms.open_alarm_kinds,
+        open_alarms.open_alarm_since
     from aged
     left join open_incident on true
+    left join open_alarms on aged.entity = open_alarms.entity
 
 )
 

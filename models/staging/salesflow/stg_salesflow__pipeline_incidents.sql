@@ -12,6 +12,7 @@ renamed as (
         incident_id,
         family as incident_family,
         kind as incident_kind,
+        entity,
         last_error,
         duration_seconds,
         failed_cycles,
