@@ -78,7 +78,10 @@ def test_broken_json_line_is_quarantined_verbatim():
 def test_null_in_required_field_or_key_is_quarantined():
     parsed = parse_page(SPEC, page(order(1, status=None), order(None), order(3)))
     assert parsed.table.column("order_id").to_pylist() == [3]
-    assert [q["reason"] for q in parsed.quarantined] == ["null in a required field"] * 2
+    assert sorted((q["rule"], q["field"], q["reason"]) for q in parsed.quarantined) == [
+        ("required_null", "order_id", "null in a required field: order_id (null or missing)"),
+        ("required_null", "status", "null in a required field: status (null or missing)"),
+    ]
 
 
 def test_tombstones_are_not_required_to_have_fields():

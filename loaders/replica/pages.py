@@ -141,9 +141,28 @@ def _read(body: bytes, schema: pa.Schema | None) -> pa.Table:
     return pj.read_json(io.BytesIO(body), parse_options=opts)
 
 
-def _quarantine_row(spec: EntitySpec, reason: str, record: str) -> dict[str, Any]:
+# why a record is held, in one word (the quarantine's ``rule`` column)
+RULES = {
+    "malformed_json": "the line is not JSON",
+    "not_an_object": "the line is JSON but not an object",
+    "wrong_type": "a value does not have its field's type",
+    "required_null": "a required field (key, cursor, or required by the API) is null or"
+    " missing",
+    "out_of_order": "the record is older than the start the page was requested from",
+    "duplicate_key": "the same key came twice in one page; the newest loads",
+    "name_collision": "two fields become the same column once normalized",
+    "frozen_type": "a field's type changed on an entity whose data types are frozen",
+    "unreadable": "the record cannot be read into a table",
+}
+
+
+def _quarantine_row(
+    spec: EntitySpec, reason: str, record: str, rule: str, field_name: str | None = None
+) -> dict[str, Any]:
     return {
         "entity": spec.name,
+        "rule": rule,
+        "field": field_name,
         "reason": reason,
         "record": record,
         "quarantined_at": datetime.now(timezone.utc),
@@ -199,18 +218,21 @@ def _slow_path(
         try:
             rec = json.loads(raw)
         except ValueError as exc:
-            bad.append(_quarantine_row(spec, f"malformed JSON: {exc}", text))
+            bad.append(_quarantine_row(spec, f"malformed JSON: {exc}", text, "malformed_json"))
             continue
         if not isinstance(rec, dict):
-            bad.append(_quarantine_row(spec, "record is not a JSON object", text))
+            bad.append(
+                _quarantine_row(spec, "record is not a JSON object", text, "not_an_object")
+            )
             continue
-        problems = [
-            f"{name}: {why}"
+        problems = {
+            name: f"{name}: {why}"
             for name, type_name in spec.fields.items()
             if (why := _check_value(rec.get(name), type_name))
-        ]
+        }
         if problems:
-            bad.append(_quarantine_row(spec, "wrong type: " + "; ".join(problems), text))
+            reason = "wrong type: " + "; ".join(problems.values())
+            bad.append(_quarantine_row(spec, reason, text, "wrong_type", ", ".join(problems)))
         else:
             good.append(raw)
     if not good:
@@ -238,12 +260,13 @@ def _read_line_by_line(
         except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
             message = str(exc).splitlines()[0]
             column = _ARROW_COLUMN.search(message)
-            reason = (
-                f"wrong type: {column.group(1)}: {message}"
-                if column and "changed from" in message
-                else f"unreadable record: {message}"
-            )
-            bad.append(_quarantine_row(spec, reason, raw.decode("utf-8", errors="replace")))
+            text = raw.decode("utf-8", errors="replace")
+            if column and "changed from" in message:
+                reason = f"wrong type: {column.group(1)}: {message}"
+                bad.append(_quarantine_row(spec, reason, text, "wrong_type", column.group(1)))
+            else:
+                reason = f"unreadable record: {message}"
+                bad.append(_quarantine_row(spec, reason, text, "unreadable"))
             continue
         keep.append(raw)
         for f in row.schema:
@@ -278,14 +301,45 @@ def _carries(table: pa.Table, names: Iterable[str]) -> pa.Array:
 
 def _set_aside(
     spec: EntitySpec, table: pa.Table, mask: pa.Array, reason: str,
-    quarantined: list[dict[str, Any]],
+    quarantined: list[dict[str, Any]], rule: str, field_name: str | None = None,
 ) -> pa.Table:
     """``table`` without the rows of ``mask``, which go to ``quarantined`` with
-    ``reason``."""
+    ``reason`` (``rule``: one of :data:`RULES`; ``field_name``: the field(s) at fault)."""
     if not pc.any(mask).as_py():
         return table
-    quarantined.extend(_quarantine_row(spec, reason, rec) for rec in _rows_as_json(table, mask))
+    quarantined.extend(
+        _quarantine_row(spec, reason, rec, rule, field_name)
+        for rec in _rows_as_json(table, mask)
+    )
     return table.filter(pc.invert(mask))
+
+
+def _set_aside_null_required(
+    spec: EntitySpec, table: pa.Table, quarantined: list[dict[str, Any]]
+) -> pa.Table:
+    """Set aside the rows with a null in the key, the cursor, or (live rows only) a field
+    the API declares required; each reason names the fields that are null."""
+    pk, cursor = spec.primary_key, spec.cursor
+    nulls = {n: pc.is_null(table[n]) for n in (pk, cursor)}
+    live = None
+    if spec.deleted_marker and spec.deleted_marker in table.column_names:
+        live = pc.is_null(table[spec.deleted_marker])
+    for name in spec.required:
+        if name in table.column_names and name not in nulls:
+            null = pc.is_null(table[name])
+            nulls[name] = pc.and_(null, live) if live is not None else null
+    bad = _any_of(nulls.values())
+    if not pc.any(bad).as_py():
+        return table
+    # per row, the names of its null fields ("total_cents, ordered_at"; "" if none)
+    parts = [pc.if_else(pc.fill_null(mask, False), f"{n}, ", "") for n, mask in nulls.items()]
+    named = pc.utf8_rtrim(pc.binary_join_element_wise(*parts, ""), characters=", ")
+    for fields in pc.unique(pc.filter(named, bad)).to_pylist():
+        which = pc.equal(named, fields)
+        reason = f"null in a required field: {fields} (null or missing)"
+        table = _set_aside(spec, table, which, reason, quarantined, "required_null", fields)
+        named = pc.filter(named, pc.invert(which))
+    return table
 
 
 def parse_page(spec: EntitySpec, body: bytes, since: datetime | None = None) -> ParsedPage:
@@ -312,14 +366,7 @@ def parse_page(spec: EntitySpec, body: bytes, since: datetime | None = None) -> 
                 f"{spec.name}: the API's records have no {name!r} field; check the endpoint"
                 " declaration (primary_key / cursor)"
             )
-    bad = _any_of(pc.is_null(table[n]) for n in (pk, cursor))
-    missing_required = [n for n in spec.required if n in table.column_names]
-    if missing_required:
-        any_null = _any_of(pc.is_null(table[n]) for n in missing_required)
-        if spec.deleted_marker and spec.deleted_marker in table.column_names:
-            any_null = pc.and_(any_null, pc.is_null(table[spec.deleted_marker]))  # live
-        bad = pc.or_(bad, any_null)
-    table = _set_aside(spec, table, bad, "null in a required field", quarantined)
+    table = _set_aside_null_required(spec, table, quarantined)
 
     # rows behind the requested start: the API broke its order; merging them could put
     # an older version over a newer one, and dlt's incremental would drop them unseen
@@ -329,13 +376,14 @@ def parse_page(spec: EntitySpec, body: bytes, since: datetime | None = None) -> 
             f"{cursor} before the requested {PARAM_SINCE} ({since.isoformat()}): the"
             " API served a row out of order"
         )
-        table = _set_aside(spec, table, behind, reason, quarantined)
+        table = _set_aside(spec, table, behind, reason, quarantined, "out_of_order", cursor)
 
     # the same key twice in one page: the newest version loads (the first of equals),
     # the others are quarantined
     if table.num_rows and pc.count_distinct(table[pk]).as_py() < table.num_rows:
         older = pc.invert(pa.array(_newest_per_key(table[pk], table[cursor])))
-        table = _set_aside(spec, table, older, f"duplicate {pk} in the same page", quarantined)
+        table = _set_aside(spec, table, older, f"duplicate {pk} in the same page", quarantined,
+                           "duplicate_key", pk)
     table = _drop_colliding_names(spec, table, quarantined)
     if not table.num_rows:
         return ParsedPage(None, quarantined)
@@ -387,7 +435,8 @@ def _drop_colliding_names(
             f"field names collide once normalized: {', '.join(map(repr, names))} all"
             f" become column {column!r}; only {stays!r} is loaded"
         )
-        table = _set_aside(spec, table, _carries(table, others), reason, quarantined)
+        table = _set_aside(spec, table, _carries(table, others), reason, quarantined,
+                           "name_collision", ", ".join(names))
         extra += others
     return table.drop_columns(extra) if extra else table
 
@@ -408,7 +457,8 @@ def _hold_back_frozen(
         f"{changes}: data types are frozen on {spec.name} (schema contract); load once"
         " the change is accepted"
     )
-    table = _set_aside(spec, table, _carries(table, names), reason, quarantined)
+    table = _set_aside(spec, table, _carries(table, names), reason, quarantined,
+                       "frozen_type", ", ".join(names))
     table = table.drop_columns(names)
     return table if table.num_rows else None
 
@@ -435,6 +485,8 @@ def quarantine_table(rows: Iterable[dict[str, Any]], cursor: str) -> pa.Table:
             [
                 pa.field(QUARANTINE_KEY, pa.string(), nullable=False),
                 ("entity", pa.string()),
+                ("rule", pa.string()),
+                ("field", pa.string()),
                 ("reason", pa.string()),
                 ("record", pa.string()),
                 ("quarantined_at", pa.timestamp("us", tz="UTC")),
