@@ -122,17 +122,20 @@ def cmd_schema(args) -> int:
 def cmd_schema_impact(args) -> int:
     import json
 
-    from loaders.contract.reach import current  # on use
+    from loaders import config  # on use
+    from loaders.contract.reach import current
     from loaders.schema_changes.announcements import announcement_impacts
     from loaders.schema_changes.changelog import recent_changes
     from loaders.schema_changes.impact import format_impact, impact
 
     lineage = current()
+    maps = config.field_maps()
     reports = []
     if args.entity:
         kind = args.kind or ("column_removed" if args.column else "new_table")
         reports.append((f"{args.entity}.{args.column or ''} {kind}",
-                        impact(lineage, args.entity, args.column, kind)))
+                        impact(lineage, args.entity, args.column, kind,
+                               maps=maps.get(args.entity, ()))))
     else:
         announced, problem = _announcements(args)
         if problem:
@@ -147,7 +150,8 @@ def cmd_schema_impact(args) -> int:
             label = f"[detected {c['detected_at']}] {c['entity']}.{c['column'] or ''} {c['kind']}"
             if c["value"]:
                 label += f" {c['value']!r}"
-            reports.append((label, impact(lineage, c["entity"], c["column"], c["kind"])))
+            reports.append((label, impact(lineage, c["entity"], c["column"], c["kind"],
+                                          maps=maps.get(c["entity"], ()))))
     if args.json:
         print(json.dumps([{"change": label, **r.as_dict()} for label, r in reports], indent=2))
         return 0
@@ -203,7 +207,8 @@ def cmd_contract_verify(args) -> int:
         raise ValueError("no API to check: pass --api URL (or set SOURCES__REPLICA__BASE_URL)")
     if not token:
         raise ValueError("no token for the API: set SOURCES__REPLICA__TOKEN or pass --token")
-    report = verify.verify(doc, base_url, token, sample=args.sample, since=args.since)
+    report = verify.verify(doc, base_url, token, sample=args.sample, since=args.since,
+                           maps=config.field_maps())
     if args.json:
         print(json.dumps(report.as_dict(), indent=2, sort_keys=True))
     else:

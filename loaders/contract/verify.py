@@ -14,9 +14,11 @@ Two looks at the API, both read-only:
 Every violation carries its impact from the contract (marts, exposures, owners) and a
 severity: ``breaking`` (exit code 1) or ``warning`` (a new value where the test only warns:
 exit code 0). Record values are never reported, except the offending values of
-categorical fields (those with an allowed set).
+categorical fields (those with an allowed set). Configured field mappings
+(:mod:`loaders.replica.mapping`) apply first: a contracted field the API now sends under
+another name, mapped back by configuration, satisfies the contract.
 
-May import: the replica source's client, errors and settings.
+May import: the replica source (client, errors, settings, field mappings).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from requests.exceptions import RetryError, Timeout
 from loaders.replica import settings
 from loaders.replica.client import NDJSON, client, raise_for_api_status
 from loaders.replica.errors import ReplicaUnavailable
+from loaders.replica.mapping import FieldMap, map_described, map_record
 
 log = logging.getLogger(__name__)
 
@@ -134,10 +137,12 @@ def _matches(value: Any, api_type: str) -> bool:
 
 
 def check_schema(
-    doc: dict[str, Any], described: dict[str, dict[str, Any]]
+    doc: dict[str, Any], described: dict[str, dict[str, Any]],
+    maps: dict[str, tuple[FieldMap, ...]] | None = None,
 ) -> tuple[list[Violation], dict[str, set[str]]]:
-    """Violations in the API's declared schema; and per entity the fields already
-    reported (their sample checks would only repeat it)."""
+    """Violations in the API's declared schema (as the field mappings ``maps`` map it);
+    and per entity the fields already reported (their sample checks would only repeat
+    it)."""
     out: list[Violation] = []
     reported: dict[str, set[str]] = {}
     for entity, spec in sorted(doc["$defs"].items()):
@@ -147,7 +152,8 @@ def check_schema(
                                  **_impact(spec)))
             reported[entity] = set(spec["properties"])
             continue
-        api = {f["name"]: f for f in described[entity].get("fields", [])}
+        fields = map_described((maps or {}).get(entity, ()), described[entity].get("fields", []))
+        api = {f["name"]: f for f in fields}
         done = reported.setdefault(entity, set())
         for name, fspec in sorted(spec["properties"].items()):
             info = fspec["x-salesflow"]
@@ -160,7 +166,7 @@ def check_schema(
                                          "field is gone from the API's schema", **_impact(fspec)))
                     done.add(name)
                 continue
-            if declared.get("type") != info["api_type"]:
+            if declared.get("type") not in (info["api_type"], None):
                 out.append(Violation(
                     entity, name, "type_changed", BREAKING,
                     f"type changed: {info['api_type']} -> {declared.get('type')}", **_impact(fspec),
@@ -253,11 +259,14 @@ def _sample(
 
 
 def verify(
-    doc: dict[str, Any], base_url: str, token: str, sample: int = 200, since: str | None = None
+    doc: dict[str, Any], base_url: str, token: str, sample: int = 200, since: str | None = None,
+    maps: dict[str, tuple[FieldMap, ...]] | None = None,
 ) -> Report:
     """Check the API at ``base_url`` against the contract ``doc``: its schema, and
     ``sample`` records per entity (changed at or after ``since``, an ISO-8601 time, if
-    given: e.g. the records written since a deploy)."""
+    given: e.g. the records written since a deploy), both as the field mappings ``maps``
+    map them."""
+    maps = maps or {}
     if sample < 0:
         raise ValueError(f"--sample must be 0 or more, got {sample}")
     if since:
@@ -275,7 +284,7 @@ def verify(
         raise_for_api_status(response, api.base_url)
         body = response.json()
         report.schema_version = body.get("schema_version")
-        found, reported = check_schema(doc, body.get("entities", {}))
+        found, reported = check_schema(doc, body.get("entities", {}), maps)
         report.violations += found
     for entity, spec in sorted(doc["$defs"].items()):
         if sample == 0 or any(v.kind == "entity_missing" and v.entity == entity
@@ -289,7 +298,11 @@ def verify(
             ))
             continue
         report.sampled[entity] = len(records)
+        if maps.get(entity):
+            records = [map_record(maps[entity], r) for r in records]
         report.violations += check_records(entity, spec, records, reported.get(entity, set()))
+    for entity, entity_maps in sorted(maps.items()):
+        report.notes += [f"{entity}: field mapping {m.describe()}" for m in entity_maps]
     log.info("contract %s against %s: %d breaking, %d warnings", report.contract_version,
              base_url, len(report.breaking), len(report.warnings))
     return report

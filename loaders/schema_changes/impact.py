@@ -8,7 +8,8 @@ field), **absorbed** (every staging model reading the field does so through
 reads it directly: the marts and exposures listed depend on it); **unknown** when the
 lineage could not be worked out (impact is advice: that never stops a load).
 
-May import: :mod:`.changes`, :mod:`loaders.contract` and the replica source's settings.
+May import: :mod:`.changes`, :mod:`loaders.contract` and the replica source (settings,
+field mappings).
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from typing import Any
 
 from loaders.contract import reach
 from loaders.replica import settings
-from loaders.schema_changes.changes import ADDITIVE
+from loaders.replica.mapping import FieldMap, targets_of
+from loaders.schema_changes.changes import ADDITIVE, BREAKING
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +35,8 @@ ADVICE = {
     "absorbed": "staging reads both shapes (column_or_null); check the values downstream",
     "breaking": "update the staging models listed before the change lands; the marts"
     " and exposures listed depend on them",
+    "mapped": "absorbed by the field mapping {mapping}: the raw column keeps its name and"
+    " type; replay records held before it with `salesflow quarantine replay`",
 }
 NEW_VALUE_ADVICE = (
     "a new category: check accepted_values tests and reference seeds"
@@ -81,9 +85,16 @@ def impact(
     column: str | None,
     kind: str,
     source_name: str = settings.SOURCE_NAME,
+    maps: tuple[FieldMap, ...] = (),
 ) -> Impact:
-    """What a change of ``kind`` to ``entity.column`` (None: the whole entity) reaches."""
+    """What a change of ``kind`` to ``entity.column`` (None: the whole entity) reaches.
+    ``maps``: the entity's field mappings: a raw column a mapping fills is absorbed; an
+    API field a mapping reads reaches what its raw column reaches."""
     where = f"{source_name}.{entity}"
+    mapped = next((m for m in maps if m.target == column), None)
+    feeds = targets_of(maps).get(column or "")
+    if feeds is not None:
+        column = feeds.target
     if lineage is None:
         return Impact(where, column, kind, "unknown", "dbt lineage not available")
     source_id = lineage.source_id(source_name, entity)
@@ -97,7 +108,7 @@ def impact(
     staging = set(found.staging)
     if kind in ADDITIVE or not staging:
         classification = "additive"  # nothing reads it: nothing breaks
-    elif found.tolerant:
+    elif (mapped is not None and kind in BREAKING) or found.tolerant:
         classification = "absorbed"
     else:
         classification = "breaking"
@@ -107,7 +118,12 @@ def impact(
         column=column,
         kind=kind,
         classification=classification,
-        advice=NEW_VALUE_ADVICE if kind == "new_value" else ADVICE[classification],
+        advice=(
+            NEW_VALUE_ADVICE if kind == "new_value"
+            else ADVICE["mapped"].format(mapping=mapped.describe())
+            if mapped is not None and classification == "absorbed"
+            else ADVICE[classification]
+        ),
         documented_column=bool(column and column in declared),
         staging_models=sorted(nodes[uid]["name"] for uid in staging),
         downstream_models=sorted(
