@@ -10,6 +10,7 @@ May import: dlt, and the replica source's declarations and errors.
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,8 +18,10 @@ from typing import Any
 
 import dlt
 
+from loaders.replica import mapping
 from loaders.replica import settings as replica_settings
 from loaders.replica.errors import ReplicaError
+from loaders.replica.mapping import FieldMap
 
 # the project checkout: dbt project, profiles.yml, .dlt/, contracts/
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -71,6 +74,27 @@ def schema_contracts(given: dict[str, Any] | None = None) -> dict[str, Any]:
     """Each entity's schema contract: the defaults, then configuration, then ``given``."""
     configured: dict[str, Any] = dlt.config.get("sources.replica.schema_contracts") or {}
     return {**replica_settings.SCHEMA_CONTRACTS, **dict(configured), **(given or {})}
+
+
+def field_mapping(given: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The field mappings configured under ``[sources.replica.field_mapping.<entity>]``
+    (see :mod:`loaders.replica.mapping`): given, else configured."""
+    if given is not None:
+        return dict(given)
+    configured: Any = dlt.config.get("sources.replica.field_mapping") or {}
+    if isinstance(configured, str):  # an environment variable holds it as JSON
+        try:
+            configured = json.loads(configured)
+        except ValueError as exc:
+            raise ReplicaError(f"sources.replica.field_mapping is not JSON: {exc}") from None
+    if not isinstance(configured, dict):
+        raise ReplicaError("sources.replica.field_mapping must map entities to tables")
+    return {entity: dict(spec) for entity, spec in configured.items()}
+
+
+def field_maps(given: dict[str, Any] | None = None) -> dict[str, tuple[FieldMap, ...]]:
+    """The field mappings, parsed (a bad entry is a :class:`ReplicaError` naming it)."""
+    return {e: mapping.parse(e, spec) for e, spec in field_mapping(given).items()}
 
 
 def notify_setting(name: str, secret: bool = False) -> Any:

@@ -31,7 +31,7 @@ from dlt.sources.helpers.rest_client.paginators import HeaderCursorPaginator
 from requests.exceptions import ConnectionError as RequestsConnectionError
 from requests.exceptions import HTTPError, RetryError, Timeout
 
-from loaders.replica import settings
+from loaders.replica import mapping, settings
 from loaders.replica.client import (
     NDJSON,
     NdjsonClient,
@@ -43,6 +43,7 @@ from loaders.replica.client import (
 )
 from loaders.replica.errors import ReplicaAuthError, ReplicaError, ReplicaUnavailable
 from loaders.replica.lookback import LookbackWindow
+from loaders.replica.observe import Observations
 from loaders.replica.pages import (
     QUARANTINE_KEY,
     EntitySpec,
@@ -84,6 +85,7 @@ def _entity_resource(
     start_date: str,
     lookback_seconds: float,
     append: bool = False,
+    observations: Observations | None = None,
 ):
     first_start = _as_datetime(start_date)  # a bad start date fails here, not mid-load
 
@@ -123,6 +125,8 @@ def _entity_resource(
             # pages are fetched and parsed in threads of their own, each ahead of the
             # next step, so dlt writing one page overlaps parsing the next
             for parsed in prefetch(_parsed(spec, prefetch(responses), _as_datetime(start))):
+                if observations is not None:
+                    observations.add(spec.name, parsed.seen)
                 if parsed.quarantined:
                     yield dlt.mark.with_hints(
                         quarantine_table(parsed.quarantined, spec.cursor),
@@ -245,6 +249,8 @@ def replica_source(
     schema_contracts: dict[str, Any] | None = None,
     described: dict[str, dict[str, Any]] | None = None,
     append: Sequence[str] = (),
+    field_mapping: dict[str, Any] | None = None,
+    observations: Observations | None = None,
 ) -> Any:
     """All entities of the replica API (or just ``entities``), as incremental resources.
 
@@ -254,7 +260,10 @@ def replica_source(
     (``schema_contracts``, over :data:`settings.SCHEMA_CONTRACTS`), go to quarantine.
     ``described`` is the API's schema when the caller has fetched it already.
     ``append``: entities to append instead of merge, for their first load; the caller
-    must then repair them (:mod:`loaders.runners.first_loads`) into what a merge leaves."""
+    must then repair them (:mod:`loaders.runners.first_loads`) into what a merge leaves.
+    ``field_mapping``: entity -> raw column -> what the API sends for it now (see
+    :mod:`.mapping`). ``observations`` collects what the records of every page looked
+    like (see :mod:`.observe`)."""
     if not base_url.startswith(("http://", "https://")):
         raise ReplicaError(f"base_url must be an http(s) URL, got {base_url!r}")
     if not 1 <= page_size <= 1_000_000:
@@ -263,6 +272,12 @@ def replica_source(
     unknown = set(entities or ()) - set(declared)
     if unknown:
         raise ReplicaError(f"unknown entities {sorted(unknown)}; declared: {sorted(declared)}")
+    unmapped = set(field_mapping or {}) - set(declared)
+    if unmapped:
+        raise ReplicaError(
+            f"[sources.replica.field_mapping] names unknown entities {sorted(unmapped)};"
+            f" declared: {sorted(declared)}"
+        )
     contracts = {**settings.SCHEMA_CONTRACTS, **(schema_contracts or {})}
     schema = described if described is not None else fetch_api_schema(base_url, token)
     resources = []
@@ -270,6 +285,8 @@ def replica_source(
         if entities and name not in entities:
             continue
         entity_schema = schema.get(name, {})
+        known = (known_types or {}).get(name, {})
+        maps = mapping.parse(name, (field_mapping or {}).get(name))
         spec = EntitySpec(
             name=name,
             path=ep["path"],
@@ -280,8 +297,8 @@ def replica_source(
             required=tuple(
                 f["name"] for f in entity_schema.get("fields", []) if f.get("required")
             ),
-        ).with_variants(
-            (known_types or {}).get(name, {}), freeze_types=freezes_types(contracts.get(name))
+        ).with_mapping(maps, known).with_variants(
+            known, freeze_types=freezes_types(contracts.get(name))
         )
         if spec.variants:
             log.warning("%s: type changed upstream, loading %s", name, spec.variants)
@@ -292,7 +309,7 @@ def replica_source(
             )
         resource = _entity_resource(
             client(base_url, token, spec.name), spec, page_size, start_date,
-            lookback_seconds, append=name in append,
+            lookback_seconds, append=name in append, observations=observations,
         )
         resource.apply_hints(schema_contract=contracts.get(name))
         resources.append(resource)

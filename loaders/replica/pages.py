@@ -6,8 +6,12 @@ is handed to dlt as is (parquet files, loaded by DuckDB). A page that fails to p
 (a value of the wrong type, broken JSON) takes the slow path: each line is checked on
 its own, and only the bad ones are set aside in the quarantine table with the reason.
 
+Each page is also observed (:mod:`.observe`: what its records looked like, before any is
+set aside) and mapped (:mod:`.mapping`: fields renamed, combined, cast or moved by
+configuration) before it is validated.
+
 May import: pyarrow, dlt's naming convention, and this package's ``settings``,
-``errors`` and ``client`` (content types).
+``errors``, ``client`` (content types), ``observe`` and ``mapping``.
 """
 
 from __future__ import annotations
@@ -28,8 +32,11 @@ import pyarrow.json as pj
 from dlt.common.normalizers.naming.snake_case import NamingConvention
 from requests import Response
 
+from loaders.replica import mapping
 from loaders.replica.client import NDJSON_TYPES
 from loaders.replica.errors import ReplicaError
+from loaders.replica.mapping import FieldMap
+from loaders.replica.observe import EntitySeen, observe_held, observe_table
 from loaders.replica.settings import PARAM_SINCE
 
 # how dlt names raw columns after the API's fields (its default naming convention)
@@ -44,6 +51,15 @@ ARROW_TYPES: dict[str, pa.DataType] = {
     "decimal": pa.string(),
 }
 
+
+# the Arrow type a raw column of each dlt data type is loaded from
+DLT_ARROW_TYPES: dict[str, pa.DataType] = {
+    "bigint": pa.int64(),
+    "text": pa.string(),
+    "bool": pa.bool_(),
+    "timestamp": pa.timestamp("us", tz="UTC"),
+    "double": pa.float64(),
+}
 
 # the dlt data type each API type lands as
 DLT_TYPES: dict[str, str] = {
@@ -86,6 +102,28 @@ class EntitySpec:
     # the API describes a field raw does not have yet, or with another type: rows read
     # again are loaded again, in the new shape (see LookbackWindow)
     reshaped: bool = False
+    # fields renamed, combined, cast or moved by configuration (see .mapping)
+    mapping: tuple[FieldMap, ...] = ()
+    # the Arrow type each mapped raw column loads as
+    mapped_types: dict[str, pa.DataType] = field(default_factory=dict)
+
+    def with_mapping(self, maps: tuple[FieldMap, ...], known: dict[str, str]) -> EntitySpec:
+        """Apply configured field mappings (``known``: the raw columns' dlt types): a
+        target loads in its raw column's type (else the declared or cast one), and is
+        required where its source is."""
+        self.mapping = maps
+        sources = mapping.targets_of(maps)
+        self.mapped_types = {}
+        for m in maps:
+            declared = self.fields.get(m.target)
+            kind = DLT_ARROW_TYPES.get(known.get(m.target, ""))
+            if kind is None and declared:
+                kind = ARROW_TYPES.get(declared)
+            if kind is not None:
+                self.mapped_types[m.target] = kind
+        required = [sources[n].target if n in sources else n for n in self.required]
+        self.required = tuple(dict.fromkeys(required))
+        return self
 
     def with_variants(self, known: dict[str, str], freeze_types: bool = False) -> EntitySpec:
         """Route a field whose API type no longer matches its raw column (``known``:
@@ -93,9 +131,12 @@ class EntitySpec:
         for rows of dicts: the old column keeps its type and values, nothing is cast.
         With ``freeze_types`` (the entity's contract freezes data types) the field is
         held back instead: rows carrying a value in it go to quarantine."""
-        changed = type_changes(self.fields, known)
+        # a mapped field changes nothing by itself: the mapping keeps its raw column
+        mapped = self.mapped_sources | {m.target for m in self.mapping}
+        fields = {n: t for n, t in self.fields.items() if n not in mapped}
+        changed = type_changes(fields, known)
         self.reshaped = bool(known) and (
-            bool(changed) or any(name not in known for name in self.fields)
+            bool(changed) or any(name not in known for name in fields)
         )
         if freeze_types:
             self.frozen, self.variants = changed, {}
@@ -104,10 +145,19 @@ class EntitySpec:
             self.frozen = {}
         return self
 
+    @property
+    def mapped_sources(self) -> set[str]:
+        """API fields a mapping reads: read in whatever type they come, then mapped."""
+        return set(mapping.targets_of(self.mapping))
+
     def arrow_schema(self) -> pa.Schema | None:
         if not self.fields:
             return None
-        cols = [pa.field(n, ARROW_TYPES.get(t, pa.string())) for n, t in self.fields.items()]
+        free = self.mapped_sources
+        cols = [
+            pa.field(n, ARROW_TYPES.get(t, pa.string()))
+            for n, t in self.fields.items() if n not in free
+        ]
         if self.deleted_marker and self.deleted_marker not in self.fields:
             cols.append(pa.field(self.deleted_marker, pa.timestamp("us", tz="UTC")))
         return pa.schema(cols)
@@ -117,6 +167,8 @@ class EntitySpec:
 class ParsedPage:
     table: pa.Table | None
     quarantined: list[dict[str, Any]]
+    # what the page's records looked like, before validation and mapping
+    seen: EntitySeen = field(default_factory=EntitySeen)
 
 
 def check_page_type(spec: EntitySpec, number: int, response: Response) -> None:
@@ -205,7 +257,7 @@ def _check_value(value: Any, type_name: str) -> str | None:
 
 
 def _slow_path(
-    spec: EntitySpec, body: bytes, schema: pa.Schema | None
+    spec: EntitySpec, body: bytes, schema: pa.Schema | None, seen: EntitySeen
 ) -> tuple[pa.Table | None, list[dict[str, Any]]]:
     """Split a page that does not parse as a whole into a table of its good lines and
     quarantined ones."""
@@ -228,11 +280,14 @@ def _slow_path(
         problems = {
             name: f"{name}: {why}"
             for name, type_name in spec.fields.items()
-            if (why := _check_value(rec.get(name), type_name))
+            if name not in spec.mapped_sources
+            and (why := _check_value(rec.get(name), type_name))
         }
         if problems:
             reason = "wrong type: " + "; ".join(problems.values())
             bad.append(_quarantine_row(spec, reason, text, "wrong_type", ", ".join(problems)))
+            observe_held(seen, rec, spec.primary_key, spec.deleted_marker,
+                         {n: rec.get(n) for n in problems})
         else:
             good.append(raw)
     if not good:
@@ -347,16 +402,22 @@ def parse_page(spec: EntitySpec, body: bytes, since: datetime | None = None) -> 
     (``since``: the start the page was requested from; rows before it are
     quarantined)."""
     quarantined: list[dict[str, Any]] = []
+    seen = EntitySeen()
     if not body.strip():
-        return ParsedPage(None, quarantined)
+        return ParsedPage(None, quarantined, seen)
     schema = spec.arrow_schema()
     try:
         table = _read(body, schema)
     except (pa.ArrowInvalid, pa.ArrowTypeError):
-        parsed, quarantined = _slow_path(spec, body, schema)
+        parsed, quarantined = _slow_path(spec, body, schema, seen)
         if parsed is None:
-            return ParsedPage(None, quarantined)
+            return ParsedPage(None, quarantined, seen)
         table = parsed
+    observe_table(seen, table, spec.primary_key, spec.deleted_marker)
+    if spec.mapping:
+        table = _map(spec, table, quarantined)
+        if table is None:
+            return ParsedPage(None, quarantined, seen)
 
     # required values: key and cursor always; declared required fields on live rows
     pk, cursor = spec.primary_key, spec.cursor
@@ -386,7 +447,7 @@ def parse_page(spec: EntitySpec, body: bytes, since: datetime | None = None) -> 
                            "duplicate_key", pk)
     table = _drop_colliding_names(spec, table, quarantined)
     if not table.num_rows:
-        return ParsedPage(None, quarantined)
+        return ParsedPage(None, quarantined, seen)
     # the key and the cursor are never null past this point: saying so, as dlt's schema
     # does for the key, spares dlt's incremental from splitting every page by cursor nulls
     schema = table.schema
@@ -397,10 +458,33 @@ def parse_page(spec: EntitySpec, body: bytes, since: datetime | None = None) -> 
     if spec.frozen:
         table = _hold_back_frozen(spec, table, quarantined)
         if table is None:
-            return ParsedPage(None, quarantined)
+            return ParsedPage(None, quarantined, seen)
     if spec.variants:
         table = table.rename_columns([spec.variants.get(n, n) for n in table.column_names])
-    return ParsedPage(table, quarantined)
+    return ParsedPage(table, quarantined, seen)
+
+
+def _map(
+    spec: EntitySpec, table: pa.Table, quarantined: list[dict[str, Any]]
+) -> pa.Table | None:
+    """``table`` with the configured field mappings applied; a record whose value the
+    mapping cannot convert is quarantined (each record is tried on its own only then)."""
+    try:
+        return mapping.apply(spec.mapping, table, spec.mapped_types)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+        pass
+    kept = []
+    for i in range(table.num_rows):
+        row = table.slice(i, 1)
+        try:
+            kept.append(mapping.apply(spec.mapping, row, spec.mapped_types))
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
+            maps = "; ".join(m.describe() for m in spec.mapping)
+            reason = f"wrong type: the field mapping ({maps}) cannot convert it: {exc}"
+            [record] = _rows_as_json(row, pa.array([True]))
+            targets = ", ".join(m.target for m in spec.mapping)
+            quarantined.append(_quarantine_row(spec, reason, record, "wrong_type", targets))
+    return pa.concat_tables(kept, promote_options="permissive") if kept else None
 
 
 def _newest_per_key(keys: pa.ChunkedArray, cursors: pa.ChunkedArray) -> list[bool]:

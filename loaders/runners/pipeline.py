@@ -39,6 +39,7 @@ from loaders.replica import freezes_types, replica_source
 from loaders.replica import settings as replica_settings
 from loaders.replica.client import fetch_announcements, fetch_api_schema
 from loaders.replica.errors import ReplicaError
+from loaders.replica.observe import Observations
 from loaders.replica.pages import type_changes
 from loaders.runners import first_loads
 from loaders.schema_changes import track
@@ -275,13 +276,17 @@ def _load(kwargs: dict[str, Any], pipeline: dlt.Pipeline) -> LoadResult:
             first_loads.plan(declared, kwargs.get("entities"), before)
             if first_loads.supported(pipeline) else []
         )
+        mappings = config.field_mapping(kwargs.get("field_mapping"))
+        observations = Observations()
         # the source and the repairs read the same endpoint declarations
         source = replica_source(
             **{**kwargs, "base_url": api.base_url, "token": api.token,
-               "schema_contracts": entity_contracts, "endpoints": declared},
+               "schema_contracts": entity_contracts, "endpoints": declared,
+               "field_mapping": mappings},
             known_types=before,
             described=described,
             append=[r.table for r in appended],
+            observations=observations,
         )
         first_loads.mark(config.pipelines_dir(), appended)
         info = pipeline.run(source, loader_file_format=warehouse.loader_file_format())
@@ -292,7 +297,8 @@ def _load(kwargs: dict[str, Any], pipeline: dlt.Pipeline) -> LoadResult:
             raise cause from None
         raise
     tracked = track.after_load(
-        pipeline, info, before, described, frozen, announcements, notifier()
+        pipeline, info, before, described, frozen, announcements, notifier(),
+        observations=observations, maps=config.field_maps(mappings), endpoints=declared,
     )
     rows: dict[str, int] = {}
     trace = pipeline.last_trace

@@ -12,6 +12,7 @@ May import: :mod:`.changes`, :mod:`loaders.warehouse`, :mod:`loaders.monitoring.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, TypedDict
 
@@ -23,6 +24,19 @@ from loaders.schema_changes.changes import Change
 
 CHANGELOG = "schema_changelog"
 KNOWN_VALUES = "schema_known_values"
+# how often each field of each entity carried a value in the records seen so far
+PROFILE = "schema_field_profile"
+
+# evidence columns, added to a changelog made before they existed
+_EVIDENCE = (
+    ("observed_in", "VARCHAR"), ("rows_affected", "BIGINT"), ("sample_value", "VARCHAR"),
+    ("schema_agrees", "BOOLEAN"), ("related_column", "VARCHAR"),
+)
+_COLUMNS = (
+    "change_id", "load_id", "detected_at", "category", "entity", "column_name",
+    "change_kind", "old_type", "new_type", "value", "detail", "schema_version",
+    *(name for name, _ in _EVIDENCE),
+)
 
 
 def ensure_tables(sql: Any, dataset: str) -> None:
@@ -34,10 +48,19 @@ def ensure_tables(sql: Any, dataset: str) -> None:
         " old_type VARCHAR, new_type VARCHAR, value VARCHAR, detail VARCHAR,"
         " schema_version INTEGER)"
     )
+    for name, type_ in _EVIDENCE:
+        sql.execute_sql(
+            f"ALTER TABLE {dataset}.{CHANGELOG} ADD COLUMN IF NOT EXISTS {name} {type_}"
+        )
     sql.execute_sql(
         f"CREATE TABLE IF NOT EXISTS {dataset}.{KNOWN_VALUES} (entity VARCHAR, column_name"
         " VARCHAR, value VARCHAR, first_seen_at TIMESTAMP WITH TIME ZONE,"
         " PRIMARY KEY (entity, column_name, value))"
+    )
+    sql.execute_sql(
+        f"CREATE TABLE IF NOT EXISTS {dataset}.{PROFILE} (entity VARCHAR, field VARCHAR,"
+        " data_type VARCHAR, records BIGINT, filled BIGINT, updated_at TIMESTAMP WITH TIME"
+        " ZONE, PRIMARY KEY (entity, field))"
     )
 
 
@@ -60,10 +83,11 @@ def record(sql: Any, dataset: str, changes: Sequence[Change]) -> list[Change]:
             continue
         seen.add(c.change_id)
         sql.execute_sql(
-            f"INSERT INTO {dataset}.{CHANGELOG} VALUES"
-            " (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+            f"INSERT INTO {dataset}.{CHANGELOG} ({', '.join(_COLUMNS)}) VALUES"
+            f" ({', '.join(['%s'] * len(_COLUMNS))})",
             c.change_id, c.load_id, c.detected_at, c.category, c.entity, c.column, c.kind,
-            c.old_type, c.new_type, c.value, c.detail, c.schema_version,
+            c.old_type, c.new_type, c.value, c.detail, c.schema_version, c.observed_in,
+            c.rows, c.sample, c.schema_agrees, c.related,
         )
         new.append(c)
     return new
@@ -134,16 +158,21 @@ class ChangelogEntry(TypedDict):
     value: str | None
     detail: str | None
     schema_version: int | None
+    observed_in: str | None  # schema | records (None: logged before this was kept)
+    rows_affected: int | None
+    sample_value: str | None
+    schema_agrees: bool | None
+    related_column: str | None
 
 
 def read_changelog(sql: Any, dataset: str, limit: int = 200) -> list[ChangelogEntry]:
     rows = sql.execute_sql(
-        f"SELECT change_id, load_id, detected_at, category, entity, column_name, change_kind,"
-        f" old_type, new_type, value, detail, schema_version FROM {dataset}.{CHANGELOG}"
+        f"SELECT {', '.join(_COLUMNS)} FROM {dataset}.{CHANGELOG}"
         f" ORDER BY detected_at DESC, entity, column_name LIMIT {int(limit)}"
     ) or []
     keys = ["change_id", "load_id", "detected_at", "category", "entity", "column", "kind",
-            "old_type", "new_type", "value", "detail", "schema_version"]
+            "old_type", "new_type", "value", "detail", "schema_version",
+            *(name for name, _ in _EVIDENCE)]
     return [ChangelogEntry(**dict(zip(keys, r, strict=True))) for r in rows]  # type: ignore[typeddict-item]
 
 
@@ -173,3 +202,57 @@ def last_recorded_load(sql: Any, dataset: str) -> str | None:
         return None
     rows = sql.execute_sql(f"SELECT max(load_id) FROM {dataset}.{CYCLES}")
     return rows[0][0] if rows else None
+
+
+@dataclass
+class FieldProfile:
+    """How often a field carried a value in the live records seen since it first came."""
+
+    data_type: str | None
+    records: int
+    filled: int
+
+    @property
+    def fill_rate(self) -> float:
+        return self.filled / self.records if self.records else 0.0
+
+
+def read_profile(
+    sql: Any, dataset: str, existing: Mapping[str, Mapping[str, str]]
+) -> dict[str, dict[str, FieldProfile]]:
+    """Each entity's field profile; an entity loaded before profiles were kept gets one
+    from its raw table (one scan, once: ``existing`` are the raw tables' columns)."""
+    out: dict[str, dict[str, FieldProfile]] = {}
+    for entity, name, type_, records, filled in sql.execute_sql(
+        f"SELECT entity, field, data_type, records, filled FROM {dataset}.{PROFILE}"
+    ) or []:
+        out.setdefault(entity, {})[name] = FieldProfile(type_, records, filled)
+    for entity, columns in existing.items():
+        if entity in out:
+            continue
+        names = [c for c in columns if not c.startswith("_dlt")]
+        if not names:
+            continue
+        counts = ", ".join(f"count({sql.escape_column_name(c)})" for c in names)
+        [(total, *filled)] = sql.execute_sql(
+            f"SELECT count(*), {counts} FROM {dataset}.{sql.escape_column_name(entity)}"
+        )
+        out[entity] = {
+            c: FieldProfile(columns[c], int(total), int(n))
+            for c, n in zip(names, filled, strict=True)
+        }
+    return out
+
+
+def save_profile(
+    sql: Any, dataset: str, profiles: Mapping[str, Mapping[str, FieldProfile]]
+) -> None:
+    """Replace the profiles of the entities given."""
+    now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    for entity, fields in profiles.items():
+        sql.execute_sql(f"DELETE FROM {dataset}.{PROFILE} WHERE entity = %s", entity)
+        for name, p in fields.items():
+            sql.execute_sql(
+                f"INSERT INTO {dataset}.{PROFILE} VALUES (%s, %s, %s, %s, %s, %s)",
+                entity, name, p.data_type, p.records, p.filled, now,
+            )

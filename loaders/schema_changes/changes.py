@@ -11,7 +11,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-# kinds of change, and whether each is additive by nature
+# kinds of change, and whether each is additive by nature; ``schema_disagrees``: the
+# API's self-description says otherwise than its records
 ADDITIVE = {"new_table", "new_column", "new_value"}
 BREAKING = {"column_removed", "type_change"}
 
@@ -20,7 +21,8 @@ BREAKING = {"column_removed", "type_change"}
 class Change:
     entity: str
     column: str | None
-    kind: str  # new_table | new_column | type_change | column_removed | new_value
+    kind: str  # new_table | new_column | type_change | column_removed | new_value |
+    # schema_disagrees
     old_type: str | None = None
     new_type: str | None = None
     value: str | None = None  # new_value: the value seen
@@ -28,6 +30,13 @@ class Change:
     category: str = "schema"  # schema | business
     load_id: str | None = None
     schema_version: int | None = None
+    # evidence of a change seen in the records: how many, one value, and whether the
+    # API's /v1/schema says the same (None: it was not asked, or has no schema)
+    observed_in: str = "schema"  # schema | records
+    rows: int | None = None
+    sample: str | None = None
+    schema_agrees: bool | None = None
+    related: str | None = None  # the other field of a likely rename or nesting
     detected_at: str = field(
         default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds")
     )
@@ -37,7 +46,7 @@ class Change:
         ident = [self.category, self.entity, self.column, self.kind, self.new_type, self.value]
         return hashlib.sha256(json.dumps(ident).encode()).hexdigest()[:16]
 
-    def describe(self) -> str:
+    def describe(self, detail: bool = True) -> str:
         where = f"{self.entity}.{self.column}" if self.column else self.entity
         what = {
             "new_table": f"new table {self.entity}",
@@ -45,8 +54,10 @@ class Change:
             "type_change": f"type of {where} changed: {self.old_type} -> {self.new_type}",
             "column_removed": f"column {where} stopped arriving",
             "new_value": f"new {self.column} value {self.value!r} in {self.entity}",
+            "schema_disagrees": f"/v1/schema disagrees with the records of {self.entity}"
+            f" on {self.value}",
         }.get(self.kind, f"{self.kind} on {where}")
-        return what + (f" ({self.detail})" if self.detail else "")
+        return what + (f" ({self.detail})" if self.detail and detail else "")
 
     def as_dict(self) -> dict[str, Any]:
         return {"change_id": self.change_id, **asdict(self)}

@@ -3,8 +3,9 @@
 One function, :func:`after_load`, runs in every cycle right after dlt's load, under the
 same lock:
 
-1. detect shape and business changes (:mod:`.detect`) and write the new ones to
-   ``raw.schema_changelog`` (:mod:`.changelog`);
+1. detect shape and business changes — from the API's schema and dlt's
+   (:mod:`.detect`) and from the records themselves (:mod:`.from_records`) — and write
+   the new ones to ``raw.schema_changelog`` (:mod:`.changelog`);
 2. read the API's announced changes;
 3. notify each newly logged change once, with its impact (:mod:`.impact`), and each
    upcoming announcement at its milestones (:mod:`.announcements`).
@@ -27,7 +28,10 @@ from loaders import warehouse
 from loaders.monitoring.notify import Event, Notifier
 from loaders.replica import settings
 from loaders.replica.client import Announcement
-from loaders.schema_changes import changelog, detect
+from loaders.replica.mapping import FieldMap
+from loaders.replica.observe import EntitySeen, Observations
+from loaders.replica.pages import NAMING
+from loaders.schema_changes import changelog, detect, from_records
 from loaders.schema_changes.announcements import annotate, follow_announcements
 from loaders.schema_changes.changelog import ChangelogEntry
 from loaders.schema_changes.changes import ADDITIVE, Change
@@ -55,13 +59,16 @@ class Tracked:
 def change_event(change: Change, report: Impact) -> Event:
     """The notice of one logged change, with its impact."""
     severity = "error" if report.classification == "breaking" else "warning"
-    if change.kind in ADDITIVE:
-        severity = "info"
-    text = format_impact(change.describe(), report)
+    if change.kind in ADDITIVE or change.kind == "schema_disagrees":
+        severity = "info" if change.kind in ADDITIVE else "warning"
+    # a disagreement is about the API's self-description; its fields' own notices
+    # carry their impact
+    text = (change.describe() if change.kind == "schema_disagrees"
+            else format_impact(change.describe(), report))
     return Event(
         key=f"change:{change.change_id}",
         kind="business_change" if change.category == "business" else "schema_change",
-        title=f"Schema change: {change.describe()}",
+        title=f"Schema change: {change.describe(detail=False)}",
         text=text + f"\nLogged in raw.{changelog.CHANGELOG} (change_id {change.change_id}).",
         severity=severity,
         details={"change": change.as_dict(), "impact": report.as_dict()},
@@ -91,10 +98,22 @@ def after_load(
     announcements: Sequence[Announcement],
     notifier: Notifier,
     lineage: LineageSource = current_lineage,
+    observations: Observations | None = None,
+    maps: dict[str, tuple[FieldMap, ...]] | None = None,
+    endpoints: dict[str, Any] | None = None,
 ) -> Tracked:
     """Detect, record and notify (see the module's docstring). ``pipeline`` and
     ``load_info``: dlt's pipeline and the load's info; ``lineage`` is asked only when a
-    notice needs an impact."""
+    notice needs an impact; ``observations``: what the load's records looked like;
+    ``maps``: the configured field mappings; ``endpoints``: the declared endpoints."""
+    maps = maps or {}
+    declared = endpoints or settings.ENDPOINTS
+    seen = {e: o for e, o in (observations.entities if observations else {}).items()
+            if o.records}
+    structural = {
+        e: {ep["primary_key"], settings.cursor_of(ep), ep.get("deleted_marker") or ""}
+        for e, ep in declared.items()
+    }
     entities = list(described) or list(settings.ENDPOINTS)
     api_fields = {
         e: {f["name"]: f["type"] for f in d.get("fields", [])} for e, d in described.items()
@@ -109,6 +128,8 @@ def after_load(
             sql.create_dataset()
         qualified = sql.fully_qualified_dataset_name()
         changelog.ensure_tables(sql, qualified)
+        changes = _from_records(sql, qualified, seen, before, api_fields, maps, structural,
+                                declared) + changes
         known = changelog.known_values(sql, qualified)
         distinct = changelog.distinct_values(
             sql, qualified, settings.CATEGORICAL, warehouse.known_types(pipeline), known,
@@ -126,12 +147,61 @@ def after_load(
     lineage = _once(lineage)
     if not baseline:
         for c in new:
-            event = change_event(c, impact(resolve(lineage), c.entity, c.column, c.kind))
+            report = impact(resolve(lineage), c.entity, c.column, c.kind,
+                            maps=maps.get(c.entity, ()))
+            event = change_event(c, report)
+            if _told_with_partner(c, new):
+                notifier.skip(event.key)
+                continue
             notifier.notify(event)
             tracked.notices.append(event.key)
     tracked.notices += follow_announcements(announcements, notifier, lineage)
     notifier.retry_pending()
     return tracked
+
+
+def _told_with_partner(change: Change, new: Sequence[Change]) -> bool:
+    """A field that appeared as the likely new name of one that stopped: the stopped
+    one's notice tells both."""
+    return change.kind == "new_column" and any(
+        o.kind == "column_removed" and o.entity == change.entity
+        and o.column == change.related for o in new
+    )
+
+
+def _from_records(
+    sql: Any, dataset: str, seen: dict[str, EntitySeen], before: dict[str, dict[str, str]],
+    api_fields: dict[str, dict[str, str]], maps: dict[str, tuple[FieldMap, ...]],
+    structural: dict[str, set[str]], declared: dict[str, Any],
+) -> list[Change]:
+    """The changes the load's records show, paired into likely renames; the field
+    profiles are brought up to date."""
+    profiles = changelog.read_profile(
+        sql, dataset, {e: before[e] for e in seen if e in before}
+    )
+    found = from_records.record_changes(seen, profiles, before, api_fields, maps, structural)
+
+    def compare(entity: str, column: str, samples: Sequence[tuple[Any, str]]) -> tuple[int, int]:
+        key = declared[entity]["primary_key"]
+        if column not in before.get(entity, {}) or not samples:
+            return 0, 0
+        by_key = {k: v for k, v in samples if k is not None}
+        marks = ", ".join(["%s"] * len(by_key))
+        rows = sql.execute_sql(
+            f"SELECT {sql.escape_column_name(NAMING.normalize_identifier(key))},"
+            f" {sql.escape_column_name(NAMING.normalize_identifier(column))}"
+            f" FROM {dataset}.{sql.escape_column_name(entity)} WHERE"
+            f" {sql.escape_column_name(NAMING.normalize_identifier(key))} IN ({marks})",
+            *by_key,
+        ) or []
+        agree = sum(from_records.same_value(v, by_key[k]) for k, v in rows if k in by_key)
+        return agree, len(rows)
+
+    from_records.pair_renames(found, seen, compare)
+    changelog.save_profile(
+        sql, dataset, from_records.updated_profiles(profiles, seen, structural)
+    )
+    return found
 
 
 def build_failed_event(
