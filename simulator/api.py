@@ -14,7 +14,8 @@ Versioned under ``/v1``; the OpenAPI spec is at ``/openapi.json``.
   cursor in the ``X-Next-Cursor`` header (absent on the last page).
 * ``GET /v1/schema``: each entity's fields, types and the schema version.
 * ``GET /v1/announcements``: announced schema changes, upcoming and applied.
-* ``GET /health``: liveness, replica position and schema version (no auth).
+* ``GET /health``: liveness, replica and production positions, replication lag and
+  schema version (no auth).
 * Rate limit per token (token bucket): 429 with ``Retry-After``.
 
 A page is a range of the replica's feed, records stored as served (see
@@ -33,6 +34,7 @@ import hmac
 import json
 import math
 import random
+import sqlite3
 import threading
 import time
 from dataclasses import dataclass
@@ -101,6 +103,7 @@ class Replica:
 
     def __init__(self, directory: Path) -> None:
         self.path = directory / store.REPLICA
+        self.production_path = directory / store.PRODUCTION
         self.local = threading.local()
 
     def con(self):
@@ -112,6 +115,26 @@ class Replica:
 
     def applied(self) -> list[str]:
         return store.applied_evolutions(self.con())
+
+    def position(self) -> dict:
+        """The replica's and production's last sequence numbers, and how long the oldest
+        production commit the replica lacks has been waiting (0 when caught up)."""
+        last = self.con().execute("SELECT last_seq FROM replication_state").fetchone()[0]
+        out = {"replica_seq": last, "production_seq": None, "replication_lag_seconds": None}
+        con = getattr(self.local, "production", None)
+        try:
+            if con is None:
+                con = self.local.production = store.connect(self.production_path, readonly=True)
+            seq = con.execute("SELECT coalesce(max(seq), 0) FROM txlog").fetchone()[0]
+            oldest = con.execute(
+                "SELECT committed_at FROM txlog WHERE seq > ? ORDER BY seq LIMIT 1", (last,)
+            ).fetchone()
+        except sqlite3.Error:  # no production database here: the replica alone is served
+            return out
+        waited = (store.utcnow() - store.parse_iso(oldest[0])).total_seconds() if oldest else 0
+        out.update(production_seq=seq, replication_lag_seconds=round(max(0.0, waited), 3))
+        return out
+
 
 
 def _malform(lines: list[str], rate: float, entity: str, rng: random.Random) -> list[str]:
@@ -176,12 +199,13 @@ def create_app(
 
     auth = [Depends(authorize)]
 
-    @app.get("/health", summary="Liveness and replica position")
+    @app.get("/health", summary="Liveness, replication and schema version")
     def health() -> dict:
-        con = replica.con()
-        last = con.execute("SELECT last_seq FROM replication_state").fetchone()[0]
-        applied = replica.applied()
-        return {"status": "ok", "replica_seq": last, "schema_version": 1 + len(applied)}
+        return {
+            "status": "ok",
+            **replica.position(),
+            "schema_version": 1 + len(replica.applied()),
+        }
 
     @app.get("/v1/schema", summary="Current schema of every entity", dependencies=auth)
     def schema() -> dict:

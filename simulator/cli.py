@@ -116,6 +116,9 @@ def cmd_fault(args) -> int:
         f.maintenance_until = faults_mod.window(args.maintenance) if args.maintenance else None
     if args.outage is not None:
         f.outage_until = faults_mod.window(args.outage) if args.outage else None
+    if args.pause_replication is not None:
+        seconds = args.pause_replication
+        f.replication_paused_until = faults_mod.window(seconds) if seconds else None
     for name in ("error_rate", "rate_limit_rate", "drop_rate", "malformed_rate", "slow_ms"):
         value = getattr(args, name)
         if value is not None:
@@ -193,6 +196,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     f = with_dir(ssub.add_parser("fault", help="switch injected faults on or off"))
     f.add_argument("--maintenance", type=float, help="planned maintenance for N s (0 ends it)")
     f.add_argument("--outage", type=float, help="hard outage for N s (0 ends it)")
+    f.add_argument(
+        "--pause-replication", type=float,
+        help="the replica stops following production for N s (0 resumes)",
+    )
     f.add_argument("--error-rate", type=float, help="share of 5xx responses")
     f.add_argument("--rate-limit-rate", type=float, help="share of 429 responses")
     f.add_argument("--drop-rate", type=float, help="share of responses cut mid-body")
