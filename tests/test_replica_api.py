@@ -59,7 +59,7 @@ def test_health_is_open(client: TestClient) -> None:
     assert r.status_code == 200
     assert r.json() == {
         "status": "ok", "replica_seq": 1, "production_seq": 1, "replication_lag_seconds": 0,
-        "schema_version": 1,
+        "schema_version": 1, "drifts": [],
     }
 
 
