@@ -4,6 +4,7 @@ detector on constructed pages."""
 from __future__ import annotations
 
 import json
+
 import pytest
 
 from loaders.replica import mapping
