@@ -6,6 +6,8 @@ warehouse (a DuckDB file read-only, when it is free): rows and newest record per
 table. Freshness thresholds are dbt's (``freshness_*_minutes`` vars in dbt_project.yml),
 so the command, source freshness and the ``pipeline_health`` mart agree.
 
+A schema change the platform did not announce keeps the status at warn for a day.
+
 Exit code: 0 when everything is green or only warns, 1 when something is red (an open
 incident, an open data alarm, an entity past the error threshold, or nothing ever loaded),
 so schedulers and monitors can act on it.
@@ -108,7 +110,8 @@ def collect(
     ledger_path = state_dir / "notifications.sqlite3"
     notices = Ledger(ledger_path).recent(5) if ledger_path.exists() else []
     overall = GREEN
-    if any(e["freshness"] == WARN for e in entities):
+    unannounced = [c for c in state.get("recent_changes") or [] if not c.get("announced")]
+    if unannounced or any(e["freshness"] == WARN for e in entities):
         overall = WARN
     if incident or open_alarms or any(e["freshness"] == RED for e in entities):
         overall = RED
@@ -125,6 +128,7 @@ def collect(
         ],
         "entities": entities,
         "upcoming_announcements": state.get("upcoming_announcements", []),
+        "recent_changes": state.get("recent_changes") or [],
         "recent_notifications": notices,
         "warehouse": warehouse_note or "readable",
     }
@@ -164,6 +168,12 @@ def render(report: dict[str, Any]) -> str:
         )
     if report["warehouse"] != "readable":
         lines.append(f"  ({report['warehouse']})")
+    recent = report["recent_changes"]
+    if recent:
+        lines.append("schema changes in the last day (unannounced ones keep status at WARN):")
+    for c in recent[-10:]:
+        lines.append(f"  {c['detected_at']}  {c['what']}"
+                     + ("" if c.get("announced") else "  (UNANNOUNCED)"))
     ups = report["upcoming_announcements"]
     lines.append("announced schema changes: " + ("none pending" if not ups else ""))
     for a in ups:

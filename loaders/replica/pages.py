@@ -49,6 +49,7 @@ ARROW_TYPES: dict[str, pa.DataType] = {
     "timestamp": pa.timestamp("us", tz="UTC"),
     # decimals travel as strings ("12.99") and stay exact; staging casts them
     "decimal": pa.string(),
+    "number": pa.float64(),
 }
 
 
@@ -68,6 +69,9 @@ DLT_TYPES: dict[str, str] = {
     "boolean": "bool",
     "timestamp": "timestamp",
     "decimal": "text",
+    "number": "double",
+    "object": "json",
+    "array": "json",
 }
 
 
@@ -154,9 +158,10 @@ class EntitySpec:
         if not self.fields:
             return None
         free = self.mapped_sources
+        # a type the loader does not know (an object, a list) is read as it comes
         cols = [
-            pa.field(n, ARROW_TYPES.get(t, pa.string()))
-            for n, t in self.fields.items() if n not in free
+            pa.field(n, ARROW_TYPES[t])
+            for n, t in self.fields.items() if n not in free and t in ARROW_TYPES
         ]
         if self.deleted_marker and self.deleted_marker not in self.fields:
             cols.append(pa.field(self.deleted_marker, pa.timestamp("us", tz="UTC")))
@@ -237,6 +242,7 @@ def _check_value(value: Any, type_name: str) -> str | None:
         "string": isinstance(value, str),
         "decimal": isinstance(value, str | int | float) and not isinstance(value, bool),
         "timestamp": isinstance(value, str),
+        "number": isinstance(value, int | float) and not isinstance(value, bool),
     }.get(type_name, True)
     if ok and type_name == "integer" and not INT64_MIN <= value <= INT64_MAX:
         return f"expected integer, got {json.dumps(value)[:60]} (beyond 64 bits)"

@@ -26,6 +26,7 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +43,7 @@ from loaders.replica.errors import ReplicaError
 from loaders.replica.observe import Observations
 from loaders.replica.pages import type_changes
 from loaders.runners import first_loads
-from loaders.schema_changes import track
+from loaders.schema_changes import track, unresolved
 from loaders.schema_changes.changelog import recent_changes
 
 log = logging.getLogger(__name__)
@@ -195,6 +196,7 @@ def _record_cycle(
     extra: dict[str, Any] = {"entities": list(kwargs.get("entities") or replica_settings.ENDPOINTS)}
     if result is not None:
         extra["upcoming_announcements"] = upcoming
+        extra["recent_changes"] = _recent_changes(result, cycle.ended_at)
     try:
         tracker = health.Health(config.pipelines_dir(), notifier())
     except ValueError as config_problem:  # a misconfigured channel: record, tell no one
@@ -213,6 +215,27 @@ def _record_cycle(
     if outcome not in health.SUCCESS:
         log.warning("cycle %s: %s", outcome, message)
     return outcome
+
+
+# how long a change the platform did not announce keeps `salesflow status` at warn
+RECENT_CHANGE_HOURS = 24
+
+
+def _recent_changes(result: LoadResult, now: Any) -> list[dict[str, Any]]:
+    """The changes logged in the last hours (kept in the health state for status): this
+    cycle's, and the earlier ones still recent. The first load's baseline is not."""
+    earlier = health.Health(config.pipelines_dir()).state().get("recent_changes") or []
+    cutoff = health.iso(now - timedelta(hours=RECENT_CHANGE_HOURS))
+    kept = [c for c in earlier if c.get("detected_at", "") >= cutoff]
+    tracked = result.tracked
+    if tracked is None or tracked.baseline:
+        return kept
+    return kept + [
+        {"entity": c.entity, "column": c.column, "kind": c.kind,
+         "detected_at": health.iso(now), "announced": c.announced,
+         "what": c.describe(detail=False)}
+        for c in tracked.changes
+    ]
 
 
 def notifier() -> notify.Notifier:
@@ -301,6 +324,8 @@ def _load(kwargs: dict[str, Any], pipeline: dlt.Pipeline) -> LoadResult:
         observations=observations, maps=config.field_maps(mappings), endpoints=declared,
     )
     rows: dict[str, int] = {}
+    alarms = AlarmCheck()
+    alarms.add(unresolved.KIND, tracked.alarms)
     trace = pipeline.last_trace
     if trace is not None and trace.last_normalize_info is not None:
         for table, n in trace.last_normalize_info.row_counts.items():
@@ -313,6 +338,7 @@ def _load(kwargs: dict[str, Any], pipeline: dlt.Pipeline) -> LoadResult:
         load_ids=list(info.loads_ids),
         seconds=time.perf_counter() - started,
         tracked=tracked,
+        alarms=alarms,
         advanced=sorted(
             {k for k, v in now.items() if v != positions.get(k)}
             | {k for k, n in rows.items() if n and k in replica_settings.ENDPOINTS}

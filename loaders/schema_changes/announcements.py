@@ -57,6 +57,7 @@ def annotate(changes: Sequence[Change], announcements: Sequence[Announcement]) -
                 if ANNOUNCED_KIND.get(fc.get("change", "")) != c.kind and c.kind != "new_value":
                     continue
                 how = f"combined into {fc['into']}" if fc.get("into") else "announced"
+                c.announced = True
                 c.detail = "; ".join(
                     filter(None, [c.detail, f"{how} ('{a.get('title', a.get('change_id'))}')"])
                 )

@@ -59,8 +59,9 @@ def ensure_tables(sql: Any, dataset: str) -> None:
     )
     sql.execute_sql(
         f"CREATE TABLE IF NOT EXISTS {dataset}.{PROFILE} (entity VARCHAR, field VARCHAR,"
-        " data_type VARCHAR, records BIGINT, filled BIGINT, updated_at TIMESTAMP WITH TIME"
-        " ZONE, PRIMARY KEY (entity, field))"
+        " data_type VARCHAR, records BIGINT, filled BIGINT, last_filled_load VARCHAR,"
+        " described BOOLEAN, updated_at TIMESTAMP WITH TIME ZONE,"
+        " PRIMARY KEY (entity, field))"
     )
 
 
@@ -211,6 +212,8 @@ class FieldProfile:
     data_type: str | None
     records: int
     filled: int
+    last_filled_load: str | None = None  # the last load whose records carried a value
+    described: bool | None = None  # by the API's schema, at the last load (None: unknown)
 
     @property
     def fill_rate(self) -> float:
@@ -223,10 +226,12 @@ def read_profile(
     """Each entity's field profile; an entity loaded before profiles were kept gets one
     from its raw table (one scan, once: ``existing`` are the raw tables' columns)."""
     out: dict[str, dict[str, FieldProfile]] = {}
-    for entity, name, type_, records, filled in sql.execute_sql(
-        f"SELECT entity, field, data_type, records, filled FROM {dataset}.{PROFILE}"
+    for entity, name, type_, records, filled, last, described in sql.execute_sql(
+        f"SELECT entity, field, data_type, records, filled, last_filled_load, described"
+        f" FROM {dataset}.{PROFILE}"
     ) or []:
-        out.setdefault(entity, {})[name] = FieldProfile(type_, records, filled)
+        out.setdefault(entity, {})[name] = FieldProfile(type_, records, filled, last,
+                                                        described)
     for entity, columns in existing.items():
         if entity in out:
             continue
@@ -253,6 +258,7 @@ def save_profile(
         sql.execute_sql(f"DELETE FROM {dataset}.{PROFILE} WHERE entity = %s", entity)
         for name, p in fields.items():
             sql.execute_sql(
-                f"INSERT INTO {dataset}.{PROFILE} VALUES (%s, %s, %s, %s, %s, %s)",
-                entity, name, p.data_type, p.records, p.filled, now,
+                f"INSERT INTO {dataset}.{PROFILE} VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+                entity, name, p.data_type, p.records, p.filled, p.last_filled_load,
+                p.described, now,
             )

@@ -37,6 +37,7 @@ class Change:
     sample: str | None = None
     schema_agrees: bool | None = None
     related: str | None = None  # the other field of a likely rename or nesting
+    announced: bool = False  # an announcement foretold it
     detected_at: str = field(
         default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds")
     )

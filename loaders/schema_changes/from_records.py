@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -109,7 +110,9 @@ def _entity_changes(
         stopped.append(_stopped(entity, name, p, obs, raw, described))
     out = [*stopped, *retyped, *new]
     if described:
-        out += _disagreement(entity, stopped, new, described)
+        carried = [n for n, f in obs.fields.items() if _judged(n, skip) and f.filled
+                   and n not in sources]
+        out += _disagreement(entity, stopped, carried, described)
     return out
 
 
@@ -192,9 +195,11 @@ def _retyped(
 
 
 def _disagreement(
-    entity: str, stopped: list[Change], new: list[Change], described: Mapping[str, str]
+    entity: str, stopped: list[Change], carried: list[str], described: Mapping[str, str]
 ) -> list[Change]:
-    undescribed = sorted(c.column for c in new if c.column and c.column not in described)
+    """What the records carry that the API does not describe, and what it describes
+    that they no longer carry (mapped fields aside: the mapping answers for them)."""
+    undescribed = sorted(n for n in carried if n not in described)
     absent = sorted(c.column for c in stopped if c.column and c.column in described)
     if not undescribed and not absent:
         return []
@@ -293,23 +298,51 @@ def same_value(loaded: Any, sample: str) -> bool:
 
 def updated_profiles(
     profiles: Mapping[str, Mapping[str, FieldProfile]], seen: Mapping[str, EntitySeen],
-    structural: Mapping[str, set[str]],
+    structural: Mapping[str, set[str]], load_id: str | None = None,
 ) -> dict[str, dict[str, FieldProfile]]:
-    """The profiles of the entities seen, with this load's records added."""
+    """The profiles of the entities seen, with this load's records (load ``load_id``)
+    added."""
     out: dict[str, dict[str, FieldProfile]] = {}
     for entity, obs in seen.items():
         if not obs.records:
             continue
-        fields = {n: FieldProfile(p.data_type, p.records, p.filled)
-                  for n, p in (profiles.get(entity) or {}).items()}
+        fields = {n: replace(p) for n, p in (profiles.get(entity) or {}).items()}
         for name, p in fields.items():
             f = obs.fields.get(name)
             p.records += obs.records
             p.filled += f.filled if f else 0
+            if f and f.filled:
+                p.last_filled_load = load_id or p.last_filled_load
         for name, f in obs.fields.items():
             if name in fields or not _judged(name, structural.get(entity, set())):
                 continue
             if f.filled:
-                fields[name] = FieldProfile(f.data_type, obs.records, f.filled)
+                fields[name] = FieldProfile(f.data_type, obs.records, f.filled, load_id)
         out[entity] = fields
     return out
+
+
+def mark_described(
+    profiles: Mapping[str, Mapping[str, FieldProfile]], described: Mapping[str, Mapping[str, str]]
+) -> dict[str, dict[str, FieldProfile]]:
+    """The profiles whose fields' being described by the API's schema changed (or was not
+    known), marked as it is now; entities the schema does not list are left alone."""
+    out: dict[str, dict[str, FieldProfile]] = {}
+    for entity, fields in profiles.items():
+        api = described.get(entity)
+        if not api:
+            continue
+        marked = {n: replace(p, described=n in api) for n, p in fields.items()}
+        if any(p.described != fields[n].described for n, p in marked.items()):
+            out[entity] = marked
+    return out
+
+
+def described_before(
+    change: Change, profiles: Mapping[str, Mapping[str, FieldProfile]]
+) -> bool:
+    """Whether a raw column the API's schema no longer lists was listed at the last load
+    (unknown counts as listed): a field only the records ever carried is not "gone from
+    the schema"."""
+    p = profiles.get(change.entity, {}).get(change.column or "")
+    return p is None or p.described is not False

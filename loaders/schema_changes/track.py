@@ -8,13 +8,15 @@ same lock:
    the new ones to ``raw.schema_changelog`` (:mod:`.changelog`);
 2. read the API's announced changes;
 3. notify each newly logged change once, with its impact (:mod:`.impact`), and each
-   upcoming announcement at its milestones (:mod:`.announcements`).
+   upcoming announcement at its milestones (:mod:`.announcements`);
+4. check which breaking changes are still in force (:mod:`.unresolved`): the runner hands
+   them to the data alarms.
 
 The first load of a warehouse sets the baseline: its tables and values are logged, not
 announced to anyone.
 
-May import: the other modules of this package, :mod:`loaders.warehouse` and the
-notifier.
+May import: the other modules of this package, :mod:`loaders.warehouse`, the replica
+source, the notifier and the data alarms.
 """
 
 from __future__ import annotations
@@ -25,13 +27,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from loaders import warehouse
+from loaders.monitoring.alarms import Condition
 from loaders.monitoring.notify import Event, Notifier
 from loaders.replica import settings
 from loaders.replica.client import Announcement
 from loaders.replica.mapping import FieldMap
 from loaders.replica.observe import EntitySeen, Observations
 from loaders.replica.pages import NAMING
-from loaders.schema_changes import changelog, detect, from_records
+from loaders.schema_changes import changelog, detect, from_records, unresolved
 from loaders.schema_changes.announcements import annotate, follow_announcements
 from loaders.schema_changes.changelog import ChangelogEntry
 from loaders.schema_changes.changes import ADDITIVE, Change
@@ -54,6 +57,9 @@ class Tracked:
     changes: list[Change] = field(default_factory=list)  # newly logged this cycle
     announcements: list[Announcement] = field(default_factory=list)
     notices: list[str] = field(default_factory=list)  # keys of events raised
+    # breaking changes still in force (see .unresolved), checked after this load
+    alarms: list[Condition] = field(default_factory=list)
+    baseline: bool = False  # the warehouse's first load: logged, told to no one
 
 
 def change_event(change: Change, report: Impact) -> Event:
@@ -121,6 +127,11 @@ def after_load(
     updates = [p.schema_update for p in getattr(load_info, "load_packages", []) or []]
     baseline = not any(t in before for t in entities)
     changes = detect.shape_changes(updates, before, api_fields, frozen, entities)
+    changes += [
+        Change(e, None, "new_table", detail="described by /v1/schema but not declared, so"
+               " not loaded: declare it under [sources.replica.endpoints] to load it")
+        for e in described if e not in declared
+    ]
     version = pipeline.default_schema.version if pipeline.default_schema_name else None
     load_id = (getattr(load_info, "loads_ids", None) or [None])[-1]
     with pipeline.sql_client() as sql:
@@ -128,8 +139,17 @@ def after_load(
             sql.create_dataset()
         qualified = sql.fully_qualified_dataset_name()
         changelog.ensure_tables(sql, qualified)
-        changes = _from_records(sql, qualified, seen, before, api_fields, maps, structural,
-                                declared) + changes
+        previous = changelog.read_profile(
+            sql, qualified, {e: before[e] for e in seen if e in before}
+        )
+        # a raw column the schema stops listing is gone only if the schema listed it
+        changes = [c for c in changes if c.kind != "column_removed" or c.observed_in
+                   != "schema" or from_records.described_before(c, previous)]
+        observed, profiles = _from_records(
+            sql, qualified, seen, before, api_fields, maps, structural, declared, load_id,
+            previous,
+        )
+        changes = observed + changes
         known = changelog.known_values(sql, qualified)
         distinct = changelog.distinct_values(
             sql, qualified, settings.CATEGORICAL, warehouse.known_types(pipeline), known,
@@ -141,10 +161,12 @@ def after_load(
             c.load_id, c.schema_version = load_id, version
         annotate([*changes, *business], announcements)
         new = changelog.record(sql, qualified, [*changes, *business])
-    tracked = Tracked(changes=new, announcements=list(announcements))
+        logged = changelog.read_changelog(sql, qualified, limit=500)
+    lineage = _once(lineage)
+    tracked = Tracked(changes=new, announcements=list(announcements), baseline=baseline)
+    tracked.alarms = unresolved.unresolved(logged, profiles, maps, announcements, lineage)
     for c in new:
         log.log(logging.INFO if baseline else logging.WARNING, "schema change: %s", c.describe())
-    lineage = _once(lineage)
     if not baseline:
         for c in new:
             report = impact(resolve(lineage), c.entity, c.column, c.kind,
@@ -172,13 +194,11 @@ def _told_with_partner(change: Change, new: Sequence[Change]) -> bool:
 def _from_records(
     sql: Any, dataset: str, seen: dict[str, EntitySeen], before: dict[str, dict[str, str]],
     api_fields: dict[str, dict[str, str]], maps: dict[str, tuple[FieldMap, ...]],
-    structural: dict[str, set[str]], declared: dict[str, Any],
-) -> list[Change]:
+    structural: dict[str, set[str]], declared: dict[str, Any], load_id: str | None,
+    profiles: dict[str, dict[str, changelog.FieldProfile]],
+) -> tuple[list[Change], dict[str, dict[str, changelog.FieldProfile]]]:
     """The changes the load's records show, paired into likely renames; the field
-    profiles are brought up to date."""
-    profiles = changelog.read_profile(
-        sql, dataset, {e: before[e] for e in seen if e in before}
-    )
+    ``profiles`` are brought up to date (and returned, every entity's)."""
     found = from_records.record_changes(seen, profiles, before, api_fields, maps, structural)
 
     def compare(entity: str, column: str, samples: Sequence[tuple[Any, str]]) -> tuple[int, int]:
@@ -198,10 +218,10 @@ def _from_records(
         return agree, len(rows)
 
     from_records.pair_renames(found, seen, compare)
-    changelog.save_profile(
-        sql, dataset, from_records.updated_profiles(profiles, seen, structural)
-    )
-    return found
+    updated = from_records.updated_profiles(profiles, seen, structural, load_id)
+    updated |= from_records.mark_described({**profiles, **updated}, api_fields)
+    changelog.save_profile(sql, dataset, updated)
+    return found, {**{e: dict(p) for e, p in profiles.items()}, **updated}
 
 
 def build_failed_event(
