@@ -20,8 +20,10 @@ import dlt
 from loaders.replica import settings as replica_settings
 from loaders.replica.errors import ReplicaError
 
-# the project checkout: dbt project, profiles.yml, .dlt/, contracts/
+# the project checkout: dbt project, profiles.yml, .dlt/, contracts/, announcements/
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+# announced changes declared in the repository
+ANNOUNCEMENTS_DIR = "announcements"
 
 
 def pipelines_dir() -> Path:
@@ -80,3 +82,13 @@ def notify_setting(name: str, secret: bool = False) -> Any:
     if value is None and not secret:
         value = dlt.secrets.get(f"notify.{name}")
     return value
+
+
+def announcements_dir() -> Path:
+    """The folder of announcements declared in the repository: ``SALESFLOW_ANNOUNCEMENTS_DIR``,
+    else ``announcements.dir`` (``[announcements]`` in ``.dlt/config.toml``, or
+    ``ANNOUNCEMENTS__DIR``), else ``announcements/``. A relative path is the project's."""
+    given = os.environ.get("SALESFLOW_ANNOUNCEMENTS_DIR") or dlt.config.get("announcements.dir")
+    path = Path(str(given or ANNOUNCEMENTS_DIR)).expanduser()
+    return path if path.is_absolute() else PROJECT_ROOT / path
+

@@ -36,12 +36,13 @@ from loaders import config, dbt_project, warehouse
 from loaders.monitoring import health, notify
 from loaders.replica import freezes_types, replica_source
 from loaders.replica import settings as replica_settings
-from loaders.replica.client import fetch_announcements, fetch_api_schema
+from loaders.replica.client import fetch_api_schema
 from loaders.replica.errors import ReplicaError
 from loaders.replica.pages import type_changes
 from loaders.runners import first_loads
 from loaders.schema_changes import track
 from loaders.schema_changes.changelog import recent_changes
+from loaders.schema_changes.declared import Announced, all_announcements, report_invalid
 
 log = logging.getLogger(__name__)
 
@@ -183,9 +184,10 @@ def _record_cycle(
         started, health.utcnow(), outcome, message, rows,
         load_id=result.last_load_id if result else None,
     )
+    tracked = result.tracked if result else None
     upcoming = [
-        {k: a.get(k) for k in ("change_id", "title", "effective_at", "breaking")}
-        for a in (result.tracked.announcements if result and result.tracked else [])
+        {k: a.get(k) for k in ("change_id", "title", "effective_at", "breaking", "source")}
+        for a in (tracked.announcements if tracked else [])
         if a.get("status") != "applied"
     ]
     extra: dict[str, Any] = {"entities": list(kwargs.get("entities") or replica_settings.ENDPOINTS)}
@@ -238,6 +240,15 @@ def finish_normalize_commits(pipeline: dlt.Pipeline) -> list[str]:
     return finished
 
 
+def _announcements(api: config.ApiConnection, entities: Sequence[str]) -> Announced:
+    """The API's announcements and the repository's; the API's unreadable fails the
+    cycle as its records would, a declared file that cannot be used does not."""
+    announced = all_announcements(api.base_url, api.token, entities=entities)
+    if announced.api_error is not None:
+        raise announced.api_error
+    return announced
+
+
 def _load(kwargs: dict[str, Any], pipeline: dlt.Pipeline) -> LoadResult:
     started = time.perf_counter()
     try:
@@ -252,8 +263,9 @@ def _load(kwargs: dict[str, Any], pipeline: dlt.Pipeline) -> LoadResult:
         api = config.api_connection(kwargs.get("base_url"), kwargs.get("token"))
         before = warehouse.known_types(pipeline)
         positions = warehouse.cursor_positions(pipeline)
+        declared = config.endpoints(kwargs.get("endpoints"))
         described = fetch_api_schema(api.base_url, api.token)
-        announcements = fetch_announcements(api.base_url, api.token)
+        announced = _announcements(api, list(declared))
         entity_contracts = config.schema_contracts(kwargs.get("schema_contracts"))
         frozen = {
             name: changed
@@ -266,7 +278,6 @@ def _load(kwargs: dict[str, Any], pipeline: dlt.Pipeline) -> LoadResult:
                 )
             )
         }
-        declared = config.endpoints(kwargs.get("endpoints"))
         appended = (
             first_loads.plan(declared, kwargs.get("entities"), before)
             if first_loads.supported(pipeline) else []
@@ -287,9 +298,11 @@ def _load(kwargs: dict[str, Any], pipeline: dlt.Pipeline) -> LoadResult:
         if isinstance(cause, ReplicaError):
             raise cause from None
         raise
+    notices = notifier()
     tracked = track.after_load(
-        pipeline, info, before, described, frozen, announcements, notifier()
+        pipeline, info, before, described, frozen, announced.announcements, notices
     )
+    tracked.notices += report_invalid(announced.declared_errors, notices)
     rows: dict[str, int] = {}
     trace = pipeline.last_trace
     if trace is not None and trace.last_normalize_info is not None:

@@ -6,6 +6,8 @@ what the platform announces.
 * ``impact`` — what a change reaches and how badly, from the project's column lineage
   (the same answer the data contract uses);
 * ``announcements`` — announced changes, their milestones and notices;
+* ``declared`` — every announcement in one call: the API's, and those declared in the
+  repository's ``announcements/`` folder (one YAML file per change);
 * ``track`` — the step every cycle runs after its load: detect, log, notify.
 
 May import: the replica source, :mod:`loaders.contract`, :mod:`loaders.monitoring`

@@ -5,7 +5,8 @@ same lock:
 
 1. detect shape and business changes (:mod:`.detect`) and write the new ones to
    ``raw.schema_changelog`` (:mod:`.changelog`);
-2. read the API's announced changes;
+2. take the announced changes it is given (the API's and the repository's,
+   :mod:`.declared`);
 3. notify each newly logged change once, with its impact (:mod:`.impact`), and each
    upcoming announcement at its milestones (:mod:`.announcements`).
 
