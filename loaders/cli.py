@@ -95,6 +95,7 @@ def cmd_schema(args) -> int:
     from loaders.contract.assess import assess_announcement  # on use
     from loaders.contract.document import committed
     from loaders.schema_changes.changelog import recent_changes
+    from loaders.schema_changes.observed import current_mismatches, last_observed_at
 
     read = _announcements(args)
     announced = read.announcements
@@ -103,16 +104,26 @@ def cmd_schema(args) -> int:
     detected = recent_changes(limit=args.limit)
     doc = committed() if announced else None
     assessed = [(a, assess_announcement(a, doc) if doc else None) for a in announced]
+    as_of = last_observed_at()
+    mismatches = current_mismatches(announced) if as_of else []
     if args.json:
         listed = [{**a, "contract": assessment} for a, assessment in assessed]
         print(json.dumps({"announced": listed, "detected": detected,
-                          "announcements_error": problem, "declared_errors": declared_errors},
+                          "announcements_error": problem, "declared_errors": declared_errors,
+                          "observed": [m.as_dict() for m in mismatches],
+                          "observed_as_of": as_of},
                          indent=2, default=str))
         return 0
     print("Announced changes" + (f" (the API's unavailable: {problem})" if problem else ":"))
     _print_announced(assessed, declared_errors)
     if not announced and not problem and not declared_errors:
         print("  none")
+    print("Announced vs observed" + (f" (as of the cycle at {as_of:%Y-%m-%d %H:%M:%S}Z):"
+                                     if as_of else ": no cycle has run yet"))
+    for m in mismatches:
+        print(f"  {m.describe()}")
+    if as_of and not mismatches:
+        print("  every announced change due was seen as announced")
     print(f"Detected changes (raw.schema_changelog, newest first, up to {args.limit}):")
     for c in detected:
         where = f"{c['entity']}.{c['column']}" if c["column"] else c["entity"]

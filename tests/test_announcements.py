@@ -1,5 +1,5 @@
 """Announcements declared in the repository (``announcements/``): read, checked, merged with
-the API's and used wherever the API's are."""
+the API's and used wherever the API's are; and announced against observed changes."""
 
 from __future__ import annotations
 
@@ -12,7 +12,10 @@ import duckdb
 import pytest
 
 from loaders import cli, config
+from loaders.monitoring.notify import JsonLinesChannel, Ledger, Notifier
 from loaders.runners import pipeline
+from loaders.schema_changes import observed
+from loaders.schema_changes.changelog import ChangelogEntry
 from loaders.schema_changes.declared import (
     DeclaredAnnouncementError,
     load_declared_file,
@@ -155,15 +158,136 @@ def test_the_api_wins_over_a_declared_announcement_with_the_same_id(tmp_path, ca
         caplog.text)
 
 
-def test_the_folder_is_configurable(tmp_path, monkeypatch):
+def test_the_folder_and_the_grace_are_configurable(tmp_path, monkeypatch):
     monkeypatch.setenv("DLT_PROJECT_DIR", str(ROOT))
-    for name in ("SALESFLOW_ANNOUNCEMENTS_DIR", "ANNOUNCEMENTS__DIR"):
+    for name in ("SALESFLOW_ANNOUNCEMENTS_DIR", "ANNOUNCEMENTS__DIR",
+                 "SALESFLOW_ANNOUNCEMENTS_GRACE_MINUTES", "ANNOUNCEMENTS__GRACE_MINUTES"):
         monkeypatch.delenv(name, raising=False)
     assert config.announcements_dir() == config.PROJECT_ROOT / "announcements"
+    assert config.announcement_grace() == timedelta(minutes=30)
     monkeypatch.setenv("ANNOUNCEMENTS__DIR", "docs/told")
     assert config.announcements_dir() == config.PROJECT_ROOT / "docs" / "told"
     monkeypatch.setenv("SALESFLOW_ANNOUNCEMENTS_DIR", str(tmp_path))
     assert config.announcements_dir() == tmp_path
+    monkeypatch.setenv("ANNOUNCEMENTS__GRACE_MINUTES", "5")
+    assert config.announcement_grace() == timedelta(minutes=5)
+    monkeypatch.setenv("SALESFLOW_ANNOUNCEMENTS_GRACE_MINUTES", "0.5")
+    assert config.announcement_grace() == timedelta(seconds=30)
+    monkeypatch.setenv("SALESFLOW_ANNOUNCEMENTS_GRACE_MINUTES", "half an hour")
+    with pytest.raises(ValueError, match="must be a number of minutes"):
+        config.announcement_grace()
+
+
+# ------------------------------------------------------------------ announced vs observed
+
+
+def entry(kind: str, entity: str, column: str | None, at: datetime, new_type: str | None = None,
+          value: str | None = None) -> ChangelogEntry:
+    return ChangelogEntry(
+        change_id=f"{kind}-{entity}-{column}-{value}", load_id=None, detected_at=at,
+        category="business" if kind == "new_value" else "schema", entity=entity,
+        column=column, kind=kind, old_type=None, new_type=new_type, value=value, detail=None,
+        schema_version=None,
+    )
+
+
+BASELINE = [entry("new_table", e, None, EFFECTIVE - timedelta(days=30)) for e in ENTITIES]
+
+
+def announced(*changes: dict, cid: str = "crm") -> dict:
+    return {"change_id": cid, "title": "t", "source": "repository",
+            "announced_at": (EFFECTIVE - timedelta(days=10)).isoformat(),
+            "effective_at": EFFECTIVE.isoformat(), "changes": list(changes)}
+
+
+PRICE = {"entity": "products", "field": "price", "change": "type_changed",
+         "new_type": "decimal"}
+NAMES = {"entity": "customers", "field": "first_name", "change": "combined",
+         "into": "full_name"}
+FULL = {"entity": "customers", "field": "full_name", "change": "added", "new_type": "string"}
+APAC = {"entity": "regions", "field": "region_id", "change": "new_value", "note": "apac"}
+HOUR = timedelta(hours=1)
+
+
+def findings(announcements: list[dict], entries: list[ChangelogEntry], now: datetime,
+             grace: timedelta = timedelta(minutes=30)) -> set[tuple[str, str, str, str]]:
+    return {(m.finding, m.entity, m.column, m.expected)
+            for m in observed.compare(announcements, [*BASELINE, *entries], now, grace)}
+
+
+def test_announced_changes_seen_as_announced_are_no_finding():
+    later = EFFECTIVE + timedelta(minutes=5)
+    logged = [entry("type_change", "products", "price", later, "text"),
+              entry("column_removed", "customers", "first_name", later),
+              entry("new_column", "customers", "full_name", later, "text"),
+              entry("new_value", "regions", "region_id", later, value="apac")]
+    assert findings([announced(PRICE, NAMES, APAC)], logged, EFFECTIVE + 2 * HOUR) == set()
+
+
+def test_an_announced_change_not_logged_after_the_grace_is_not_seen():
+    a = [announced(PRICE, NAMES, APAC)]
+    other_value = [entry("new_value", "regions", "region_id", EFFECTIVE + HOUR, value="latam")]
+    assert findings(a, other_value, EFFECTIVE + timedelta(minutes=29)) == set()
+    assert findings(a, other_value, EFFECTIVE + timedelta(minutes=31)) == {
+        ("not_seen", "products", "price", "type_change"),
+        ("not_seen", "customers", "first_name", "column_removed"),  # combined: both sides
+        ("not_seen", "customers", "full_name", "new_column"),
+        ("not_seen", "regions", "region_id", "new_value"),  # latam is not apac
+    }
+    assert findings(a, other_value, EFFECTIVE + timedelta(minutes=5), timedelta(0)) != set()
+    # a new value is expected only where values are tracked
+    untracked = {"entity": "customers", "field": "email", "change": "new_value", "note": "x"}
+    assert findings([announced(untracked)], [], EFFECTIVE + 2 * HOUR) == set()
+    # an announcement that took effect before the changelog began is not compared
+    old = {**announced(PRICE), "effective_at": (EFFECTIVE - timedelta(days=31)).isoformat()}
+    assert findings([old], [], EFFECTIVE + 2 * HOUR) == set()
+
+
+def test_an_announced_change_logged_otherwise_is_seen_different():
+    logged = [entry("column_removed", "products", "price", EFFECTIVE + HOUR),
+              entry("new_column", "customers", "full_name", EFFECTIVE + HOUR, "bigint"),
+              entry("column_removed", "customers", "first_name", EFFECTIVE + HOUR)]
+    [m, names] = observed.compare([announced(PRICE, NAMES, FULL)], [*BASELINE, *logged],
+                                  EFFECTIVE + 2 * HOUR)
+    assert (m.finding, m.entity, m.column, m.expected) == (
+        "different", "products", "price", "type_change")
+    assert "column_removed of products.price" in m.seen and "to decimal" in m.announced
+    # announced as a text field, logged as a bigint column
+    assert (names.finding, names.column, names.seen.split(" of ")[0]) == (
+        "different", "full_name", "new_column (bigint)")
+    # a change before the announcement was made says nothing against it
+    older = [entry("column_removed", "products", "price", EFFECTIVE - timedelta(days=11))]
+    assert findings([announced(PRICE)], older, EFFECTIVE + timedelta(minutes=1)) == set()
+
+
+def test_an_announced_change_logged_before_it_takes_effect_is_seen_early():
+    logged = [entry("type_change", "products", "price", EFFECTIVE - timedelta(days=2), "text"),
+              entry("new_value", "regions", "region_id", EFFECTIVE - timedelta(seconds=30),
+                    value="apac")]  # within the clocks' margin: on time
+    [m] = observed.compare([announced(PRICE, APAC)], [*BASELINE, *logged],
+                           EFFECTIVE - timedelta(days=1))
+    assert (m.finding, m.entity, m.column) == ("early", "products", "price")
+    assert "type_change ? -> text of products.price at 2026-11-29T06:00:00+00:00" in m.seen
+    assert m.key == "announced_vs_observed:crm:early:products.price:type_change"
+
+
+def test_each_finding_is_notified_once(tmp_path):
+    mismatches = observed.compare(
+        [announced(PRICE, NAMES)],
+        [*BASELINE, entry("column_removed", "products", "price", EFFECTIVE + HOUR)],
+        EFFECTIVE + 2 * HOUR,
+    )
+    assert len(mismatches) == 3
+    log = tmp_path / "n.jsonl"
+    for _ in range(2):  # a new notifier on the same ledger, as after a restart
+        observed.report(mismatches, Notifier([JsonLinesChannel(log)], Ledger(tmp_path / "l.db")))
+    sent = [json.loads(line) for line in log.read_text().splitlines()]
+    assert sorted(n["key"] for n in sent) == sorted(m.key for m in mismatches)
+    [different] = [n for n in sent if n["details"]["finding"]["finding"] == "different"]
+    assert different["severity"] == "warning" and different["kind"] == "announcement_observed"
+    assert different["title"].startswith("Announced change seen different: products.price")
+    assert "declared in the repository" in different["text"]
+    assert "salesflow schema impact" in different["text"]
 
 
 # ------------------------------------------------------------------ in real cycles
@@ -183,24 +307,37 @@ changes:
 """
 
 
+def declared_early(effective: datetime, announced_at: datetime) -> str:
+    return f"""\
+title: Full names
+announced_at: {announced_at.isoformat()}
+effective_at: {effective.isoformat()}
+changes:
+  - {{entity: customers, field: full_name, change: added, new_type: string}}
+"""
+
+
 def notices(warehouse: Path) -> list[dict]:
     path = warehouse.parent / "dlt" / "notifications.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
-def test_a_declared_announcement_is_followed_and_checked_in_real_cycles(
+def test_declared_announcements_are_followed_checked_and_compared_in_real_cycles(
     simulator, warehouse, tmp_path, monkeypatch, capsys
 ):
     folder = tmp_path / "announcements"
     monkeypatch.setenv("SALESFLOW_ANNOUNCEMENTS_DIR", str(folder))
+    monkeypatch.setenv("SALESFLOW_ANNOUNCEMENTS_GRACE_MINUTES", "0")
     monkeypatch.setenv("SOURCES__REPLICA__TOKEN", TOKEN)
     start = store.utcnow()
     write(folder, "crm-names.yaml", declared_names(start + timedelta(days=3), start))
     write(folder, "broken.yaml", _bad(GOOD, **{"entity: orders": "entity: ordres"}))
+    write(folder, "full-names.yaml", declared_early(start + timedelta(days=10), start))
 
     first = pipeline.load(base_url=simulator.url, token=TOKEN)
-    assert [(a["change_id"], a["source"]) for a in first.tracked.announcements] == [
-        ("crm-names", "repository")]
+    assert {a["change_id"]: a["source"] for a in first.tracked.announcements} == {
+        "crm-names": "repository", "full-names": "repository"}
+    assert first.tracked.mismatches == []
     [crm] = [n for n in notices(warehouse) if n["key"] == "announcement:crm-names:seen"]
     assert crm["title"].startswith("BREAKING for the marts") and "in 3 days" in crm["title"]
     assert crm["details"]["announcement"]["source"] == "repository"
@@ -209,9 +346,12 @@ def test_a_declared_announcement_is_followed_and_checked_in_real_cycles(
     assert {(f["entity"], f["field"]) for f in contract["fields"]} == {
         ("customers", "first_name"), ("products", "price")}
 
+    # the platform brings the change forward by e-mail, and ships the restructure
+    write(folder, "crm-names.yaml", declared_names(store.utcnow(), start))
     sim = evolve(simulator, "restructure")
     try:
-        pipeline.load(base_url=sim.url, token=TOKEN)
+        second = pipeline.load(base_url=sim.url, token=TOKEN)
+        third = pipeline.load(base_url=sim.url, token=TOKEN)
         assert cli.main(["schema", "--json", "--base-url", sim.url]) == 0
         listed = json.loads(capsys.readouterr().out)
         assert cli.main(["schema", "--base-url", sim.url]) == 0
@@ -219,20 +359,33 @@ def test_a_declared_announcement_is_followed_and_checked_in_real_cycles(
     finally:
         sim.stop()
 
+    found = {(m.finding, m.change_id, m.entity, m.column) for m in second.tracked.mismatches}
+    assert found == {
+        ("different", "crm-names", "products", "price"),  # retyped, not removed
+        ("not_seen", "crm-names", "orders", "coupon_code"),
+        ("early", "full-names", "customers", "full_name"),
+    }
+    keys = sorted(m.key for m in second.tracked.mismatches)
+    assert sorted(m.key for m in third.tracked.mismatches) == keys
+    sent = [n for n in notices(warehouse) if n["kind"] == "announcement_observed"]
+    assert sorted(n["key"] for n in sent) == keys  # each once across both cycles
+    assert not set(third.tracked.notices) & set(keys)
+
     # the declared announcement explains the changes it announced in the changelog
     with duckdb.connect(str(warehouse), read_only=True) as con:
         [(detail,)] = con.execute(
             "select detail from raw.schema_changelog where column_name = 'first_name'"
         ).fetchall()
     assert "'CRM names and prices'" in detail
-    # status lists it as upcoming; schema lists it with its contract check
+    # status lists the upcoming declared one; schema lists them and their findings
     state = json.loads((warehouse.parent / "dlt" / "health.json").read_text())
     assert [(a["change_id"], a["source"]) for a in state["upcoming_announcements"]] == [
-        ("crm-names", "repository")]
+        ("full-names", "repository")]
     by_id = {a["change_id"]: a for a in listed["announced"]}
     assert by_id["crm-names"]["source"] == "repository"
     assert by_id["crm-names"]["contract"]["verdict"] == "breaking"
     assert by_id["restructure"]["source"] == "api"
+    assert sorted(m["key"] for m in listed["observed"]) == keys
     # a file that cannot be used is named, notified once, and does not stop the rest
     [error] = listed["declared_errors"]
     assert "broken.yaml: changes[3] (ordres.channel): unknown entity 'ordres'" in error
@@ -240,3 +393,5 @@ def test_a_declared_announcement_is_followed_and_checked_in_real_cycles(
     invalid = [n for n in notices(warehouse) if n["kind"] == "declared_announcement_invalid"]
     assert len(invalid) == 1 and invalid[0]["details"]["file"].endswith("broken.yaml")
     assert "[declared in the repository]" in text
+    assert ("seen different: crm-names (CRM names and prices) announced products.price"
+            " removed, effective") in text

@@ -40,7 +40,7 @@ from loaders.replica.client import fetch_api_schema
 from loaders.replica.errors import ReplicaError
 from loaders.replica.pages import type_changes
 from loaders.runners import first_loads
-from loaders.schema_changes import track
+from loaders.schema_changes import observed, track
 from loaders.schema_changes.changelog import recent_changes
 from loaders.schema_changes.declared import Announced, all_announcements, report_invalid
 
@@ -193,6 +193,8 @@ def _record_cycle(
     extra: dict[str, Any] = {"entities": list(kwargs.get("entities") or replica_settings.ENDPOINTS)}
     if result is not None:
         extra["upcoming_announcements"] = upcoming
+    if tracked is not None and tracked.observed_at is not None:
+        extra[observed.STATE_KEY] = health.iso(tracked.observed_at)
     try:
         tracker = health.Health(config.pipelines_dir(), notifier())
     except ValueError as config_problem:  # a misconfigured channel: record, tell no one
@@ -264,6 +266,7 @@ def _load(kwargs: dict[str, Any], pipeline: dlt.Pipeline) -> LoadResult:
         before = warehouse.known_types(pipeline)
         positions = warehouse.cursor_positions(pipeline)
         declared = config.endpoints(kwargs.get("endpoints"))
+        observed_at = health.utcnow()  # the API is read from here on
         described = fetch_api_schema(api.base_url, api.token)
         announced = _announcements(api, list(declared))
         entity_contracts = config.schema_contracts(kwargs.get("schema_contracts"))
@@ -300,7 +303,8 @@ def _load(kwargs: dict[str, Any], pipeline: dlt.Pipeline) -> LoadResult:
         raise
     notices = notifier()
     tracked = track.after_load(
-        pipeline, info, before, described, frozen, announced.announcements, notices
+        pipeline, info, before, described, frozen, announced.announcements, notices,
+        observed_at=observed_at,
     )
     tracked.notices += report_invalid(announced.declared_errors, notices)
     rows: dict[str, int] = {}
@@ -371,6 +375,9 @@ def describe_load(result: LoadResult) -> str:
         lines.append(f"  {len(result.tracked.changes)} schema change(s) logged:")
         lines += [f"    {c.describe()}" for c in result.tracked.changes[:20]]
         lines.append("  see `salesflow schema` and `salesflow schema impact`")
+    if result.tracked and result.tracked.mismatches:
+        lines.append(f"  {len(result.tracked.mismatches)} announced change(s) not as"
+                     " announced: see `salesflow schema`")
     if result.tracked and result.tracked.notices:
         lines.append(f"  {len(result.tracked.notices)} notification(s) raised")
     return "\n".join(lines)

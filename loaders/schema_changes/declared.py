@@ -12,8 +12,8 @@ name without ``.yaml``), ``title``, ``description``, ``breaking`` (default false
 ``announced_at`` (required: when the platform said it, e.g. the e-mail's date; a file's
 commit or modification time says when someone wrote it down, not when it was announced),
 ``effective_at`` (required) and ``changes``. Times carry their time zone. Its ``status``
-is ``upcoming`` until ``effective_at``, then ``applied``: the platform said it would be.
-Files whose names start with ``_`` or
+is ``upcoming`` until ``effective_at``, then ``applied``: the platform said it would be
+(whether it was is :mod:`.observed`'s question). Files whose names start with ``_`` or
 ``.`` are not read: keep drafts and examples there.
 
 May import: the replica source (client, errors, types), :mod:`loaders.config`, PyYAML and

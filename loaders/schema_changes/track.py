@@ -8,13 +8,15 @@ same lock:
 2. take the announced changes it is given (the API's and the repository's,
    :mod:`.declared`);
 3. notify each newly logged change once, with its impact (:mod:`.impact`), and each
-   upcoming announcement at its milestones (:mod:`.announcements`).
+   upcoming announcement at its milestones (:mod:`.announcements`);
+4. compare the announcements with the changelog and notify each finding once: not seen,
+   seen different, seen early (:mod:`.observed`).
 
 The first load of a warehouse sets the baseline: its tables and values are logged, not
 announced to anyone.
 
-May import: the other modules of this package, :mod:`loaders.warehouse` and the
-notifier.
+May import: the other modules of this package, :mod:`loaders.warehouse`,
+:mod:`loaders.config` and the notifier.
 """
 
 from __future__ import annotations
@@ -22,13 +24,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from loaders import warehouse
+from loaders import config, warehouse
 from loaders.monitoring.notify import Event, Notifier
 from loaders.replica import settings
 from loaders.replica.client import Announcement
-from loaders.schema_changes import changelog, detect
+from loaders.schema_changes import changelog, detect, observed
 from loaders.schema_changes.announcements import annotate, follow_announcements
 from loaders.schema_changes.changelog import ChangelogEntry
 from loaders.schema_changes.changes import ADDITIVE, Change
@@ -51,6 +54,9 @@ class Tracked:
     changes: list[Change] = field(default_factory=list)  # newly logged this cycle
     announcements: list[Announcement] = field(default_factory=list)
     notices: list[str] = field(default_factory=list)  # keys of events raised
+    # announced vs observed, as of ``observed_at`` (when this cycle read the API)
+    mismatches: list[observed.Mismatch] = field(default_factory=list)
+    observed_at: datetime | None = None
 
 
 def change_event(change: Change, report: Impact) -> Event:
@@ -92,10 +98,13 @@ def after_load(
     announcements: Sequence[Announcement],
     notifier: Notifier,
     lineage: LineageSource = current_lineage,
+    observed_at: datetime | None = None,
+    grace: timedelta | None = None,
 ) -> Tracked:
     """Detect, record and notify (see the module's docstring). ``pipeline`` and
     ``load_info``: dlt's pipeline and the load's info; ``lineage`` is asked only when a
-    notice needs an impact."""
+    notice needs an impact; ``observed_at``: when the cycle read the API (default now);
+    ``grace``: how late an announced change may be logged (default: configured)."""
     entities = list(described) or list(settings.ENDPOINTS)
     api_fields = {
         e: {f["name"]: f["type"] for f in d.get("fields", [])} for e, d in described.items()
@@ -121,7 +130,9 @@ def after_load(
             c.load_id, c.schema_version = load_id, version
         annotate([*changes, *business], announcements)
         new = changelog.record(sql, qualified, [*changes, *business])
-    tracked = Tracked(changes=new, announcements=list(announcements))
+        logged = changelog.read_changelog(sql, qualified, observed.CHANGELOG_LIMIT)
+    observed_at = observed_at or datetime.now(timezone.utc)
+    tracked = Tracked(changes=new, announcements=list(announcements), observed_at=observed_at)
     for c in new:
         log.log(logging.INFO if baseline else logging.WARNING, "schema change: %s", c.describe())
     lineage = _once(lineage)
@@ -131,6 +142,11 @@ def after_load(
             notifier.notify(event)
             tracked.notices.append(event.key)
     tracked.notices += follow_announcements(announcements, notifier, lineage)
+    tracked.mismatches = observed.compare(
+        announcements, logged, observed_at,
+        config.announcement_grace() if grace is None else grace,
+    )
+    tracked.notices += observed.report(tracked.mismatches, notifier)
     notifier.retry_pending()
     return tracked
 
