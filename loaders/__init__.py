@@ -10,10 +10,10 @@ Imports flow one way, from the entry points down to the foundations:
   quarantine, lookback). ``schema_changes`` may use ``contract`` and ``monitoring``;
   ``contract`` and ``monitoring`` use neither of the others;
 * foundations — ``config`` (every setting, resolved once: paths, the API's URL and
-  token, endpoints, contracts, channels), ``warehouse`` (the target, the dlt pipeline
-  on it, what raw holds), ``dbt_project`` (the one way dbt is run, and its manifest),
-  ``roles`` (PostgreSQL grants). ``replica.settings`` and ``replica.errors`` are
-  declarations every layer may read.
+  token, endpoints, contracts, declared announcements, channels), ``warehouse`` (the
+  target, the dlt pipeline on it, what raw holds), ``dbt_project`` (the one way dbt is
+  run, and its manifest), ``roles`` (PostgreSQL grants). ``replica.settings`` and
+  ``replica.errors`` are declarations every layer may read.
 
 Each package's docstring says what it is for and what it may import.
 """

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # the types only: the module imports dlt
-    from loaders.replica.client import Announcement
+    from loaders.schema_changes.declared import Announced
 
 from simulator import cli as sim_cli
 
@@ -65,47 +65,65 @@ def cmd_run(args) -> int:
     return 0 if ok else 1
 
 
-def _announcements(args) -> tuple[list[Announcement], str | None]:
-    """Announced changes from the API, or why they could not be read."""
-    from loaders import config  # on use
-    from loaders.replica.client import fetch_announcements
-    from loaders.replica.errors import ReplicaError
+def _announcements(args) -> Announced:
+    """Announced changes, the API's and the repository's, and what could not be read."""
+    from loaders.schema_changes.declared import all_announcements  # on use
 
-    try:
-        api = config.api_connection(args.base_url)
-        return fetch_announcements(api.base_url, api.token), None
-    except ReplicaError as exc:
-        return [], str(exc)
+    return all_announcements(args.base_url)
 
 
-def cmd_schema(args) -> int:
-    import json
+def _print_announced(assessed, declared_errors: list[str]) -> None:
+    from loaders.contract.assess import format_assessment  # on use
 
-    from loaders.contract.assess import assess_announcement, format_assessment  # on use
-    from loaders.contract.document import committed
-    from loaders.schema_changes.changelog import recent_changes
-
-    announced, problem = _announcements(args)
-    detected = recent_changes(limit=args.limit)
-    doc = committed() if announced else None
-    assessed = [(a, assess_announcement(a, doc) if doc else None) for a in announced]
-    if args.json:
-        listed = [{**a, "contract": assessment} for a, assessment in assessed]
-        print(json.dumps({"announced": listed, "detected": detected,
-                          "announcements_error": problem}, indent=2, default=str))
-        return 0
-    print("Announced changes" + (f" (unavailable: {problem})" if problem else ":"))
     for a, assessment in assessed:
         print(f"  [{a.get('status')}] {a.get('change_id')}: {a.get('title')}"
               f" — effective {a.get('effective_at')}"
-              + (" (breaking)" if a.get("breaking") else ""))
+              + (" (breaking)" if a.get("breaking") else "")
+              + (" [declared in the repository]" if a.get("source") == "repository" else ""))
         for fc in a.get("changes", []):
             extra = f" into {fc['into']}" if fc.get("into") else ""
             print(f"      {fc.get('entity')}.{fc.get('field')}: {fc.get('change')}{extra}")
         if assessment is not None:
             print("    " + format_assessment(assessment).replace("\n", "\n    "))
-    if not announced and not problem:
+    for problem in declared_errors:
+        print(f"  NOT USED: {problem}")
+
+
+def cmd_schema(args) -> int:
+    import json
+
+    from loaders.contract.assess import assess_announcement  # on use
+    from loaders.contract.document import committed
+    from loaders.schema_changes.changelog import recent_changes
+    from loaders.schema_changes.observed import current_mismatches, last_observed_at
+
+    read = _announcements(args)
+    announced = read.announcements
+    problem = str(read.api_error) if read.api_error else None
+    declared_errors = [str(e) for e in read.declared_errors]
+    detected = recent_changes(limit=args.limit)
+    doc = committed() if announced else None
+    assessed = [(a, assess_announcement(a, doc) if doc else None) for a in announced]
+    as_of = last_observed_at()
+    mismatches = current_mismatches(announced) if as_of else []
+    if args.json:
+        listed = [{**a, "contract": assessment} for a, assessment in assessed]
+        print(json.dumps({"announced": listed, "detected": detected,
+                          "announcements_error": problem, "declared_errors": declared_errors,
+                          "observed": [m.as_dict() for m in mismatches],
+                          "observed_as_of": as_of},
+                         indent=2, default=str))
+        return 0
+    print("Announced changes" + (f" (the API's unavailable: {problem})" if problem else ":"))
+    _print_announced(assessed, declared_errors)
+    if not announced and not problem and not declared_errors:
         print("  none")
+    print("Announced vs observed" + (f" (as of the cycle at {as_of:%Y-%m-%d %H:%M:%S}Z):"
+                                     if as_of else ": no cycle has run yet"))
+    for m in mismatches:
+        print(f"  {m.describe()}")
+    if as_of and not mismatches:
+        print("  every announced change due was seen as announced")
     print(f"Detected changes (raw.schema_changelog, newest first, up to {args.limit}):")
     for c in detected:
         where = f"{c['entity']}.{c['column']}" if c["column"] else c["entity"]
@@ -137,10 +155,10 @@ def cmd_schema_impact(args) -> int:
                         impact(lineage, args.entity, args.column, kind,
                                maps=maps.get(args.entity, ()))))
     else:
-        announced, problem = _announcements(args)
-        if problem:
-            print(f"salesflow: announced changes unavailable: {problem}", file=sys.stderr)
-        for a in announced:
+        read = _announcements(args)
+        for problem in read.problems:
+            print(f"salesflow: announced changes incomplete: {problem}", file=sys.stderr)
+        for a in read.announcements:
             if a.get("status") == "applied":
                 continue
             for label, report in announcement_impacts(a, lineage):

@@ -11,8 +11,10 @@ May import: dlt, and the replica source's declarations and errors.
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +25,12 @@ from loaders.replica import settings as replica_settings
 from loaders.replica.errors import ReplicaError
 from loaders.replica.mapping import FieldMap
 
-# the project checkout: dbt project, profiles.yml, .dlt/, contracts/
+# the project checkout: dbt project, profiles.yml, .dlt/, contracts/, announcements/
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+# announced changes declared in the repository, and how long after an announced change's
+# effective time it may take to show in the changelog before it is reported as not seen
+ANNOUNCEMENTS_DIR = "announcements"
+ANNOUNCEMENT_GRACE_MINUTES = 30.0
 
 
 def pipelines_dir() -> Path:
@@ -104,3 +110,34 @@ def notify_setting(name: str, secret: bool = False) -> Any:
     if value is None and not secret:
         value = dlt.secrets.get(f"notify.{name}")
     return value
+
+
+def announcements_dir() -> Path:
+    """The folder of announcements declared in the repository: ``SALESFLOW_ANNOUNCEMENTS_DIR``,
+    else ``announcements.dir`` (``[announcements]`` in ``.dlt/config.toml``, or
+    ``ANNOUNCEMENTS__DIR``), else ``announcements/``. A relative path is the project's."""
+    given = os.environ.get("SALESFLOW_ANNOUNCEMENTS_DIR") or dlt.config.get("announcements.dir")
+    path = Path(str(given or ANNOUNCEMENTS_DIR)).expanduser()
+    return path if path.is_absolute() else PROJECT_ROOT / path
+
+
+def announcement_grace() -> timedelta:
+    """How long after an announced change's effective time it may take to be logged
+    before it is reported as not seen: ``SALESFLOW_ANNOUNCEMENTS_GRACE_MINUTES``, else
+    ``announcements.grace_minutes``, else 30 minutes."""
+    given = os.environ.get("SALESFLOW_ANNOUNCEMENTS_GRACE_MINUTES")
+    if given is None:
+        given = dlt.config.get("announcements.grace_minutes")
+    if given is None or given == "":
+        return timedelta(minutes=ANNOUNCEMENT_GRACE_MINUTES)
+    try:
+        minutes = float(given)
+    except (TypeError, ValueError):
+        minutes = math.nan
+    if not (math.isfinite(minutes) and minutes >= 0):
+        raise ValueError(
+            f"announcements.grace_minutes must be a number of minutes, 0 or more, not"
+            f" {given!r}: fix SALESFLOW_ANNOUNCEMENTS_GRACE_MINUTES or [announcements] in"
+            " .dlt/config.toml"
+        )
+    return timedelta(minutes=minutes)

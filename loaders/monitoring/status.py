@@ -178,7 +178,9 @@ def render(report: dict[str, Any]) -> str:
     lines.append("announced schema changes: " + ("none pending" if not ups else ""))
     for a in ups:
         lines.append(f"  {a['change_id']}: {a['title']} — effective {a['effective_at']}"
-                     + (" (breaking)" if a.get("breaking") else ""))
+                     + (" (breaking)" if a.get("breaking") else "")
+                     + (" [declared in the repository]" if a.get("source") == "repository"
+                        else ""))
     lines.append("last notifications:" + (" none" if not report["recent_notifications"] else ""))
     for n in report["recent_notifications"]:
         where = ", ".join(n["delivered"]) or "-"

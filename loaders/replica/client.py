@@ -27,18 +27,21 @@ log = logging.getLogger(__name__)
 
 class FieldChange(TypedDict, total=False):
     """One field change an announcement lists (``change``: added, removed, combined,
-    renamed, type_changed or new_value; ``into``: the field a combined one becomes)."""
+    renamed, type_changed or new_value; ``into``: the field a combined one becomes;
+    ``note``: for new_value, the new value)."""
 
     entity: str
     field: str
     change: str
     into: str
     new_type: str
+    old_type: str
     note: str
 
 
 class Announcement(TypedDict, total=False):
-    """A schema change the platform announces on its announcements endpoint."""
+    """A schema change the platform announces: on its announcements endpoint (``source``
+    "api"), or by e-mail or in a meeting and declared in the repository ("repository")."""
 
     change_id: str
     title: str
@@ -49,6 +52,7 @@ class Announcement(TypedDict, total=False):
     applied_at: str | None
     status: str  # upcoming | applied
     changes: list[FieldChange]
+    source: str  # api | repository
 
 NDJSON = "application/x-ndjson"
 # content types a page of records may come in (an error page in HTML, or a JSON document,
@@ -205,4 +209,4 @@ def fetch_announcements(base_url: str, token: str) -> list[Announcement]:
         return []
     raise_for_api_status(response, api.base_url)
     announced: list[Announcement] = response.json().get("announcements", [])
-    return announced
+    return [{**a, "source": "api"} for a in announced]

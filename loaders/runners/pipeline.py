@@ -38,13 +38,14 @@ from loaders.monitoring import health, notify
 from loaders.monitoring.alarms import AlarmCheck
 from loaders.replica import freezes_types, replica_source
 from loaders.replica import settings as replica_settings
-from loaders.replica.client import fetch_announcements, fetch_api_schema
+from loaders.replica.client import fetch_api_schema
 from loaders.replica.errors import ReplicaError
 from loaders.replica.observe import Observations
 from loaders.replica.pages import type_changes
 from loaders.runners import first_loads
-from loaders.schema_changes import track, unresolved
+from loaders.schema_changes import observed, track, unresolved
 from loaders.schema_changes.changelog import recent_changes
+from loaders.schema_changes.declared import Announced, all_announcements, report_invalid
 
 log = logging.getLogger(__name__)
 
@@ -188,15 +189,18 @@ def _record_cycle(
         started, health.utcnow(), outcome, message, rows,
         load_id=result.last_load_id if result else None,
     )
+    tracked = result.tracked if result else None
     upcoming = [
-        {k: a.get(k) for k in ("change_id", "title", "effective_at", "breaking")}
-        for a in (result.tracked.announcements if result and result.tracked else [])
+        {k: a.get(k) for k in ("change_id", "title", "effective_at", "breaking", "source")}
+        for a in (tracked.announcements if tracked else [])
         if a.get("status") != "applied"
     ]
     extra: dict[str, Any] = {"entities": list(kwargs.get("entities") or replica_settings.ENDPOINTS)}
     if result is not None:
         extra["upcoming_announcements"] = upcoming
         extra["recent_changes"] = _recent_changes(result, cycle.ended_at)
+    if tracked is not None and tracked.observed_at is not None:
+        extra[observed.STATE_KEY] = health.iso(tracked.observed_at)
     try:
         tracker = health.Health(config.pipelines_dir(), notifier())
     except ValueError as config_problem:  # a misconfigured channel: record, tell no one
@@ -266,6 +270,15 @@ def finish_normalize_commits(pipeline: dlt.Pipeline) -> list[str]:
     return finished
 
 
+def _announcements(api: config.ApiConnection, entities: Sequence[str]) -> Announced:
+    """The API's announcements and the repository's; the API's unreadable fails the
+    cycle as its records would, a declared file that cannot be used does not."""
+    announced = all_announcements(api.base_url, api.token, entities=entities)
+    if announced.api_error is not None:
+        raise announced.api_error
+    return announced
+
+
 def _load(kwargs: dict[str, Any], pipeline: dlt.Pipeline) -> LoadResult:
     started = time.perf_counter()
     try:
@@ -280,8 +293,10 @@ def _load(kwargs: dict[str, Any], pipeline: dlt.Pipeline) -> LoadResult:
         api = config.api_connection(kwargs.get("base_url"), kwargs.get("token"))
         before = warehouse.known_types(pipeline)
         positions = warehouse.cursor_positions(pipeline)
+        declared = config.endpoints(kwargs.get("endpoints"))
+        observed_at = health.utcnow()  # the API is read from here on
         described = fetch_api_schema(api.base_url, api.token)
-        announcements = fetch_announcements(api.base_url, api.token)
+        announced = _announcements(api, list(declared))
         entity_contracts = config.schema_contracts(kwargs.get("schema_contracts"))
         frozen = {
             name: changed
@@ -294,7 +309,6 @@ def _load(kwargs: dict[str, Any], pipeline: dlt.Pipeline) -> LoadResult:
                 )
             )
         }
-        declared = config.endpoints(kwargs.get("endpoints"))
         appended = (
             first_loads.plan(declared, kwargs.get("entities"), before)
             if first_loads.supported(pipeline) else []
@@ -319,10 +333,13 @@ def _load(kwargs: dict[str, Any], pipeline: dlt.Pipeline) -> LoadResult:
         if isinstance(cause, ReplicaError):
             raise cause from None
         raise
+    notices = notifier()
     tracked = track.after_load(
-        pipeline, info, before, described, frozen, announcements, notifier(),
-        observations=observations, maps=config.field_maps(mappings), endpoints=declared,
+        pipeline, info, before, described, frozen, announced.announcements, notices,
+        observed_at=observed_at, observations=observations,
+        maps=config.field_maps(mappings), endpoints=declared,
     )
+    tracked.notices += report_invalid(announced.declared_errors, notices)
     rows: dict[str, int] = {}
     alarms = AlarmCheck()
     alarms.add(unresolved.KIND, tracked.alarms)
@@ -394,6 +411,9 @@ def describe_load(result: LoadResult) -> str:
         lines.append(f"  {len(result.tracked.changes)} schema change(s) logged:")
         lines += [f"    {c.describe()}" for c in result.tracked.changes[:20]]
         lines.append("  see `salesflow schema` and `salesflow schema impact`")
+    if result.tracked and result.tracked.mismatches:
+        lines.append(f"  {len(result.tracked.mismatches)} announced change(s) not as"
+                     " announced: see `salesflow schema`")
     if result.tracked and result.tracked.notices:
         lines.append(f"  {len(result.tracked.notices)} notification(s) raised")
     return "\n".join(lines)

@@ -120,7 +120,7 @@ def announcement_event(
         severity=severity,
         details={
             "announcement": {k: a.get(k) for k in ("change_id", "title", "breaking",
-                                                   "announced_at", "effective_at")},
+                                                   "announced_at", "effective_at", "source")},
             "contract": assessment,
             "impact": [{"change": label, **r.as_dict()} for label, r in impacts],
         },

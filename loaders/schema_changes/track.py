@@ -6,17 +6,20 @@ same lock:
 1. detect shape and business changes — from the API's schema and dlt's
    (:mod:`.detect`) and from the records themselves (:mod:`.from_records`) — and write
    the new ones to ``raw.schema_changelog`` (:mod:`.changelog`);
-2. read the API's announced changes;
+2. take the announced changes it is given (the API's and the repository's,
+   :mod:`.declared`);
 3. notify each newly logged change once, with its impact (:mod:`.impact`), and each
    upcoming announcement at its milestones (:mod:`.announcements`);
-4. check which breaking changes are still in force (:mod:`.unresolved`): the runner hands
+4. compare the announcements with the changelog and notify each finding once: not seen,
+   seen different, seen early (:mod:`.observed`);
+5. check which breaking changes are still in force (:mod:`.unresolved`): the runner hands
    them to the data alarms.
 
 The first load of a warehouse sets the baseline: its tables and values are logged, not
 announced to anyone.
 
-May import: the other modules of this package, :mod:`loaders.warehouse`, the replica
-source, the notifier and the data alarms.
+May import: the other modules of this package, :mod:`loaders.warehouse`,
+:mod:`loaders.config`, the replica source, the notifier and the data alarms.
 """
 
 from __future__ import annotations
@@ -24,9 +27,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from loaders import warehouse
+from loaders import config, warehouse
 from loaders.monitoring.alarms import Condition
 from loaders.monitoring.notify import Event, Notifier
 from loaders.replica import settings
@@ -34,7 +38,7 @@ from loaders.replica.client import Announcement
 from loaders.replica.mapping import FieldMap
 from loaders.replica.observe import EntitySeen, Observations
 from loaders.replica.pages import NAMING
-from loaders.schema_changes import changelog, detect, from_records, unresolved
+from loaders.schema_changes import changelog, detect, from_records, observed, unresolved
 from loaders.schema_changes.announcements import annotate, follow_announcements
 from loaders.schema_changes.changelog import ChangelogEntry
 from loaders.schema_changes.changes import ADDITIVE, Change
@@ -60,6 +64,9 @@ class Tracked:
     # breaking changes still in force (see .unresolved), checked after this load
     alarms: list[Condition] = field(default_factory=list)
     baseline: bool = False  # the warehouse's first load: logged, told to no one
+    # announced vs observed, as of ``observed_at`` (when this cycle read the API)
+    mismatches: list[observed.Mismatch] = field(default_factory=list)
+    observed_at: datetime | None = None
 
 
 def change_event(change: Change, report: Impact) -> Event:
@@ -107,11 +114,15 @@ def after_load(
     observations: Observations | None = None,
     maps: dict[str, tuple[FieldMap, ...]] | None = None,
     endpoints: dict[str, Any] | None = None,
+    observed_at: datetime | None = None,
+    grace: timedelta | None = None,
 ) -> Tracked:
     """Detect, record and notify (see the module's docstring). ``pipeline`` and
     ``load_info``: dlt's pipeline and the load's info; ``lineage`` is asked only when a
     notice needs an impact; ``observations``: what the load's records looked like;
-    ``maps``: the configured field mappings; ``endpoints``: the declared endpoints."""
+    ``maps``: the configured field mappings; ``endpoints``: the declared endpoints;
+    ``observed_at``: when the cycle read the API (default now); ``grace``: how late an
+    announced change may be logged (default: configured)."""
     maps = maps or {}
     declared = endpoints or settings.ENDPOINTS
     seen = {e: o for e, o in (observations.entities if observations else {}).items()
@@ -145,11 +156,11 @@ def after_load(
         # a raw column the schema stops listing is gone only if the schema listed it
         changes = [c for c in changes if c.kind != "column_removed" or c.observed_in
                    != "schema" or from_records.described_before(c, previous)]
-        observed, profiles = _from_records(
+        from_data, profiles = _from_records(
             sql, qualified, seen, before, api_fields, maps, structural, declared, load_id,
             previous,
         )
-        changes = observed + changes
+        changes = from_data + changes
         known = changelog.known_values(sql, qualified)
         distinct = changelog.distinct_values(
             sql, qualified, settings.CATEGORICAL, warehouse.known_types(pipeline), known,
@@ -161,9 +172,11 @@ def after_load(
             c.load_id, c.schema_version = load_id, version
         annotate([*changes, *business], announcements)
         new = changelog.record(sql, qualified, [*changes, *business])
-        logged = changelog.read_changelog(sql, qualified, limit=500)
+        logged = changelog.read_changelog(sql, qualified, observed.CHANGELOG_LIMIT)
     lineage = _once(lineage)
-    tracked = Tracked(changes=new, announcements=list(announcements), baseline=baseline)
+    observed_at = observed_at or datetime.now(timezone.utc)
+    tracked = Tracked(changes=new, announcements=list(announcements), observed_at=observed_at,
+                      baseline=baseline)
     tracked.alarms = unresolved.unresolved(logged, profiles, maps, announcements, lineage)
     for c in new:
         log.log(logging.INFO if baseline else logging.WARNING, "schema change: %s", c.describe())
@@ -178,6 +191,11 @@ def after_load(
             notifier.notify(event)
             tracked.notices.append(event.key)
     tracked.notices += follow_announcements(announcements, notifier, lineage)
+    tracked.mismatches = observed.compare(
+        announcements, logged, observed_at,
+        config.announcement_grace() if grace is None else grace,
+    )
+    tracked.notices += observed.report(tracked.mismatches, notifier)
     notifier.retry_pending()
     return tracked
 
