@@ -1,0 +1,189 @@
+"""Stall alarms: an entity, or the whole platform, whose data stopped while every cycle
+succeeds — judged from constructed histories, then through real cycles."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from loaders import config
+from loaders.config import StallSettings
+from loaders.monitoring import alarms, rhythm
+from loaders.monitoring.alarms import AlarmCheck
+
+T0 = datetime(2026, 11, 23, 10, 0, tzinfo=timezone.utc)
+SETTINGS = StallSettings(min_seconds=60, gap_factor=5, min_arrivals=5, history_hours=24,
+                         lag_max_seconds=120)
+FLOWING = ("orders", "order_items", "events")
+EVERY = 10  # seconds between cycles
+
+
+def cycles(minutes: float, arriving: dict[str, float | None], every: float = EVERY,
+           start: datetime = T0) -> list[tuple[str, datetime, int]]:
+    """``raw.pipeline_loads`` rows: a cycle every ``every`` seconds for ``minutes``; each
+    entity in ``arriving`` brings new rows until that minute (None: throughout)."""
+    rows = []
+    for i in range(int(minutes * 60 / every) + 1):
+        at = start + timedelta(seconds=i * every)
+        for entity, until in arriving.items():
+            new = until is None or at <= start + timedelta(minutes=until)
+            rows.append((entity, at, 12 if new else 0))
+    return rows
+
+
+def judged(rows: Iterable[tuple[str, datetime, int]], settings: StallSettings = SETTINGS,
+           lag: float | None = None, remembered=None) -> dict[str, list[alarms.Condition]]:
+    """Judge the history as a cycle would: its last row's time is now."""
+    rows = list(rows)
+    now = max(r[1] for r in rows)
+    earlier = [r for r in rows if r[1] < now]
+    new_rows = {e: n for e, at, n in rows if at == now}
+    seen = rhythm.with_cycle(rhythm.history(earlier), now, new_rows, new_rows)
+    return rhythm.judge(seen, settings, lag, remembered)
+
+
+def found(result: dict[str, list[alarms.Condition]]) -> list[tuple[str, str | None]]:
+    return [(c.kind, c.entity) for conditions in result.values() for c in conditions]
+
+
+def test_an_entity_that_stops_while_others_flow_is_one_entity_stalled_alarm():
+    history = cycles(30, {"orders": 20, "order_items": None, "events": None})
+    result = judged(history)
+    assert found(result) == [("entity_stalled", "orders")]
+    [c] = result["entity_stalled"]
+    assert c.title.startswith("orders stalled") and "events, order_items" in c.title
+    assert "No new orders since 2026-11-23T10:20:00+00:00 (10 min)" in c.text
+    assert "usually every 10 s" in c.text and "after 60 s of silence" in c.text
+    assert "order_items (last 2026-11-23T10:30:00+00:00)" in c.text
+    assert "`salesflow quarantine`" in c.text and "`salesflow status`" in c.text
+    assert c.details["kept_flowing"] == {"events": "2026-11-23T10:30:00+00:00",
+                                         "order_items": "2026-11-23T10:30:00+00:00"}
+    assert len(c.text) < 1000 and len(c.text.splitlines()) <= 6  # all of it in status
+
+
+def test_a_silence_shorter_than_the_threshold_is_no_alarm():
+    # orders' threshold: max(60 s, 5 x 10 s); silent for 50 s
+    history = cycles(21, {"orders": 20 + 10 / 60, "order_items": None, "events": None})
+    assert found(judged(history)) == []
+
+
+def test_all_entities_stopping_is_one_platform_alarm_not_one_per_entity():
+    # stops a few cycles apart, within each other's thresholds: one cause
+    history = cycles(30, {"orders": 20, "order_items": 20.25, "events": 20.5, "regions": 0})
+    result = judged(history)
+    assert found(result) == [("platform_stalled", None)]
+    [c] = result["platform_stalled"]
+    assert "no new data for 10 min from events, order_items, orders" in c.title
+    assert "Nothing new from any entity since 2026-11-23T10:20:30+00:00" in c.text
+    assert "orders 2026-11-23T10:20:00+00:00 (usually every 10 s" in c.text
+    assert "Marts are stale although every load succeeds" in c.text
+    assert "regions" not in c.text  # reference data has no rhythm: no evidence either
+    assert set(c.details["entities"]) == set(FLOWING)
+
+
+def test_an_entity_stalled_before_the_platform_stopped_keeps_its_own_alarm():
+    history = cycles(40, {"orders": 10, "order_items": 30, "events": 30})
+    assert found(judged(history)) == [("entity_stalled", "orders"), ("platform_stalled", None)]
+
+
+def test_a_quiet_or_static_platform_never_alarms():
+    static = cycles(60, {e: 0 for e in (*FLOWING, "regions", "products")})  # backfill only
+    assert found(judged(static)) == []
+    assert found(judged(static, StallSettings())) == []  # nor with the defaults
+    nothing_yet = cycles(60, {e: -1 for e in FLOWING})  # never a row
+    assert found(judged(nothing_yet)) == []
+    # reference data changing now and then, or in a burst, beside a flowing platform
+    rare = every_minutes(cycles(60, {"regions": 30}), 15)  # 3 arrivals, silent 30 min
+    burst = cycles(60, {"products": 40 / 60})  # 5 cycles in a row, silent an hour
+    flowing = cycles(60, {"orders": None})
+    assert found(judged([*rare, *burst, *flowing])) == []
+
+
+def every_minutes(rows: list[tuple[str, datetime, int]], minutes: int) -> list:
+    """``rows`` with new rows only every ``minutes`` minutes."""
+    return [(e, at, n if (at - T0).total_seconds() % (minutes * 60) == 0 else 0)
+            for e, at, n in rows]
+
+
+def test_an_entity_with_a_slow_rhythm_is_judged_by_its_own_gap():
+    # customers every 5 min (threshold 25 min), orders every cycle
+    def history(silent_minutes: int) -> list:
+        end = 120 + silent_minutes
+        return [*every_minutes(cycles(end, {"customers": 120}), 5),
+                *cycles(end, {"orders": None})]
+
+    assert found(judged(history(20))) == []
+    result = judged(history(30))
+    assert found(result) == [("entity_stalled", "customers")]
+    assert "usually every 5 min" in result["entity_stalled"][0].text
+    assert "after 25 min of silence" in result["entity_stalled"][0].text
+
+
+def test_new_rows_clear_the_alarm_with_one_recovery():
+    stalled = cycles(30, {"orders": 20, "order_items": None, "events": None})
+    back = stalled + [(e, T0 + timedelta(minutes=30, seconds=EVERY), 12) for e in FLOWING]
+    open_alarms: dict = {}
+    changes = []
+    for i, history in enumerate((stalled, stalled, back)):
+        check = AlarmCheck()
+        for kind, conditions in judged(history).items():
+            check.add(kind, conditions)
+        changes.append(alarms.update(open_alarms, check, T0 + timedelta(minutes=i), str(i)))
+    assert [(len(c.opened), len(c.updated), len(c.closed)) for c in changes] == [
+        (1, 0, 0), (0, 1, 0), (0, 0, 1)]
+    assert not open_alarms
+
+
+def test_a_replication_lag_over_the_threshold_is_a_platform_stall():
+    flowing = cycles(30, {e: None for e in FLOWING})
+    assert found(judged(flowing, lag=30)) == []
+    result = judged(flowing, lag=600)
+    assert found(result) == [("platform_stalled", None)]
+    [c] = result["platform_stalled"]
+    assert "the replica is 10 min behind production" in c.title
+    assert "replication lag of 10 min (alarm over 2 min)" in c.text
+    assert c.details["replication_lag_seconds"] == 600
+
+
+def test_a_stall_without_lag_reported_says_production_may_have_stopped():
+    stopped = cycles(30, {e: 20 for e in FLOWING})
+    [c] = judged(stopped, lag=0.5)["platform_stalled"]
+    assert "production itself may have stopped writing" in c.text
+    [c] = judged(stopped, lag=None)["platform_stalled"]
+    assert "reports no replication lag" in c.text
+
+
+def test_a_stall_longer_than_the_history_stays_open_until_its_data_comes_back():
+    stalled = cycles(30, {"orders": 20, "order_items": None, "events": None})
+    [c] = judged(stalled)["entity_stalled"]
+    state = {"entity_stalled:orders": {"kind": c.kind, "entity": c.entity,
+                                       "details": c.details}}
+    later = T0 + timedelta(hours=30)  # orders' arrivals are past the history read
+    forgotten = cycles(30, {"orders": -1, "order_items": None, "events": None}, start=later)
+    assert found(judged(forgotten)) == []  # without memory: a false recovery
+    result = judged(forgotten, remembered=rhythm.remembered(state))
+    assert found(result) == [("entity_stalled", "orders")]
+    assert "No new orders since 2026-11-23T10:20:00+00:00 (30.2 h)" in (
+        result["entity_stalled"][0].text)
+    back = forgotten + [("orders", later + timedelta(minutes=31), 3)]
+    assert found(judged(back, remembered=rhythm.remembered(state))) == []
+
+
+def test_an_entity_not_loaded_this_cycle_is_judged_by_its_last_load():
+    # orders loaded until minute 20 with new rows, then left out of the cycles
+    history = [r for r in cycles(30, {"orders": None, "order_items": None, "events": None})
+               if r[0] != "orders" or r[1] <= T0 + timedelta(minutes=20)]
+    assert found(judged(history)) == []
+
+
+def test_stall_settings_come_from_the_environment_and_bad_ones_say_which(monkeypatch):
+    monkeypatch.setenv("MONITORING__STALL_MIN_SECONDS", "2")
+    monkeypatch.setenv("MONITORING__REPLICATION_LAG_MAX_SECONDS", "3.5")
+    s = config.stall_settings()
+    assert (s.min_seconds, s.gap_factor, s.lag_max_seconds) == (2, 5, 3.5)
+    monkeypatch.setenv("MONITORING__STALL_GAP_FACTOR", "0.5")
+    with pytest.raises(ValueError, match="stall_gap_factor must be at least 1.*"
+                                         "MONITORING__STALL_GAP_FACTOR"):
+        config.stall_settings()
