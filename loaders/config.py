@@ -132,3 +132,27 @@ def stall_settings() -> StallSettings:
         lag_max_seconds=_number("monitoring", "replication_lag_max_seconds",
                                 d.lag_max_seconds, 0),
     )
+
+
+@dataclass(frozen=True)
+class LagSource:
+    """Where the API reports its replication lag: a path (relative to ``base_url``) and
+    the field of its JSON answer; either empty: the API reports none."""
+
+    path: str = "health"
+    lag_field: str = "replication_lag_seconds"
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.path and self.lag_field)
+
+
+def lag_source() -> LagSource:
+    """``sources.replica.health_path`` and ``replication_lag_field`` (empty: off)."""
+    d = LagSource()
+    path: Any = dlt.config.get("sources.replica.health_path")
+    name: Any = dlt.config.get("sources.replica.replication_lag_field")
+    return LagSource(
+        path=d.path if path is None else str(path).strip("/"),
+        lag_field=d.lag_field if name is None else str(name),
+    )

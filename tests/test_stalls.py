@@ -181,8 +181,10 @@ def test_an_entity_not_loaded_this_cycle_is_judged_by_its_last_load():
 def test_stall_settings_come_from_the_environment_and_bad_ones_say_which(monkeypatch):
     monkeypatch.setenv("MONITORING__STALL_MIN_SECONDS", "2")
     monkeypatch.setenv("MONITORING__REPLICATION_LAG_MAX_SECONDS", "3.5")
+    monkeypatch.setenv("SOURCES__REPLICA__HEALTH_PATH", "")
     s = config.stall_settings()
     assert (s.min_seconds, s.gap_factor, s.lag_max_seconds) == (2, 5, 3.5)
+    assert not config.lag_source().enabled
     monkeypatch.setenv("MONITORING__STALL_GAP_FACTOR", "0.5")
     with pytest.raises(ValueError, match="stall_gap_factor must be at least 1.*"
                                          "MONITORING__STALL_GAP_FACTOR"):
