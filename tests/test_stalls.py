@@ -88,6 +88,16 @@ def test_an_entity_stalled_before_the_platform_stopped_keeps_its_own_alarm():
     assert found(judged(history)) == [("entity_stalled", "orders"), ("platform_stalled", None)]
 
 
+def test_entities_coming_back_cycles_apart_after_a_platform_stall_are_no_entity_alarm():
+    entities = (*FLOWING, "customers")
+    stalled = cycles(30, {e: 20 for e in entities})
+    back = T0 + timedelta(minutes=30)
+    comeback = [(e, back + timedelta(seconds=s), 0 if e == "customers" else 7)
+                for s in (EVERY, 2 * EVERY) for e in entities]
+    assert found(judged(stalled)) == [("platform_stalled", None)]
+    assert found(judged(stalled + comeback)) == []  # customers' next rows come later
+
+
 def test_a_quiet_or_static_platform_never_alarms():
     static = cycles(60, {e: 0 for e in (*FLOWING, "regions", "products")})  # backfill only
     assert found(judged(static)) == []

@@ -18,9 +18,9 @@ entity per successful cycle (``raw.pipeline_loads``) plus this cycle's:
 
 Conditions (see :mod:`.alarms`):
 
-* ``entity_stalled`` (the entity): stalled while other entities kept receiving new rows
-  after its silence passed its threshold — the platform stopped writing or replicating
-  that entity, or its records changed shape and wait in quarantine;
+* ``entity_stalled`` (the entity): stalled while other entities kept their own rhythm
+  all through its silence and still receive new rows — the platform stopped writing or
+  replicating that entity, or its records changed shape and wait in quarantine;
 * ``platform_stalled`` (no entity): every entity that flows is stalled while cycles
   succeed, or the API itself reports a replication lag over ``lag_max_seconds``. Stops
   close together are one platform alarm, not one per entity.
@@ -35,10 +35,11 @@ settings.
 
 from __future__ import annotations
 
+import itertools
 import statistics
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from loaders.config import StallSettings
@@ -190,7 +191,7 @@ def _learnt(
     silent = (until - last).total_seconds() if until and last else 0.0
     if len(arrivals) < max(settings.min_arrivals, 2):
         return Rhythm(entity, last, silent, len(arrivals))
-    gaps = [(b - a).total_seconds() for a, b in zip(arrivals, arrivals[1:], strict=False)]
+    gaps = [(b - a).total_seconds() for a, b in itertools.pairwise(arrivals)]
     typical = statistics.median(gaps)
     threshold = max(settings.min_seconds, settings.gap_factor * typical)
     span = (arrivals[-1] - arrivals[0]).total_seconds()
@@ -215,7 +216,7 @@ def judge(
     stalled = [r for r in flowing if r.stalled]
     entity_found = []
     for r in sorted(stalled, key=lambda r: r.entity):
-        kept = _kept_flowing(r, rhythms.values())
+        kept = _kept_flowing(r, rhythms, seen)
         if kept:
             entity_found.append(entity_stalled(r, kept))
     platform_found = []
@@ -227,16 +228,36 @@ def judge(
     return {ENTITY_STALLED: entity_found, PLATFORM_STALLED: platform_found}
 
 
-def _kept_flowing(stall: Rhythm, rhythms: Iterable[Rhythm]) -> list[Rhythm]:
-    """The other entities that received new rows after ``stall``'s silence had become a
-    stall (so stops close together are not each other's evidence)."""
+def _kept_flowing(
+    stall: Rhythm, rhythms: Mapping[str, Rhythm], seen: Mapping[str, Seen]
+) -> list[Rhythm]:
+    """The other entities with a rhythm that kept it while ``stall``'s silence grew into
+    a stall, and received new rows after: no silence of their own past their threshold
+    from ``stall``'s last arrival to their first arrival after it became a stall (when
+    the history read starts later, their rhythm now). Stops close together, and
+    comebacks a few cycles apart after a platform stall, are not each other's
+    evidence."""
     assert stall.last_new_at is not None and stall.threshold is not None
-    point = stall.last_new_at.timestamp() + stall.threshold
-    return sorted(
-        (r for r in rhythms
-         if r.entity != stall.entity and r.last_new_at and r.last_new_at.timestamp() > point),
-        key=lambda r: r.entity,
-    )
+    start = stall.last_new_at
+    point = start + timedelta(seconds=stall.threshold)
+    kept = []
+    for entity, r in sorted(rhythms.items()):
+        if entity == stall.entity or r.threshold is None:
+            continue
+        arrivals = seen[entity].arrivals
+        before = [a for a in arrivals if a <= start][-1:]
+        through = [a for a in arrivals if start < a <= point]
+        after = [a for a in arrivals if a > point][:1]
+        if not after:
+            continue
+        if not before + through:  # the history read starts after the stall began
+            if not r.stalled:
+                kept.append(r)
+            continue
+        steps = before + through + after
+        if all((b - a).total_seconds() <= r.threshold for a, b in itertools.pairwise(steps)):
+            kept.append(r)
+    return kept
 
 
 def _usual(r: Rhythm) -> str:
