@@ -3,8 +3,10 @@ succeeds — judged from constructed histories, then through real cycles."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import logging
+from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import pytest
 
@@ -12,6 +14,11 @@ from loaders import config
 from loaders.config import StallSettings
 from loaders.monitoring import alarms, rhythm
 from loaders.monitoring.alarms import AlarmCheck
+from loaders.runners import pipeline
+from loaders.runners.pipeline import LoadResult
+from tests.support import TOKEN
+from tests.support.simulator import Simulator, start_simulator
+from tests.support.sinks import logged
 
 T0 = datetime(2026, 11, 23, 10, 0, tzinfo=timezone.utc)
 SETTINGS = StallSettings(min_seconds=60, gap_factor=5, min_arrivals=5, history_hours=24,
@@ -199,3 +206,74 @@ def test_stall_settings_come_from_the_environment_and_bad_ones_say_which(monkeyp
     with pytest.raises(ValueError, match="stall_gap_factor must be at least 1.*"
                                          "MONITORING__STALL_GAP_FACTOR"):
         config.stall_settings()
+
+
+# -- through real cycles ----------------------------------------------------------------
+
+
+@pytest.fixture
+def quick_stalls(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stalls judged in seconds: cycles here follow each other about every second."""
+    monkeypatch.setenv("MONITORING__STALL_MIN_SECONDS", "2")
+    monkeypatch.setenv("MONITORING__STALL_GAP_FACTOR", "3")
+    monkeypatch.setenv("MONITORING__STALL_MIN_ARRIVALS", "4")
+
+
+def stalls(result: LoadResult) -> list[tuple[str, str | None]]:
+    return [(c.kind, c.entity) for c in result.alarms.conditions]
+
+
+def load_until(sim: Simulator, done: Callable[[LoadResult], bool], most: int) -> list[LoadResult]:
+    """Cycles until one is ``done``; fails after ``most``."""
+    results: list[LoadResult] = []
+    while len(results) < most:
+        results.append(pipeline.load(base_url=sim.url, token=TOKEN))
+        if done(results[-1]):
+            return results
+    raise AssertionError(f"not done after {most} cycles: {[stalls(r) for r in results]}")
+
+
+def alarm_notices(state_dir: Path) -> list[str]:
+    return [n["kind"] for n in logged(state_dir)
+            if n["kind"] in rhythm.KINDS or n["kind"] == "recovery"]
+
+
+def test_a_platform_that_stops_writing_is_one_alarm_then_one_recovery(
+    platform_dir, warehouse, quick_stalls
+):
+    state = config.pipelines_dir()
+    live = start_simulator(platform_dir, "--rate", "40")
+    try:
+        warm = [pipeline.load(base_url=live.url, token=TOKEN) for _ in range(6)]
+    finally:
+        live.stop()
+    assert [stalls(r) for r in warm] == [[]] * 6  # flowing: no alarm
+    quiet = start_simulator(platform_dir)  # the API answers, nothing new is written
+    try:
+        stalled = load_until(quiet, lambda r: bool(stalls(r)), most=10)
+        assert stalls(stalled[-1]) == [("platform_stalled", None)]  # not one per entity
+        assert all(r.outcome == "success_no_data" for r in stalled[1:])
+        assert stalls(pipeline.load(base_url=quiet.url, token=TOKEN)) == [
+            ("platform_stalled", None)]
+    finally:
+        quiet.stop()
+    assert alarm_notices(state) == ["platform_stalled"]  # once, while it lasts
+    live = start_simulator(platform_dir, "--rate", "40")
+    try:
+        load_until(live, lambda r: r.total_new > 0, most=10)
+    finally:
+        live.stop()
+    assert alarm_notices(state) == ["platform_stalled", "recovery"]
+
+
+def test_an_unreadable_replication_lag_never_fails_the_cycle(
+    simulator, warehouse, monkeypatch, caplog
+):
+    monkeypatch.setenv("SOURCES__REPLICA__HEALTH_PATH", "no/such/health")
+    with caplog.at_level(logging.WARNING, logger="loaders.runners.pipeline"):
+        first = pipeline.load(base_url=simulator.url, token=TOKEN)
+        second = pipeline.load(base_url=simulator.url, token=TOKEN)
+    assert (first.outcome, second.outcome) == ("success_new_data", "success_no_data")
+    assert second.alarms.checked == set(rhythm.KINDS) and not second.alarms.conditions
+    assert "/no/such/health answered 404 for the replication lag" in caplog.text
+    assert "judged by the data's rhythm alone" in caplog.text
