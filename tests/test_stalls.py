@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from loaders import config
+from loaders import cli, config
 from loaders.config import StallSettings
-from loaders.monitoring import alarms, rhythm
+from loaders.monitoring import alarms, health, rhythm, status
 from loaders.monitoring.alarms import AlarmCheck
 from loaders.runners import pipeline
 from loaders.runners.pipeline import LoadResult
@@ -277,3 +277,24 @@ def test_an_unreadable_replication_lag_never_fails_the_cycle(
     assert second.alarms.checked == set(rhythm.KINDS) and not second.alarms.conditions
     assert "/no/such/health answered 404 for the replication lag" in caplog.text
     assert "judged by the data's rhythm alone" in caplog.text
+
+
+def test_status_shows_each_entitys_last_new_data_and_how_old_its_newest_record_is(
+    simulator, warehouse, capsys
+):
+    def ended() -> str:
+        pipeline.load(base_url=simulator.url, token=TOKEN)
+        return health.Health(config.pipelines_dir()).state()["last_cycle"]["ended_at"]
+
+    first, last = ended(), ended()  # the second brings nothing new
+    assert cli.main(["status"]) == 0
+    out = capsys.readouterr().out
+    report = status.collect(config.pipelines_dir())
+    orders = next(e for e in report["entities"] if e["entity"] == "orders")
+    assert (orders["last_new_data_at"], orders["last_success_at"]) == (first, last)
+    age = datetime.now(timezone.utc) - orders["newest_record_at"]
+    assert orders["newest_record_age_minutes"] == pytest.approx(age.total_seconds() / 60,
+                                                                abs=1)
+    assert "last new data" in out and "newest record (age)" in out
+    assert f"{first:<26}" in next(line for line in out.splitlines() if "orders" in line)
+    assert f"({age.days} d)" in out or f"({age.days + 1} d)" in out

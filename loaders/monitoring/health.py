@@ -190,8 +190,11 @@ class Health:
         else:
             # a cycle with nothing new still proves every entity it loaded is current
             for entity in _loaded(cycle, (extra or {}).get("entities", [])):
-                state["entities"][entity] = {"last_success_at": iso(cycle.ended_at),
-                                             "rows_last_cycle": cycle.rows.get(entity, 0)}
+                entry = state["entities"].setdefault(entity, {})
+                entry.update(last_success_at=iso(cycle.ended_at),
+                             rows_last_cycle=cycle.rows.get(entity, 0))
+                if cycle.rows.get(entity, 0):
+                    entry["last_new_data_at"] = iso(cycle.ended_at)
             state["last_success_at"] = iso(cycle.ended_at)
         state["last_cycle"] = {
             "cycle_id": cycle.cycle_id, "outcome": cycle.outcome, "message": cycle.message,
