@@ -14,14 +14,17 @@ Versioned under ``/v1``; the OpenAPI spec is at ``/openapi.json``.
   cursor in the ``X-Next-Cursor`` header (absent on the last page).
 * ``GET /v1/schema``: each entity's fields, types and the schema version.
 * ``GET /v1/announcements``: announced schema changes, upcoming and applied.
-* ``GET /health``: liveness, replica position and schema version (no auth).
+* ``GET /health``: liveness, replica and production positions, replication lag, schema
+  version and the drifts the server knows (no auth).
 * Rate limit per token (token bucket): 429 with ``Retry-After``.
 
 A page is a range of the replica's feed, records stored as served (see
 :mod:`simulator.store`), joined by SQLite (``group_concat``): serving renders nothing and
-builds no Python object per row.
+builds no Python object per row. Drifts (:mod:`simulator.drift`) rewrite the page's
+records in the same SQL, and may add, remove or stall a listing, describe themselves in
+``/v1/schema`` and be announced.
 
-May import ``store``, ``faults`` and ``model``.
+May import ``store``, ``faults``, ``drift`` and ``model``.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ import hmac
 import json
 import math
 import random
+import sqlite3
 import threading
 import time
 from dataclasses import dataclass
@@ -40,17 +44,20 @@ from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
-from fastapi import Depends, FastAPI, Header, HTTPException, Query
+from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from simulator import store
+from simulator import drift, store
+from simulator.drift import DriftWatcher, Plan
 from simulator.faults import FaultWatcher
-from simulator.model import ENTITIES, EVOLUTIONS, fields_at
+from simulator.model import ENTITIES, EVOLUTIONS
 
 DEFAULT_LIMIT = 1000
 MAX_LIMIT = 50_000
 NDJSON = "application/x-ndjson"
+# scope key: the endpoint a request named, when it is served by another entity's listing
+ENDPOINT = "salesflow.endpoint"
 BEARER = HTTPBearer(auto_error=False)
 
 EntityName = Enum("EntityName", {name: name for name in ENTITIES}, type=str)  # type: ignore[misc]
@@ -101,6 +108,7 @@ class Replica:
 
     def __init__(self, directory: Path) -> None:
         self.path = directory / store.REPLICA
+        self.production_path = directory / store.PRODUCTION
         self.local = threading.local()
 
     def con(self):
@@ -112,6 +120,25 @@ class Replica:
 
     def applied(self) -> list[str]:
         return store.applied_evolutions(self.con())
+
+    def position(self) -> dict:
+        """The replica's and production's last sequence numbers, and how long the oldest
+        production commit the replica lacks has been waiting (0 when caught up)."""
+        last = self.con().execute("SELECT last_seq FROM replication_state").fetchone()[0]
+        out = {"replica_seq": last, "production_seq": None, "replication_lag_seconds": None}
+        con = getattr(self.local, "production", None)
+        try:
+            if con is None:
+                con = self.local.production = store.connect(self.production_path, readonly=True)
+            seq = con.execute("SELECT coalesce(max(seq), 0) FROM txlog").fetchone()[0]
+            oldest = con.execute(
+                "SELECT committed_at FROM txlog WHERE seq > ? ORDER BY seq LIMIT 1", (last,)
+            ).fetchone()
+        except sqlite3.Error:  # no production database here: the replica alone is served
+            return out
+        waited = (store.utcnow() - store.parse_iso(oldest[0])).total_seconds() if oldest else 0
+        out.update(production_seq=seq, replication_lag_seconds=round(max(0.0, waited), 3))
+        return out
 
 
 def _malform(lines: list[str], rate: float, entity: str, rng: random.Random) -> list[str]:
@@ -149,6 +176,7 @@ def create_app(
     directory = Path(directory)
     replica = Replica(directory)
     faults = FaultWatcher(directory)
+    drifts = DriftWatcher(directory)
     bucket = TokenBucket(rate_limit, burst)
     rng = random.Random(seed)
 
@@ -158,6 +186,7 @@ def create_app(
         description="Read access to the sales platform's read replica.",
     )
 
+    app.add_middleware(EndpointMiddleware, drifts=drifts)
     app.add_middleware(FaultMiddleware, faults=faults, rng=rng)
 
     def authorize(
@@ -176,32 +205,30 @@ def create_app(
 
     auth = [Depends(authorize)]
 
-    @app.get("/health", summary="Liveness and replica position")
+    def schema_version(applied: list[str], now: str) -> int:
+        return 1 + len(applied) + len(drift.described(drifts.get(), now))
+
+    @app.get("/health", summary="Liveness, replication and schema version")
     def health() -> dict:
-        con = replica.con()
-        last = con.execute("SELECT last_seq FROM replication_state").fetchone()[0]
-        applied = replica.applied()
-        return {"status": "ok", "replica_seq": last, "schema_version": 1 + len(applied)}
+        now = store.iso(store.utcnow())
+        return {
+            "status": "ok",
+            **replica.position(),
+            "schema_version": schema_version(replica.applied(), now),
+            "drifts": [d.id for d in drifts.get()],
+        }
 
     @app.get("/v1/schema", summary="Current schema of every entity", dependencies=auth)
     def schema() -> dict:
         applied = replica.applied()
+        now = store.iso(store.utcnow())
+        told = drift.described(drifts.get(), now)
         return {
-            "schema_version": 1 + len(applied),
+            "schema_version": schema_version(applied, now),
             "applied_evolutions": applied,
             "entities": {
-                name: {
-                    "primary_key": e.primary_key,
-                    "cursor": "updated_at",
-                    "deletable": e.deletable,
-                    "description": e.description,
-                    "fields": [
-                        {"name": f.name, "type": f.type, "required": f.required,
-                         "description": f.description}
-                        for f in fields_at(name, applied)
-                    ],
-                }
-                for name, e in ENTITIES.items()
+                name: _entity_schema(name, entity, applied, told)
+                for name, entity in drift.schema_entities(told, now).items()
             },
         }
 
@@ -236,10 +263,13 @@ def create_app(
                     ],
                 }
             )
+        out += drift.announcements(drifts.get(), replica.applied(), now)
+        out.sort(key=lambda a: (a["effective_at"], a["change_id"]))
         return {"announcements": out}
 
     @app.get("/v1/{entity}", summary="Incremental listing of an entity", dependencies=auth)
     def list_entity(
+        request: Request,
         entity: EntityName,
         updated_since: Annotated[
             str | None, Query(description="ISO-8601 time; rows updated at or after it")
@@ -249,18 +279,22 @@ def create_app(
         format: Annotated[str | None, Query(pattern="^(json|ndjson)$")] = None,
         accept: Annotated[str | None, Header()] = None,
     ) -> Response:
-        name = entity.value
+        name = request.scope.get(ENDPOINT, entity.value)
+        plan = drift.plan(drifts.get(), name, store.iso(store.utcnow()))
+        if plan is None or plan.removed:
+            raise HTTPException(404, f"no listing /v1/{name}")
         if updated_since is not None:
             try:
                 updated_since = store.iso(store.parse_iso(updated_since))
             except ValueError as exc:
                 raise HTTPException(400, f"updated_since is not an ISO-8601 time: {exc}") from exc
         after = decode_cursor(cursor) if cursor else None
-        page = _page(replica, name, updated_since, after, limit)
+        page = _page(replica, plan, updated_since, after, limit)
         body = page.body
         f = faults.get()
         if f.malformed_rate and body:
-            lines = _malform(body.decode().rstrip("\n").split("\n"), f.malformed_rate, name, rng)
+            lines = body.decode().rstrip("\n").split("\n")
+            lines = _malform(lines, f.malformed_rate, plan.entity, rng)
             body = ("\n".join(lines) + "\n").encode()
         next_cursor = encode_cursor(*page.last_key) if page.has_more and page.last_key else None
         ndjson = format == "ndjson" or (format is None and NDJSON in (accept or ""))
@@ -279,6 +313,23 @@ def create_app(
     return app
 
 
+def _entity_schema(name: str, entity: str, applied: list[str], told: list[drift.Drift]) -> dict:
+    """An endpoint's entry in ``/v1/schema``: the entity's fields once the evolutions
+    ``applied`` and the drifts ``told`` (those described) reshaped them."""
+    e = ENTITIES[entity]
+    return {
+        "primary_key": drift.renamed(e.primary_key, name, told),
+        "cursor": drift.renamed("updated_at", name, told),
+        "deletable": e.deletable,
+        "description": e.description,
+        "fields": [
+            {"name": f.name, "type": f.type, "required": f.required,
+             "description": f.description}
+            for f in drift.shape_of(name, told, applied)
+        ],
+    }
+
+
 @dataclass
 class Page:
     # one JSON record per line (json_object escapes newlines), each line ending in a
@@ -292,7 +343,7 @@ class Page:
 
 def _page(
     replica: Replica,
-    entity: str,
+    plan: Plan,
     updated_since: str | None,
     after: tuple[str, object] | None,
     limit: int,
@@ -305,8 +356,11 @@ def _page(
     ``updated_since`` and the cursor, the records joined into one string by SQLite: no
     rendering and no Python object per row, however deep into the listing. It asks for
     one record more than ``limit``: if that one comes, more follow, and it is cut off;
-    the last key is read from the last line served."""
-    pk = ENTITIES[entity].primary_key
+    the last key is read from the last line served.
+
+    A stalled listing (``plan.until``) stops at that time; drifts that rewrite records
+    (``plan.layers``) are applied by :func:`_drifted_page`."""
+    pk = ENTITIES[plan.entity].primary_key
     lower = max(filter(None, (updated_since, after[0] if after else None)), default=None)
     where: list[str] = []
     args: list[object] = []
@@ -316,11 +370,17 @@ def _page(
     if after:
         where.append("(updated_at, k) > (?, ?)")
         args.extend(after)
+    if plan.until:
+        where.append("updated_at <= ?")
+        args.append(plan.until)
+    columns = "updated_at, k, dead, record" if plan.layers else "record"
     listing = (
-        f"SELECT record FROM {store.feed_table(entity)}"
+        f"SELECT {columns} FROM {store.feed_table(plan.entity)}"
         f"{' WHERE ' + ' AND '.join(where) if where else ''}"
         " ORDER BY updated_at, k, dead LIMIT ?"
     )
+    if plan.layers:
+        return _drifted_page(replica, plan.layers, listing, args, limit)
     body, count = replica.con().execute(
         f"SELECT CAST(group_concat(record, char(10)) AS BLOB), count(*) FROM ({listing})",
         (*args, limit + 1),
@@ -332,6 +392,53 @@ def _page(
     body = body[: body.rfind(b"\n") + 1] if has_more else body + b"\n"
     last = json.loads(body[body.rfind(b"\n", 0, len(body) - 1) + 1 :])
     return Page(body, min(count, limit), (last["updated_at"], last[pk]), has_more)
+
+
+def _drifted_page(
+    replica: Replica, layers: tuple[str, ...], listing: str, args: list[object], limit: int
+) -> Page:
+    """The page of ``listing`` (its rows with their feed columns), each record rewritten
+    by ``layers`` in turn: a chain of materialized CTEs over the page alone, so that each
+    layer is computed once per record, however often the next one reads it. The last
+    key comes from the feed's columns, not from records a drift may have reshaped."""
+    chain = [f"l0 AS MATERIALIZED ({listing})"]
+    for i, layer in enumerate(layers, 1):
+        chain.append(
+            f"l{i} AS MATERIALIZED (SELECT updated_at, k, dead, {layer} AS record FROM l{i - 1})"
+        )
+    body, count, last = replica.con().execute(
+        f"WITH {', '.join(chain)}"
+        " SELECT CAST(group_concat(record, char(10)) AS BLOB), count(*),"
+        " (SELECT json_array(updated_at, k) FROM l0"
+        "  LIMIT 1 OFFSET (SELECT min(count(*), ?) - 1 FROM l0))"
+        f" FROM l{len(layers)}",
+        (*args, limit + 1, limit),
+    ).fetchone()
+    if not count:
+        return Page(b"", 0, None, False)
+    has_more = count > limit
+    body = body[: body.rfind(b"\n") + 1] if has_more else body + b"\n"
+    updated_at, key = json.loads(last)
+    return Page(body, min(count, limit), (updated_at, key), has_more)
+
+
+class EndpointMiddleware:
+    """Routes a listing a drift added (``add_endpoint``) to the listing of the entity
+    whose records it serves, naming the endpoint asked for in the request's scope. Other
+    requests pass untouched (no file is read for them)."""
+
+    def __init__(self, app, drifts: DriftWatcher) -> None:
+        self.app, self.drifts = app, drifts
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http" and scope["path"].startswith("/v1/"):
+            name = scope["path"][len("/v1/"):]
+            if name.isidentifier() and name not in ENTITIES and name not in drift.RESERVED:
+                plan = drift.plan(self.drifts.get(), name, store.iso(store.utcnow()))
+                if plan is not None:
+                    path = f"/v1/{plan.entity}"
+                    scope = {**scope, "path": path, "raw_path": path.encode(), ENDPOINT: name}
+        await self.app(scope, receive, send)
 
 
 class FaultMiddleware:

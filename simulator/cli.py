@@ -14,6 +14,7 @@ import sys
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+from simulator import drift as drift_mod
 from simulator import faults as faults_mod
 from simulator import store
 from simulator.model import ENTITIES, EVOLUTIONS
@@ -42,7 +43,7 @@ def cmd_generate(args) -> int:
                 p = d / (name + suffix)
                 if p.exists():
                     p.unlink()
-        for name in (faults_mod.FAULTS_FILE,):
+        for name in (faults_mod.FAULTS_FILE, drift_mod.DRIFTS_FILE):
             if (d / name).exists():
                 (d / name).unlink()
     as_of = store.parse_iso(args.as_of) if args.as_of else default_as_of()
@@ -116,6 +117,9 @@ def cmd_fault(args) -> int:
         f.maintenance_until = faults_mod.window(args.maintenance) if args.maintenance else None
     if args.outage is not None:
         f.outage_until = faults_mod.window(args.outage) if args.outage else None
+    if args.pause_replication is not None:
+        seconds = args.pause_replication
+        f.replication_paused_until = faults_mod.window(seconds) if seconds else None
     for name in ("error_rate", "rate_limit_rate", "drop_rate", "malformed_rate", "slow_ms"):
         value = getattr(args, name)
         if value is not None:
@@ -148,10 +152,92 @@ def cmd_status(args) -> int:
             ]
         con.close()
     out["faults"] = faults_mod.load(d).describe()
+    out["drifts"] = [x.describe() for x in drift_mod.load(d)]
     server = d / "server.json"
     out["server"] = json.loads(server.read_text()) if server.exists() else None
     print(json.dumps(out, indent=2))
     return 0
+
+
+def _json_value(text: str) -> object:
+    """``--value``: JSON (``5``, ``true``, ``"x"``, ``null``), or else the text as a string."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def _print_drifts(d: Path) -> None:
+    drifts = drift_mod.load(d)
+    print(f"drifts declared for {d}: {len(drifts) or 'none'}")
+    for x in drifts:
+        print(f"  {x.describe()}")
+
+
+def cmd_drift_add(args) -> int:
+    d = _dir(args)
+    if args.at:
+        effective: str | None = args.at
+    elif args.in_seconds is not None:
+        effective = store.iso(store.utcnow() + timedelta(seconds=args.in_seconds))
+    else:
+        effective = None
+    options: dict = {}
+    if args.value is not None:
+        options["value"] = _json_value(args.value)
+    if args.share is not None:
+        options["share"] = args.share
+    try:
+        added = drift_mod.add(d, drift_mod.Drift(
+            kind=args.kind, entity=args.entity, field=args.field, to=args.to,
+            source=args.source, fields=args.fields or (),
+            effective_at=effective, described=args.described, announced=args.announced,
+            enacted=not args.not_enacted, **options,
+        ))
+    except drift_mod.DriftError as exc:
+        print(f"drift not added: {exc}", file=sys.stderr)
+        return 2
+    print(f"added {added.describe()}")
+    _print_drifts(d)
+    return 0
+
+
+def cmd_drift_list(args) -> int:
+    _print_drifts(_dir(args))
+    return 0
+
+
+def cmd_drift_clear(args) -> int:
+    drift_mod.clear(_dir(args))
+    _print_drifts(_dir(args))
+    return 0
+
+
+def register_drift(ssub: argparse._SubParsersAction, with_dir) -> None:
+    p = ssub.add_parser("drift", help="change what the API serves: any field, any entity")
+    dsub = p.add_subparsers(dest="drift_command", required=True)
+
+    a = with_dir(dsub.add_parser("add", help="declare a drift (in force from now by default)"))
+    a.add_argument("kind", choices=drift_mod.KINDS)
+    a.add_argument("entity", help="the entity (or a drift-added endpoint)")
+    a.add_argument("field", nargs="?", help="the field changed")
+    a.add_argument("--to", help="rename/nest: new field; retype: type; add_endpoint: name")
+    a.add_argument("--value", help="add/new_value: JSON (or else a string)")
+    a.add_argument("--source", help="add: copy this field")
+    a.add_argument("--fields", help="nest: the fields moved, a,b,c")
+    a.add_argument("--share", type=float, help="new_value: share of records (default 0.1)")
+    a.add_argument("--described", action="store_true", help="/v1/schema reflects it")
+    a.add_argument("--announced", action="store_true", help="/v1/announcements lists it")
+    a.add_argument("--not-enacted", action="store_true", help="records never change")
+    when = a.add_mutually_exclusive_group()
+    when.add_argument("--in", dest="in_seconds", type=float, help="effective in N seconds")
+    when.add_argument("--at", help="effective at this ISO time")
+    a.set_defaults(func=cmd_drift_add)
+
+    ls = with_dir(dsub.add_parser("list", help="the drifts declared and their state"))
+    ls.set_defaults(func=cmd_drift_list)
+    c = with_dir(dsub.add_parser("clear", help="remove every drift"))
+    c.set_defaults(func=cmd_drift_clear)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -193,6 +279,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     f = with_dir(ssub.add_parser("fault", help="switch injected faults on or off"))
     f.add_argument("--maintenance", type=float, help="planned maintenance for N s (0 ends it)")
     f.add_argument("--outage", type=float, help="hard outage for N s (0 ends it)")
+    f.add_argument(
+        "--pause-replication", type=float,
+        help="the replica stops following production for N s (0 resumes)",
+    )
     f.add_argument("--error-rate", type=float, help="share of 5xx responses")
     f.add_argument("--rate-limit-rate", type=float, help="share of 429 responses")
     f.add_argument("--drop-rate", type=float, help="share of responses cut mid-body")
@@ -201,6 +291,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     f.add_argument("--clear", action="store_true", help="clear all faults first")
     f.set_defaults(func=cmd_fault)
 
-    st = with_dir(ssub.add_parser("status", help="rows, replication and faults"))
+    register_drift(ssub, with_dir)
+
+    st = with_dir(ssub.add_parser("status", help="rows, replication, faults and drifts"))
     st.set_defaults(func=cmd_status)
 

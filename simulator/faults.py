@@ -2,7 +2,8 @@
 
 The faults in force live in ``faults.json`` in the simulator's directory, replaced
 atomically by :func:`save` (``salesflow sim fault ...`` or tests). The serving process
-re-reads the file when it changes, so faults switch on and off without a restart.
+(and the platform, for a replication pause) re-reads the file when it changes, so faults
+switch on and off without a restart.
 
 Imports no other project module.
 """
@@ -25,6 +26,9 @@ class Faults:
     maintenance_until: str | None = None
     # hard outage: the server stops listening (connection refused) until then (ISO time)
     outage_until: str | None = None
+    # replication stall: production goes on, the replica stops following it until then
+    # (ISO time); the API still answers 200, with what the replica had
+    replication_paused_until: str | None = None
     error_rate: float = 0.0  # share of requests answered 500/502/503/504
     rate_limit_rate: float = 0.0  # share of requests answered 429 + Retry-After
     drop_rate: float = 0.0  # share of responses cut off mid-body (connection dropped)
@@ -53,6 +57,11 @@ class Faults:
         now = now or datetime.now(timezone.utc)
         return max(0.0, (until - now).total_seconds()) if until else 0.0
 
+    def replication_paused_left(self, now: datetime | None = None) -> float:
+        until = self._until(self.replication_paused_until)
+        now = now or datetime.now(timezone.utc)
+        return max(0.0, (until - now).total_seconds()) if until else 0.0
+
     def describe(self) -> str:
         active = {
             k: v for k, v in asdict(self).items() if v not in (None, 0, 0.0)
@@ -61,7 +70,7 @@ class Faults:
 
 
 def window(seconds: float) -> str:
-    """An ISO end time ``seconds`` from now, for maintenance and outage windows."""
+    """An ISO end time ``seconds`` from now, for maintenance, outage and pause windows."""
     end = datetime.now(timezone.utc) + timedelta(seconds=seconds)
     return end.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 

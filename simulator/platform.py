@@ -5,7 +5,7 @@ and keeps the replica following it (:func:`simulator.store.replicate`). Live tim
 compressed so that a short run shows every kind of change: a new order is paid within
 seconds, shipped within a minute and delivered within two.
 
-May import ``store`` and ``model``.
+May import ``store``, ``faults`` and ``model``.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from simulator import store
+from simulator.faults import FaultWatcher
 from simulator.model import (
     CAMPAIGNS,
     CHANNELS,
@@ -448,11 +449,14 @@ class Platform:
         duration: float | None = None,
     ) -> Activity:
         """Produce ``rate`` orders per second (0: none) until ``stop`` is set or
-        ``duration`` has passed, applying due evolutions and replicating every tick."""
+        ``duration`` has passed, applying due evolutions and replicating every tick, but
+        while a replication pause is in force (``Faults.replication_paused_until``):
+        production goes on, the replica stays where it is."""
         stop = stop or threading.Event()
         started = time.monotonic()
         owed = 0.0
         last = started
+        faults = FaultWatcher(self.dir)  # a stat per tick; read again when it changes
         rcon = store.connect(self.dir / store.REPLICA)
         try:
             while not stop.is_set():
@@ -466,9 +470,11 @@ class Platform:
                 self.apply_due()
                 if n or self.pending:
                     self.tick(n)
-                store.replicate(self.dir, lag, con=rcon)
+                if not faults.get().replication_paused_left():
+                    store.replicate(self.dir, lag, con=rcon)
                 stop.wait(max(0.0, tick_seconds - (time.monotonic() - now)))
-            store.replicate(self.dir, 0.0 if stop.is_set() else lag, con=rcon)
+            if not faults.get().replication_paused_left():
+                store.replicate(self.dir, 0.0 if stop.is_set() else lag, con=rcon)
         finally:
             rcon.close()
         return self.activity

@@ -117,8 +117,9 @@ def serve(opts: ServeOptions, stop: threading.Event | None = None) -> None:
             signal.signal(sig, lambda *_: stop.set())
 
     # the replica is brought up to date (and given its feeds, if it was made without)
-    # before the API serves it
-    store.replicate(d, opts.lag)
+    # before the API serves it, unless its replication is paused
+    if not FaultWatcher(d).get().replication_paused_left():
+        store.replicate(d, opts.lag)
 
     ctx = mp.get_context("spawn")
     platform_stop = ctx.Event()

@@ -57,7 +57,10 @@ def page_all(get, entity: str, limit: int, **params) -> list[dict]:
 def test_health_is_open(client: TestClient) -> None:
     r = client.get("/health", headers={"Authorization": ""})
     assert r.status_code == 200
-    assert r.json() == {"status": "ok", "replica_seq": 1, "schema_version": 1}
+    assert r.json() == {
+        "status": "ok", "replica_seq": 1, "production_seq": 1, "replication_lag_seconds": 0,
+        "schema_version": 1, "drifts": [],
+    }
 
 
 @pytest.mark.parametrize(

@@ -5,7 +5,7 @@ test file:
 
 * this module: the repository's root and the fixed values the fixtures use;
 * ``simulator``: serving a generated platform in its own process, and changing its
-  schema while served;
+  schema (scripted evolutions) or what its API serves (drifts) while served;
 * ``warehouse``: dbt on the test's warehouse, and the last load that reconciles it;
 * ``postgres``: a throw-away PostgreSQL server;
 * ``sinks``: local receivers for notifications (HTTP and SMTP).

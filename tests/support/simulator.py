@@ -1,4 +1,5 @@
-"""A generated platform served in its own process, as the loader meets it in production."""
+"""A generated platform served in its own process, as the loader meets it in production,
+and drifts declared on it while it serves."""
 
 from __future__ import annotations
 
@@ -9,10 +10,13 @@ import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import requests
 
+from simulator import drift as drift_mod
 from simulator import store
+from simulator.drift import Drift
 from simulator.platform import Platform
 from simulator.server import read_server_file
 from tests.support import TOKEN
@@ -80,3 +84,47 @@ def evolve(sim: Simulator, name: str, when: datetime | None = None) -> Simulator
         platform.evolve(name, effective_at=when, orders=40)
     store.replicate(sim.dir)
     return start_simulator(sim.dir, token=sim.token)
+
+
+def _served_url(sim_or_dir: Simulator | Path) -> str | None:
+    if isinstance(sim_or_dir, Simulator):
+        return sim_or_dir.url
+    server = Path(sim_or_dir) / "server.json"
+    return read_server_file(sim_or_dir)["url"] if server.exists() else None
+
+
+def _wait_for_drifts(url: str | None, ids: list[str], timeout: float = 10.0) -> None:
+    """Until the API serving ``url`` knows exactly the drifts ``ids`` (``/health``)."""
+    if url is None:
+        return
+    deadline = time.monotonic() + timeout
+    while True:
+        known = requests.get(url + "/health", timeout=5).json()["drifts"]
+        if known == ids:
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the API knows drifts {known}, not {ids}")
+        time.sleep(0.02)
+
+
+def drift(
+    sim_or_dir: Simulator | Path, kind: str, entity: str, field: str | None = None,
+    **options: Any,
+) -> Drift:
+    """Declare a drift (``simulator.drift.add``; ``options`` as :class:`Drift`'s fields,
+    ``effective_at`` may be a datetime) and, if the platform is served, return once the
+    API serves it: its id is among the drifts ``/health`` lists."""
+    directory = sim_or_dir.dir if isinstance(sim_or_dir, Simulator) else Path(sim_or_dir)
+    for name in ("effective_at", "announced_at"):
+        if isinstance(options.get(name), datetime):
+            options[name] = store.iso(options[name])
+    added = drift_mod.add(directory, Drift(kind, entity, field, **options))
+    _wait_for_drifts(_served_url(sim_or_dir), [d.id for d in drift_mod.load(directory)])
+    return added
+
+
+def clear_drifts(sim_or_dir: Simulator | Path) -> None:
+    """Remove every drift and, if the platform is served, return once the API serves none."""
+    directory = sim_or_dir.dir if isinstance(sim_or_dir, Simulator) else Path(sim_or_dir)
+    drift_mod.clear(directory)
+    _wait_for_drifts(_served_url(sim_or_dir), [])
