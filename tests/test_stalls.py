@@ -8,17 +8,21 @@ from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+import duckdb
 import pytest
 
-from loaders import cli, config
+from loaders import cli, config, dbt_project
 from loaders.config import StallSettings
 from loaders.monitoring import alarms, health, rhythm, status
 from loaders.monitoring.alarms import AlarmCheck
 from loaders.runners import pipeline
 from loaders.runners.pipeline import LoadResult
+from simulator import faults
+from simulator.faults import Faults
 from tests.support import TOKEN
-from tests.support.simulator import Simulator, start_simulator
+from tests.support.simulator import Simulator, clear_drifts, drift, start_simulator
 from tests.support.sinks import logged
+from tests.support.warehouse import dbt_invoke
 
 T0 = datetime(2026, 11, 23, 10, 0, tzinfo=timezone.utc)
 SETTINGS = StallSettings(min_seconds=60, gap_factor=5, min_arrivals=5, history_hours=24,
@@ -213,29 +217,87 @@ def test_stall_settings_come_from_the_environment_and_bad_ones_say_which(monkeyp
 
 @pytest.fixture
 def quick_stalls(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Stalls judged in seconds: cycles here follow each other about every second."""
+    """Stalls judged in seconds: cycles here follow each other about every second, and
+    orders, order_items, events and customers arrive in each. Products change every few
+    seconds at random: with 8 arrivals needed, not within a test's seconds."""
     monkeypatch.setenv("MONITORING__STALL_MIN_SECONDS", "2")
     monkeypatch.setenv("MONITORING__STALL_GAP_FACTOR", "3")
-    monkeypatch.setenv("MONITORING__STALL_MIN_ARRIVALS", "4")
+    monkeypatch.setenv("MONITORING__STALL_MIN_ARRIVALS", "8")
 
 
 def stalls(result: LoadResult) -> list[tuple[str, str | None]]:
     return [(c.kind, c.entity) for c in result.alarms.conditions]
 
 
+def load(sim: Simulator) -> LoadResult:
+    return pipeline.load(base_url=sim.url, token=TOKEN)
+
+
 def load_until(sim: Simulator, done: Callable[[LoadResult], bool], most: int) -> list[LoadResult]:
     """Cycles until one is ``done``; fails after ``most``."""
     results: list[LoadResult] = []
     while len(results) < most:
-        results.append(pipeline.load(base_url=sim.url, token=TOKEN))
+        results.append(load(sim))
         if done(results[-1]):
             return results
     raise AssertionError(f"not done after {most} cycles: {[stalls(r) for r in results]}")
 
 
-def alarm_notices(state_dir: Path) -> list[str]:
-    return [n["kind"] for n in logged(state_dir)
-            if n["kind"] in rhythm.KINDS or n["kind"] == "recovery"]
+def warm_up(sim: Simulator) -> None:
+    """Enough cycles with new rows for the flowing entities to have a rhythm."""
+    assert [stalls(load(sim)) for _ in range(8)] == [[]] * 8
+
+
+def alarm_notices(state_dir: Path) -> list[dict]:
+    return [n for n in logged(state_dir) if n["kind"] in rhythm.KINDS
+            or n["kind"] == "recovery" and n["details"]["kind"] in rhythm.KINDS]
+
+
+def kinds(state_dir: Path) -> list[tuple[str, str | None]]:
+    return [(n["kind"], n["details"].get("entity")) for n in alarm_notices(state_dir)]
+
+
+def health_alarms(tmp_path: Path, warehouse: Path) -> set[str | None]:
+    """``open_alarm_kinds`` in ``marts.pipeline_health`` (built once: it is a view)."""
+    if not (tmp_path / "target").exists():
+        dbt_invoke(tmp_path, "build", "--select", "pipeline_health")
+        dbt_project.release_warehouse()
+    with duckdb.connect(str(warehouse), read_only=True) as con:
+        rows = con.execute("select open_alarm_kinds from marts.pipeline_health").fetchall()
+    return {r[0] for r in rows}
+
+
+def test_a_replication_pause_is_one_alarm_red_meanwhile_then_one_recovery(
+    platform_dir, warehouse, monkeypatch, capsys, tmp_path
+):
+    # the lag the API reports alone: the data's rhythm would take a minute here
+    monkeypatch.setenv("MONITORING__STALL_MIN_SECONDS", "60")
+    monkeypatch.setenv("MONITORING__REPLICATION_LAG_MAX_SECONDS", "1")
+    state = config.pipelines_dir()
+    sim = start_simulator(platform_dir, "--rate", "40")
+    try:
+        assert stalls(load(sim)) == []
+        faults.save(platform_dir, Faults(replication_paused_until=faults.window(600)))
+        paused = load_until(sim, lambda r: bool(stalls(r)), most=8)
+        assert stalls(paused[-1]) == [("platform_stalled", None)]
+        assert cli.main(["status"]) == 1
+        out = capsys.readouterr().out
+        assert "ALARM: Platform stalled: the replica is" in out
+        assert "behind production although loads succeed" in out
+        assert "ALARM: platform_stalled" in next(
+            line for line in out.splitlines() if "orders " in line)
+        assert health_alarms(tmp_path, warehouse) == {"platform_stalled"}
+        assert stalls(load(sim)) == [("platform_stalled", None)]  # still open: no notice
+        faults.save(platform_dir, Faults())  # replication resumes and catches up
+        load_until(sim, lambda r: r.total_new > 0 and not stalls(r), most=8)
+    finally:
+        sim.stop()
+    assert kinds(state) == [("platform_stalled", None), ("recovery", None)]
+    opened = alarm_notices(state)[0]
+    assert opened["details"]["evidence"]["replication_lag_seconds"] > 1
+    assert "The API reports a replication lag of" in opened["text"]
+    assert cli.main(["status"]) == 0
+    assert health_alarms(tmp_path, warehouse) == {None}
 
 
 def test_a_platform_that_stops_writing_is_one_alarm_then_one_recovery(
@@ -244,26 +306,48 @@ def test_a_platform_that_stops_writing_is_one_alarm_then_one_recovery(
     state = config.pipelines_dir()
     live = start_simulator(platform_dir, "--rate", "40")
     try:
-        warm = [pipeline.load(base_url=live.url, token=TOKEN) for _ in range(6)]
+        warm_up(live)
     finally:
         live.stop()
-    assert [stalls(r) for r in warm] == [[]] * 6  # flowing: no alarm
     quiet = start_simulator(platform_dir)  # the API answers, nothing new is written
     try:
         stalled = load_until(quiet, lambda r: bool(stalls(r)), most=10)
         assert stalls(stalled[-1]) == [("platform_stalled", None)]  # not one per entity
         assert all(r.outcome == "success_no_data" for r in stalled[1:])
-        assert stalls(pipeline.load(base_url=quiet.url, token=TOKEN)) == [
-            ("platform_stalled", None)]
+        assert stalls(load(quiet)) == [("platform_stalled", None)]
     finally:
         quiet.stop()
-    assert alarm_notices(state) == ["platform_stalled"]  # once, while it lasts
+    assert kinds(state) == [("platform_stalled", None)]  # once, while it lasts
+    [opened] = alarm_notices(state)
+    assert "production itself may have stopped writing" in opened["text"]  # no lag
     live = start_simulator(platform_dir, "--rate", "40")
     try:
         load_until(live, lambda r: r.total_new > 0, most=10)
     finally:
         live.stop()
-    assert alarm_notices(state) == ["platform_stalled", "recovery"]
+    assert kinds(state) == [("platform_stalled", None), ("recovery", None)]
+
+
+def test_an_entity_stalled_while_the_others_flow_is_one_alarm_then_one_recovery(
+    platform_dir, warehouse, quick_stalls, capsys
+):
+    state = config.pipelines_dir()
+    sim = start_simulator(platform_dir, "--rate", "40")
+    try:
+        warm_up(sim)
+        drift(sim, "stall", "orders")  # the API serves no order changed from now on
+        stalled = load_until(sim, lambda r: bool(stalls(r)), most=10)
+        assert stalls(stalled[-1]) == [("entity_stalled", "orders")]
+        assert cli.main(["status"]) == 1
+        assert "ALARM: orders stalled: nothing new for" in capsys.readouterr().out
+        clear_drifts(sim)
+        load_until(sim, lambda r: "orders" in r.new_rows, most=10)
+    finally:
+        sim.stop()
+    assert kinds(state) == [("entity_stalled", "orders"), ("recovery", "orders")]
+    text = alarm_notices(state)[0]["text"]
+    assert "No new orders since" in text and "`salesflow quarantine`" in text
+    assert "Still arriving meanwhile: customers" in text and "order_items (last" in text
 
 
 def test_an_unreadable_replication_lag_never_fails_the_cycle(
