@@ -29,7 +29,13 @@ Everything runs against ``salesflow sim serve`` on 127.0.0.1, in real processes:
    scheduled effective now and applied by the serving platform while cycles go on:
    each expected change is logged in ``raw.schema_changelog`` and notified, and the
    build after it (data tests included) is green. One by one; at smoke scale those
-   touching different fields land together.
+   touching different fields land together. Then **unscripted drifts**: random
+   renames, nestings and retypes of random required fields of random entities, told by
+   ``/v1/schema`` or not (``simulator.drift``), each while the watch runs: each must be
+   notified (the field named) and turn ``salesflow status`` non-green within a few
+   cycles. After the watch, the field mapping each calls for is configured and
+   ``salesflow quarantine replay`` loads what was held; the drifts stay in force and
+   the mapping stays configured for the rest of the run.
 5. **Reconcile.** Traffic stops, a final ``salesflow run``; raw against the replica
    (per-entity counts and checksums over (primary key, updated_at), nothing missing,
    stale or twice), order revenue per currency in ``fct_orders`` against the replica,
@@ -62,11 +68,12 @@ from typing import Any
 from benchmarks import oracle
 from benchmarks.bench import ROOT, Server, _env, command_line, machine
 from loaders.schema_changes.announcements import ANNOUNCED_KIND
+from simulator import drift as sim_drift
 from simulator import faults as sim_faults
 from simulator import store
 from simulator.faults import Faults
 from simulator.generate import generate
-from simulator.model import EVOLUTIONS
+from simulator.model import ENTITIES, EVOLUTIONS, fields_at
 from simulator.platform import Platform
 
 SCALES: dict[str, dict[str, Any]] = {
@@ -75,10 +82,10 @@ SCALES: dict[str, dict[str, Any]] = {
     # one cycle together)
     "smoke": {"orders": 300, "days": 10, "kills": 6, "complete_every": 0, "rate": 10,
               "page_size": 500, "rounds": 1, "outage_s": 8, "seed": 42,
-              "reconcile_after_crashes": False, "evolutions_together": True},
+              "reconcile_after_crashes": False, "evolutions_together": True, "drifts": 2},
     "default": {"orders": 20_000, "days": 30, "kills": 50, "complete_every": 10, "rate": 20,
                 "page_size": 5000, "rounds": 3, "outage_s": 15, "seed": 42,
-                "reconcile_after_crashes": True, "evolutions_together": False},
+                "reconcile_after_crashes": True, "evolutions_together": False, "drifts": 4},
 }
 HTTP_FAULTS = Faults(error_rate=0.05, rate_limit_rate=0.05, drop_rate=0.01)
 RATIO_GOAL = 2.0
@@ -162,8 +169,8 @@ def phase_of(lines: list[str]) -> str:
     return phase
 
 
-def complete_run(work: Path, url: str, name: str) -> None:
-    run = Proc(work, url, name, "run", "--progress", "log")
+def complete_run(work: Path, url: str, name: str, env: dict[str, str] | None = None) -> None:
+    run = Proc(work, url, name, "run", "--progress", "log", env=env)
     rc = run.wait()
     if rc != 0:
         raise RuntimeError(f"`salesflow run` failed (exit {rc}) in {name}:\n{run.tail()}")
@@ -429,13 +436,89 @@ def judge_evolutions(work: Path, found: list[dict[str, Any]]) -> None:
         evo["missing"] = sorted(expected - (logged & notified))
 
 
-def watch_phases(work: Path, sim_dir: Path, cfg: dict[str, Any]) -> dict[str, Any]:
+# the entities drifted (those the marts read), and the kinds of drift a mapping absorbs
+DRIFTED = ("orders", "order_items", "customers", "products", "events")
+ABSORBABLE = ("rename", "nest", "retype")
+
+
+def random_drifts(sim_dir: Path, rng: random.Random, count: int) -> list[sim_drift.Drift]:
+    """``count`` drifts, each on a different entity: a random required field (not the
+    key nor the cursor) renamed, moved into an object, or (an integer) served as a
+    string; told by ``/v1/schema`` or not, at random."""
+    with closing(store.connect(sim_dir / store.REPLICA, readonly=True)) as con:
+        applied = store.applied_evolutions(con)
+    out = []
+    for i, entity in enumerate(rng.sample(DRIFTED, count)):
+        key = ENTITIES[entity].primary_key
+        fields = [f for f in fields_at(entity, applied)
+                  if f.required and f.name not in (key, "updated_at")]
+        chosen = rng.choice(fields)
+        kinds = [k for k in ABSORBABLE if k != "retype" or chosen.type == "integer"]
+        kind = rng.choice(kinds)
+        to = {"rename": f"{chosen.name}_v{i + 2}", "nest": f"details_{i + 1}",
+              "retype": "string"}[kind]
+        out.append(sim_drift.Drift(
+            kind, entity, chosen.name if kind != "nest" else None, to=to,
+            fields=(chosen.name,) if kind == "nest" else (),
+            described=rng.random() < 0.5,
+        ))
+    return out
+
+
+def absorbing_mapping(drifts: list[sim_drift.Drift]) -> dict[str, dict[str, Any]]:
+    """The field mapping that absorbs ``drifts`` (what the notices advise)."""
+    out: dict[str, dict[str, Any]] = {}
+    for d in drifts:
+        name = d.field or d.fields[0]
+        spec: Any = {"rename": d.to, "nest": f"{d.to}.{name}",
+                     "retype": {"from": name, "cast": "integer"}}[d.kind]
+        out.setdefault(d.entity, {})[name] = spec
+    return out
+
+
+def unscripted(work: Path, sim_dir: Path, watch: Watch, rng: random.Random, count: int
+               ) -> list[dict[str, Any]]:
+    """Apply random drifts one by one while the watch runs; each must be notified with
+    its field named and turn status non-green within a few cycles."""
+    from loaders.monitoring import status
+
+    out = []
+    for d in random_drifts(sim_dir, rng, count):
+        name = d.field or d.fields[0]
+        seen = len(notifications(work))
+        added = sim_drift.add(sim_dir, d)
+        started = time.monotonic()
+        notice = None
+        while notice is None and time.monotonic() - started < 120:
+            if watch.proc.proc.poll() is not None:
+                raise RuntimeError(f"watch exited during a drift:\n{watch.proc.tail()}")
+            notice = next(
+                (n for n in notifications(work)[seen:] if n["kind"] == "schema_change"
+                 and n["details"]["change"]["entity"] == d.entity
+                 and n["details"]["change"]["column"] == name), None)
+            time.sleep(0.2)
+        level = status.collect(work / "dlt")["status"]
+        log(f"drift {added.summary()}: {'notified' if notice else 'NOT notified'} after"
+            f" {time.monotonic() - started:.1f} s, status {level}")
+        out.append({"drift": added.summary(), "entity": d.entity, "field": name,
+                    "described": d.described, "notified": notice is not None,
+                    "notice": notice["title"] if notice else None,
+                    "seconds_to_notice": round(time.monotonic() - started, 1),
+                    "status": level})
+    return out
+
+
+def watch_phases(work: Path, sim_dir: Path, cfg: dict[str, Any], rng: random.Random
+                 ) -> dict[str, Any]:
     server = Server(sim_dir, "--rate", str(cfg["rate"]), "--lag", "0.2")
     proc = Proc(work, server.url, "watch", "watch", "--interval", "0.5", env=QUICK_FAILURES)
     watch = Watch(proc)
     try:
-        result = {"outage": outage(work, sim_dir, watch, cfg["outage_s"]),
-                  "schema_changes": evolutions(sim_dir, watch, cfg["evolutions_together"])}
+        result: dict[str, Any] = {
+            "outage": outage(work, sim_dir, watch, cfg["outage_s"]),
+            "schema_changes": evolutions(sim_dir, watch, cfg["evolutions_together"]),
+        }
+        result["drifts"] = unscripted(work, sim_dir, watch, rng, cfg["drifts"])
     finally:
         proc.kill(signal.SIGTERM)  # finishes the cycle in progress
         try:
@@ -443,10 +526,31 @@ def watch_phases(work: Path, sim_dir: Path, cfg: dict[str, Any]) -> dict[str, An
         finally:
             sim_faults.save(sim_dir, Faults())
             server.stop()
+    result["mapping"] = absorbing_mapping(sim_drift.load(sim_dir))
+    result["replay"] = replay(work, sim_dir, result["mapping"])
     judge_evolutions(work, result["schema_changes"])
     result["watch_cycles"] = len(watch.refresh())
     result["watch_failed_builds"] = sum(1 for c in watch.cycles if c.get("build") == "failed")
     return result
+
+
+def mapping_env(mapping: dict[str, dict[str, Any]]) -> dict[str, str]:
+    return {"SOURCES__REPLICA__FIELD_MAPPING": json.dumps(mapping)} if mapping else {}
+
+
+def replay(work: Path, sim_dir: Path, mapping: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """With the absorbing mapping configured, load what the drifts sent to quarantine."""
+    quiet = Server(sim_dir, "--rate", "0")
+    try:
+        proc = Proc(work, quiet.url, "replay", "quarantine", "replay",
+                    env=mapping_env(mapping))
+        rc = proc.wait()
+    finally:
+        quiet.stop()
+    if rc != 0:
+        raise RuntimeError(f"`salesflow quarantine replay` failed (exit {rc}):\n{proc.tail()}")
+    log(f"replay with {mapping}: {proc.tail(3)}")
+    return {"exit": rc, "output": proc.tail(10)}
 
 
 # -- 5. reconcile ------------------------------------------------------------------------
@@ -466,13 +570,14 @@ def summarize(per_entity: dict[str, dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def final(work: Path, sim_dir: Path) -> dict[str, Any]:
+def final(work: Path, sim_dir: Path, mapping: dict[str, dict[str, Any]]) -> dict[str, Any]:
     quiet = Server(sim_dir, "--rate", "0")
+    env = mapping_env(mapping)
     try:
-        complete_run(work, quiet.url, "final")
+        complete_run(work, quiet.url, "final", env)
         clean = work / "clean"
         shutil.rmtree(clean, ignore_errors=True)
-        complete_run(clean, quiet.url, "clean-from-scratch")
+        complete_run(clean, quiet.url, "clean-from-scratch", env)
     finally:
         quiet.stop()
     warehouse = work / "warehouse.duckdb"
@@ -517,6 +622,9 @@ def problems(r: dict[str, Any]) -> list[str]:
                    " (expected one each)")
     if r["watch"]["watch_failed_builds"]:
         out.append(f"{r['watch']['watch_failed_builds']} watch builds failed")
+    for d in r["watch"]["drifts"]:
+        if not d["notified"] or d["status"] == "green":
+            out.append(f"drift {d['drift']}: notified {d['notified']}, status {d['status']}")
     for evo in r["watch"]["schema_changes"]:
         if evo["missing"] or not evo["build_green"]:
             out.append(f"schema change {evo['evolution']}: not logged and notified"
@@ -540,9 +648,9 @@ def run(scale: str, out: Path) -> dict[str, Any]:
     log(f"crashes: {cfg['kills']} kills with {cfg['rate']} orders/s of live traffic")
     crash = crashes(work, sim_dir, cfg, rng)
     log("outage and schema changes under watch")
-    watched = watch_phases(work, sim_dir, cfg)
+    watched = watch_phases(work, sim_dir, cfg, rng)
     log("final cycle, clean rebuild, reconciliation")
-    end = final(work, sim_dir)
+    end = final(work, sim_dir, watched["mapping"])
     raw = end["raw"]
     results: dict[str, Any] = {
         "scale": scale, "orders": cfg["orders"],
@@ -557,6 +665,9 @@ def run(scale: str, out: Path) -> dict[str, Any]:
         "schema_changes_expected": sum(e["changes"] for e in watched["schema_changes"]),
         "schema_changes_detected": sum(e["detected"] for e in watched["schema_changes"]),
         "schema_changes_notified": sum(e["notified"] for e in watched["schema_changes"]),
+        "drifts": len(watched["drifts"]),
+        "drifts_notified": sum(d["notified"] for d in watched["drifts"]),
+        "drifts_not_green": sum(d["status"] != "green" for d in watched["drifts"]),
         "rows_expected": raw["rows_expected"], "rows_found": raw["rows_found"],
         "lost_rows": raw["lost_rows"], "unexpected_rows": raw["unexpected_rows"],
         "duplicate_pks": raw["duplicate_pks"] + sum(end["mart_duplicates"].values()),
@@ -594,6 +705,10 @@ def table(r: dict[str, Any]) -> str:
         ("schema changes detected and notified", f"{r['schema_changes_detected']}/"
          f"{r['schema_changes_expected']} logged, {r['schema_changes_notified']} notified"
          f" ({schema})"),
+        ("unscripted drifts notified / status not green",
+         f"{r['drifts_notified']}/{r['drifts']} / {r['drifts_not_green']}/{r['drifts']}"
+         f" ({', '.join(d['drift'] for d in r['watch']['drifts'])}; absorbed by a"
+         " mapping and a replay)"),
         ("rows expected / found", f"{r['rows_expected']:,} / {r['rows_found']:,}"),
         ("lost rows", r["lost_rows"]),
         ("duplicate primary keys (raw + marts)", r["duplicate_pks"]),

@@ -141,3 +141,79 @@ def announcement_grace() -> timedelta:
             " .dlt/config.toml"
         )
     return timedelta(minutes=minutes)
+
+
+def _number(section: str, name: str, default: float, minimum: float) -> float:
+    """A number from the configuration; a value that is not one, or below ``minimum``, is
+    a ValueError naming the setting."""
+    value: Any = dlt.config.get(f"{section}.{name}")
+    if value is None or value == "":
+        return default
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"{section}.{name} must be a number, got {value!r}: fix .dlt/config.toml or"
+            f" {section.upper().replace('.', '__')}__{name.upper()}"
+        ) from None
+    if number < minimum:
+        raise ValueError(
+            f"{section}.{name} must be at least {minimum:g}, got {number:g}: fix"
+            f" .dlt/config.toml or {section.upper().replace('.', '__')}__{name.upper()}"
+        )
+    return number
+
+
+@dataclass(frozen=True)
+class StallSettings:
+    """When a silence of the data is a stall (``[monitoring]``; see
+    :mod:`loaders.monitoring.rhythm`)."""
+
+    # an entity's silence alarms only past this long, however fast its rhythm
+    min_seconds: float = 180.0
+    # ... and past this many of its own typical gaps between arrivals
+    gap_factor: float = 5.0
+    # arrivals (cycles with new rows) in the history before an entity has a rhythm
+    min_arrivals: int = 5
+    # how far back the rhythm is learnt (an open stall alarm keeps the one it found)
+    history_hours: float = 24.0
+    # replication lag reported by the API beyond which the platform is stalled
+    lag_max_seconds: float = 120.0
+
+
+def stall_settings() -> StallSettings:
+    """The stall thresholds: ``[monitoring]`` settings over :class:`StallSettings`'s
+    defaults. A bad value is a ValueError naming the setting."""
+    d = StallSettings()
+    return StallSettings(
+        min_seconds=_number("monitoring", "stall_min_seconds", d.min_seconds, 0),
+        gap_factor=_number("monitoring", "stall_gap_factor", d.gap_factor, 1),
+        min_arrivals=int(_number("monitoring", "stall_min_arrivals", d.min_arrivals, 2)),
+        history_hours=_number("monitoring", "stall_history_hours", d.history_hours, 0.01),
+        lag_max_seconds=_number("monitoring", "replication_lag_max_seconds",
+                                d.lag_max_seconds, 0),
+    )
+
+
+@dataclass(frozen=True)
+class LagSource:
+    """Where the API reports its replication lag: a path (relative to ``base_url``) and
+    the field of its JSON answer; either empty: the API reports none."""
+
+    path: str = "health"
+    lag_field: str = "replication_lag_seconds"
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.path and self.lag_field)
+
+
+def lag_source() -> LagSource:
+    """``sources.replica.health_path`` and ``replication_lag_field`` (empty: off)."""
+    d = LagSource()
+    path: Any = dlt.config.get("sources.replica.health_path")
+    name: Any = dlt.config.get("sources.replica.replication_lag_field")
+    return LagSource(
+        path=d.path if path is None else str(path).strip("/"),
+        lag_field=d.lag_field if name is None else str(name),
+    )

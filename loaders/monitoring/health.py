@@ -68,6 +68,11 @@ def iso(t: datetime) -> str:
     return t.isoformat(timespec="seconds")
 
 
+def cycle_id_at(t: datetime) -> str:
+    """The id of a cycle started at ``t`` (UTC): ids sort as their start times."""
+    return t.astimezone(timezone.utc).strftime("%Y%m%dT%H%M%S.%f")
+
+
 def classify(exc: BaseException | None, rows: int = 0) -> tuple[str, str]:
     """A cycle's outcome and a one-line explanation."""
     if exc is None:
@@ -101,7 +106,7 @@ class Cycle:
 
     @property
     def cycle_id(self) -> str:
-        return self.started_at.strftime("%Y%m%dT%H%M%S.%f")
+        return cycle_id_at(self.started_at)
 
     @property
     def total(self) -> int:
@@ -185,8 +190,11 @@ class Health:
         else:
             # a cycle with nothing new still proves every entity it loaded is current
             for entity in _loaded(cycle, (extra or {}).get("entities", [])):
-                state["entities"][entity] = {"last_success_at": iso(cycle.ended_at),
-                                             "rows_last_cycle": cycle.rows.get(entity, 0)}
+                entry = state["entities"].setdefault(entity, {})
+                entry.update(last_success_at=iso(cycle.ended_at),
+                             rows_last_cycle=cycle.rows.get(entity, 0))
+                if cycle.rows.get(entity, 0):
+                    entry["last_new_data_at"] = iso(cycle.ended_at)
             state["last_success_at"] = iso(cycle.ended_at)
         state["last_cycle"] = {
             "cycle_id": cycle.cycle_id, "outcome": cycle.outcome, "message": cycle.message,
@@ -338,6 +346,21 @@ class Health:
         )
         notifier.notify(event)
         return event.key
+
+
+def recent_loads(sql: Any, since: datetime, keep: int) -> list[tuple[str, datetime, int]]:
+    """``(entity, loaded_at, rows_loaded)`` of the cycles started since ``since``: per
+    entity its last ``keep`` loads that brought rows, and its last load that brought none.
+    One query, bounded by the cycle id (the key's leading column)."""
+    ds = sql.fully_qualified_dataset_name()
+    rows = sql.execute_sql(
+        "select entity, loaded_at, rows_loaded from (select entity, loaded_at, rows_loaded,"
+        " row_number() over (partition by entity, rows_loaded > 0 order by loaded_at desc)"
+        f" as newest from {ds}.{LOADS} where cycle_id >= %s) as recent"
+        " where newest <= case when rows_loaded > 0 then %s else 1 end",
+        cycle_id_at(since), keep,
+    )
+    return [(str(e), at, int(n or 0)) for e, at, n in rows or []]
 
 
 def _loaded(cycle: Cycle, entities: Sequence[str]) -> list[str]:

@@ -1,10 +1,12 @@
 """``salesflow status``: is the data current, is anything broken, what was said.
 
 Reads the loader's state file (``health.json``, written at the end of every cycle, so
-it answers while a cycle holds the warehouse), the notification ledger, and the
-warehouse (a DuckDB file read-only, when it is free): rows and newest record per raw
-table. Freshness thresholds are dbt's (``freshness_*_minutes`` vars in dbt_project.yml),
-so the command, source freshness and the ``pipeline_health`` mart agree.
+it answers while a cycle holds the warehouse: last success and last new data per
+entity, open incident and alarms), the notification ledger, and the warehouse (a DuckDB
+file read-only, when it is free): rows and newest record per raw table, and so how old
+the data is by its own timestamps. Freshness thresholds are dbt's
+(``freshness_*_minutes`` vars in dbt_project.yml), so the command, source freshness and
+the ``pipeline_health`` mart agree.
 
 A schema change the platform did not announce keeps the status at warn for a day.
 
@@ -76,6 +78,19 @@ def _warehouse() -> tuple[dict[str, dict[str, Any]], str | None]:
     return out, None
 
 
+def _age_minutes(t: Any, now: datetime) -> float | None:
+    """How old the data's newest record is, by its own timestamp (None if unknown)."""
+    if isinstance(t, str):
+        try:
+            t = datetime.fromisoformat(t.replace("Z", "+00:00"))
+        except ValueError:
+            return None
+    if not isinstance(t, datetime):
+        return None
+    t = t.replace(tzinfo=timezone.utc) if t.tzinfo is None else t
+    return round(max((now - t).total_seconds(), 0.0) / 60, 1)
+
+
 def collect(
     state_dir: Path, project_root: Path = PROJECT_ROOT, now: datetime | None = None
 ) -> dict[str, Any]:
@@ -93,13 +108,16 @@ def collect(
             else WARN if minutes >= warn_after
             else GREEN
         )
+        newest = tables.get(entity, {}).get("newest_record_at")
         entities.append({
             "entity": entity,
             "last_success_at": last,
             "minutes_since_success": None if minutes is None else round(minutes, 1),
             "freshness": level,
+            "last_new_data_at": e.get("last_new_data_at"),
             "rows_in_raw": tables.get(entity, {}).get("rows"),
-            "newest_record_at": tables.get(entity, {}).get("newest_record_at"),
+            "newest_record_at": newest,
+            "newest_record_age_minutes": _age_minutes(newest, now),
         })
     incident = state.get("open_incident")
     open_alarms = sorted(
@@ -157,14 +175,17 @@ def render(report: dict[str, Any]) -> str:
     t = report["thresholds_minutes"]
     lines.append(f"freshness (warn {t['warn']:.0f} min, error {t['error']:.0f} min):")
     lines.append(f"  {'entity':<12} {'last success':<26} {'min ago':>8}  {'state':<6}"
-                 f" {'rows in raw':>12}  newest record")
+                 f" {'last new data':<26} {'rows in raw':>12}  newest record (age)")
     for e in report["entities"]:
         ago = "-" if e["minutes_since_success"] is None else f"{e['minutes_since_success']:.1f}"
         rows = "-" if e["rows_in_raw"] is None else f"{e['rows_in_raw']:,}"
+        age = e.get("newest_record_age_minutes")
+        newest = f"{e['newest_record_at'] or '-'}" + ("" if age is None else f" ({_old(age)})")
         alarm = f"  ALARM: {', '.join(e['alarms'])}" if e["alarms"] else ""
         lines.append(
             f"  {e['entity']:<12} {e['last_success_at'] or 'never':<26} {ago:>8}"
-            f"  {mark[e['freshness']]:<6} {rows:>12}  {e['newest_record_at'] or '-'}{alarm}"
+            f"  {mark[e['freshness']]:<6} {e.get('last_new_data_at') or '-':<26}"
+            f" {rows:>12}  {newest}{alarm}"
         )
     if report["warehouse"] != "readable":
         lines.append(f"  ({report['warehouse']})")
@@ -187,6 +208,17 @@ def render(report: dict[str, Any]) -> str:
         pending = f"; pending on {', '.join(n['pending'])}" if n["pending"] else ""
         lines.append(f"  {n['at']}  {n['title']}  [{where}{pending}]")
     return "\n".join(lines)
+
+
+def _old(minutes: float) -> str:
+    """An age for people: ``40 s``, ``12 min``, ``5.5 h``, ``3 d``."""
+    if minutes < 2:
+        return f"{minutes * 60:.0f} s"
+    if minutes < 120:
+        return f"{minutes:.0f} min"
+    if minutes < 48 * 60:
+        return f"{minutes / 60:.1f} h"
+    return f"{minutes / 1440:.0f} d"
 
 
 def as_json(report: dict[str, Any]) -> str:

@@ -1,5 +1,5 @@
 """Talking to the replica API: dlt's REST client with NDJSON pages, a prefetching
-iterator, and the API's schema and announcements endpoints.
+iterator, and the API's schema, announcements and health endpoints.
 
 May import: dlt, requests, and this package's ``settings`` and ``errors``.
 """
@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import queue
 import threading
 from collections.abc import Iterable, Iterator
 from typing import Any, TypedDict
 
+import requests
 from dlt.sources.helpers.rest_client import RESTClient
 from dlt.sources.helpers.rest_client.auth import BearerTokenAuth
 from requests import Response
@@ -210,3 +212,47 @@ def fetch_announcements(base_url: str, token: str) -> list[Announcement]:
     raise_for_api_status(response, api.base_url)
     announced: list[Announcement] = response.json().get("announcements", [])
     return [{**a, "source": "api"} for a in announced]
+
+
+# one quick read, no retries: the lag is a hint, never a reason to hold up a cycle
+LAG_TIMEOUT = 5.0
+
+
+def fetch_replication_lag(
+    base_url: str, token: str, path: str, lag_field: str, timeout: float = LAG_TIMEOUT
+) -> float | None:
+    """The replication lag in seconds the API reports in field ``lag_field`` of its JSON
+    answer at ``path`` (relative to ``base_url``); None when the field is null. One GET
+    without retries; anything else is a :class:`ReplicaError` saying what to change."""
+    url = base_url.rstrip("/") + "/" + path.lstrip("/")
+    off = (
+        "set sources.replica.health_path and replication_lag_field to where the API"
+        " reports its lag, or health_path = \"\" to read none"
+    )
+    try:
+        response = requests.get(url, headers={"Authorization": f"Bearer {token}"},
+                                timeout=timeout)
+    except requests.RequestException as exc:
+        raise ReplicaError(f"cannot read the replication lag at {url}:"
+                           f" {type(exc).__name__}") from None
+    if response.status_code != 200:
+        raise ReplicaError(f"{url} answered {response.status_code} for the replication"
+                           f" lag: {off}")
+    try:
+        body = response.json()
+    except ValueError:
+        raise ReplicaError(f"{url} did not answer JSON for the replication lag: {off}") from None
+    if not isinstance(body, dict) or lag_field not in body:
+        raise ReplicaError(f"{url} has no field {lag_field!r} for the replication lag: {off}")
+    value = body[lag_field]
+    if value is None:
+        return None
+    try:
+        lag = float(value)
+    except (TypeError, ValueError):
+        raise ReplicaError(f"{url} reported {lag_field} = {value!r}, not a number of"
+                           f" seconds: {off}") from None
+    if not math.isfinite(lag):
+        raise ReplicaError(f"{url} reported {lag_field} = {value!r}, not a number of"
+                           f" seconds: {off}")
+    return lag

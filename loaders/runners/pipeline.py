@@ -26,19 +26,20 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import dlt
+from dlt.destinations.exceptions import DatabaseUndefinedRelation
 from dlt.pipeline.exceptions import PipelineStepFailed
 
 from loaders import config, dbt_project, warehouse
-from loaders.monitoring import health, notify
-from loaders.monitoring.alarms import AlarmCheck
+from loaders.monitoring import health, notify, rhythm
+from loaders.monitoring.alarms import AlarmCheck, Condition
 from loaders.replica import freezes_types, replica_source
 from loaders.replica import settings as replica_settings
-from loaders.replica.client import fetch_api_schema
+from loaders.replica.client import fetch_api_schema, fetch_replication_lag
 from loaders.replica.errors import ReplicaError
 from loaders.replica.observe import Observations
 from loaders.replica.pages import type_changes
@@ -349,7 +350,7 @@ def _load(kwargs: dict[str, Any], pipeline: dlt.Pipeline) -> LoadResult:
             if not table.startswith("_dlt"):
                 rows[table] = rows.get(table, 0) + n
     now = warehouse.cursor_positions(pipeline)
-    return LoadResult(
+    result = LoadResult(
         rows=rows,
         quarantined=rows.get(replica_settings.QUARANTINE_TABLE, 0),
         load_ids=list(info.loads_ids),
@@ -361,6 +362,58 @@ def _load(kwargs: dict[str, Any], pipeline: dlt.Pipeline) -> LoadResult:
             | {k for k, n in rows.items() if n and k in replica_settings.ENDPOINTS}
         ),
     )
+    check_stalls(pipeline, api, list(kwargs.get("entities") or declared), result)
+    return result
+
+
+def check_stalls(
+    pipeline: dlt.Pipeline, api: config.ApiConnection, loaded: Sequence[str],
+    result: LoadResult,
+) -> None:
+    """Judge the data's rhythm after a successful load (see
+    :mod:`loaders.monitoring.rhythm`): stalled entities, a stalled platform, into
+    ``result.alarms``. Never fails the cycle: when the history cannot be read or judged,
+    the stall alarms are left as they are and the problem is logged."""
+    try:
+        found = _judge_stalls(pipeline, api, loaded, result.new_rows)
+    except Exception as exc:  # monitoring must not stop the loading it watches
+        log.error("stall alarms not checked this cycle: %s: %s", type(exc).__name__, exc)
+        return
+    for kind, conditions in found.items():
+        result.alarms.add(kind, conditions)
+
+
+def _judge_stalls(
+    pipeline: dlt.Pipeline, api: config.ApiConnection, loaded: Sequence[str],
+    new_rows: dict[str, int],
+) -> dict[str, list[Condition]]:
+    now = health.utcnow()
+    settings = config.stall_settings()
+    with pipeline.sql_client() as sql:
+        rows = _recent_loads(sql, now - timedelta(hours=settings.history_hours))
+    seen = rhythm.with_cycle(rhythm.history(rows), now, new_rows, loaded)
+    open_alarms = health.Health(config.pipelines_dir()).state().get("open_alarms") or {}
+    return rhythm.judge(seen, settings, replication_lag(api), rhythm.remembered(open_alarms))
+
+
+def _recent_loads(sql: Any, since: datetime) -> list[tuple[str, datetime, int]]:
+    try:
+        return health.recent_loads(sql, since, rhythm.KEEP)
+    except DatabaseUndefinedRelation:  # the first cycle: no history yet
+        return []
+
+
+def replication_lag(api: config.ApiConnection) -> float | None:
+    """The replication lag the API reports (seconds), or None: not configured, not
+    reported, or not readable (logged: the data's rhythm alone is judged then)."""
+    source = config.lag_source()
+    if not source.enabled:
+        return None
+    try:
+        return fetch_replication_lag(api.base_url, api.token, source.path, source.lag_field)
+    except ReplicaError as exc:
+        log.warning("%s; stalls are judged by the data's rhythm alone", exc)
+        return None
 
 
 def run_cycle(select: Sequence[str] | None = None, **load_options: Any) -> tuple[LoadResult, bool]:

@@ -1,13 +1,25 @@
-"""Local receivers for notifications: an HTTP endpoint and an SMTP sink, on 127.0.0.1."""
+"""Local receivers for notifications: an HTTP endpoint and an SMTP sink, on 127.0.0.1;
+and the local JSON-lines log the notifier keeps by default."""
 
 from __future__ import annotations
 
 import email
+import json
 import socketserver
 import threading
 from dataclasses import dataclass, field
 from email.message import Message
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+
+def logged(state_dir: Path) -> list[dict[str, Any]]:
+    """The notices in the JSON-lines log of dlt's working directory ``state_dir``."""
+    path = state_dir / "notifications.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines()]
 
 
 @dataclass
