@@ -40,7 +40,7 @@ from loaders.replica import settings as replica_settings
 from loaders.replica.client import fetch_announcements, fetch_api_schema
 from loaders.replica.errors import ReplicaError
 from loaders.replica.pages import type_changes
-from loaders.runners import first_loads
+from loaders.runners import first_loads, quarantine
 from loaders.schema_changes import track
 from loaders.schema_changes.changelog import recent_changes
 
@@ -83,7 +83,10 @@ def run_lock(what: str) -> Iterator[None]:
 @dataclass
 class LoadResult:
     rows: dict[str, int] = field(default_factory=dict)  # rows extracted per table
-    quarantined: int = 0
+    quarantined: int = 0  # records newly held in raw.quarantine, all entities
+    # records newly held in raw.quarantine per entity (a record read again is held once,
+    # and counted once)
+    quarantined_per_entity: dict[str, int] = field(default_factory=dict)
     load_ids: list[str] = field(default_factory=list)
     seconds: float = 0.0
     tracked: track.Tracked | None = None  # schema changes and notices of this load
@@ -185,6 +188,7 @@ def _record_cycle(
     cycle = health.Cycle(
         started, health.utcnow(), outcome, message, rows,
         load_id=result.last_load_id if result else None,
+        quarantined=result.quarantined_per_entity if result else {},
     )
     upcoming = [
         {k: a.get(k) for k in ("change_id", "title", "effective_at", "breaking")}
@@ -284,6 +288,7 @@ def _load(kwargs: dict[str, Any], pipeline: dlt.Pipeline) -> LoadResult:
             append=[r.table for r in appended],
         )
         first_loads.mark(config.pipelines_dir(), appended)
+        held_before = quarantine.held_counts(pipeline)
         info = pipeline.run(source, loader_file_format=warehouse.loader_file_format())
         first_loads.repair_pending(pipeline, config.pipelines_dir())
     except PipelineStepFailed as exc:
@@ -301,9 +306,11 @@ def _load(kwargs: dict[str, Any], pipeline: dlt.Pipeline) -> LoadResult:
             if not table.startswith("_dlt"):
                 rows[table] = rows.get(table, 0) + n
     now = warehouse.cursor_positions(pipeline)
+    held = quarantine.newly_held(held_before, quarantine.held_counts(pipeline))
     return LoadResult(
         rows=rows,
-        quarantined=rows.get(replica_settings.QUARANTINE_TABLE, 0),
+        quarantined=sum(held.values()),
+        quarantined_per_entity=held,
         load_ids=list(info.loads_ids),
         seconds=time.perf_counter() - started,
         tracked=tracked,
@@ -355,9 +362,12 @@ def describe_load(result: LoadResult) -> str:
     for table in sorted(set(counts) | set(result.rows)):
         lines.append(f"  {table:<14}{result.rows.get(table, 0):>12,}{counts.get(table, 0):>12,}")
     if result.quarantined:
-        lines.append(
-            f"  {result.quarantined} record(s) quarantined: see raw.quarantine (column reason)"
-        )
+        held = ", ".join(f"{e} {n:,}" for e, n in result.quarantined_per_entity.items())
+        lines += [
+            f"  {result.quarantined:,} record(s) newly held in raw.quarantine ({held}):"
+            " `salesflow quarantine` says why;",
+            "  once the cause is fixed, `salesflow quarantine replay` loads them",
+        ]
     if result.tracked and result.tracked.changes:
         lines.append(f"  {len(result.tracked.changes)} schema change(s) logged:")
         lines += [f"    {c.describe()}" for c in result.tracked.changes[:20]]
