@@ -258,6 +258,7 @@ def _load(kwargs: dict[str, Any], pipeline: dlt.Pipeline) -> LoadResult:
         # a first load the last run appended but did not live to repair
         first_loads.repair_pending(pipeline, config.pipelines_dir())
         api = config.api_connection(kwargs.get("base_url"), kwargs.get("token"))
+        limits = config.quarantine_limits()  # a bad setting fails before anything loads
         before = warehouse.known_types(pipeline)
         positions = warehouse.cursor_positions(pipeline)
         described = fetch_api_schema(api.base_url, api.token)
@@ -307,7 +308,7 @@ def _load(kwargs: dict[str, Any], pipeline: dlt.Pipeline) -> LoadResult:
                 rows[table] = rows.get(table, 0) + n
     now = warehouse.cursor_positions(pipeline)
     held = quarantine.newly_held(held_before, quarantine.held_counts(pipeline))
-    return LoadResult(
+    result = LoadResult(
         rows=rows,
         quarantined=sum(held.values()),
         quarantined_per_entity=held,
@@ -319,6 +320,13 @@ def _load(kwargs: dict[str, Any], pipeline: dlt.Pipeline) -> LoadResult:
             | {k for k, n in rows.items() if n and k in replica_settings.ENDPOINTS}
         ),
     )
+    shares = quarantine.check_shares(
+        pipeline, {k: n for k, n in rows.items() if k in declared}, held, result.load_ids,
+        limits,
+    )
+    if shares is not None:
+        result.alarms.add(quarantine.KIND, shares.conditions, entities=shares.judged)
+    return result
 
 
 def run_cycle(select: Sequence[str] | None = None, **load_options: Any) -> tuple[LoadResult, bool]:
