@@ -246,17 +246,23 @@ def finish_normalize_commits(pipeline: dlt.Pipeline) -> list[str]:
     return finished
 
 
+def complete_interrupted(pipeline: dlt.Pipeline) -> None:
+    """Finish what a run killed half-way left, before a load of one's own: a normalize
+    half committed, load packages not loaded, a first load not repaired."""
+    finish_normalize_commits(pipeline)
+    if pipeline.has_pending_data:
+        # dlt's run() would only finish these and extract nothing new: finish them
+        # first, then extract as usual
+        log.warning("completing load packages left by an interrupted run")
+        pipeline.run()
+    # a first load the last run appended but did not live to repair
+    first_loads.repair_pending(pipeline, config.pipelines_dir())
+
+
 def _load(kwargs: dict[str, Any], pipeline: dlt.Pipeline) -> LoadResult:
     started = time.perf_counter()
     try:
-        finish_normalize_commits(pipeline)
-        if pipeline.has_pending_data:
-            # dlt's run() would only finish these and extract nothing new: finish them
-            # first, then extract as usual
-            log.warning("completing load packages left by an interrupted run")
-            pipeline.run()
-        # a first load the last run appended but did not live to repair
-        first_loads.repair_pending(pipeline, config.pipelines_dir())
+        complete_interrupted(pipeline)
         api = config.api_connection(kwargs.get("base_url"), kwargs.get("token"))
         limits = config.quarantine_limits()  # a bad setting fails before anything loads
         before = warehouse.known_types(pipeline)
