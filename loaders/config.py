@@ -103,6 +103,51 @@ def field_maps(given: dict[str, Any] | None = None) -> dict[str, tuple[FieldMap,
     return {e: mapping.parse(e, spec) for e, spec in field_mapping(given).items()}
 
 
+@dataclass(frozen=True)
+class QuarantineLimits:
+    """When an entity's records held in quarantine become a data alarm: more than
+    ``share_max`` of its new records held, over at least ``min_records`` of them."""
+
+    share_max: float = 0.05
+    min_records: int = 10
+
+
+def quarantine_limits() -> QuarantineLimits:
+    """``[monitoring] quarantine_share_max`` and ``quarantine_min_records`` (also
+    ``MONITORING__QUARANTINE_SHARE_MAX``, ``MONITORING__QUARANTINE_MIN_RECORDS``); a value
+    that is not one is a :class:`ReplicaError` saying which setting and what it takes."""
+    default = QuarantineLimits()
+    share = _setting("monitoring.quarantine_share_max", float, default.share_max)
+    least = _setting("monitoring.quarantine_min_records", int, default.min_records)
+    if not 0 <= share < 1:
+        raise ReplicaError(
+            f"[monitoring] quarantine_share_max must be a share of records from 0 up to"
+            f" (not including) 1, e.g. 0.05 for 5%; got {share}: fix .dlt/config.toml or"
+            " MONITORING__QUARANTINE_SHARE_MAX"
+        )
+    if least < 1:
+        raise ReplicaError(
+            f"[monitoring] quarantine_min_records must be a count of at least 1; got {least}:"
+            " fix .dlt/config.toml or MONITORING__QUARANTINE_MIN_RECORDS"
+        )
+    return QuarantineLimits(share, least)
+
+
+def _setting(key: str, kind: type[float] | type[int], default: float) -> Any:
+    """A number from dlt's configuration, or ``default`` when it is not set."""
+    value: Any = dlt.config.get(key)
+    if value is None:
+        return default
+    try:
+        return kind(value)
+    except (TypeError, ValueError):
+        section, _, name = key.partition(".")
+        raise ReplicaError(
+            f"[{section}] {name} must be a number ({kind.__name__}); got {value!r}: fix"
+            f" .dlt/config.toml or {key.upper().replace('.', '__')}"
+        ) from None
+
+
 def notify_setting(name: str, secret: bool = False) -> Any:
     """A setting of ``[notify]``: secrets only from secrets; others from either."""
     provider = dlt.secrets if secret else dlt.config

@@ -248,21 +248,27 @@ def cursor_positions(pipe: dlt.Pipeline) -> dict[str, Any]:
     return out
 
 
+def raw_tables(sql: Any) -> set[str]:
+    """The tables in raw now (none before the first load), on an open sql client of the
+    pipeline."""
+    if not sql.has_dataset():
+        return set()
+    return {
+        r[0]
+        for r in sql.execute_sql(
+            "select table_name from information_schema.tables where table_schema = %s",
+            sql.dataset_name,
+        )
+        or []
+    }
+
+
 def raw_counts(entities: Sequence[str] | None = None) -> dict[str, int]:
     """Rows per raw table now in the warehouse (a DuckDB file is opened read-only)."""
     names = list(entities or replica_settings.ENDPOINTS) + [replica_settings.QUARANTINE_TABLE]
     out: dict[str, int] = {}
     with dlt_pipeline(read_only=True).sql_client() as sql:
-        if not sql.has_dataset():
-            return out
-        existing = {
-            r[0]
-            for r in sql.execute_sql(
-                "select table_name from information_schema.tables where table_schema = %s",
-                sql.dataset_name,
-            )
-            or []
-        }
+        existing = raw_tables(sql)
         for name in names:
             if name in existing:
                 [(out[name],)] = sql.execute_sql(

@@ -120,3 +120,44 @@ def test_a_change_is_detected_logged_and_notified_once_and_nothing_is_lost(
     for n in ours:
         assert n["details"]["impact"]["source"] == f"replica.{entity}"
     held_or_loaded(platform_dir, warehouse, entity)
+
+
+def test_a_silent_rename_is_absorbed_by_one_mapping_and_a_replay(
+    platform_dir, warehouse, tmp_path, monkeypatch
+):
+    from benchmarks.oracle import assert_reconciled, revenue
+    from loaders.runners import dead_letters
+    from tests.support.warehouse import dbt_invoke
+
+    sim = start_simulator(platform_dir, "--rate", "20")
+    try:
+        pipeline.load(base_url=sim.url, token=TOKEN)
+        since = store.iso(store.utcnow())
+        drift(sim, "rename", "orders", "total_cents", to="total_amount")
+        wait_for_new_records(platform_dir, "orders", since)
+        held = pipeline.load(base_url=sim.url, token=TOKEN)
+        assert held.quarantined
+        advice = next(n for n in notices() if n["key"].startswith("change:")
+                      and n["details"]["change"]["column"] == "total_cents")
+        assert 'total_cents = "total_amount"' in advice["text"]
+        # the advice, as configuration: new records load from now on
+        monkeypatch.setenv("SOURCES__REPLICA__FIELD_MAPPING",
+                           json.dumps({"orders": {"total_cents": "total_amount"}}))
+        wait_for_new_records(platform_dir, "orders", store.iso(store.utcnow()))
+        absorbed = pipeline.load(base_url=sim.url, token=TOKEN)
+        assert absorbed.rows.get("orders") and not absorbed.quarantined
+    finally:
+        sim.stop()
+    quiet = start_simulator(platform_dir)
+    try:
+        replayed = dead_letters.replay("orders", base_url=quiet.url, token=TOKEN)
+        assert sum(e.loaded for e in replayed.entities) > 0
+        again = dead_letters.replay("orders", base_url=quiet.url, token=TOKEN)
+        assert sum(e.loaded for e in again.entities) == 0  # each record once
+        pipeline.load(base_url=quiet.url, token=TOKEN)
+    finally:
+        quiet.stop()
+    assert_reconciled(platform_dir, warehouse)  # raw holds exactly the replica's rows
+    dbt_invoke(tmp_path, "build")
+    assert revenue(platform_dir, warehouse)["match"]  # the marts count every sale
+    assert status.collect(config.pipelines_dir())["status"] != status.RED

@@ -16,7 +16,7 @@ May import: :mod:`.notify`.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -49,14 +49,32 @@ class Condition:
 class AlarmCheck:
     """The conditions found after one cycle, and the kinds of check that ran: an open
     alarm of a kind that was not checked (the cycle failed before it could be) stays
-    open."""
+    open. A check may also have had evidence about some entities only (``scopes``): an
+    open alarm of that kind on another entity stays open too, neither found nor cleared."""
 
     conditions: list[Condition] = field(default_factory=list)
     checked: set[str] = field(default_factory=set)
+    # kind -> the entities a check of that kind could judge this cycle (absent: all)
+    scopes: dict[str, set[str | None]] = field(default_factory=dict)
 
-    def add(self, kind: str, found: Sequence[Condition]) -> None:
+    def add(
+        self, kind: str, found: Sequence[Condition],
+        entities: Iterable[str | None] | None = None,
+    ) -> None:
+        """The conditions a check of ``kind`` found; ``entities``: those it could judge
+        (default: every entity; an alarm it found is judged whatever this says)."""
+        whole = kind in self.checked and kind not in self.scopes
         self.checked.add(kind)
+        if entities is None:
+            self.scopes.pop(kind, None)
+        elif not whole:
+            self.scopes.setdefault(kind, set()).update(entities)
         self.conditions.extend(found)
+
+    def judged(self, kind: str, entity: str | None) -> bool:
+        """Whether this cycle's checks could tell if an alarm of ``kind`` on ``entity``
+        still holds."""
+        return kind in self.checked and (kind not in self.scopes or entity in self.scopes[kind])
 
 
 def _iso(t: datetime) -> str:
@@ -84,15 +102,16 @@ def update(
                 "incident_id": f"{cycle_id}-{c.kind}-{c.entity or 'platform'}",
                 "family": FAMILY, "kind": c.kind, "entity": c.entity,
                 "started_at": _iso(now), "failed_cycles": 1, "title": c.title,
-                "last_error": c.text[:1000], "severity": c.severity, "details": c.details,
+                "last_error": c.text[:1000], "text": c.text, "severity": c.severity,
+                "details": c.details,
             }
             open_alarms[key] = alarm
             changes.opened.append(alarm)
         else:
             alarm.update(failed_cycles=alarm["failed_cycles"] + 1, title=c.title,
-                         last_error=c.text[:1000], details=c.details)
+                         last_error=c.text[:1000], text=c.text, details=c.details)
             changes.updated.append(alarm)
-    for key in [k for k, a in open_alarms.items() if a["kind"] in check.checked]:
+    for key in [k for k, a in open_alarms.items() if check.judged(a["kind"], a["entity"])]:
         if key not in found:
             alarm = open_alarms.pop(key)
             alarm["ended_at"] = _iso(now)
@@ -122,7 +141,8 @@ def notify(notifier: Notifier, changes: AlarmChanges) -> list[str]:
             key=f"alarm:{alarm['incident_id']}:opened",
             kind=alarm["kind"],
             title=alarm["title"],
-            text=f"Since {alarm['started_at']}. {alarm['last_error']}",
+            # the whole text: the incidents table keeps its first 1000 characters
+            text=f"Since {alarm['started_at']}. {alarm.get('text') or alarm['last_error']}",
             severity=alarm["severity"],
             details={k: alarm[k] for k in ("incident_id", "kind", "entity", "started_at")}
             | {"evidence": alarm["details"]},

@@ -23,7 +23,8 @@ incident and opens its own. An outage is not a bug: outage notices tell users to
 and that nothing will be lost; error notices tell the data team what to fix.
 
 The history is kept in the warehouse (``raw.pipeline_cycles``, ``raw.pipeline_loads``:
-one row per entity per successful cycle, ``raw.pipeline_incidents``), documented as the
+one row per entity per successful cycle, with the rows it loaded and the records it
+newly held in quarantine, ``raw.pipeline_incidents``), documented as the
 dbt source ``salesflow``; the current state is also kept in ``health.json`` beside dlt's
 working directory, so ``salesflow status`` answers while a cycle holds the warehouse.
 
@@ -103,6 +104,8 @@ class Cycle:
     message: str
     rows: dict[str, int] = field(default_factory=dict)
     load_id: str | None = None
+    # records newly held in raw.quarantine, per entity
+    quarantined: dict[str, int] = field(default_factory=dict)
 
     @property
     def cycle_id(self) -> str:
@@ -192,7 +195,8 @@ class Health:
             for entity in _loaded(cycle, (extra or {}).get("entities", [])):
                 entry = state["entities"].setdefault(entity, {})
                 entry.update(last_success_at=iso(cycle.ended_at),
-                             rows_last_cycle=cycle.rows.get(entity, 0))
+                             rows_last_cycle=cycle.rows.get(entity, 0),
+                             quarantined_last_cycle=cycle.quarantined.get(entity, 0))
                 if cycle.rows.get(entity, 0):
                     entry["last_new_data_at"] = iso(cycle.ended_at)
             state["last_success_at"] = iso(cycle.ended_at)
@@ -228,9 +232,12 @@ class Health:
         )
         sql.execute_sql(
             f"CREATE TABLE IF NOT EXISTS {dataset}.{LOADS} (cycle_id VARCHAR, entity VARCHAR,"
-            " rows_loaded BIGINT, loaded_at TIMESTAMP WITH TIME ZONE, PRIMARY KEY (cycle_id,"
-            " entity))"
+            " rows_loaded BIGINT, loaded_at TIMESTAMP WITH TIME ZONE, rows_quarantined"
+            " BIGINT, PRIMARY KEY (cycle_id, entity))"
         )
+        # records newly held per entity (a history kept before they were counted lacks it)
+        sql.execute_sql(f"ALTER TABLE {dataset}.{LOADS} ADD COLUMN IF NOT EXISTS"
+                        " rows_quarantined BIGINT")
         sql.execute_sql(
             f"CREATE TABLE IF NOT EXISTS {dataset}.{INCIDENTS} (incident_id VARCHAR PRIMARY"
             " KEY, family VARCHAR, kind VARCHAR, started_at TIMESTAMP WITH TIME ZONE,"
@@ -250,15 +257,18 @@ class Health:
         ds = sql.fully_qualified_dataset_name()
         self.ensure_tables(sql, ds)
         sql.execute_sql(
-            f"INSERT INTO {ds}.{CYCLES} VALUES (%s, %s, %s, %s, %s, %s, %s)",
+            f"INSERT INTO {ds}.{CYCLES} (cycle_id, started_at, ended_at, outcome, message,"
+            " rows_loaded, load_id) VALUES (%s, %s, %s, %s, %s, %s, %s)",
             cycle.cycle_id, iso(cycle.started_at), iso(cycle.ended_at), cycle.outcome,
             cycle.message[:1000], cycle.total, cycle.load_id,
         )
         if family(cycle.outcome) is None:
             for entity in _loaded(cycle, entities):
                 sql.execute_sql(
-                    f"INSERT INTO {ds}.{LOADS} VALUES (%s, %s, %s, %s)",
-                    cycle.cycle_id, entity, cycle.rows.get(entity, 0), iso(cycle.ended_at),
+                    f"INSERT INTO {ds}.{LOADS} (cycle_id, entity, rows_loaded,"
+                    " rows_quarantined, loaded_at) VALUES (%s, %s, %s, %s, %s)",
+                    cycle.cycle_id, entity, cycle.rows.get(entity, 0),
+                    cycle.quarantined.get(entity, 0), iso(cycle.ended_at),
                 )
         if closed:
             sql.execute_sql(
@@ -365,8 +375,8 @@ def recent_loads(sql: Any, since: datetime, keep: int) -> list[tuple[str, dateti
 
 def _loaded(cycle: Cycle, entities: Sequence[str]) -> list[str]:
     """The entities a successful cycle loaded: those it was asked for, and any that
-    brought rows."""
-    return sorted(set(entities) | set(cycle.rows))
+    brought rows or records held in quarantine."""
+    return sorted(set(entities) | set(cycle.rows) | set(cycle.quarantined))
 
 
 def _duration(incident: dict[str, Any]) -> float:

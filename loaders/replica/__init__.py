@@ -7,7 +7,9 @@ replaces the row; the newest version wins within a load), with deletions applied
 the API's tombstones (``hard_delete``). Requests start ``lookback_seconds`` before the
 last cursor seen, so rows committed late are caught; rows read again unchanged are
 dropped before loading (:mod:`~loaders.replica.lookback`), so a cycle loads only what
-is new or changed.
+is new or changed. An entity's spec (:func:`entity_spec`) and its table's hints
+(:func:`resource_hints`) are worked out in one place each, which the quarantine's replay
+uses too: a record replayed is parsed and merged exactly as a new one.
 
 The package: ``settings`` (endpoint declarations), ``errors``, ``client`` (HTTP, the
 schema and announcements endpoints), ``pages`` (NDJSON → Arrow, validation and
@@ -57,6 +59,9 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "replica_source",
+    "entity_spec",
+    "resource_hints",
+    "with_load_id_slot",
     "fetch_api_schema",
     "fetch_announcements",
     "freezes_types",
@@ -169,6 +174,16 @@ def _entity_resource(
                 f" {type(exc).__name__}: {exc}"
             ) from None
 
+    return dlt.resource(pages, **resource_hints(spec, append), parallelized=True)
+
+
+def resource_hints(spec: EntitySpec, append: bool = False) -> dict[str, Any]:
+    """The dlt hints of an entity's raw table (``dlt.resource`` arguments): merged on the
+    primary key (``delete-insert``; with ``append``, appended: a first load), the newest
+    version of a key read twice in one load winning (``dedup_sort`` on the cursor),
+    tombstones deleting (``hard_delete`` on the deleted marker), and the nullable
+    ``_dlt_load_id`` slot. The source and the quarantine's replay both take theirs from
+    here, so a replayed record merges exactly as a new one does."""
     columns: dict[str, Any] = {
         # the load that wrote each row (see [normalize.parquet_normalizer] in
         # .dlt/config.toml); nullable, so a warehouse loaded before can add the column
@@ -186,16 +201,41 @@ def _entity_resource(
     disposition: Any = (
         "append" if append else {"disposition": "merge", "strategy": "delete-insert"}
     )
-    return dlt.resource(
-        pages,
-        name=spec.name,
-        primary_key=spec.primary_key,
+    return {
+        "name": spec.name,
+        "primary_key": spec.primary_key,
         # a first load appends; loaders.runners.first_loads repairs it into what a merge
         # leaves
-        write_disposition=disposition,
-        columns=columns,
-        parallelized=True,
-    )
+        "write_disposition": disposition,
+        "columns": columns,
+    }
+
+
+def entity_spec(
+    name: str,
+    endpoint: settings.Endpoint,
+    described: dict[str, Any],
+    known_types: dict[str, dict[str, str]] | None = None,
+    contract: Any = None,
+    maps: tuple[mapping.FieldMap, ...] = (),
+) -> EntitySpec:
+    """What the loader knows of one entity, the one way it is worked out: its endpoint
+    declaration, the API's schema (``described``: the schema endpoint's answer for all
+    entities), the raw columns' types (``known_types``: table -> column -> dlt type), its
+    schema contract and its field mappings. The source and the quarantine's replay both
+    build their specs here, so a record replayed is parsed exactly as a new one would
+    be."""
+    entity_fields = described.get(name, {}).get("fields", [])
+    known = (known_types or {}).get(name, {})
+    return EntitySpec(
+        name=name,
+        path=endpoint["path"],
+        primary_key=endpoint["primary_key"],
+        cursor=settings.cursor_of(endpoint),
+        deleted_marker=endpoint.get("deleted_marker"),
+        fields={f["name"]: f["type"] for f in entity_fields},
+        required=tuple(f["name"] for f in entity_fields if f.get("required")),
+    ).with_mapping(maps, known).with_variants(known, freeze_types=freezes_types(contract))
 
 
 def _parsed(spec: EntitySpec, pages: Iterable[Any], since: datetime) -> Iterator[ParsedPage]:
@@ -284,22 +324,8 @@ def replica_source(
     for name, ep in declared.items():
         if entities and name not in entities:
             continue
-        entity_schema = schema.get(name, {})
-        known = (known_types or {}).get(name, {})
-        maps = mapping.parse(name, (field_mapping or {}).get(name))
-        spec = EntitySpec(
-            name=name,
-            path=ep["path"],
-            primary_key=ep["primary_key"],
-            cursor=settings.cursor_of(ep),
-            deleted_marker=ep.get("deleted_marker"),
-            fields={f["name"]: f["type"] for f in entity_schema.get("fields", [])},
-            required=tuple(
-                f["name"] for f in entity_schema.get("fields", []) if f.get("required")
-            ),
-        ).with_mapping(maps, known).with_variants(
-            known, freeze_types=freezes_types(contracts.get(name))
-        )
+        spec = entity_spec(name, ep, schema, known_types, contracts.get(name),
+                           mapping.parse(name, (field_mapping or {}).get(name)))
         if spec.variants:
             log.warning("%s: type changed upstream, loading %s", name, spec.variants)
         if spec.frozen:

@@ -43,12 +43,14 @@ from loaders.replica.client import fetch_api_schema, fetch_replication_lag
 from loaders.replica.errors import ReplicaError
 from loaders.replica.observe import Observations
 from loaders.replica.pages import type_changes
-from loaders.runners import first_loads
+from loaders.runners import first_loads, quarantine
 from loaders.schema_changes import observed, track, unresolved
 from loaders.schema_changes.changelog import recent_changes
 from loaders.schema_changes.declared import Announced, all_announcements, report_invalid
 
 log = logging.getLogger(__name__)
+
+QUARANTINE = replica_settings.QUARANTINE_TABLE
 
 
 class AlreadyRunning(RuntimeError):
@@ -87,7 +89,10 @@ def run_lock(what: str) -> Iterator[None]:
 @dataclass
 class LoadResult:
     rows: dict[str, int] = field(default_factory=dict)  # rows extracted per table
-    quarantined: int = 0
+    quarantined: int = 0  # records newly held in raw.quarantine, all entities
+    # records newly held in raw.quarantine per entity (a record read again is held once,
+    # and counted once)
+    quarantined_per_entity: dict[str, int] = field(default_factory=dict)
     load_ids: list[str] = field(default_factory=list)
     seconds: float = 0.0
     tracked: track.Tracked | None = None  # schema changes and notices of this load
@@ -189,6 +194,7 @@ def _record_cycle(
     cycle = health.Cycle(
         started, health.utcnow(), outcome, message, rows,
         load_id=result.last_load_id if result else None,
+        quarantined=result.quarantined_per_entity if result else {},
     )
     tracked = result.tracked if result else None
     upcoming = [
@@ -280,18 +286,25 @@ def _announcements(api: config.ApiConnection, entities: Sequence[str]) -> Announ
     return announced
 
 
+def complete_interrupted(pipeline: dlt.Pipeline) -> None:
+    """Finish what a run killed half-way left, before a load of one's own: a normalize
+    half committed, load packages not loaded, a first load not repaired."""
+    finish_normalize_commits(pipeline)
+    if pipeline.has_pending_data:
+        # dlt's run() would only finish these and extract nothing new: finish them
+        # first, then extract as usual
+        log.warning("completing load packages left by an interrupted run")
+        pipeline.run()
+    # a first load the last run appended but did not live to repair
+    first_loads.repair_pending(pipeline, config.pipelines_dir())
+
+
 def _load(kwargs: dict[str, Any], pipeline: dlt.Pipeline) -> LoadResult:
     started = time.perf_counter()
     try:
-        finish_normalize_commits(pipeline)
-        if pipeline.has_pending_data:
-            # dlt's run() would only finish these and extract nothing new: finish them
-            # first, then extract as usual
-            log.warning("completing load packages left by an interrupted run")
-            pipeline.run()
-        # a first load the last run appended but did not live to repair
-        first_loads.repair_pending(pipeline, config.pipelines_dir())
+        complete_interrupted(pipeline)
         api = config.api_connection(kwargs.get("base_url"), kwargs.get("token"))
+        limits = config.quarantine_limits()  # a bad setting fails before anything loads
         before = warehouse.known_types(pipeline)
         positions = warehouse.cursor_positions(pipeline)
         declared = config.endpoints(kwargs.get("endpoints"))
@@ -327,6 +340,7 @@ def _load(kwargs: dict[str, Any], pipeline: dlt.Pipeline) -> LoadResult:
             observations=observations,
         )
         first_loads.mark(config.pipelines_dir(), appended)
+        held_before = quarantine.held_before(pipeline)
         info = pipeline.run(source, loader_file_format=warehouse.loader_file_format())
         first_loads.repair_pending(pipeline, config.pipelines_dir())
     except PipelineStepFailed as exc:
@@ -350,9 +364,12 @@ def _load(kwargs: dict[str, Any], pipeline: dlt.Pipeline) -> LoadResult:
             if not table.startswith("_dlt"):
                 rows[table] = rows.get(table, 0) + n
     now = warehouse.cursor_positions(pipeline)
+    held_after = quarantine.held_after(pipeline, held_before, rows.get(QUARANTINE, 0))
+    held = quarantine.newly_held(held_before, held_after)
     result = LoadResult(
         rows=rows,
-        quarantined=rows.get(replica_settings.QUARANTINE_TABLE, 0),
+        quarantined=sum(held.values()),
+        quarantined_per_entity=held,
         load_ids=list(info.loads_ids),
         seconds=time.perf_counter() - started,
         tracked=tracked,
@@ -362,6 +379,12 @@ def _load(kwargs: dict[str, Any], pipeline: dlt.Pipeline) -> LoadResult:
             | {k for k, n in rows.items() if n and k in replica_settings.ENDPOINTS}
         ),
     )
+    shares = quarantine.check_shares(
+        pipeline, {k: n for k, n in rows.items() if k in declared}, held, result.load_ids,
+        limits,
+    )
+    if shares is not None:
+        result.alarms.add(quarantine.KIND, shares.conditions, entities=shares.judged)
     check_stalls(pipeline, api, list(kwargs.get("entities") or declared), result)
     return result
 
@@ -457,9 +480,12 @@ def describe_load(result: LoadResult) -> str:
     for table in sorted(set(counts) | set(result.rows)):
         lines.append(f"  {table:<14}{result.rows.get(table, 0):>12,}{counts.get(table, 0):>12,}")
     if result.quarantined:
-        lines.append(
-            f"  {result.quarantined} record(s) quarantined: see raw.quarantine (column reason)"
-        )
+        held = ", ".join(f"{e} {n:,}" for e, n in result.quarantined_per_entity.items())
+        lines += [
+            f"  {result.quarantined:,} record(s) newly held in raw.quarantine ({held}):"
+            " `salesflow quarantine` says why;",
+            "  once the cause is fixed, `salesflow quarantine replay` loads them",
+        ]
     if result.tracked and result.tracked.changes:
         lines.append(f"  {len(result.tracked.changes)} schema change(s) logged:")
         lines += [f"    {c.describe()}" for c in result.tracked.changes[:20]]

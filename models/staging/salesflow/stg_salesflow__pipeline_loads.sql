@@ -1,8 +1,10 @@
+{%- set loads = source('salesflow', 'pipeline_loads') -%}
+
 with
 
 source as (
 
-    select * from {{ source('salesflow', 'pipeline_loads') }}
+    select * from {{ loads }}
 
 ),
 
@@ -13,6 +15,8 @@ renamed as (
         cycle_id,
         entity,
         rows_loaded,
+        -- counted since the quarantine alarm: a history written before lacks the column
+        {{ column_or_null(loads, 'rows_quarantined', 'bigint') }} as rows_quarantined,
         -- already UTC: the loader writes these timestamps with their time zone
         loaded_at
 
