@@ -159,6 +159,36 @@ def cmd_schema_impact(args) -> int:
     return 0
 
 
+def cmd_quarantine(args) -> int:
+    import json
+
+    from loaders.runners import dead_letters  # on use
+
+    try:
+        listing = dead_letters.list_held(args.entity, limit=args.limit, base_url=args.base_url)
+    except dead_letters.WarehouseBusy as exc:
+        print(f"salesflow: {exc}", file=sys.stderr)
+        return 3
+    if args.json:
+        print(json.dumps(listing.as_dict(), indent=2, default=str))
+    else:
+        print(dead_letters.render_listing(listing, args.entity))
+    return 0
+
+
+def cmd_quarantine_replay(args) -> int:
+    import json
+
+    from loaders.runners import dead_letters  # on use
+
+    report = dead_letters.replay(args.entity, dry_run=args.dry_run, base_url=args.base_url)
+    if args.json:
+        print(json.dumps(report.as_dict(), indent=2, default=str))
+    else:
+        print(dead_letters.render_replay(report))
+    return 0
+
+
 def cmd_contract_export(args) -> int:
     from loaders.config import PROJECT_ROOT  # on use
     from loaders.contract import export
@@ -351,6 +381,28 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--limit", type=int, default=20, help="detected changes to assess")
     q.add_argument("--base-url", help="replica API (default: sources.replica.base_url)")
     q.set_defaults(func=cmd_schema_impact)
+    p = target_arg(sub.add_parser(
+        "quarantine", help="records held in raw.quarantine: why, and whether they would"
+        " load now"))
+    p.add_argument("--entity", help="one entity (default: all)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--limit", type=int, default=50,
+                   help="groups (entity, rule, field) to list, the largest first")
+    p.add_argument("--base-url", help="replica API (default: sources.replica.base_url)")
+    p.set_defaults(func=cmd_quarantine)
+    quarantine_sub = p.add_subparsers(dest="quarantine_command")
+    # SUPPRESS: `quarantine --entity orders replay` keeps orders (a default would not)
+    q = target_arg(quarantine_sub.add_parser(
+        "replay", help="load held records again through the current configuration;"
+        " those loaded or superseded leave the quarantine"))
+    q.add_argument("--entity", default=argparse.SUPPRESS, help="one entity (default: all)")
+    q.add_argument("--dry-run", action="store_true", help="say what would happen, change"
+                   " nothing")
+    q.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                   help="machine-readable output")
+    q.add_argument("--base-url", default=argparse.SUPPRESS,
+                   help="replica API (default: sources.replica.base_url)")
+    q.set_defaults(func=cmd_quarantine_replay)
     p = sub.add_parser("contract", help="the data contract with the platform team")
     contract_sub = p.add_subparsers(dest="contract_command", required=True)
     q = contract_sub.add_parser(

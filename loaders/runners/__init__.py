@@ -5,6 +5,8 @@
 * ``first_loads`` — the repair that makes an appended first load what a merge leaves;
 * ``quarantine`` — what each cycle newly held in ``raw.quarantine`` per entity, and the
   alarm when an entity's records mostly go there;
+* ``dead_letters`` — ``salesflow quarantine``: what the quarantine holds and why, and the
+  replay that loads held records again through the current configuration;
 * ``watch`` — cycles back to back: load, build what changed, publish;
 * ``publish`` — the analysts' read-only copy of the DuckDB marts;
 * ``demo`` — the simulator, a backfill, an incremental load, dbt and the docs site.

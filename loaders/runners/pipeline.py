@@ -3,9 +3,11 @@
 Warehouse layout (DuckDB by default, ``data/warehouse.duckdb``; PostgreSQL or another
 warehouse with ``SALESFLOW_TARGET``, see :mod:`loaders.warehouse`):
 
-* ``raw`` — written by dlt only: one table per entity (current rows, merged on the
-  primary key, deletions applied), ``quarantine`` (rejected records with the reason) and
-  dlt's own ``_dlt_loads`` / ``_dlt_version`` / ``_dlt_pipeline_state``.
+* ``raw`` — written by dlt: one table per entity (current rows, merged on the primary
+  key, deletions applied), ``quarantine`` (rejected records with the reason: see
+  :mod:`.quarantine` and :mod:`.dead_letters`) and dlt's own ``_dlt_loads`` /
+  ``_dlt_version`` / ``_dlt_pipeline_state``; beside them salesflow's own records (the
+  cycles, the schema changelog, ``quarantine_replays``).
 * dbt's schemas (staging, marts) are built from ``raw`` by ``salesflow run``.
 
 DuckDB admits one writing process per file, so every command that writes takes the same
@@ -246,17 +248,23 @@ def finish_normalize_commits(pipeline: dlt.Pipeline) -> list[str]:
     return finished
 
 
+def complete_interrupted(pipeline: dlt.Pipeline) -> None:
+    """Finish what a run killed half-way left, before a load of one's own: a normalize
+    half committed, load packages not loaded, a first load not repaired."""
+    finish_normalize_commits(pipeline)
+    if pipeline.has_pending_data:
+        # dlt's run() would only finish these and extract nothing new: finish them
+        # first, then extract as usual
+        log.warning("completing load packages left by an interrupted run")
+        pipeline.run()
+    # a first load the last run appended but did not live to repair
+    first_loads.repair_pending(pipeline, config.pipelines_dir())
+
+
 def _load(kwargs: dict[str, Any], pipeline: dlt.Pipeline) -> LoadResult:
     started = time.perf_counter()
     try:
-        finish_normalize_commits(pipeline)
-        if pipeline.has_pending_data:
-            # dlt's run() would only finish these and extract nothing new: finish them
-            # first, then extract as usual
-            log.warning("completing load packages left by an interrupted run")
-            pipeline.run()
-        # a first load the last run appended but did not live to repair
-        first_loads.repair_pending(pipeline, config.pipelines_dir())
+        complete_interrupted(pipeline)
         api = config.api_connection(kwargs.get("base_url"), kwargs.get("token"))
         limits = config.quarantine_limits()  # a bad setting fails before anything loads
         before = warehouse.known_types(pipeline)
