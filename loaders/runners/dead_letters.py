@@ -54,6 +54,7 @@ from loaders.replica.client import fetch_api_schema
 from loaders.replica.errors import ReplicaError
 from loaders.replica.pages import RULES, EntitySpec, parse_page
 from loaders.runners import pipeline as runner
+from loaders.runners import quarantine as quarantine_runner
 
 log = logging.getLogger(__name__)
 
@@ -634,6 +635,7 @@ def _settle(pipe: dlt.Pipeline, held: Sequence[Held], sorted_out: dict[str, Sort
         and (f.rule, f.field, f.reason) != (h.rule, h.field, h.reason)
     ]
     now = datetime.now(timezone.utc).isoformat()
+    quarantine_runner.forget_count(pipe)
     with pipe.sql_client() as sql:
         replays = sql.make_qualified_table_name(REPLAYS)
         quarantine = sql.make_qualified_table_name(QUARANTINE)

@@ -48,6 +48,8 @@ from loaders.schema_changes.changelog import recent_changes
 
 log = logging.getLogger(__name__)
 
+QUARANTINE = replica_settings.QUARANTINE_TABLE
+
 
 class AlreadyRunning(RuntimeError):
     pass
@@ -297,7 +299,7 @@ def _load(kwargs: dict[str, Any], pipeline: dlt.Pipeline) -> LoadResult:
             append=[r.table for r in appended],
         )
         first_loads.mark(config.pipelines_dir(), appended)
-        held_before = quarantine.held_counts(pipeline)
+        held_before = quarantine.held_before(pipeline)
         info = pipeline.run(source, loader_file_format=warehouse.loader_file_format())
         first_loads.repair_pending(pipeline, config.pipelines_dir())
     except PipelineStepFailed as exc:
@@ -315,7 +317,8 @@ def _load(kwargs: dict[str, Any], pipeline: dlt.Pipeline) -> LoadResult:
             if not table.startswith("_dlt"):
                 rows[table] = rows.get(table, 0) + n
     now = warehouse.cursor_positions(pipeline)
-    held = quarantine.newly_held(held_before, quarantine.held_counts(pipeline))
+    held_after = quarantine.held_after(pipeline, held_before, rows.get(QUARANTINE, 0))
+    held = quarantine.newly_held(held_before, held_after)
     result = LoadResult(
         rows=rows,
         quarantined=sum(held.values()),

@@ -4,9 +4,12 @@ when an entity's records mostly go there.
 ``raw.quarantine`` is one table for every entity, merged on a hash of the entity and the
 record, so a bad record the lookback window reads again is held once. The records a cycle
 newly held are what the table holds after the load beyond what it held before, per
-entity: one ``group by`` each side of the load, on a table that is empty when all is well.
-A record read again is not counted again, just as a row read again unchanged is not
-loaded again: the counts are new records, comparable with the rows loaded.
+entity (one ``group by``), so a record read again is not counted again, just as a row
+read again unchanged is not loaded again: the counts are new records, comparable with
+the rows loaded. No query at all while the warehouse has no quarantine; the count after
+a load only when the load wrote to it; the count before it from this process's last
+count (``salesflow watch`` holds the run lock, so nothing else changed it), else one
+query.
 
 **The share alarm** (kind ``quarantine_share``, see :mod:`loaders.monitoring.alarms`): a
 platform that renames a field without saying so sends every new record of that entity to
@@ -49,6 +52,40 @@ KIND = "quarantine_share"
 SAMPLE_CHARS = 600
 # how far back a run of cycles over the share is followed
 HISTORY_CYCLES = 200
+
+
+# this process's last count of each warehouse's quarantine: (working dir, target) -> counts
+_LAST_COUNT: dict[tuple[str, str], dict[str, int]] = {}
+
+
+def _warehouse_key(pipeline: dlt.Pipeline) -> tuple[str, str]:
+    return pipeline.working_dir, f"{warehouse.target_name()}:{warehouse.duckdb_path()}"
+
+
+def held_before(pipeline: dlt.Pipeline) -> dict[str, int]:
+    """Records held in ``raw.quarantine`` per entity before a load: this process's last
+    count (taken, so a cycle that fails before counting again leaves none to trust), else
+    the warehouse's; nothing when no load ever wrote a quarantine."""
+    last = _LAST_COUNT.pop(_warehouse_key(pipeline), None)
+    if last is not None:
+        return last
+    schema = pipeline.schemas.get(replica_settings.SOURCE_NAME)
+    if schema is None or QUARANTINE not in schema.tables:
+        return {}
+    return held_counts(pipeline)
+
+
+def held_after(pipeline: dlt.Pipeline, before: dict[str, int], written: int) -> dict[str, int]:
+    """Records held per entity after a load that wrote ``written`` quarantine rows (read
+    again or new); remembered as the next load's count before."""
+    after = held_counts(pipeline) if written else before
+    _LAST_COUNT[_warehouse_key(pipeline)] = after
+    return after
+
+
+def forget_count(pipeline: dlt.Pipeline) -> None:
+    """The quarantine changed other than by a cycle (a replay): count it again."""
+    _LAST_COUNT.pop(_warehouse_key(pipeline), None)
 
 
 def held_counts(pipeline: dlt.Pipeline) -> dict[str, int]:
