@@ -11,7 +11,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from loaders import config
+from loaders import config, dbt_project
 from loaders.monitoring import status
 from loaders.runners import pipeline
 from simulator import store
@@ -129,13 +129,16 @@ def test_a_silent_rename_is_absorbed_by_one_mapping_and_a_replay(
     from loaders.runners import dead_letters
     from tests.support.warehouse import dbt_invoke
 
+    # a short lookback, so that the cycles after the mapping read little again: what
+    # they do not, the replay loads (what they did is superseded there)
+    lookback = {"lookback_seconds": 0.5}
     sim = start_simulator(platform_dir, "--rate", "20")
     try:
-        pipeline.load(base_url=sim.url, token=TOKEN)
+        pipeline.load(base_url=sim.url, token=TOKEN, **lookback)
         since = store.iso(store.utcnow())
         drift(sim, "rename", "orders", "total_cents", to="total_amount")
         wait_for_new_records(platform_dir, "orders", since)
-        held = pipeline.load(base_url=sim.url, token=TOKEN)
+        held = pipeline.load(base_url=sim.url, token=TOKEN, **lookback)
         assert held.quarantined
         advice = next(n for n in notices() if n["key"].startswith("change:")
                       and n["details"]["change"]["column"] == "total_cents")
@@ -143,21 +146,25 @@ def test_a_silent_rename_is_absorbed_by_one_mapping_and_a_replay(
         # the advice, as configuration: new records load from now on
         monkeypatch.setenv("SOURCES__REPLICA__FIELD_MAPPING",
                            json.dumps({"orders": {"total_cents": "total_amount"}}))
+        time.sleep(1)
         wait_for_new_records(platform_dir, "orders", store.iso(store.utcnow()))
-        absorbed = pipeline.load(base_url=sim.url, token=TOKEN)
+        absorbed = pipeline.load(base_url=sim.url, token=TOKEN, **lookback)
         assert absorbed.rows.get("orders") and not absorbed.quarantined
     finally:
         sim.stop()
     quiet = start_simulator(platform_dir)
     try:
         replayed = dead_letters.replay("orders", base_url=quiet.url, token=TOKEN)
-        assert sum(e.loaded for e in replayed.entities) > 0
+        total = replayed.total
+        assert total["loaded"] + total["superseded"] >= held.quarantined
+        assert total["held"] == 0
         again = dead_letters.replay("orders", base_url=quiet.url, token=TOKEN)
-        assert sum(e.loaded for e in again.entities) == 0  # each record once
-        pipeline.load(base_url=quiet.url, token=TOKEN)
+        assert again.entities == []  # each record once: nothing is held any more
+        pipeline.load(base_url=quiet.url, token=TOKEN, **lookback)
     finally:
         quiet.stop()
     assert_reconciled(platform_dir, warehouse)  # raw holds exactly the replica's rows
-    dbt_invoke(tmp_path, "build")
+    dbt_invoke(tmp_path, "build", "--exclude-resource-type", "unit_test")
+    dbt_project.release_warehouse()  # dbt-duckdb keeps the file open in this process
     assert revenue(platform_dir, warehouse)["match"]  # the marts count every sale
     assert status.collect(config.pipelines_dir())["status"] != status.RED

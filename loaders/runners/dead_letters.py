@@ -369,6 +369,11 @@ def _held(sql: Any, where: str = "", *params: Any, limit: int | None = None) -> 
             for k, e, r, f, why, rec in rows or []]
 
 
+def _no_warehouse() -> bool:
+    """Whether the warehouse is a DuckDB file not created yet (nothing loaded)."""
+    return warehouse.is_duckdb() and not warehouse.duckdb_path().exists()
+
+
 def _has_quarantine(sql: Any) -> bool:
     return QUARANTINE in warehouse.raw_tables(sql)
 
@@ -411,6 +416,8 @@ def list_held(
     """What the quarantine holds, per entity, rule and field (the ``limit`` largest
     groups), and what replaying each would do now. The warehouse is only read (a DuckDB
     file read-only); an API that cannot be reached leaves the dry run out, saying why."""
+    if _no_warehouse():
+        return Listing([], 0)
     pipe = warehouse.dlt_pipeline(read_only=True)
     with _reading(pipe) as sql:
         if not _has_quarantine(sql):
@@ -560,6 +567,8 @@ def replay(
     current configuration, under the run lock (see the module's docstring); with
     ``dry_run``, only say what would happen."""
     with runner.run_lock("quarantine replay" + (" --dry-run" if dry_run else "")):
+        if _no_warehouse():
+            return ReplayReport([], dry_run=dry_run)
         pipe = warehouse.dlt_pipeline()
         if not dry_run:
             runner.complete_interrupted(pipe)

@@ -3,9 +3,11 @@
 Warehouse layout (DuckDB by default, ``data/warehouse.duckdb``; PostgreSQL or another
 warehouse with ``SALESFLOW_TARGET``, see :mod:`loaders.warehouse`):
 
-* ``raw`` — written by dlt only: one table per entity (current rows, merged on the
-  primary key, deletions applied), ``quarantine`` (rejected records with the reason) and
-  dlt's own ``_dlt_loads`` / ``_dlt_version`` / ``_dlt_pipeline_state``.
+* ``raw`` — written by dlt: one table per entity (current rows, merged on the primary
+  key, deletions applied), ``quarantine`` (rejected records with the reason: see
+  :mod:`.quarantine` and :mod:`.dead_letters`) and dlt's own ``_dlt_loads`` /
+  ``_dlt_version`` / ``_dlt_pipeline_state``; beside them salesflow's own records (the
+  cycles, the schema changelog, ``quarantine_replays``).
 * dbt's schemas (staging, marts) are built from ``raw`` by ``salesflow run``.
 
 DuckDB admits one writing process per file, so every command that writes takes the same
