@@ -30,8 +30,8 @@ Everything runs against ``salesflow sim serve`` on 127.0.0.1, in real processes:
    each expected change is logged in ``raw.schema_changelog`` and notified, and the
    build after it (data tests included) is green. One by one; at smoke scale those
    touching different fields land together. Then **unscripted drifts**: random
-   renames, nestings and retypes of random required fields of random entities, told by
-   ``/v1/schema`` or not (``simulator.drift``), each while the watch runs: each must be
+   renames, nestings and retypes of random required fields of random entities, not told
+   by ``/v1/schema`` (``simulator.drift``), each while the watch runs: each must be
    notified (the field named) and turn ``salesflow status`` non-green within a few
    cycles. After the watch, the field mapping each calls for is configured and
    ``salesflow quarantine replay`` loads what was held; the drifts stay in force and
@@ -444,7 +444,10 @@ ABSORBABLE = ("rename", "nest", "retype")
 def random_drifts(sim_dir: Path, rng: random.Random, count: int) -> list[sim_drift.Drift]:
     """``count`` drifts, each on a different entity: a random required field (not the
     key nor the cursor) renamed, moved into an object, or (an integer) served as a
-    string; told by ``/v1/schema`` or not, at random."""
+    string, without a word from ``/v1/schema``: every record in the new shape is held,
+    so the mapping and a replay must bring all of them back. (A change the schema
+    describes loads its new field into a column of its own; the drift matrix covers
+    those.)"""
     with closing(store.connect(sim_dir / store.REPLICA, readonly=True)) as con:
         applied = store.applied_evolutions(con)
     out = []
@@ -460,7 +463,6 @@ def random_drifts(sim_dir: Path, rng: random.Random, count: int) -> list[sim_dri
         out.append(sim_drift.Drift(
             kind, entity, chosen.name if kind != "nest" else None, to=to,
             fields=(chosen.name,) if kind == "nest" else (),
-            described=rng.random() < 0.5,
         ))
     return out
 
