@@ -49,7 +49,7 @@ open_alarms as (
         string_agg(incidents.incident_kind, ', ' order by incidents.incident_kind)
             as open_alarm_kinds
     from incidents
-    inner join (select distinct entity from loads) as loaded
+    inner join last_load as loaded
         on incidents.entity = loaded.entity or incidents.entity is null
     where incidents.is_open and incidents.incident_family = 'data'
     group by loaded.entity
@@ -83,7 +83,8 @@ final as (
             else 'fresh'
         end as freshness_status,
         case
-            when aged.minutes_since_load >= {{ var('freshness_error_minutes') }}
+            when
+                aged.minutes_since_load >= {{ var('freshness_error_minutes') }}
                 or open_incident.open_incident_kind is not null
                 or open_alarms.open_alarm_kinds is not null
                 then 'red'
