@@ -323,7 +323,7 @@ def token_forms(token: str) -> list[bytes]:
 
 def test_the_run_did_everything_the_scans_rely_on(world):
     assert world.exit_codes["salesflow run"] == 0, world.texts["salesflow run stderr"]
-    assert "quarantined: see raw.quarantine" in world.texts["salesflow run stdout"]
+    assert "newly held in raw.quarantine" in world.texts["salesflow run stdout"]
     assert world.exit_codes["salesflow load wrong token"] == 3
     assert "refused the token" in world.texts["salesflow load wrong token stderr"]
     assert world.exit_codes["salesflow load unreachable"] == 3
