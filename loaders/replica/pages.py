@@ -478,7 +478,7 @@ def _map(
     try:
         return mapping.apply(spec.mapping, table, spec.mapped_types)
     except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
-        pass
+        pass  # some value does not convert: find which, record by record, below
     kept = []
     for i in range(table.num_rows):
         row = table.slice(i, 1)
