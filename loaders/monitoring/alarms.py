@@ -120,12 +120,14 @@ def update(
 
 
 def duration(alarm: dict[str, Any]) -> float:
+    """Seconds from an alarm's or incident's ``started_at`` to its ``ended_at``."""
     start = datetime.fromisoformat(alarm["started_at"])
     end = datetime.fromisoformat(alarm["ended_at"])
     return max((end - start).total_seconds(), 0.0)
 
 
-def _human(seconds: float) -> str:
+def human(seconds: float) -> str:
+    """A duration for notices: ``40 s``, ``6 min``, ``2.5 h``."""
     if seconds < 120:
         return f"{seconds:.0f} s"
     if seconds < 7200:
@@ -155,11 +157,11 @@ def notify(notifier: Notifier, changes: AlarmChanges) -> list[str]:
         event = Event(
             key=f"alarm:{alarm['incident_id']}:closed",
             kind="recovery",
-            title=f"Cleared after {_human(seconds)}: {alarm['title']}",
+            title=f"Cleared after {human(seconds)}: {alarm['title']}",
             text=(
                 f"The {alarm['kind'].replace('_', ' ')} alarm on {where} that opened at"
                 f" {alarm['started_at']} cleared at {alarm['ended_at']}"
-                f" ({_human(seconds)}, {alarm['failed_cycles']} cycle(s))."
+                f" ({human(seconds)}, {alarm['failed_cycles']} cycle(s))."
             ),
             severity="info",
             details={k: alarm[k] for k in ("incident_id", "kind", "entity", "started_at",

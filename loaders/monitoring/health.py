@@ -275,7 +275,7 @@ class Health:
                 f"UPDATE {ds}.{INCIDENTS} SET ended_at = %s, duration_seconds = %s,"
                 " failed_cycles = %s, rows_caught_up = %s, last_error = %s"
                 " WHERE incident_id = %s",
-                closed["ended_at"], _duration(closed), closed["failed_cycles"],
+                closed["ended_at"], alarms.duration(closed), closed["failed_cycles"],
                 closed["rows_caught_up"], closed["last_error"], closed["incident_id"],
             )
         if opened:
@@ -321,7 +321,7 @@ class Health:
 
     def _notify_closed(self, notifier: Notifier, incident: dict[str, Any]) -> str:
         outage = incident["family"] == "outage"
-        seconds = _duration(incident)
+        seconds = alarms.duration(incident)
         if incident.get("superseded_by"):
             event = Event(
                 key=f"incident:{incident['incident_id']}:closed",
@@ -340,11 +340,11 @@ class Health:
         event = Event(
             key=f"incident:{incident['incident_id']}:closed",
             kind="recovery",
-            title=f"{what} after {_human(seconds)}",
+            title=f"{what} after {alarms.human(seconds)}",
             text=(
                 f"The {incident['kind'].replace('_', ' ')} that started at"
                 f" {incident['started_at']} ended at {incident['ended_at']}"
-                f" ({_human(seconds)}, {incident['failed_cycles']} failed cycle(s))."
+                f" ({alarms.human(seconds)}, {incident['failed_cycles']} failed cycle(s))."
                 f" {incident['rows_caught_up']:,} rows were caught up in the first cycle"
                 " after it; nothing was lost or loaded twice."
             ),
@@ -377,20 +377,6 @@ def _loaded(cycle: Cycle, entities: Sequence[str]) -> list[str]:
     """The entities a successful cycle loaded: those it was asked for, and any that
     brought rows or records held in quarantine."""
     return sorted(set(entities) | set(cycle.rows) | set(cycle.quarantined))
-
-
-def _duration(incident: dict[str, Any]) -> float:
-    start = datetime.fromisoformat(incident["started_at"])
-    end = datetime.fromisoformat(incident["ended_at"])
-    return max((end - start).total_seconds(), 0.0)
-
-
-def _human(seconds: float) -> str:
-    if seconds < 120:
-        return f"{seconds:.0f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
 
 
 def as_dict(cycle: Cycle) -> dict[str, Any]:
