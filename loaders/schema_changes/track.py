@@ -72,8 +72,10 @@ class Tracked:
 def change_event(change: Change, report: Impact) -> Event:
     """The notice of one logged change, with its impact."""
     severity = "error" if report.classification == "breaking" else "warning"
-    if change.kind in ADDITIVE or change.kind == "schema_disagrees":
-        severity = "info" if change.kind in ADDITIVE else "warning"
+    if change.kind in ADDITIVE:
+        severity = "info"
+    elif change.kind == "schema_disagrees":
+        severity = "warning"
     # a disagreement is about the API's self-description; its fields' own notices
     # carry their impact
     text = (change.describe() if change.kind == "schema_disagrees"
@@ -225,11 +227,11 @@ def _from_records(
             return 0, 0
         by_key = {k: v for k, v in samples if k is not None}
         marks = ", ".join(["%s"] * len(by_key))
+        k_col, v_col = (sql.escape_column_name(NAMING.normalize_identifier(c))
+                        for c in (key, column))
         rows = sql.execute_sql(
-            f"SELECT {sql.escape_column_name(NAMING.normalize_identifier(key))},"
-            f" {sql.escape_column_name(NAMING.normalize_identifier(column))}"
-            f" FROM {dataset}.{sql.escape_column_name(entity)} WHERE"
-            f" {sql.escape_column_name(NAMING.normalize_identifier(key))} IN ({marks})",
+            f"SELECT {k_col}, {v_col} FROM {dataset}.{sql.escape_column_name(entity)}"
+            f" WHERE {k_col} IN ({marks})",
             *by_key,
         ) or []
         agree = sum(from_records.same_value(v, by_key[k]) for k, v in rows if k in by_key)
