@@ -43,7 +43,13 @@ from loaders.monitoring import health
 from loaders.monitoring.alarms import Condition
 from loaders.replica import settings as replica_settings
 from loaders.replica.pages import NAMING, RULES
-from loaders.schema_changes.impact import Lineage, current_lineage, format_impact, impact
+from loaders.schema_changes.impact import (
+    Lineage,
+    current_lineage,
+    format_impact,
+    impact,
+    once,
+)
 
 log = logging.getLogger(__name__)
 
@@ -170,7 +176,7 @@ def _check_shares(
         out.judged = entities
         return out
     is_open = _open_alarms()
-    lineage = _once(current_lineage)
+    lineage = once(current_lineage)
     with pipeline.sql_client() as sql:
         columns = warehouse.known_types(pipeline)
         for entity in entities:
@@ -343,16 +349,3 @@ def _open_alarms() -> set[str]:
     """The keys of the data alarms open now (from the health state file)."""
     state = health.Health(config.pipelines_dir()).state()
     return set(state.get("open_alarms") or {})
-
-
-def _once(get: Callable[[], Lineage | None]) -> Callable[[], Lineage | None]:
-    """``get``, asked at most once (compiling the project's lineage takes seconds: only
-    an alarm that opens asks for it)."""
-    cache: list[Lineage | None] = []
-
-    def lineage() -> Lineage | None:
-        if not cache:
-            cache.append(get())
-        return cache[0]
-
-    return lineage

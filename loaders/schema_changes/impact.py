@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, overload
 
 from loaders.contract import reach
 from loaders.replica import settings
@@ -77,6 +77,25 @@ def current_lineage() -> Lineage | None:
 def resolve(source: LineageSource) -> Lineage | None:
     """The lineage ``source`` stands for, asking for it if it is a way to get it."""
     return source() if callable(source) else source
+
+
+@overload
+def once(source: Callable[[], Lineage | None]) -> Callable[[], Lineage | None]: ...
+@overload
+def once(source: LineageSource) -> LineageSource: ...
+def once(source: LineageSource) -> LineageSource:
+    """``source``, asked at most once: compiling the project's lineage takes seconds, and
+    a cycle may need it for many notices, or for none."""
+    if not callable(source):
+        return source
+    answer: list[Lineage | None] = []
+
+    def get() -> Lineage | None:
+        if not answer:
+            answer.append(source())
+        return answer[0]
+
+    return get
 
 
 def impact(

@@ -48,6 +48,7 @@ from loaders.schema_changes.impact import (
     current_lineage,
     format_impact,
     impact,
+    once,
     resolve,
 )
 
@@ -88,20 +89,6 @@ def change_event(change: Change, report: Impact) -> Event:
         severity=severity,
         details={"change": change.as_dict(), "impact": report.as_dict()},
     )
-
-
-def _once(source: LineageSource) -> LineageSource:
-    """``source``, asked at most once (a cycle may need the lineage for many notices)."""
-    if not callable(source):
-        return source
-    answer: list[Any] = []
-
-    def get() -> Any:
-        if not answer:
-            answer.append(source())
-        return answer[0]
-
-    return get
 
 
 def after_load(
@@ -175,7 +162,7 @@ def after_load(
         annotate([*changes, *business], announcements)
         new = changelog.record(sql, qualified, [*changes, *business])
         logged = changelog.read_changelog(sql, qualified, observed.CHANGELOG_LIMIT)
-    lineage = _once(lineage)
+    lineage = once(lineage)
     observed_at = observed_at or datetime.now(timezone.utc)
     tracked = Tracked(changes=new, announcements=list(announcements), observed_at=observed_at,
                       baseline=baseline)
