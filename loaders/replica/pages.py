@@ -269,6 +269,9 @@ def _slow_path(
     quarantined ones."""
     good: list[bytes] = []
     bad: list[dict[str, Any]] = []
+    # a mapped field is read in whatever type it comes: only the others are checked
+    free = spec.mapped_sources
+    checked = {n: t for n, t in spec.fields.items() if n not in free}
     for raw in body.splitlines():
         if not raw.strip():
             continue
@@ -285,9 +288,8 @@ def _slow_path(
             continue
         problems = {
             name: f"{name}: {why}"
-            for name, type_name in spec.fields.items()
-            if name not in spec.mapped_sources
-            and (why := _check_value(rec.get(name), type_name))
+            for name, type_name in checked.items()
+            if (why := _check_value(rec.get(name), type_name))
         }
         if problems:
             reason = "wrong type: " + "; ".join(problems.values())
