@@ -47,7 +47,10 @@ def cmd_generate(args) -> int:
             if (d / name).exists():
                 (d / name).unlink()
     as_of = store.parse_iso(args.as_of) if args.as_of else default_as_of()
-    summary = generate(d, orders=args.orders, seed=args.seed, as_of=as_of, days=args.days)
+    summary = generate(
+        d, orders=args.orders, seed=args.seed, as_of=as_of, days=args.days,
+        clock_skew=args.clock_skew,
+    )
     total = sum(summary.rows.values())
     print(f"generated {total:,} rows in {summary.seconds:.1f} s into {d} "
           f"(seed {summary.seed}, as of {summary.as_of}, {args.days} days)")
@@ -69,6 +72,7 @@ def cmd_serve(args) -> int:
             rate=args.rate,
             lag=args.lag,
             jitter=args.jitter,
+            clock_skew=args.clock_skew,
             rate_limit=args.rate_limit,
             duration=args.duration,
         )
@@ -254,6 +258,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--days", type=int, default=90, help="days of history")
     g.add_argument("--as-of", help="end of the history (ISO time; default now)")
     g.add_argument("--force", action="store_true", help="replace an existing platform")
+    g.add_argument("--clock-skew", type=float, default=0.0,
+                   help="device clocks up to N seconds ahead on a share of events")
     g.set_defaults(func=cmd_generate)
 
     s = with_dir(ssub.add_parser("serve", help="serve the replica API (and live traffic)"))
@@ -265,6 +271,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--rate", type=float, default=0.0, help="live orders per second (0-1000)")
     s.add_argument("--lag", type=float, default=0.0, help="replica lag in seconds")
     s.add_argument("--jitter", type=float, default=0.0, help="late commits, up to N seconds")
+    s.add_argument("--clock-skew", type=float, default=0.0,
+                   help="device clocks up to N seconds ahead on a share of events")
     s.add_argument("--rate-limit", type=float, default=200.0, help="requests/s per token")
     s.add_argument("--duration", type=float, help="stop after N seconds")
     s.set_defaults(func=cmd_serve)

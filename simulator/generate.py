@@ -10,6 +10,9 @@ repeat customers (customers exist before their orders); a view → cart → chec
 purchase funnel (see ``model.FUNNEL``) whose purchases are the orders; order status
 progressing with age (placed → paid → shipped → delivered, some cancelled or returned);
 profile edits; a few deleted customers and orders; about 2% of events arriving late.
+With ``clock_skew``, a share of events (``model.DEVICE_CLOCK_SHARE``) report the time of
+a device clock running up to that many seconds ahead of the server, drawn from a random
+stream of their own: the rest of the history is the same as without it.
 
 May import ``store`` and ``model``.
 """
@@ -32,6 +35,7 @@ from simulator.model import (
     CAMPAIGNS,
     CATEGORIES,
     CHANNELS,
+    DEVICE_CLOCK_SHARE,
     ENTITIES,
     FUNNEL,
     FX_PER_USD,
@@ -258,6 +262,22 @@ class _Items:
     total: np.ndarray
 
 
+@dataclass
+class _DeviceClocks:
+    """The clocks events are stamped with: the server's, or for a share of events a
+    device's, running up to ``skew_us`` ahead (none when 0)."""
+
+    rng: np.random.Generator
+    skew_us: int
+
+    def reported(self, occurred: np.ndarray) -> np.ndarray:
+        if not self.skew_us:
+            return occurred
+        device = self.rng.random(len(occurred)) < DEVICE_CLOCK_SHARE
+        ahead = self.rng.integers(0, self.skew_us, size=len(occurred), endpoint=True)
+        return occurred + np.where(device, ahead, 0)
+
+
 N_PRODUCTS = 400
 
 
@@ -268,13 +288,17 @@ def generate(
     as_of: datetime | None = None,
     days: int = 90,
     chunk_orders: int = 250_000,
+    clock_skew: float = 0.0,
 ) -> GenerationSummary:
     """Create ``production.db`` and ``replica.db`` in ``directory`` (which must not hold a
-    platform yet) with ``orders`` orders over the ``days`` before ``as_of``."""
+    platform yet) with ``orders`` orders over the ``days`` before ``as_of``; device clocks
+    up to ``clock_skew`` seconds ahead on a share of the events."""
     if orders < 1:
         raise ValueError("orders must be at least 1")
     if days < 1:
         raise ValueError("days must be at least 1")
+    if clock_skew < 0:
+        raise ValueError("clock_skew must be 0 or more seconds (how far device clocks run ahead)")
     started = time.perf_counter()
     d = Path(directory)
     con = _open_production(d)
@@ -282,6 +306,7 @@ def generate(
     end_us = int(as_of.timestamp() * US)
     start_us = end_us - days * DAY
     rng = np.random.default_rng(seed)
+    clocks = _DeviceClocks(np.random.default_rng([seed, 1]), int(clock_skew * US))
 
     w = _Writer(con)
     con.execute("BEGIN")
@@ -292,7 +317,9 @@ def generate(
     order_times = _sample_times(rng, orders, start_us, end_us)
     for c0 in range(0, orders, chunk_orders):
         chunk = order_times[c0 : c0 + chunk_orders]
-        _write_order_chunk(w, rng, chunk, ids, catalogue, customers, end_us, deletion_rows)
+        _write_order_chunk(
+            w, rng, chunk, ids, catalogue, customers, end_us, deletion_rows, clocks
+        )
     _write_customers(w, rng, customers, catalogue, end_us, deletion_rows)
     _write_deletions(w, deletion_rows)
     _write_meta(con, seed, as_of, ids, len(customers.ids))
@@ -443,6 +470,7 @@ def _write_order_chunk(
     customers: _Customers,
     end_us: int,
     deletion_rows: list[tuple[str, str, int]],
+    clocks: _DeviceClocks,
 ) -> None:
     """Write one chunk of consecutive orders with their lines, sessions and events."""
     orders = _draw_orders(rng, t, ids, customers)
@@ -452,7 +480,9 @@ def _write_order_chunk(
     ids.sessions += len(t)
     purchases, purchase_times = _purchase_events(rng, orders, items, session_ids)
     abandoned, abandoned_times = _abandoned_events(rng, t, ids, catalogue, customers)
-    _write_events(w, rng, purchases, purchase_times, abandoned, abandoned_times, ids, end_us)
+    _write_events(
+        w, rng, purchases, purchase_times, abandoned, abandoned_times, ids, end_us, clocks
+    )
     _write_orders_and_items(
         w, rng, orders, items, catalogue, session_ids, status, updated, end_us, deletion_rows
     )
@@ -657,8 +687,10 @@ def _write_events(
     abandoned_times: np.ndarray,
     ids: _NextIds,
     end_us: int,
+    clocks: _DeviceClocks,
 ) -> None:
-    """Write the events in order of arrival; about 2% arrive late, some after ``end_us``."""
+    """Write the events in order of arrival; about 2% arrive late, some after ``end_us``;
+    ``occurred_at`` as the clock that stamped it told it (``_DeviceClocks``)."""
     occurred = np.concatenate([purchase_times, abandoned_times])
     ev_all = {key: np.concatenate([purchases[key], abandoned[key]]) for key in purchases}
     late = rng.random(len(occurred)) < 0.02
@@ -677,7 +709,7 @@ def _write_events(
     cols: dict[str, Any] = {"event_id": event_ids}
     for key, arr in ev_all.items():
         cols[key] = arr[sel]
-    cols["occurred_at"] = _iso(occurred[sel])
+    cols["occurred_at"] = _iso(clocks.reported(occurred[sel]))
     cols["updated_at"] = _iso(received[sel])
     w.write("events", cols)
 

@@ -213,6 +213,11 @@ PLATFORMS = ("web", "app")
 # (a session starts with a product view)
 FUNNEL = {"add_to_cart": 0.50, "checkout": 0.70, "purchase": 0.90}
 
+# share of events whose occurred_at comes from the visitor's device clock rather than the
+# server's: with a clock skew set (``clock_skew`` of the platform and of ``generate``),
+# those run up to that many seconds ahead, so an event can seem to occur after it arrived
+DEVICE_CLOCK_SHARE = 0.10
+
 # --- schema evolutions -----------------------------------------------------------------
 
 

@@ -24,6 +24,7 @@ from simulator.faults import FaultWatcher
 from simulator.model import (
     CAMPAIGNS,
     CHANNELS,
+    DEVICE_CLOCK_SHARE,
     ENTITIES,
     EVOLUTIONS,
     FUNNEL,
@@ -57,14 +58,27 @@ class Activity:
 
 
 class Platform:
-    def __init__(self, directory: Path | str, seed: int | None = None, jitter: float = 0.0):
+    def __init__(
+        self,
+        directory: Path | str,
+        seed: int | None = None,
+        jitter: float = 0.0,
+        clock_skew: float = 0.0,
+    ):
         """``jitter``: up to this many seconds, some commits carry an ``updated_at`` in the
-        past (long transactions committing late), as on a busy production database."""
+        past (long transactions committing late), as on a busy production database.
+        ``clock_skew``: up to this many seconds, the events sent from a device's own clock
+        (``model.DEVICE_CLOCK_SHARE``) carry an ``occurred_at`` ahead of the server's."""
         self.dir = Path(directory)
         self.prod = store.Production(self.dir)
         base_seed = json.loads(self.prod.meta("seed") or "0")
         self.rng = random.Random(seed if seed is not None else base_seed + 1)
         self.jitter = jitter
+        if clock_skew < 0:
+            raise ValueError(
+                "clock_skew must be 0 or more seconds (how far device clocks run ahead)"
+            )
+        self.clock_skew = clock_skew
         self.ids: dict[str, int] = json.loads(self.prod.meta("next_ids") or "{}")
         self.pending: list[tuple[float, int, str]] = []  # (due monotonic, order_id, status)
         self.activity = Activity()
@@ -172,6 +186,8 @@ class Platform:
     def _event(self, con, seq, now, act, session, base: dict, event_type, occurred, **extra):
         late = self.rng.random() < 0.02
         occ = occurred - timedelta(minutes=self.rng.uniform(5, 120)) if late else occurred
+        if self.clock_skew and self.rng.random() < DEVICE_CLOCK_SHARE:
+            occ += timedelta(seconds=self.rng.random() * self.clock_skew)  # device clock
         row = {
             "event_id": self._next("events"),
             "session_id": session,

@@ -44,14 +44,17 @@ class ServeOptions:
     rate: float = 0.0  # live orders per second (0: static data)
     lag: float = 0.0  # replica lag in seconds
     jitter: float = 0.0  # late commits, see Platform
+    clock_skew: float = 0.0  # device clocks ahead of the server, see Platform
     rate_limit: float = 200.0  # requests per second per token
     duration: float | None = None  # stop by itself after this many seconds
 
 
-def _platform_main(directory: str, rate: float, lag: float, jitter: float, stop) -> None:
+def _platform_main(
+    directory: str, rate: float, lag: float, jitter: float, stop, clock_skew: float = 0.0
+) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops us through `stop`
     logging.basicConfig(level=logging.INFO, format="%(asctime)s platform %(message)s")
-    platform = Platform(directory, jitter=jitter)
+    platform = Platform(directory, jitter=jitter, clock_skew=clock_skew)
     try:
         platform.run(rate, lag, stop=stop)
     finally:
@@ -125,7 +128,7 @@ def serve(opts: ServeOptions, stop: threading.Event | None = None) -> None:
     platform_stop = ctx.Event()
     platform = ctx.Process(
         target=_platform_main,
-        args=(str(d), opts.rate, opts.lag, opts.jitter, platform_stop),
+        args=(str(d), opts.rate, opts.lag, opts.jitter, platform_stop, opts.clock_skew),
         name="salesflow-platform",
         daemon=True,
     )
