@@ -148,6 +148,14 @@ def _setting(key: str, kind: type[float] | type[int], default: float) -> Any:
         ) from None
 
 
+def pii_key() -> str | None:
+    """The key personal data is hashed with (a secret): ``SALESFLOW_PII_KEY``, else
+    ``salesflow.pii_key`` (``[salesflow] pii_key`` in ``.dlt/secrets.toml``), else None
+    (:mod:`loaders.pii` then generates one for a DuckDB warehouse)."""
+    given = os.environ.get("SALESFLOW_PII_KEY") or dlt.secrets.get("salesflow.pii_key")
+    return str(given) if given else None
+
+
 def notify_setting(name: str, secret: bool = False) -> Any:
     """A setting of ``[notify]``: secrets only from secrets; others from either."""
     provider = dlt.secrets if secret else dlt.config

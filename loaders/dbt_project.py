@@ -2,12 +2,13 @@
 
 Every dbt command salesflow runs goes through :func:`invoke` (dbt's programmatic
 runner, in this process: no start-up cost per command). The current target's connection
-is handed to dbt first (:func:`loaders.warehouse.prepare_dbt`), and the DuckDB database
+is handed to dbt first (:func:`loaders.warehouse.prepare_dbt`), with the key personal
+data is hashed with (:func:`loaders.pii.dbt_environment`), and the DuckDB database
 dbt-duckdb keeps open is released after each command, so the file is free between
 commands for analysts, tools and this process's own readers. :class:`Session` keeps the
 project parsed for a continuous run (``salesflow watch``).
 
-May import: dbt, :mod:`loaders.config` and :mod:`loaders.warehouse`.
+May import: dbt, :mod:`loaders.config`, :mod:`loaders.warehouse` and :mod:`loaders.pii`.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from loaders import warehouse
+from loaders import pii, warehouse
 from loaders.config import PROJECT_ROOT
 
 # the schema the public marts build into: what analysts may read, and what is published
@@ -79,9 +80,10 @@ def invoke(
     warehouse.prepare_dbt()
     root = str(project_root)
     try:
-        return (runner or dbtRunner()).invoke(
-            [*args, "--project-dir", root, "--profiles-dir", root]
-        )
+        with pii.dbt_environment():
+            return (runner or dbtRunner()).invoke(
+                [*args, "--project-dir", root, "--profiles-dir", root]
+            )
     finally:
         release_warehouse()
 

@@ -4,6 +4,8 @@ to the marts, the marts equal to DuckDB's for the same data, and an incremental 
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 from collections.abc import Iterator
 from contextlib import closing
 from dataclasses import dataclass
@@ -33,6 +35,7 @@ from tests.support.warehouse import dbt_invoke
 pytestmark = pytest.mark.slow
 
 DATABASE = "salesflow_test"
+PII_KEY = "pg-pii-key-9d41"  # the postgres target needs one configured (no generation)
 LOADER_PASSWORD = "loader-secret-1"
 ANALYST_LOGIN, ANALYST_PASSWORD = "alice", "alice-secret-1"
 
@@ -84,6 +87,7 @@ def pg(postgres_server: PostgresServer, tmp_path_factory) -> Iterator[Warehouse]
         env.setenv("SALESFLOW_PIPELINES_DIR", str(work / "dlt"))
         env.setenv("DLT_PROJECT_DIR", str(ROOT))
         env.setenv("RUNTIME__REQUEST_MAX_ATTEMPTS", "3")
+        env.setenv("SALESFLOW_PII_KEY", PII_KEY)
         try:
             result = pipeline.load(base_url=wh.sim.url, token=TOKEN)
             assert result.total > 0 and result.quarantined == 0
@@ -201,6 +205,12 @@ def test_the_analyst_reads_the_marts_and_nothing_else(pg):
         cur.execute("select count(*) from marts.fct_orders")
         assert cur.fetchone()[0] > 0
         assert denied(con, "select * from raw.orders limit 1")
+        # the key personal data is hashed with is not the analysts' to read
+        cur.execute("select current_setting('salesflow.pii_ipad', true),"
+                    " current_setting('salesflow.pii_opad', true)")
+        assert cur.fetchone() in ((None, None), ("", ""))
+        cur.execute("select count(*) from pg_roles where rolconfig::text like '%pii%'")
+        assert cur.fetchone()[0] == 0
 
 
 def test_init_roles_from_the_command_line(pg, monkeypatch, capsys):
@@ -321,6 +331,12 @@ def test_marts_on_postgres_equal_those_on_duckdb(pg, tmp_path, monkeypatch):
         "select customer_id, email_hash, customer_name_hash from marts.dim_customers"
     ))
     assert hashes == hashes_duckdb and len(hashes) > 0
+    # ... with the key: HMAC-SHA256 of the trimmed, lower-cased address
+    [(customer_id, email)] = store.query(
+        pg.sim.dir, "SELECT customer_id, email FROM customers ORDER BY customer_id LIMIT 1"
+    )
+    expected = hmac.new(PII_KEY.encode(), email.strip().lower().encode(), hashlib.sha256)
+    assert (customer_id, expected.hexdigest()) in {(h[0], h[1]) for h in hashes}
 
 
 def test_an_incremental_cycle_after_platform_activity(pg, monkeypatch):

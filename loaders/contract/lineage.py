@@ -46,7 +46,7 @@ RelKey = tuple[str, str, str]  # (catalog, schema, name), lower case
 _STRICT: tuple[type[exp.Expr], ...] = (
     exp.Cast, exp.Paren, exp.Add, exp.Sub, exp.Mul, exp.Div, exp.IntDiv, exp.Mod, exp.Neg,
     exp.AtTimeZone, exp.EQ, exp.NEQ, exp.GT, exp.GTE, exp.LT, exp.LTE, exp.Not, exp.DPipe,
-    exp.Lower, exp.Upper, exp.Trim, exp.SHA, exp.SHA2, exp.MD5,
+    exp.Lower, exp.Upper, exp.Trim, exp.SHA, exp.SHA2, exp.MD5, exp.Encode, exp.Unhex,
 )
 # expressions through which an input's value reaches the output as it is
 _VALUE: tuple[type[exp.Expr], ...] = (exp.Cast, exp.Paren)

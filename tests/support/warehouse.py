@@ -7,6 +7,7 @@ from pathlib import Path
 from dbt.cli.main import dbtRunner
 
 from benchmarks.oracle import assert_reconciled
+from loaders import pii
 from loaders.runners import pipeline
 from tests.support import ROOT, TOKEN
 from tests.support.simulator import start_simulator
@@ -14,16 +15,18 @@ from tests.support.simulator import start_simulator
 
 def dbt_invoke(tmp_path: Path, *args: str) -> None:
     """A dbt command on the repository's project and the test's warehouse; fails the
-    test on any error or failing test."""
-    result = dbtRunner().invoke(
-        [
-            *args,
-            "--project-dir", str(ROOT),
-            "--profiles-dir", str(ROOT),
-            "--target-path", str(tmp_path / "target"),
-            "--log-path", str(tmp_path / "logs"),
-        ]
-    )
+    test on any error or failing test. The key personal data is hashed with reaches
+    dbt as it does from salesflow (:func:`loaders.pii.dbt_environment`)."""
+    with pii.dbt_environment():
+        result = dbtRunner().invoke(
+            [
+                *args,
+                "--project-dir", str(ROOT),
+                "--profiles-dir", str(ROOT),
+                "--target-path", str(tmp_path / "target"),
+                "--log-path", str(tmp_path / "logs"),
+            ]
+        )
     assert result.exception is None, result.exception
     failed = [
         f"{r.node.unique_id}: {r.status} {r.message}"
