@@ -4,6 +4,9 @@ The commands import what they run when they run it (marked ``# on use``): ``sale
 sim serve`` and ``salesflow status`` must not pay for importing dlt, dbt, pyarrow and
 sqlglot, which the loading commands need.
 
+Every command but ``sim`` masks the configured secrets in every log record, in uncaught
+tracebacks and in the errors it prints (:mod:`loaders.monitoring.redact`).
+
 May import: anything in ``loaders`` (on use), and ``simulator.cli``.
 """
 
@@ -274,10 +277,11 @@ def cmd_status(args) -> int:
 
 
 def cmd_watch(args) -> int:
-    from loaders.runners.watch import watch  # on use
+    from loaders.monitoring.redact import redact  # on use
+    from loaders.runners.watch import watch
 
     def show(stats) -> None:
-        print(f"cycle {stats.cycles}: {stats.last}", flush=True)
+        print(redact(f"cycle {stats.cycles}: {stats.last}"), flush=True)
 
     opts = _load_options(args)
     stats = watch(interval=args.interval, max_cycles=args.cycles, test_interval=args.test_interval,
@@ -317,6 +321,7 @@ def cmd_query(args) -> int:
 
 def cmd_warehouse_init_roles(args) -> int:
     from loaders import roles, warehouse  # on use
+    from loaders.monitoring.redact import redact
 
     if warehouse.target_type() != "postgres":
         raise ValueError(
@@ -341,7 +346,7 @@ def cmd_warehouse_init_roles(args) -> int:
             con.close()
     except psycopg2.Error as exc:
         print(f"salesflow: roles not set up in {creds.database} on {creds.host}:{creds.port}"
-              f" as {args.admin_user}: {str(exc).strip()}\n  connect as a superuser or the"
+              f" as {args.admin_user}: {redact(str(exc).strip())}\n  connect as a superuser or the"
               " database owner with CREATEROLE (--admin-user; password in PGPASSWORD or"
               " ~/.pgpass)", file=sys.stderr)
         return 2
@@ -507,20 +512,24 @@ def main(argv: list[str] | None = None) -> int:
     _project_dir()
     if getattr(args, "target", None):
         os.environ["SALESFLOW_TARGET"] = args.target
-    # on use: the errors' modules import dlt and sqlglot
+    if args.command == "sim":  # the simulator holds none of salesflow's secrets
+        return args.func(args)
+    # on use: the redaction and the errors' modules import dlt (and sqlglot)
     from loaders.contract.document import ContractError
     from loaders.contract.lineage import LineageError
+    from loaders.monitoring import redact
     from loaders.replica.errors import ReplicaError
     from loaders.runners.pipeline import AlreadyRunning
 
+    redact.install()  # after _project_dir: the secrets are read from .dlt/ there
     try:
         return args.func(args)
     except (ReplicaError, AlreadyRunning) as exc:
-        print(f"salesflow: {exc}", file=sys.stderr)
+        print(redact.redact(f"salesflow: {exc}"), file=sys.stderr)
         return 3
     except (FileNotFoundError, FileExistsError, ValueError, KeyError, TimeoutError,
             ContractError, LineageError) as exc:
-        print(f"salesflow: error: {exc}", file=sys.stderr)
+        print(redact.redact(f"salesflow: error: {exc}"), file=sys.stderr)
         return 2
 
 

@@ -13,10 +13,12 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import dlt
 
@@ -52,7 +54,10 @@ def api_base_url(given: str | None = None) -> str | None:
 
 
 def api_token(given: str | None = None) -> str | None:
-    """The replica API's token: given, else ``sources.replica.token`` (a secret)."""
+    """The replica API's token: given (then remembered as a secret), else
+    ``sources.replica.token``."""
+    if given:
+        remember_secret(given)
     return given or dlt.secrets.get("sources.replica.token")
 
 
@@ -154,6 +159,59 @@ def pii_key() -> str | None:
     (:mod:`loaders.pii` then generates one for a DuckDB warehouse)."""
     given = os.environ.get("SALESFLOW_PII_KEY") or dlt.secrets.get("salesflow.pii_key")
     return str(given) if given else None
+
+
+# Every setting whose value is a secret, by its dlt key (``.dlt/secrets.toml``, or the
+# environment: ``NOTIFY__SMTP_PASSWORD``, ...): a new secret is covered by the redaction
+# (:mod:`loaders.monitoring.redact`) once it is declared here. A connection string
+# (``destination.postgres.credentials = "postgresql://..."``) counts by its password.
+SECRET_SETTINGS = (
+    "sources.replica.token",
+    "notify.slack_webhook_url",
+    "notify.webhook_url",
+    "notify.webhook_secret",
+    "notify.smtp_password",
+    "destination.postgres.credentials",
+    "destination.postgres.credentials.password",
+    "salesflow.pii_key",
+)
+# ... and secrets read from salesflow's own environment variables, or the tools' (libpq's
+# administrator password; dbt's convention for secret environment variables)
+SECRET_ENV = ("SALESFLOW_PII_KEY", "PGPASSWORD")
+SECRET_ENV_PREFIXES = ("DBT_ENV_SECRET_",)
+
+_remembered: list[str] = []  # secrets given at run time (a --token), not configured
+
+
+def remember_secret(value: str) -> None:
+    """Treat ``value`` as a secret from now on, like a configured one."""
+    if value and value not in _remembered:
+        _remembered.append(value)
+
+
+def remembered_secrets() -> tuple[str, ...]:
+    return tuple(_remembered)
+
+
+def secret_values() -> list[str]:
+    """Every secret value configured (:data:`SECRET_SETTINGS`, :data:`SECRET_ENV`) or
+    remembered, as text: what must never leave the process."""
+    found: list[Any] = [dlt.secrets.get(key) for key in SECRET_SETTINGS]
+    found += [os.environ.get(name) for name in SECRET_ENV]
+    found += [v for k, v in os.environ.items() if k.startswith(SECRET_ENV_PREFIXES)]
+    values: list[str] = []
+    for value in [*found, *_remembered]:
+        if isinstance(value, Mapping):  # a section: its password
+            value = value.get("password")
+        if not value or not isinstance(value, str | int):
+            continue
+        text = str(value)
+        if "://" in text and "@" in text:  # a connection string: its password too
+            password = urlsplit(text).password
+            if password:
+                values.append(unquote(password))
+        values.append(text)
+    return list(dict.fromkeys(values))
 
 
 def notify_setting(name: str, secret: bool = False) -> Any:

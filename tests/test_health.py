@@ -12,7 +12,7 @@ import pytest
 from dbt.cli.main import dbtRunner
 
 from loaders import cli, dbt_project
-from loaders.monitoring import status
+from loaders.monitoring import health, redact, status
 from loaders.replica import ReplicaAuthError, ReplicaUnavailable
 from loaders.runners import pipeline
 from simulator import faults
@@ -251,3 +251,17 @@ def test_a_data_alarm_is_one_notice_while_it_lasts_one_recovery_and_red_meanwhil
         " from raw.pipeline_incidents"
     )
     assert row == ("data", "entity_stalled", "orders", 2, 300.0)
+
+
+def test_a_failure_is_kept_and_told_without_the_secrets_it_quotes(monkeypatch):
+    password = "pg-pw-7f2c9e1ab4"
+    monkeypatch.setenv("DESTINATION__POSTGRES__CREDENTIALS__PASSWORD", password)
+    redact.refresh()
+    try:
+        outcome, message = health.classify(
+            RuntimeError(f"connection to postgresql://loader:{password}@db/wh failed")
+        )
+    finally:
+        redact.refresh()
+    assert outcome == "pipeline_error"
+    assert message == "RuntimeError: connection to postgresql://loader:***@db/wh failed"

@@ -1,14 +1,21 @@
-"""Security: the API token never leaks, no raw personal data reaches analysts, the docs
+"""Security: no configured secret leaks, no raw personal data reaches analysts, the docs
 or notifications, the analysts' DuckDB file is read-only, and names chosen by the source
 cannot inject SQL.
 
-One pipeline run is shared by every check (the module's ``world``): a baseline load, new
-traffic served through an API that announces and serves fields with hostile names,
-``salesflow run`` (load + dbt build) from the command line with schema-change
-notifications to every channel, ``salesflow schema`` and ``schema impact --json``, a load
-with a wrong token (auth error), an outage (the port closed), the recovery, the
-publication for analysts and ``dbt docs generate``. Then everything it left behind is
-scanned.
+One pipeline run is shared by every check (the module's ``world``), with a recognisable
+value for every secret (the API token, Slack and JSON webhook URLs, the webhook's signing
+secret, the SMTP and database passwords, the PII key): a baseline load, new traffic
+served through an API that announces and serves fields with hostile names, ``salesflow
+run`` (load + dbt build) from the command line with schema-change notifications to every
+channel, ``salesflow schema`` and ``schema impact --json``, then, while every channel
+fails (the webhooks answer 500 or their port is closed, the SMTP server refuses the
+login), a load with a wrong token (auth error, ``salesflow -v``: debug logging) and an
+outage (the port closed), ``salesflow status``; the recovery, when every channel takes
+what waited, the publication for analysts and ``dbt docs generate``. The process masks
+secrets in its log records as the command line does. Then everything it left behind is
+scanned for each secret, as is and URL-encoded: files, outputs, log records, the ledger
+while channels failed, the warehouse's and the published file's tables, what the
+channels received.
 """
 
 from __future__ import annotations
@@ -26,18 +33,19 @@ import subprocess
 import sys
 import threading
 import traceback
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import quote, quote_plus, urlsplit
 
 import duckdb
 import pytest
 import requests
 
 from loaders import cli
+from loaders.monitoring import redact
 from loaders.replica import ReplicaAuthError, ReplicaUnavailable
 from loaders.replica.pages import NAMING
 from loaders.replica.settings import ENDPOINTS
@@ -53,6 +61,14 @@ from tests.support.sinks import HttpReceiver, SmtpSink
 SECRET = f"sf-tok-{secrets.token_hex(16)}"  # the token the platform accepts
 WRONG = f"sf-tok-{secrets.token_hex(16)}"  # a refused one: it must not leak either
 WEBHOOK_SECRET = f"whsec-{secrets.token_hex(8)}"
+# a webhook URL's secret is its path: Slack's /services/T.../B.../<token>
+SLACK_PATH = f"/slack/T0SECRET/B0SECRET/{secrets.token_hex(12)}"
+HOOK_PATH = f"/hook/{secrets.token_hex(12)}?key=k-{secrets.token_hex(6)}"
+SMTP_USER = "salesflow-mailer"
+# characters that URL-encoding changes: the encoded form is searched too
+SMTP_PASSWORD = f"smtp-pw/{secrets.token_hex(8)}+@:x"
+DB_PASSWORD = f"pg-pw/{secrets.token_hex(8)}+@ x"
+PII_KEY = f"pii-key-{secrets.token_hex(16)}"
 
 # field names a source could send: SQL fragments, quotes, backslashes, unicode, a very
 # long name, and (on events) an existing column's name in another case
@@ -167,6 +183,10 @@ class World:
     target: Path  # dbt's target: docs site, manifest, catalog, run results
     texts: dict[str, str] = field(default_factory=dict)  # outputs, errors, log records
     payloads: dict[str, bytes] = field(default_factory=dict)  # what the channels received
+    secrets: dict[str, str] = field(default_factory=dict)  # name -> a value configured
+    failing_ledger: dict[str, list] = field(default_factory=dict)  # while channels failed
+    final_ledger: dict[str, list] = field(default_factory=dict)
+    smtp_logins: int = 0
     exit_codes: dict[str, int] = field(default_factory=dict)
     raw_before: dict[str, int] = field(default_factory=dict)
 
@@ -199,6 +219,20 @@ def expect_failure(world: World, name: str, kind: type[Exception], **options) ->
     )
 
 
+def ledger_tables(path: Path) -> dict[str, list]:
+    with contextlib.closing(sqlite3.connect(path)) as con:
+        return {t: con.execute(f"select * from {t}").fetchall()
+                for t in ("raised", "delivered", "pending")}
+
+
+def closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def tick(sim_dir: Path, orders: int, seed: int) -> None:
     platform = Platform(sim_dir, seed=seed)
     try:
@@ -229,6 +263,14 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     root_logger.setLevel(logging.DEBUG)
     sim = start_simulator(w.sim_dir, token=SECRET)
     stubs: list[HostileApi] = []
+    record_factory, excepthook = logging.getLogRecordFactory(), sys.excepthook
+    w.secrets = {
+        "token": SECRET, "refused token": WRONG,
+        "slack webhook url": http.url + SLACK_PATH, "webhook url": http.url + HOOK_PATH,
+        "unreachable webhook url": f"http://127.0.0.1:{closed_port()}{HOOK_PATH}",
+        "webhook secret": WEBHOOK_SECRET, "smtp password": SMTP_PASSWORD,
+        "database password": DB_PASSWORD, "pii key": PII_KEY,
+    }
     try:
         with pytest.MonkeyPatch.context() as mp:
             settings = {
@@ -241,16 +283,22 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
                 "RUNTIME__REQUEST_MAX_ATTEMPTS": "2",
                 "RUNTIME__REQUEST_BACKOFF_FACTOR": "0.1",
                 "SOURCES__REPLICA__TOKEN": SECRET,
-                "NOTIFY__SLACK_WEBHOOK_URL": http.url + "/slack",
-                "NOTIFY__WEBHOOK_URL": http.url + "/hook",
+                "NOTIFY__SLACK_WEBHOOK_URL": w.secrets["slack webhook url"],
+                "NOTIFY__WEBHOOK_URL": w.secrets["webhook url"],
                 "NOTIFY__WEBHOOK_SECRET": WEBHOOK_SECRET,
                 "NOTIFY__SMTP_HOST": "127.0.0.1",
                 "NOTIFY__SMTP_PORT": str(smtp.port),
                 "NOTIFY__SMTP_TO": "data-team@example.com",
+                "NOTIFY__SMTP_USERNAME": SMTP_USER,
+                "NOTIFY__SMTP_PASSWORD": SMTP_PASSWORD,
+                # not used by the DuckDB warehouse, but configured and so never shown
+                "DESTINATION__POSTGRES__CREDENTIALS__PASSWORD": DB_PASSWORD,
+                "SALESFLOW_PII_KEY": PII_KEY,
             }
             for k, v in settings.items():
                 mp.setenv(k, v)
             env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+            redact.install()  # as the command line does in its process
 
             pipeline.load(base_url=sim.url)  # the baseline: token from the environment
             w.raw_before = raw_counts(w.warehouse)
@@ -266,21 +314,34 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
                            "--entity", "orders", "--column", SQL_NAMES[0], "--kind",
                            "new_column", "--json")
 
-            # a refused token, from the command line and in process: auth error notified
+            # every channel fails: the webhooks answer 500, the SMTP server refuses the login
+            http.status, smtp.refuse_auth = 500, True
+            # a refused token, from the command line (debug logging: HTTP libraries log
+            # the webhooks' paths) and in process: auth error notified
             run_cli(w, {**env, "SOURCES__REPLICA__TOKEN": WRONG}, "salesflow load wrong token",
-                    "load")
+                    "-v", "load")
             expect_failure(w, "auth error", ReplicaAuthError, token=WRONG)
-            # an outage: the port closes, the cycle fails and is notified
+            # an outage: the port closes, the cycle fails and is notified; the JSON
+            # webhook's port is closed too
+            mp.setenv("NOTIFY__WEBHOOK_URL", w.secrets["unreachable webhook url"])
+            env["NOTIFY__WEBHOOK_URL"] = w.secrets["unreachable webhook url"]
+            redact.install()  # the configuration changed: read the secrets again
             port = stub.server.server_address[1]
             stub.close()
             stubs.remove(stub)
             expect_failure(w, "unreachable", ReplicaUnavailable)
-            run_cli(w, env, "salesflow load unreachable", "load")
-            # the API is back: the recovery is notified
+            run_cli(w, env, "salesflow load unreachable", "-v", "load")
+            run_in_process(w, "salesflow status while failing", "status")
+            w.failing_ledger = ledger_tables(root / "dlt" / "notifications.sqlite3")
+            # the API and the channels are back: the recovery is notified, what waited
+            # is delivered
+            http.status, smtp.refuse_auth = 200, False
+            mp.setenv("NOTIFY__WEBHOOK_URL", w.secrets["webhook url"])
             stub = HostileApi(sim.url, port)
             stubs.append(stub)
             tick(w.sim_dir, 5, seed=4)
             pipeline.load()
+            w.final_ledger = ledger_tables(root / "dlt" / "notifications.sqlite3")
             run_in_process(w, "salesflow status", "status", "--json")
 
             publish.publish(w.warehouse)
@@ -296,8 +357,12 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         sim.stop()
         root_logger.removeHandler(handler)
         root_logger.setLevel(level)
+        logging.setLogRecordFactory(record_factory)
+        sys.excepthook = excepthook
+        redact.refresh()
         http.close()
         smtp.close()
+    w.smtp_logins = smtp.logins
     w.texts["log records"] = records.getvalue()
     for i, r in enumerate(http.received):
         w.payloads[f"http {r.path} {i} body"] = r.body
@@ -318,7 +383,47 @@ def token_forms(token: str) -> list[bytes]:
             base64.urlsafe_b64encode(bearer).rstrip(b"=")]
 
 
-# ------------------------------------------------------------------ the token never leaks
+def secret_forms(name: str, value: str) -> list[bytes]:
+    """A secret as is and URL-encoded; a token also as its Authorization header, a URL
+    also by its path (what HTTP libraries log)."""
+    forms = {value.encode(), quote(value, safe="").encode(), quote_plus(value).encode()}
+    if "token" in name:
+        forms.update(token_forms(value))
+    if "url" in name:
+        path = urlsplit(value).path
+        forms |= {path.encode(), quote(path, safe="").encode()}
+    return sorted(forms)
+
+
+def leaks(world: World, places: Mapping[str, bytes | str]) -> list[tuple[str, str]]:
+    """(secret, place) for every place holding a form of a secret."""
+    found = []
+    for place, data in places.items():
+        raw = data.encode() if isinstance(data, str) else data
+        for name, value in world.secrets.items():
+            if any(f in raw for f in secret_forms(name, value)):
+                found.append((name, place))
+    return found
+
+
+def table_texts(path: Path) -> dict[str, str]:
+    """Every row of every table of a DuckDB file, as text."""
+    with duckdb.connect(str(path), read_only=True) as con:
+        db = con.execute("select current_database()").fetchone()[0]
+        tables = con.execute(
+            "select schema_name, table_name from duckdb_tables() where database_name = ?",
+            [db],
+        ).fetchall()
+        return {
+            f"{schema}.{table}": con.execute(
+                f'select coalesce(string_agg(cast(t as varchar), chr(10)), \'\')'
+                f' from "{schema}"."{table}" as t'
+            ).fetchone()[0]
+            for schema, table in tables
+        }
+
+
+# ------------------------------------------------------------------ no secret leaks
 
 
 def test_the_run_did_everything_the_scans_rely_on(world):
@@ -341,38 +446,93 @@ def test_the_run_did_everything_the_scans_rely_on(world):
              for line in (world.root / "dlt" / "notifications.jsonl").read_text().splitlines()]
     for kind in ("schema_change", "announcement", "auth_error", "outage", "recovery"):
         assert kind in kinds, kinds
-    assert {p.split()[1] for p in world.payloads if p.startswith("http")} == {"/slack", "/hook"}
+    paths = {p.split()[1] for p in world.payloads if p.startswith("http")}
+    assert paths == {SLACK_PATH, HOOK_PATH}
     assert any(p.startswith("smtp") for p in world.payloads)
+    # the debug logging of the command line saw the webhooks' requests (masked)
+    assert '"POST *** HTTP/1.1" 500' in world.texts["salesflow load wrong token stderr"]
 
 
-@pytest.mark.parametrize("token", [SECRET, WRONG], ids=["token", "refused token"])
-def test_no_file_left_by_the_run_holds_the_token(world, token):
-    forms = token_forms(token)
+def test_every_channel_failed_then_delivered_what_waited(world):
+    failed = {ch: err for _, ch, _, _, err in world.failing_ledger["pending"]}
+    assert failed.keys() == {"slack", "webhook", "email"}
+    assert failed["slack"].startswith("HTTP 500 from the Slack webhook (host 127.0.0.1:")
+    assert "cannot connect to the JSON webhook (host 127.0.0.1:" in failed["webhook"]
+    assert failed["email"].startswith("SMTP 535: the SMTP server 127.0.0.1:")
+    assert SMTP_USER in failed["email"]
+    kinds = {json.loads(event)["kind"] for _, _, event, _, _ in world.failing_ledger["pending"]}
+    assert {"auth_error", "outage"} <= kinds
+    assert world.final_ledger["pending"] == []  # the recovery delivered everything
+    delivered = {(k, ch) for k, ch, _ in world.final_ledger["delivered"]}
+    for key, channel, *_ in world.failing_ledger["pending"]:
+        assert (key, channel) in delivered
+    assert world.smtp_logins > 0
+
+
+def test_no_file_left_by_the_run_holds_a_secret(world):
     files = salesflow_files(world)
     assert len(files) > 20
-    leaks = [str(p.relative_to(world.root)) for p in files
-             if any(f in p.read_bytes() for f in forms)]
-    assert leaks == []
+    assert leaks(world, {str(p.relative_to(world.root)): p.read_bytes() for p in files}) == []
 
 
-@pytest.mark.parametrize("token", [SECRET, WRONG], ids=["token", "refused token"])
-def test_no_output_error_log_record_or_notification_holds_the_token(world, token):
-    forms = token_forms(token)
-    texts = {k: v.encode() for k, v in world.texts.items()}
-    leaks = [k for k, v in {**texts, **world.payloads}.items() if any(f in v for f in forms)]
-    assert leaks == []
+def test_no_output_error_log_record_or_notification_holds_a_secret(world):
+    assert leaks(world, {**world.texts, **world.payloads}) == []
     assert world.texts["log records"]  # the capture saw the run
+    assert "kept for retry" in world.texts["log records"]  # and the failed deliveries
+    assert "OPEN INCIDENT" in world.texts["salesflow status while failing stdout"]
 
 
-def test_dlt_trace_holds_no_token(world):
+def test_the_ledger_holds_no_secret_while_channels_fail(world):
+    assert world.failing_ledger["pending"]
+    texts = {t: json.dumps(rows) for t, rows in world.failing_ledger.items()}
+    assert leaks(world, texts) == []
+
+
+@pytest.mark.parametrize("where", ["warehouse", "published"])
+def test_no_table_holds_a_secret(world, where):
+    tables = table_texts(world.warehouse if where == "warehouse" else world.published)
+    if where == "warehouse":
+        assert tables["raw.pipeline_incidents"] and tables["raw.pipeline_cycles"]
+    assert leaks(world, tables) == []
+
+
+def test_dlt_trace_holds_no_secret(world):
     [trace_file] = (world.root / "dlt").rglob("trace.pickle")
     trace = pickle.loads(trace_file.read_bytes())
     text = "\n".join([str(trace), repr(trace), json.dumps(trace.asdict(), default=str)])
-    assert text and SECRET not in text and WRONG not in text
-    assert SECRET not in world.texts["last trace"]
+    assert text and leaks(world, {"trace": text, "last trace": world.texts["last trace"]}) == []
     resolved = {v.key: v for v in trace.resolved_config_values}
     if "token" in resolved:  # dlt resolved the token itself: kept as a secret, no value
         assert resolved["token"].is_secret_hint and resolved["token"].value is None
+
+
+def test_the_command_line_masks_secrets_in_errors_log_records_and_crashes(
+    monkeypatch, capsys, caplog
+):
+    key = f"pii-key-{secrets.token_hex(16)}"
+    monkeypatch.setenv("SALESFLOW_PII_KEY", key)
+
+    def failing(args) -> int:
+        raise ValueError(f"cannot hash with the key {key}")
+
+    monkeypatch.setattr(cli, "cmd_status", failing)
+    factory, hook = logging.getLogRecordFactory(), sys.excepthook
+    try:
+        assert cli.main(["status"]) == 2
+        assert capsys.readouterr().err == "salesflow: error: cannot hash with the key ***\n"
+        with caplog.at_level(logging.INFO):
+            logging.getLogger("any.library").info("the key %s", quote(key, safe=""))
+        assert "the key ***" in caplog.text and key not in caplog.text
+        try:
+            raise RuntimeError(f"crashed holding {key}")
+        except RuntimeError:
+            sys.excepthook(*sys.exc_info())
+        err = capsys.readouterr().err
+        assert "RuntimeError: crashed holding ***" in err and key not in err
+    finally:
+        logging.setLogRecordFactory(factory)
+        sys.excepthook = hook
+        redact.refresh()
 
 
 # ------------------------------------------------------------------ no raw personal data

@@ -8,6 +8,8 @@
   one notice when found, one when a later check no longer finds it;
 * ``rhythm`` — the data's rhythm (pure): an entity, or the whole platform, whose new
   rows stopped while the API still answers, and the replication lag the API reports;
+* ``redact`` — every configured secret masked where text leaves the process: log
+  records, the ledger, incidents, status and the command line's errors;
 * ``status`` — ``salesflow status``: freshness and last new data, the open incident and
   alarms, announcements and the last notices, from the state files and the warehouse.
 

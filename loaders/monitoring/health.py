@@ -27,11 +27,13 @@ one row per entity per successful cycle, with the rows it loaded and the records
 newly held in quarantine, ``raw.pipeline_incidents``), documented as the
 dbt source ``salesflow``; the current state is also kept in ``health.json`` beside dlt's
 working directory, so ``salesflow status`` answers while a cycle holds the warehouse.
+A failure's explanation is redacted before it is kept or told: no secret reaches them.
 
 Besides cycle incidents, data alarms (:mod:`.alarms`: conditions of the data found while
 cycles succeed) are recorded here with each cycle, in the same table.
 
-May import: :mod:`.notify`, :mod:`.alarms` and the replica source's errors.
+May import: :mod:`.notify`, :mod:`.alarms`, :mod:`.redact` and the replica source's
+errors.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ from typing import Any
 from loaders.monitoring import alarms
 from loaders.monitoring.alarms import AlarmCheck
 from loaders.monitoring.notify import Event, Notifier
+from loaders.monitoring.redact import redact
 from loaders.replica.errors import ReplicaAuthError, ReplicaError, ReplicaUnavailable
 
 log = logging.getLogger(__name__)
@@ -75,7 +78,12 @@ def cycle_id_at(t: datetime) -> str:
 
 
 def classify(exc: BaseException | None, rows: int = 0) -> tuple[str, str]:
-    """A cycle's outcome and a one-line explanation."""
+    """A cycle's outcome and a one-line explanation (secrets masked)."""
+    outcome, explanation = _classify(exc, rows)
+    return outcome, redact(explanation)
+
+
+def _classify(exc: BaseException | None, rows: int) -> tuple[str, str]:
     if exc is None:
         return ("success_new_data", f"{rows:,} rows loaded") if rows else (
             "success_no_data", "nothing new upstream"

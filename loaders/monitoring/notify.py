@@ -17,7 +17,12 @@ restarts. A channel that fails never breaks the pipeline: the failure is logged 
 message waits in the ledger for the next attempt. Messages say what happened, what it
 affects and what to do; they never carry secrets or row-level data.
 
-May import: :mod:`loaders.config`.
+A webhook's URL is its secret, and the exceptions of HTTP libraries quote it: a failed
+delivery is described from the status and the host alone (:func:`failure`), never from
+the exception's text, and what is logged or kept passes through
+:func:`~loaders.monitoring.redact.redact` all the same.
+
+May import: :mod:`loaders.config`, :mod:`.redact`.
 """
 
 from __future__ import annotations
@@ -36,10 +41,12 @@ from datetime import datetime, timezone
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 import requests
 
 from loaders.config import notify_setting
+from loaders.monitoring.redact import redact
 
 log = logging.getLogger(__name__)
 
@@ -70,13 +77,28 @@ class Event:
 class Channel(Protocol):
     name: str
 
+    @property
+    def where(self) -> str:
+        """The channel for people, without its secrets (a URL's host, not the URL)."""
+        ...
+
     def send(self, event: Event) -> None: ...
+
+
+def _host(url: str) -> str:
+    parts = urlsplit(url)
+    host = parts.hostname or "?"
+    return f"{host}:{parts.port}" if parts.port else host
 
 
 @dataclass
 class JsonLinesChannel:
     path: Path
     name: str = "jsonl"
+
+    @property
+    def where(self) -> str:
+        return f"the notification log {self.path}"
 
     def send(self, event: Event) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -86,8 +108,12 @@ class JsonLinesChannel:
 
 @dataclass
 class SlackChannel:
-    url: str
+    url: str = field(repr=False)  # the URL is the secret
     name: str = "slack"
+
+    @property
+    def where(self) -> str:
+        return f"the Slack webhook (host {_host(self.url)})"
 
     def send(self, event: Event) -> None:
         icon = {"error": ":red_circle:", "warning": ":warning:"}.get(event.severity, ":bell:")
@@ -103,9 +129,13 @@ def sign(secret: str, timestamp: str, body: bytes) -> str:
 
 @dataclass
 class WebhookChannel:
-    url: str
-    secret: str
+    url: str = field(repr=False)
+    secret: str = field(repr=False)
     name: str = "webhook"
+
+    @property
+    def where(self) -> str:
+        return f"the JSON webhook (host {_host(self.url)})"
 
     def send(self, event: Event) -> None:
         body = json.dumps(event.payload(), sort_keys=True, default=str).encode()
@@ -125,9 +155,13 @@ class EmailChannel:
     sender: str
     recipients: Sequence[str]
     username: str | None = None
-    password: str | None = None
+    password: str | None = field(default=None, repr=False)
     starttls: bool = False
     name: str = "email"
+
+    @property
+    def where(self) -> str:
+        return f"the SMTP server {self.host}:{self.port}"
 
     def send(self, event: Event) -> None:
         msg = EmailMessage()
@@ -218,7 +252,8 @@ class Ledger:
             con.execute(
                 "INSERT INTO pending VALUES (?, ?, ?, 1, ?) ON CONFLICT (key, channel)"
                 " DO UPDATE SET attempts = attempts + 1, last_error = excluded.last_error",
-                (event.key, channel, json.dumps(asdict(event), default=str), error[:500]),
+                (event.key, channel, json.dumps(asdict(event), default=str),
+                 redact(error)[:500]),
             )
             return con.execute(
                 "SELECT attempts FROM pending WHERE key = ? AND channel = ?",
@@ -274,14 +309,39 @@ class Notifier:
         try:
             channel.send(event)
         except Exception as exc:  # a channel never breaks the pipeline
-            attempts = self.ledger.mark_failed(event, channel.name, f"{type(exc).__name__}: {exc}")
+            error = failure(channel, exc)
+            attempts = self.ledger.mark_failed(event, channel.name, error)
             log.warning(
                 "notification %r on %s failed (attempt %d, kept for retry): %s",
-                event.key, channel.name, attempts, exc,
+                event.key, channel.name, attempts, error,
             )
-            return f"failed: {type(exc).__name__}: {exc}"
+            return f"failed: {error}"
         self.ledger.mark_delivered(event.key, channel.name)
         return "delivered"
+
+
+def failure(channel: Channel, exc: Exception) -> str:
+    """Why a delivery failed, from the status and the host: never the exception's text
+    where it may quote the URL (``requests`` puts it in every message)."""
+    where = channel.where
+    kind = type(exc).__name__
+    if isinstance(exc, requests.HTTPError) and exc.response is not None:
+        return f"HTTP {exc.response.status_code} from {where}"
+    if isinstance(exc, requests.Timeout):
+        return f"{kind}: no answer from {where} within {HTTP_TIMEOUT:g} s"
+    if isinstance(exc, requests.ConnectionError):
+        return f"{kind}: cannot connect to {where}"
+    if isinstance(exc, requests.RequestException):  # a malformed URL, a bad redirect, ...
+        return f"{kind}: the request to {where} could not be made; check its URL"
+    if isinstance(exc, smtplib.SMTPAuthenticationError):
+        user = getattr(channel, "username", None)
+        return (f"SMTP {exc.smtp_code}: {where} refused the login of {user!r}; check"
+                " notify.smtp_username and notify.smtp_password")
+    if isinstance(exc, smtplib.SMTPResponseException):
+        answer = exc.smtp_error.decode(errors="replace") if isinstance(
+            exc.smtp_error, bytes) else str(exc.smtp_error)
+        return f"SMTP {exc.smtp_code} from {where}: {redact(answer)}"
+    return f"{kind} on {where}: {redact(str(exc))}"
 
 
 def from_config(data_dir: Path) -> Notifier:

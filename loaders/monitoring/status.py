@@ -10,11 +10,14 @@ the ``pipeline_health`` mart agree.
 
 A schema change the platform did not announce keeps the status at warn for a day.
 
+What it prints passes through :func:`~loaders.monitoring.redact.redact`: an error kept
+in the state files or said by the warehouse never shows a configured secret.
+
 Exit code: 0 when everything is green or only warns, 1 when something is red (an open
 incident, an open data alarm, an entity past the error threshold, or nothing ever loaded),
 so schedulers and monitors can act on it.
 
-May import: :mod:`.health`, :mod:`.notify`, the foundations and the replica source's
+May import: :mod:`.health`, :mod:`.notify`, :mod:`.redact`, the foundations and the replica source's
 settings.
 """
 
@@ -29,6 +32,7 @@ from loaders import dbt_project, warehouse
 from loaders.config import PROJECT_ROOT
 from loaders.monitoring import health
 from loaders.monitoring.notify import Ledger
+from loaders.monitoring.redact import redact
 from loaders.replica import settings
 
 RED, WARN, GREEN = "red", "warn", "green"
@@ -207,7 +211,7 @@ def render(report: dict[str, Any]) -> str:
         where = ", ".join(n["delivered"]) or "-"
         pending = f"; pending on {', '.join(n['pending'])}" if n["pending"] else ""
         lines.append(f"  {n['at']}  {n['title']}  [{where}{pending}]")
-    return "\n".join(lines)
+    return redact("\n".join(lines))
 
 
 def _old(minutes: float) -> str:
@@ -222,4 +226,4 @@ def _old(minutes: float) -> str:
 
 
 def as_json(report: dict[str, Any]) -> str:
-    return json.dumps(report, indent=2, default=str)
+    return redact(json.dumps(report, indent=2, default=str))

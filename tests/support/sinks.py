@@ -68,13 +68,17 @@ class HttpReceiver:
 
 
 class SmtpSink(socketserver.ThreadingTCPServer):
-    """Just enough SMTP to accept messages from smtplib and keep them."""
+    """Just enough SMTP to accept messages from smtplib and keep them. It offers
+    ``AUTH PLAIN`` and accepts any login, unless ``refuse_auth`` (then 535, as a server
+    does for a wrong password); ``logins`` counts the logins accepted."""
 
     daemon_threads = True
     allow_reuse_address = True
 
     def __init__(self) -> None:
         self.messages: list[Message] = []
+        self.refuse_auth = False
+        self.logins = 0
         super().__init__(("127.0.0.1", 0), _SmtpHandler)
         self.thread = threading.Thread(target=self.serve_forever, daemon=True)
         self.thread.start()
@@ -107,8 +111,17 @@ class _SmtpHandler(socketserver.StreamRequestHandler):
                     data.append(line[1:] if line.startswith(b"..") else line)
                 continue
             verb = line[:4].upper()
-            if verb in (b"EHLO", b"HELO"):
+            if verb == b"EHLO":
+                self.reply("250-sink")
+                self.reply("250 AUTH PLAIN")
+            elif verb == b"HELO":
                 self.reply("250 sink")
+            elif verb == b"AUTH":
+                if self.server.refuse_auth:
+                    self.reply("535 5.7.8 authentication credentials invalid")
+                else:
+                    self.server.logins += 1
+                    self.reply("235 2.7.0 authentication successful")
             elif verb == b"DATA":
                 data = []
                 self.reply("354 end with <CRLF>.<CRLF>")
