@@ -55,6 +55,15 @@ def padded_keys(key: str) -> tuple[str, str]:
     return bytes(b ^ 0x36 for b in k).hex(), bytes(b ^ 0x5C for b in k).hex()
 
 
+def _secret(key: str) -> str:
+    """``key``, masked from now on wherever salesflow's output is (with its padded
+    forms, which stand for it): a generated key is configured nowhere the redaction
+    reads."""
+    for value in (key, *padded_keys(key)):
+        config.remember_secret(value)
+    return key
+
+
 def key_file(database: Path) -> Path:
     """Where the generated key of a DuckDB warehouse file lives: beside it."""
     return database.with_name(database.name + KEY_FILE_SUFFIX)
@@ -65,7 +74,7 @@ def duckdb_key(database: Path) -> str:
     ``database`` (generated now if there is none yet)."""
     configured = config.pii_key()
     if configured:
-        return configured
+        return _secret(configured)
     path = key_file(database)
     if not path.exists():
         _generate(path)
@@ -76,7 +85,7 @@ def duckdb_key(database: Path) -> str:
             f" generated (every hash in the marts changes), or set SALESFLOW_PII_KEY;"
             f" {ROTATION_HELP}"
         )
-    return key
+    return _secret(key)
 
 
 def _generate(path: Path) -> None:
@@ -113,7 +122,7 @@ def key() -> str:
             " print(secrets.token_urlsafe(32))'), the same for every run;"
             f" {ROTATION_HELP}"
         )
-    return configured
+    return _secret(configured)
 
 
 @contextmanager

@@ -18,6 +18,7 @@ import pytest
 from dbt.cli.main import dbtRunner
 
 from loaders import dbt_project, pii
+from loaders.monitoring import redact
 from loaders.runners import pipeline, publish
 from simulator import store
 from tests.support import ROOT
@@ -75,6 +76,9 @@ def test_a_generated_key_is_kept_private_and_used(warehouse, tmp_path, monkeypat
     caplog.clear()
     assert show_hashes(tmp_path, ["Alice@Example.COM"]) == found
     assert pii.duckdb_key(warehouse) == key and "generated" not in caplog.text
+    # configured nowhere, yet masked like a configured secret, with its padded forms
+    inner, outer = pii.padded_keys(key)
+    assert redact.redact(f"{key} {inner} {outer}") == "*** *** ***"
 
 
 def test_a_postgres_target_without_a_key_says_how_to_set_one(monkeypatch):

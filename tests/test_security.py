@@ -46,6 +46,7 @@ import requests
 
 from loaders import cli
 from loaders.monitoring import redact
+from loaders.pii import padded_keys
 from loaders.replica import ReplicaAuthError, ReplicaUnavailable
 from loaders.replica.pages import NAMING
 from loaders.replica.settings import ENDPOINTS
@@ -270,6 +271,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         "unreachable webhook url": f"http://127.0.0.1:{closed_port()}{HOOK_PATH}",
         "webhook secret": WEBHOOK_SECRET, "smtp password": SMTP_PASSWORD,
         "database password": DB_PASSWORD, "pii key": PII_KEY,
+        # the padded keys the hashing macro reads stand for the key
+        **dict(zip(("pii inner key", "pii outer key"), padded_keys(PII_KEY), strict=True)),
     }
     try:
         with pytest.MonkeyPatch.context() as mp:
