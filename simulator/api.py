@@ -441,6 +441,13 @@ class EndpointMiddleware:
         await self.app(scope, receive, send)
 
 
+# what a proxy in front of a broken endpoint serves instead of records
+GARBLED_PAGE = (
+    b"<html><head><title>502 Bad Gateway</title></head><body><h1>Bad Gateway</h1>"
+    b"<p>The upstream server returned an invalid response.</p></body></html>\n"
+)
+
+
 class FaultMiddleware:
     """Injects the faults in force (a plain ASGI middleware: response bodies pass
     through untouched, so large pages cost nothing extra)."""
@@ -466,6 +473,15 @@ class FaultMiddleware:
             await asyncio.sleep(f.slow_ms / 1000)
         if not scope["path"].startswith("/v1/"):
             await self.app(scope, receive, send)
+            return
+        status, garbled = f.endpoint_fault(scope["path"])
+        if status:
+            await JSONResponse({"error": "injected endpoint failure"}, status)(
+                scope, receive, send
+            )
+            return
+        if garbled:
+            await Response(GARBLED_PAGE, 200, media_type="text/html")(scope, receive, send)
             return
         if f.error_rate and self.rng.random() < f.error_rate:
             code = self.rng.choice((500, 502, 503, 504))

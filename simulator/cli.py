@@ -128,6 +128,17 @@ def cmd_fault(args) -> int:
         value = getattr(args, name)
         if value is not None:
             setattr(f, name, value)
+    for endpoint in args.endpoint_ok or ():
+        f.endpoint_status.pop(endpoint, None)
+        f.endpoint_garbled = [e for e in f.endpoint_garbled if e != endpoint]
+    for spec in args.endpoint_status or ():
+        endpoint, _, status = spec.partition("=")
+        if not status.isdigit():
+            raise SystemExit(f"--endpoint-status takes ENDPOINT=STATUS, got {spec!r}")
+        f.endpoint_status[endpoint] = int(status)
+    for endpoint in args.endpoint_garbled or ():
+        if endpoint not in f.endpoint_garbled:
+            f.endpoint_garbled.append(endpoint)
     f = faults_mod.Faults(**vars(f))  # validate
     faults_mod.save(d, f)
     print(f"faults in force for {d}: {f.describe()}")
@@ -296,6 +307,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     f.add_argument("--drop-rate", type=float, help="share of responses cut mid-body")
     f.add_argument("--slow-ms", type=int, help="added latency per request")
     f.add_argument("--malformed-rate", type=float, help="share of malformed records")
+    f.add_argument("--endpoint-status", action="append", metavar="ENDPOINT=STATUS",
+                   help="the endpoint answers STATUS (4xx/5xx) to every request")
+    f.add_argument("--endpoint-garbled", action="append", metavar="ENDPOINT",
+                   help="the endpoint answers 200 with an HTML error page")
+    f.add_argument("--endpoint-ok", action="append", metavar="ENDPOINT",
+                   help="the endpoint answers normally again")
     f.add_argument("--clear", action="store_true", help="clear all faults first")
     f.set_defaults(func=cmd_fault)
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -34,6 +34,11 @@ class Faults:
     drop_rate: float = 0.0  # share of responses cut off mid-body (connection dropped)
     slow_ms: int = 0  # added latency per request
     malformed_rate: float = 0.0  # share of records delivered wrong (type, null, duplicate)
+    # one endpoint broken behind a healthy API (by the name requested, e.g. "orders"):
+    # the error status it answers every request with
+    endpoint_status: dict[str, int] = field(default_factory=dict)
+    # endpoints answering 200 with a proxy's HTML error page instead of records
+    endpoint_garbled: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         for name in ("error_rate", "rate_limit_rate", "drop_rate", "malformed_rate"):
@@ -42,6 +47,18 @@ class Faults:
                 raise ValueError(f"{name} must be between 0 and 1, got {value}")
         if self.slow_ms < 0:
             raise ValueError("slow_ms must not be negative")
+        for endpoint, status in self.endpoint_status.items():
+            if not 400 <= int(status) <= 599:
+                raise ValueError(f"endpoint_status {endpoint}: an error status (400-599)"
+                                 f" is needed, got {status}")
+
+    def endpoint_fault(self, path: str) -> tuple[int, bool]:
+        """The fault in force for a request to ``path`` (``/v1/<endpoint>``): the error
+        status it answers (0: none), and whether it serves an HTML page instead."""
+        if not (self.endpoint_status or self.endpoint_garbled):
+            return 0, False
+        name = path.removeprefix("/v1/").split("/", 1)[0]
+        return int(self.endpoint_status.get(name, 0)), name in self.endpoint_garbled
 
     @staticmethod
     def _until(value: str | None) -> datetime | None:
@@ -63,9 +80,7 @@ class Faults:
         return max(0.0, (until - now).total_seconds()) if until else 0.0
 
     def describe(self) -> str:
-        active = {
-            k: v for k, v in asdict(self).items() if v not in (None, 0, 0.0)
-        }
+        active = {k: v for k, v in asdict(self).items() if v}
         return ", ".join(f"{k}={v}" for k, v in active.items()) or "none"
 
 

@@ -190,3 +190,17 @@ def test_fault_file_round_trips_and_rejects_unknown_settings(tmp_path: Path) -> 
     (tmp_path / faults.FAULTS_FILE).write_text('{"error_rate": 0.1, "explode": true}')
     with pytest.raises(ValueError, match="explode"):
         faults.load(tmp_path)
+
+
+def test_one_endpoint_fails_on_its_own_behind_a_healthy_api(sim: Simulator) -> None:
+    faults.save(sim.dir, Faults(endpoint_status={"orders": 503}, endpoint_garbled=["events"]))
+    wait_until(lambda: sim.get("/v1/orders").status_code == 503, within=5)
+    assert [sim.get("/v1/orders").status_code for _ in range(3)] == [503] * 3  # persistent
+    page = sim.get("/v1/events", headers={"Accept": "application/x-ndjson"})
+    assert page.status_code == 200
+    assert page.headers["Content-Type"].startswith("text/html") and b"<html>" in page.content
+    r = sim.get("/v1/customers", params={"limit": 5})
+    assert r.status_code == 200 and len(r.json()["data"]) == 5
+    assert sim.get("/v1/schema").status_code == 200
+    with pytest.raises(ValueError, match="endpoint_status orders"):
+        Faults(endpoint_status={"orders": 200})

@@ -2,13 +2,14 @@
 
 A cycle can succeed and still bring bad news: an entity whose records mostly go to
 quarantine, an entity whose new records stopped while related ones keep arriving, a
-platform whose replica stopped following production behind an API that answers 200.
-Each such **condition** is checked after every cycle by whoever knows it (the
-quarantine, the data's rhythm) and handed to :class:`Alarms`, which turns it into an
-**alarm**: one notice when it is first seen, nothing while it lasts, one recovery notice
-when a later check no longer finds it. An open alarm turns ``salesflow status`` and the
-``pipeline_health`` mart red; alarms are kept with the cycle incidents in
-``raw.pipeline_incidents`` (family ``data``, with the entity).
+platform whose replica stopped following production behind an API that answers 200,
+an endpoint failing while the others answer. Each such **condition** is checked after
+every cycle by whoever knows it (the quarantine, the data's rhythm, the endpoints) and
+handed to :class:`Alarms`, which turns it into an **alarm**: one notice when it is first
+seen, nothing while it lasts, one recovery notice when a later check no longer finds it.
+An open alarm turns ``salesflow status`` and the ``pipeline_health`` mart red; alarms
+are kept with the cycle incidents in ``raw.pipeline_incidents`` (family ``data``, with
+the entity).
 
 May import: :mod:`.notify`.
 """

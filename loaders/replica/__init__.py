@@ -11,10 +11,17 @@ is new or changed. An entity's spec (:func:`entity_spec`) and its table's hints
 (:func:`resource_hints`) are worked out in one place each, which the quarantine's replay
 uses too: a record replayed is parsed and merged exactly as a new one.
 
+One endpoint failing on its own (an error status after the retries, a page that is not
+records) ends only its entity's listing when the caller collects failures
+(:mod:`~loaders.replica.failures`): the pages before it load, its lookback window is not
+saved, and the other entities load; auth, rate limits, maintenance, an unreachable API,
+or every entity failing, fail the load as a whole.
+
 The package: ``settings`` (endpoint declarations), ``errors``, ``client`` (HTTP, the
 schema and announcements endpoints), ``pages`` (NDJSON → Arrow, validation and
 quarantine: bad records go to the ``quarantine`` table with the reason, never silently
-away), ``lookback``, and the source itself here. It imports nothing of the project
+away), ``lookback``, ``failures`` (endpoints that failed on their own), and the source
+itself here. It imports nothing of the project
 outside this package: every other part of ``loaders`` may use it.
 """
 
@@ -37,13 +44,25 @@ from loaders.replica import mapping, settings
 from loaders.replica.client import (
     NDJSON,
     NdjsonClient,
+    api_error,
     client,
     fetch_announcements,
     fetch_api_schema,
     prefetch,
-    raise_for_api_status,
 )
-from loaders.replica.errors import ReplicaAuthError, ReplicaError, ReplicaUnavailable
+from loaders.replica.errors import (
+    PageError,
+    ReplicaAuthError,
+    ReplicaError,
+    ReplicaUnavailable,
+)
+from loaders.replica.failures import (
+    EndpointFailure,
+    EndpointFailures,
+    http_failure,
+    isolable,
+    page_failure,
+)
 from loaders.replica.lookback import LookbackWindow
 from loaders.replica.observe import Observations
 from loaders.replica.pages import (
@@ -68,6 +87,8 @@ __all__ = [
     "ReplicaError",
     "ReplicaAuthError",
     "ReplicaUnavailable",
+    "EndpointFailure",
+    "EndpointFailures",
 ]
 
 
@@ -91,6 +112,7 @@ def _entity_resource(
     lookback_seconds: float,
     append: bool = False,
     observations: Observations | None = None,
+    failures: EndpointFailures | None = None,
 ):
     first_start = _as_datetime(start_date)  # a bad start date fails here, not mid-load
 
@@ -166,8 +188,13 @@ def _entity_resource(
             if window:
                 window.save()
         except HTTPError as exc:
-            raise_for_api_status(exc.response, api.base_url)
-            raise
+            error = api_error(exc.response, api.base_url)
+            if error is None:
+                raise
+            _stop(failures, http_failure(spec.name, spec.path, exc.response.status_code,
+                                         exc.response.text, error, _secrets(api)))
+        except PageError as exc:
+            _stop(failures, page_failure(spec.name, spec.path, exc, _secrets(api)))
         except (RequestsConnectionError, Timeout, RetryError) as exc:
             raise ReplicaUnavailable(
                 f"cannot reach the replica API at {api.base_url} ({spec.path}):"
@@ -175,6 +202,25 @@ def _entity_resource(
             ) from None
 
     return dlt.resource(pages, **resource_hints(spec, append), parallelized=True)
+
+
+def _secrets(api: NdjsonClient) -> tuple[str, ...]:
+    token = getattr(api.auth, "token", None)
+    return (token,) if isinstance(token, str) else ()
+
+
+def _stop(failures: EndpointFailures | None, failure: EndpointFailure) -> None:
+    """End an entity's listing on ``failure``: recorded when it is the endpoint's own
+    and the caller collects failures (the pages yielded before it load, and the cursor
+    moves up to them: they came in keyset order), raised otherwise, and raised as the
+    load's first failure once every entity has failed (see :mod:`.failures`)."""
+    if failures is None or not isolable(failure.error):
+        raise failure.error from None
+    first = failures.add(failure)
+    if first is not None:
+        raise first.error from None
+    log.error("%s: the listing failed, the other entities load: %s", failure.entity,
+              failure.message)
 
 
 def resource_hints(spec: EntitySpec, append: bool = False) -> dict[str, Any]:
@@ -291,6 +337,7 @@ def replica_source(
     append: Sequence[str] = (),
     field_mapping: dict[str, Any] | None = None,
     observations: Observations | None = None,
+    failures: EndpointFailures | None = None,
 ) -> Any:
     """All entities of the replica API (or just ``entities``), as incremental resources.
 
@@ -303,7 +350,9 @@ def replica_source(
     must then repair them (:mod:`loaders.runners.first_loads`) into what a merge leaves.
     ``field_mapping``: entity -> raw column -> what the API sends for it now (see
     :mod:`.mapping`). ``observations`` collects what the records of every page looked
-    like (see :mod:`.observe`)."""
+    like (see :mod:`.observe`). ``failures`` collects the entities whose endpoint failed
+    on its own (see :mod:`.failures`): the others load; without it, any failure fails
+    the load."""
     if not base_url.startswith(("http://", "https://")):
         raise ReplicaError(f"base_url must be an http(s) URL, got {base_url!r}")
     if not 1 <= page_size <= 1_000_000:
@@ -336,7 +385,10 @@ def replica_source(
         resource = _entity_resource(
             client(base_url, token, spec.name), spec, page_size, start_date,
             lookback_seconds, append=name in append, observations=observations,
+            failures=failures,
         )
         resource.apply_hints(schema_contract=contracts.get(name))
         resources.append(resource)
+    if failures is not None:
+        failures.expect(len(resources))
     return resources

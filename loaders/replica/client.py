@@ -156,26 +156,34 @@ def api_schema(client: RESTClient, path: str | None) -> dict[str, dict[str, Any]
 
 
 def raise_for_api_status(response: Response, base_url: str | None) -> None:
+    error = api_error(response, base_url)
+    if error is not None:
+        raise error
+
+
+def api_error(response: Response, base_url: str | None) -> ReplicaError | None:
+    """What an answer's error status means for the person running the load (None:
+    not an error)."""
     status = response.status_code
     if status in (401, 403):
-        raise ReplicaAuthError(
+        return ReplicaAuthError(
             f"the replica API at {base_url} refused the token ({status}):"
             " check SOURCES__REPLICA__TOKEN or .dlt/secrets.toml"
         )
     if status < 400:
-        return
+        return None
     what = (
         f"the replica API at {base_url} answered {status} for"
         f" {response.request.path_url.split('?')[0]}: {response.text[:200]}"
     )
     retry_after = response.headers.get("Retry-After")
     if status == 429:
-        raise ReplicaUnavailable(what, "rate_limited", retry_after)
+        return ReplicaUnavailable(what, "rate_limited", retry_after)
     if status == 503 and retry_after:
-        raise ReplicaUnavailable(what, "maintenance", retry_after)
+        return ReplicaUnavailable(what, "maintenance", retry_after)
     if status >= 500:
-        raise ReplicaUnavailable(what, "unavailable", retry_after)
-    raise ReplicaError(what + " (check the endpoint declarations and base_url)")
+        return ReplicaUnavailable(what, "unavailable", retry_after)
+    return ReplicaError(what + " (check the endpoint declarations and base_url)")
 
 
 @functools.lru_cache(maxsize=64)

@@ -25,3 +25,14 @@ class ReplicaUnavailable(ReplicaError):
         super().__init__(message)
         self.kind = kind
         self.retry_after = retry_after
+
+
+class PageError(ReplicaError):
+    """A page of a listing that is not records (another content type, records without
+    their key or cursor): ``status`` is the HTTP status it came with (None: not known),
+    ``answered`` a short description of what came instead."""
+
+    def __init__(self, message: str, status: int | None = None, answered: str = "") -> None:
+        super().__init__(message)
+        self.status = status
+        self.answered = answered

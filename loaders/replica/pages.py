@@ -34,7 +34,7 @@ from requests import Response
 
 from loaders.replica import mapping
 from loaders.replica.client import NDJSON_TYPES
-from loaders.replica.errors import ReplicaError
+from loaders.replica.errors import PageError
 from loaders.replica.mapping import FieldMap
 from loaders.replica.observe import EntitySeen, observe_held, observe_table
 from loaders.replica.settings import PARAM_SINCE
@@ -185,11 +185,15 @@ def check_page_type(spec: EntitySpec, number: int, response: Response) -> None:
     if not media or media in NDJSON_TYPES:
         return
     query = response.request.path_url.partition("?")[2] if response.request else ""
-    raise ReplicaError(
+    raise PageError(
         f"{spec.name}: page {number} of {spec.path} ({query or 'first page'}) came back as"
         f" {media} ({response.status_code}), not NDJSON: {response.content[:120]!r}. The"
         " API, or a proxy in front of it, answered with something other than records;"
-        " nothing of this load was committed: run it again once the API serves records"
+        f" the listing of {spec.name} stopped there: run it again once the API serves"
+        " records",
+        response.status_code,
+        f"a {media} page instead of records:"
+        f" {response.content[:200].decode('utf-8', 'replace')}",
     )
 
 
@@ -431,9 +435,10 @@ def parse_page(spec: EntitySpec, body: bytes, since: datetime | None = None) -> 
     pk, cursor = spec.primary_key, spec.cursor
     for name in (pk, cursor):
         if name not in table.column_names:
-            raise ReplicaError(
+            raise PageError(
                 f"{spec.name}: the API's records have no {name!r} field; check the endpoint"
-                " declaration (primary_key / cursor)"
+                " declaration (primary_key / cursor)",
+                answered=f"records without the {name!r} field",
             )
     table = _set_aside_null_required(spec, table, quarantined)
 

@@ -5,6 +5,7 @@
 * ``first_loads`` — the repair that makes an appended first load what a merge leaves;
 * ``quarantine`` — what each cycle newly held in ``raw.quarantine`` per entity, and the
   alarm when an entity's records mostly go there;
+* ``endpoints`` — the alarm when one entity's endpoint fails while the others load;
 * ``dead_letters`` — ``salesflow quarantine``: what the quarantine holds and why, and the
   replay that loads held records again through the current configuration;
 * ``watch`` — cycles back to back: load, build what changed, publish;

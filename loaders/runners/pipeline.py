@@ -17,6 +17,12 @@ dlt's working directory (pending load packages, state) is ``data/dlt`` unless
 ``SALESFLOW_PIPELINES_DIR`` says otherwise; ``dlt pipeline --pipelines-dir data/dlt
 salesflow_replica info`` inspects it. A package left half-normalized or half-loaded by a
 crash is completed by the next run before anything new is extracted.
+
+One entity's endpoint failing on its own (see :mod:`loaders.replica.failures`) does not
+fail the cycle: the other entities load, the failures are in ``LoadResult.failed``, each
+is an ``endpoint_failed`` data alarm (:mod:`.endpoints`), and the entity is left out of
+what the cycle records as loaded and of the stall judgement. Every selected entity
+failing fails the cycle with the first failure, as any failure did before.
 """
 
 from __future__ import annotations
@@ -43,9 +49,10 @@ from loaders.replica import freezes_types, replica_source
 from loaders.replica import settings as replica_settings
 from loaders.replica.client import fetch_api_schema, fetch_replication_lag
 from loaders.replica.errors import ReplicaError
+from loaders.replica.failures import EndpointFailure, EndpointFailures
 from loaders.replica.observe import Observations
 from loaders.replica.pages import type_changes
-from loaders.runners import first_loads, quarantine
+from loaders.runners import endpoints, first_loads, quarantine
 from loaders.schema_changes import observed, track, unresolved
 from loaders.schema_changes.changelog import recent_changes
 from loaders.schema_changes.declared import Announced, all_announcements, report_invalid
@@ -105,6 +112,13 @@ class LoadResult:
     advanced: list[str] = field(default_factory=list)
     # the data alarms' checks after this load (see loaders.monitoring.alarms)
     alarms: AlarmCheck = field(default_factory=AlarmCheck)
+    # the entities whose endpoint failed on its own while the others loaded (endpoint,
+    # what it answered, the error: see loaders.replica.failures)
+    failed: list[EndpointFailure] = field(default_factory=list)
+
+    @property
+    def failed_entities(self) -> set[str]:
+        return {f.entity for f in self.failed}
 
     @property
     def last_load_id(self) -> str | None:
@@ -204,7 +218,11 @@ def _record_cycle(
         for a in (tracked.announcements if tracked else [])
         if a.get("status") != "applied"
     ]
-    extra: dict[str, Any] = {"entities": list(kwargs.get("entities") or replica_settings.ENDPOINTS)}
+    # the entities the cycle loaded: an endpoint that failed did not
+    failed = result.failed_entities if result else set()
+    extra: dict[str, Any] = {"entities": [
+        e for e in kwargs.get("entities") or replica_settings.ENDPOINTS if e not in failed
+    ]}
     if result is not None:
         extra["upcoming_announcements"] = upcoming
         extra["recent_changes"] = _recent_changes(result, cycle.ended_at)
@@ -331,6 +349,7 @@ def _load(kwargs: dict[str, Any], pipeline: dlt.Pipeline) -> LoadResult:
         )
         mappings = config.field_mapping(kwargs.get("field_mapping"))
         observations = Observations()
+        failures = EndpointFailures()
         # the source and the repairs read the same endpoint declarations
         source = replica_source(
             **{**kwargs, "base_url": api.base_url, "token": api.token,
@@ -340,6 +359,7 @@ def _load(kwargs: dict[str, Any], pipeline: dlt.Pipeline) -> LoadResult:
             described=described,
             append=[r.table for r in appended],
             observations=observations,
+            failures=failures,
         )
         first_loads.mark(config.pipelines_dir(), appended)
         held_before = quarantine.held_before(pipeline)
@@ -376,6 +396,7 @@ def _load(kwargs: dict[str, Any], pipeline: dlt.Pipeline) -> LoadResult:
         seconds=time.perf_counter() - started,
         tracked=tracked,
         alarms=alarms,
+        failed=list(failures.failed.values()),
         advanced=sorted(
             {k for k, v in now.items() if v != positions.get(k)}
             | {k for k, n in rows.items() if n and k in replica_settings.ENDPOINTS}
@@ -387,7 +408,9 @@ def _load(kwargs: dict[str, Any], pipeline: dlt.Pipeline) -> LoadResult:
     )
     if shares is not None:
         result.alarms.add(quarantine.KIND, shares.conditions, entities=shares.judged)
-    check_stalls(pipeline, api, list(kwargs.get("entities") or declared), result)
+    listed = list(kwargs.get("entities") or declared)
+    endpoints.check(result.alarms, result.failed, listed)
+    check_stalls(pipeline, api, listed, result)
     return result
 
 
@@ -398,27 +421,41 @@ def check_stalls(
     """Judge the data's rhythm after a successful load (see
     :mod:`loaders.monitoring.rhythm`): stalled entities, a stalled platform, into
     ``result.alarms``. Never fails the cycle: when the history cannot be read or judged,
-    the stall alarms are left as they are and the problem is logged."""
+    the stall alarms are left as they are and the problem is logged. An entity whose
+    endpoint failed is not judged (its own alarm says why nothing new came): its stall
+    alarm, if one is open, stays as it is."""
+    failed = result.failed_entities
     try:
-        found = _judge_stalls(pipeline, api, loaded, result.new_rows)
+        found, judged = _judge_stalls(
+            pipeline, api, [e for e in loaded if e not in failed],
+            {e: n for e, n in result.new_rows.items() if e not in failed}, failed,
+        )
     except Exception as exc:  # monitoring must not stop the loading it watches
         log.error("stall alarms not checked this cycle: %s: %s", type(exc).__name__, exc)
         return
     for kind, conditions in found.items():
-        result.alarms.add(kind, conditions)
+        result.alarms.add(kind, conditions,
+                          entities=judged if kind == rhythm.ENTITY_STALLED else None)
 
 
 def _judge_stalls(
     pipeline: dlt.Pipeline, api: config.ApiConnection, loaded: Sequence[str],
-    new_rows: dict[str, int],
-) -> dict[str, list[Condition]]:
+    new_rows: dict[str, int], failed: set[str] | None = None,
+) -> tuple[dict[str, list[Condition]], set[str | None] | None]:
+    """The stall conditions, and the entities judged (None: all): every one but those
+    ``failed``."""
     now = health.utcnow()
     settings = config.stall_settings()
     with pipeline.sql_client() as sql:
         rows = _recent_loads(sql, now - timedelta(hours=settings.history_hours))
     seen = rhythm.with_cycle(rhythm.history(rows), now, new_rows, loaded)
     open_alarms = health.Health(config.pipelines_dir()).state().get("open_alarms") or {}
-    return rhythm.judge(seen, settings, replication_lag(api), rhythm.remembered(open_alarms))
+    judged: set[str | None] | None = None
+    if failed:
+        seen = {e: s for e, s in seen.items() if e not in failed}
+        judged = {*seen, *(a["entity"] for a in open_alarms.values())} - set(failed)
+    found = rhythm.judge(seen, settings, replication_lag(api), rhythm.remembered(open_alarms))
+    return found, judged
 
 
 def _recent_loads(sql: Any, since: datetime) -> list[tuple[str, datetime, int]]:
@@ -488,6 +525,10 @@ def describe_load(result: LoadResult) -> str:
             " `salesflow quarantine` says why;",
             "  once the cause is fixed, `salesflow quarantine replay` loads them",
         ]
+    for failure in result.failed:
+        lines.append(f"  {failure.entity}: endpoint /{failure.path} failed"
+                     f" ({failure.status or 'page'}: {failure.answered}), its listing"
+                     " stopped there; the other entities loaded: see `salesflow status`")
     if result.tracked and result.tracked.changes:
         lines.append(f"  {len(result.tracked.changes)} schema change(s) logged:")
         lines += [f"    {c.describe()}" for c in result.tracked.changes[:20]]
