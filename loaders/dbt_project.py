@@ -6,7 +6,11 @@ is handed to dbt first (:func:`loaders.warehouse.prepare_dbt`), with the key per
 data is hashed with (:func:`loaders.pii.dbt_environment`), and the DuckDB database
 dbt-duckdb keeps open is released after each command, so the file is free between
 commands for analysts, tools and this process's own readers. :class:`Session` keeps the
-project parsed for a continuous run (``salesflow watch``).
+project parsed for a continuous run (``salesflow watch``, ``salesflow run``); its builds
+and test runs answer an :class:`Outcome` (what failed, with dbt's message, what was
+skipped), from which :func:`held_back` tells the marts a failure reaches through the
+manifest's child map: a mart that failed, whose gating test failed, or downstream of
+either. Tests of ``warn`` severity hold nothing back.
 
 May import: dbt, :mod:`loaders.config`, :mod:`loaders.warehouse` and :mod:`loaders.pii`.
 """
@@ -14,7 +18,8 @@ May import: dbt, :mod:`loaders.config`, :mod:`loaders.warehouse` and :mod:`loade
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -108,6 +113,121 @@ def build(select: Sequence[str] | None = None) -> bool:
     return run("build", *NO_UNIT_TESTS, *(["--select", *select] if select else []))
 
 
+# how long a failing node's message may be where it is kept (status, notices, tables)
+MESSAGE_CHARS = 300
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A node that errored (a model, a test that could not run) or a test that failed."""
+
+    unique_id: str
+    status: str  # error | fail
+    message: str
+
+    @property
+    def name(self) -> str:
+        return self.unique_id.split(".", 2)[-1]
+
+    def describe(self) -> str:
+        return f"{self.name} ({self.status}): {self.message}"
+
+
+@dataclass
+class Outcome:
+    """What one dbt build or test run did, as salesflow reads it."""
+
+    success: bool
+    rebuilt: list[str] = field(default_factory=list)  # marts built successfully
+    failures: list[Failure] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # nodes not run (upstream failed)
+    judged: list[str] = field(default_factory=list)  # every node the command covered
+    tests: bool = False  # the data tests ran
+
+
+def outcome(result: Any, tests: bool) -> Outcome:
+    """An :class:`Outcome` of a dbtRunner ``result``."""
+    out = Outcome(success=bool(result.success), tests=tests)
+    for r in getattr(result.result, "results", None) or []:
+        status, node = str(r.status), r.node
+        out.judged.append(node.unique_id)
+        if status in ("error", "fail"):
+            message = " ".join(str(r.message or status).split())[:MESSAGE_CHARS]
+            out.failures.append(Failure(node.unique_id, status, message))
+        elif status == "skipped":
+            out.skipped.append(node.unique_id)
+        elif (status == "success" and node.resource_type == "model"
+              and node.schema == MARTS_SCHEMA):
+            out.rebuilt.append(node.name)
+    return out
+
+
+def marts(manifest: Any) -> list[str]:
+    """The public marts' names (the ``marts`` schema's models)."""
+    return sorted(
+        n.name for n in manifest.nodes.values()
+        if n.resource_type == "model" and n.schema == MARTS_SCHEMA
+    )
+
+
+def downstream(manifest: Any, failure: Failure) -> set[str]:
+    """The unique ids a failure reaches: a failed model and what depends on it; a failed
+    test, the model it is attached to (its parents, when it has none) and what depends
+    on them."""
+    node = manifest.nodes.get(failure.unique_id)
+    if node is None:
+        return set()
+    if node.resource_type == "test":
+        attached = getattr(node, "attached_node", None)
+        start = {attached} if attached else set(node.depends_on.nodes)
+    else:
+        start = {failure.unique_id}
+    reached, todo = set(start), list(start)
+    while todo:
+        for child in manifest.child_map.get(todo.pop(), []):
+            if child not in reached:
+                reached.add(child)
+                todo.append(child)
+    return reached
+
+
+def held_back(manifest: Any, failures: Iterable[Failure]) -> dict[str, Failure]:
+    """Mart name -> the (first) failure that holds it back."""
+    held: dict[str, Failure] = {}
+    for failure in failures:
+        for uid in sorted(downstream(manifest, failure)):
+            node = manifest.nodes.get(uid)
+            if (node is not None and node.resource_type == "model"
+                    and node.schema == MARTS_SCHEMA):
+                held.setdefault(node.name, failure)
+    return held
+
+
+def exposures_reached(manifest: Any, failures: Iterable[Failure]) -> list[str]:
+    """The exposures (dashboards, reviews) that read a mart the failures hold back."""
+    reached: set[str] = set()
+    for failure in failures:
+        reached |= downstream(manifest, failure)
+    return sorted(manifest.exposures[u].name for u in reached if u in manifest.exposures)
+
+
+def in_scope(manifest: Any, result: Outcome) -> set[str]:
+    """The marts a command judged: those among the models it covered, and those its
+    tests cover (the model a test is attached to and what depends on it)."""
+    names = set()
+    for uid in result.judged:
+        node = manifest.nodes.get(uid)
+        if node is None:
+            continue
+        reached = (downstream(manifest, Failure(uid, "", "")) if node.resource_type == "test"
+                   else {uid})
+        for u in reached:
+            n = manifest.nodes.get(u)
+            if n is not None and n.resource_type == "model" and n.schema == MARTS_SCHEMA:
+                names.add(n.name)
+    return names
+
+
 class Session:
     """dbt with the project parsed once (the manifest is reused by every command)."""
 
@@ -120,11 +240,11 @@ class Session:
         self.target = target_dir()
 
     def build(
-        self, select: list[str] | None, tests: bool = True, views: bool = True
-    ) -> tuple[bool, list[str]]:
+        self, select: Sequence[str] | None, tests: bool = True, views: bool = True
+    ) -> Outcome:
         """Build (models, seeds, snapshots, and with ``tests`` their data tests; never
-        unit tests); returns success and the marts rebuilt. Without ``views`` (and
-        tests), the selected views are left as they are."""
+        unit tests); returns what it did (the marts rebuilt, what failed). Without
+        ``views`` (and tests), the selected views are left as they are."""
         args = (
             ["build", *NO_UNIT_TESTS] if tests
             # a cycle's run leaves the manifest as parsed (rewriting its megabytes of
@@ -143,23 +263,14 @@ class Session:
         if not tests and result.result is not None:
             # what failed stays where dbt users (and salesflow's notices) look for it
             result.result.write(str(self.target / "run_results.json"))
-        return bool(result.success), self._marts(result)
+        return outcome(result, tests)
 
-    def test(self, select: list[str] | None) -> bool:
-        """The data tests of the selection (never unit tests); True when all pass."""
+    def test(self, select: Sequence[str] | None) -> Outcome:
+        """The data tests of the selection (never unit tests); what failed."""
         args = ["test", *NO_UNIT_TESTS]
         if select:
             args += ["--select", *select]
         result = invoke(args, self.runner)
         if result.exception is not None:
             raise result.exception
-        return bool(result.success)
-
-    @staticmethod
-    def _marts(result: Any) -> list[str]:
-        return [
-            r.node.name
-            for r in getattr(result.result, "results", None) or []
-            if r.node.resource_type == "model" and r.node.schema == MARTS_SCHEMA
-            and str(r.status) == "success"
-        ]
+        return outcome(result, True)

@@ -11,6 +11,11 @@ An open alarm turns ``salesflow status`` and the ``pipeline_health`` mart red; a
 are kept with the cycle incidents in ``raw.pipeline_incidents`` (family ``data``, with
 the entity).
 
+The same mechanism keeps a failing dbt build, or failing periodic data tests, one
+incident (family ``build``, kinds ``build_failed`` and ``tests_failed``: see
+:meth:`loaders.monitoring.health.Health.record_build`); its recovery notice says what
+caught up (an alarm's ``resolution``).
+
 May import: :mod:`.notify`.
 """
 
@@ -27,6 +32,7 @@ from loaders.monitoring.notify import Event, Notifier
 log = logging.getLogger(__name__)
 
 FAMILY = "data"
+BUILD_FAMILY = "build"  # a failing dbt build or periodic test run
 
 
 @dataclass
@@ -39,6 +45,7 @@ class Condition:
     text: str  # what was seen, the evidence, the impact and what to do
     details: dict[str, Any] = field(default_factory=dict)
     severity: str = "error"
+    family: str = FAMILY
 
     @property
     def key(self) -> str:
@@ -101,7 +108,7 @@ def update(
         if alarm is None:
             alarm = {
                 "incident_id": f"{cycle_id}-{c.kind}-{c.entity or 'platform'}",
-                "family": FAMILY, "kind": c.kind, "entity": c.entity,
+                "family": c.family, "kind": c.kind, "entity": c.entity,
                 "started_at": _iso(now), "failed_cycles": 1, "title": c.title,
                 "last_error": c.text[:1000], "text": c.text, "severity": c.severity,
                 "details": c.details,
@@ -163,6 +170,7 @@ def notify(notifier: Notifier, changes: AlarmChanges) -> list[str]:
                 f"The {alarm['kind'].replace('_', ' ')} alarm on {where} that opened at"
                 f" {alarm['started_at']} cleared at {alarm['ended_at']}"
                 f" ({human(seconds)}, {alarm['failed_cycles']} cycle(s))."
+                + (f" {alarm['resolution']}" if alarm.get("resolution") else "")
             ),
             severity="info",
             details={k: alarm[k] for k in ("incident_id", "kind", "entity", "started_at",
@@ -179,7 +187,7 @@ def write(sql: Any, dataset: str, table: str, changes: AlarmChanges) -> None:
         sql.execute_sql(
             f"INSERT INTO {dataset}.{table} (incident_id, family, kind, entity, started_at,"
             " failed_cycles, last_error) VALUES (%s, %s, %s, %s, %s, %s, %s)",
-            alarm["incident_id"], FAMILY, alarm["kind"], alarm["entity"],
+            alarm["incident_id"], alarm.get("family", FAMILY), alarm["kind"], alarm["entity"],
             alarm["started_at"], alarm["failed_cycles"], alarm["last_error"],
         )
     for alarm in changes.updated:

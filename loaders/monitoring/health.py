@@ -30,10 +30,13 @@ working directory, so ``salesflow status`` answers while a cycle holds the wareh
 A failure's explanation is redacted before it is kept or told: no secret reaches them.
 
 Besides cycle incidents, data alarms (:mod:`.alarms`: conditions of the data found while
-cycles succeed) are recorded here with each cycle, in the same table.
+cycles succeed) are recorded here with each cycle, in the same table. A build or test
+run after the load is recorded by :meth:`Health.record_build`: the marts' status
+(:mod:`.marts`, current or held back) and the build's alarms, in the same state file and
+incidents table, so a failing build is one incident too.
 
-May import: :mod:`.notify`, :mod:`.alarms`, :mod:`.redact` and the replica source's
-errors.
+May import: :mod:`.notify`, :mod:`.alarms`, :mod:`.redact`, :mod:`.marts` and the replica
+source's errors.
 """
 
 from __future__ import annotations
@@ -47,7 +50,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from loaders.monitoring import alarms
+from loaders.monitoring import alarms, marts
 from loaders.monitoring.alarms import AlarmCheck
 from loaders.monitoring.notify import Event, Notifier
 from loaders.monitoring.redact import redact
@@ -230,6 +233,39 @@ class Health:
             notices += alarms.notify(self.notifier, alarm_changes)
         return notices
 
+    # a build ------------------------------------------------------------------------
+    def mart_status(self) -> dict[str, dict[str, Any]]:
+        """Each mart's status as last recorded (see :mod:`.marts`)."""
+        return self.state().get("marts") or {}
+
+    def record_build(
+        self, status: dict[str, dict[str, Any]], check: AlarmCheck, now: datetime,
+        run_id: str, sql_client: Any = None, resolution: str | None = None,
+    ) -> list[str]:
+        """Record the marts' ``status`` after a build or test run, and update the alarms
+        of the kinds ``check`` judged (the others are left as they are); ``resolution``:
+        what caught up, told with the recovery of an alarm this closes. Returns the keys
+        of the notices raised."""
+        state = self.state()
+        changes = alarms.update(state.setdefault("open_alarms", {}), check, now, run_id)
+        for alarm in changes.closed:
+            alarm["resolution"] = resolution
+        state["marts"] = status
+        self._save(state)
+        if sql_client is not None:
+            try:
+                if not sql_client.has_dataset():
+                    sql_client.create_dataset()
+                ds = sql_client.fully_qualified_dataset_name()
+                self.ensure_tables(sql_client, ds)
+                marts.write(sql_client, ds, status, iso(now))
+                alarms.write(sql_client, ds, INCIDENTS, changes)
+            except Exception as exc:  # the history is a record, not the pipeline
+                log.error("could not write the marts' status to the warehouse: %s", exc)
+        if self.notifier is None:
+            return []
+        return alarms.notify(self.notifier, changes)
+
     # warehouse ------------------------------------------------------------------------
     @staticmethod
     def ensure_tables(sql: Any, dataset: str) -> None:
@@ -256,6 +292,8 @@ class Health:
         # the entity a data alarm is about (a history kept before alarms lacks it)
         sql.execute_sql(f"ALTER TABLE {dataset}.{INCIDENTS} ADD COLUMN IF NOT EXISTS entity"
                         " VARCHAR")
+        # before the first build: pipeline_health reads it from the first cycle on
+        marts.ensure_table(sql, dataset)
 
     def _write(self, sql: Any, cycle: Cycle, opened: dict | None, closed: dict | None,
                current: dict | None, entities: Sequence[str],

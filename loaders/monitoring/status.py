@@ -8,7 +8,9 @@ the data is by its own timestamps. Freshness thresholds are dbt's
 (``freshness_*_minutes`` vars in dbt_project.yml), so the command, source freshness and
 the ``pipeline_health`` mart agree.
 
-A schema change the platform did not announce keeps the status at warn for a day.
+A schema change the platform did not announce keeps the status at warn for a day; a
+mart held back by a failing build or test (:mod:`.marts`) keeps it at least at warn and
+is listed with since when and why (the failing build's open alarm makes it red).
 
 What it prints passes through :func:`~loaders.monitoring.redact.redact`: an error kept
 in the state files or said by the warehouse never shows a configured secret.
@@ -30,7 +32,7 @@ from typing import Any
 
 from loaders import dbt_project, warehouse
 from loaders.config import PROJECT_ROOT
-from loaders.monitoring import health
+from loaders.monitoring import health, marts
 from loaders.monitoring.notify import Ledger
 from loaders.monitoring.redact import redact
 from loaders.replica import settings
@@ -131,9 +133,14 @@ def collect(
         e["alarms"] = [a["kind"] for a in open_alarms if a["entity"] in (e["entity"], None)]
     ledger_path = state_dir / "notifications.sqlite3"
     notices = Ledger(ledger_path).recent(5) if ledger_path.exists() else []
+    held = [
+        {"mart": m, "since": s.get("since"), "held_back_by": s.get("node"),
+         "reason": s.get("reason"), "last_published_at": s.get("last_published_at")}
+        for m, s in sorted(marts.held_back(state.get("marts") or {}).items())
+    ]
     overall = GREEN
     unannounced = [c for c in state.get("recent_changes") or [] if not c.get("announced")]
-    if unannounced or any(e["freshness"] == WARN for e in entities):
+    if unannounced or held or any(e["freshness"] == WARN for e in entities):
         overall = WARN
     if incident or open_alarms or any(e["freshness"] == RED for e in entities):
         overall = RED
@@ -149,6 +156,7 @@ def collect(
             for a in open_alarms
         ],
         "entities": entities,
+        "held_back_marts": held,
         "upcoming_announcements": state.get("upcoming_announcements", []),
         "recent_changes": state.get("recent_changes") or [],
         "recent_notifications": notices,
@@ -176,6 +184,13 @@ def render(report: dict[str, Any]) -> str:
         lines.append(f"ALARM: {a['title']} (since {a['started_at']},"
                      f" {a['failed_cycles']} cycle(s))")
         lines += [f"  {line}" for line in a["last_error"].splitlines()[:6]]
+    held = report.get("held_back_marts") or []
+    lines.append("marts: " + ("all current" if not held else
+                              f"{len(held)} HELD BACK (analysts keep their last good version)"))
+    for m in held:
+        published = m["last_published_at"] or "never"
+        lines.append(f"  {m['mart']:<26} since {m['since']}  (last published {published})")
+        lines.append(f"    why: {(m['reason'] or '-')[:160]}")
     t = report["thresholds_minutes"]
     lines.append(f"freshness (warn {t['warn']:.0f} min, error {t['error']:.0f} min):")
     lines.append(f"  {'entity':<12} {'last success':<26} {'min ago':>8}  {'state':<6}"

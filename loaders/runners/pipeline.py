@@ -43,7 +43,7 @@ from dlt.destinations.exceptions import DatabaseUndefinedRelation
 from dlt.pipeline.exceptions import PipelineStepFailed
 
 from loaders import config, dbt_project, warehouse
-from loaders.monitoring import health, notify, rhythm
+from loaders.monitoring import health, marts, notify, rhythm
 from loaders.monitoring.alarms import AlarmCheck, Condition
 from loaders.replica import freezes_types, replica_source
 from loaders.replica import settings as replica_settings
@@ -52,9 +52,8 @@ from loaders.replica.errors import ReplicaError
 from loaders.replica.failures import EndpointFailure, EndpointFailures
 from loaders.replica.observe import Observations
 from loaders.replica.pages import type_changes
-from loaders.runners import endpoints, first_loads, quarantine
+from loaders.runners import endpoints, first_loads, holds, quarantine
 from loaders.schema_changes import observed, track, unresolved
-from loaders.schema_changes.changelog import recent_changes
 from loaders.schema_changes.declared import Announced, all_announcements, report_invalid
 
 log = logging.getLogger(__name__)
@@ -479,17 +478,17 @@ def replication_lag(api: config.ApiConnection) -> float | None:
 
 
 def run_cycle(select: Sequence[str] | None = None, **load_options: Any) -> tuple[LoadResult, bool]:
-    """One cycle under one lock: load, then ``dbt build``. A failed build is notified
-    with the impact of the schema changes logged lately, the likely cause."""
+    """One cycle under one lock: load, then ``dbt build``. The marts a failure reaches
+    are held back and a failing build is one incident, as in ``salesflow watch`` (see
+    :mod:`loaders.runners.holds`); its notice carries the impact of the schema changes
+    logged lately, the likely cause."""
     progress = load_options.pop("progress", None)
     with run_lock("run"):
         result = cycle(progress, **load_options)
-        ok = dbt_project.build(select)
-        if not ok:
-            notifier().notify(
-                track.build_failed_event(result.last_load_id, recent_changes(limit=20))
-            )
-        return result, ok
+        dbt = dbt_project.Session()
+        built = dbt.build(list(select) if select else None)
+        holds.record(dbt.manifest, built, marts.BUILD, result.last_load_id, True, notifier())
+        return result, built.success
 
 
 def dbt_build(select: Sequence[str] | None = None) -> bool:

@@ -24,8 +24,15 @@ whose every change carries a newer dlt load id (``last_load_id``; the marts name
 refreshed key by key: the keys with a row loaded since the newest load id that version
 holds take the warehouse's rows, and keys no longer in the warehouse are deleted — so a
 cycle publishes in proportion to what changed, not to the size of the mart. Other marts
-are copied whole. Views (``pipeline_health``) are
-published as tables frozen at publication time.
+are copied whole. Views (``pipeline_health``, ``mart_status``) are published as tables
+frozen at publication time, refreshed by every publication.
+
+Marts **held back** (``hold``: a failing build or test reaches them, see
+:mod:`loaders.runners.holds`) are never taken from the warehouse: they keep the version
+analysts have (their last good one), or stay absent if they were never published. Such
+a publication starts from a copy of the current version, never from the spare (two
+versions behind, it would bring a held mart's older version back); ``marts._published``
+lists them (``held_back_tables``).
 """
 
 from __future__ import annotations
@@ -63,6 +70,7 @@ class Published:
     updated: dict[str, int]  # refreshed row by row: rows written
     seconds: float
     in_place: bool = False  # brought the spare version up to date instead of a copy
+    held: tuple[str, ...] = ()  # held back: left as the previous version had them
 
 
 def by_load_id(manifest: Any) -> dict[str, str]:
@@ -86,10 +94,12 @@ def publish(
     changed: Iterable[str] | None = None,
     cycle_id: str | None = None,
     by_load_id: Mapping[str, str] | None = None,
+    hold: Iterable[str] = (),
 ) -> Published:
     """Publish the ``marts`` schema of ``warehouse`` to ``target``. ``changed``: the marts
     rebuilt since the last publication (None: all of them, copied whole). ``by_load_id``:
-    mart → unique key, for the rebuilt marts that may be refreshed row by row."""
+    mart → unique key, for the rebuilt marts that may be refreshed row by row. ``hold``:
+    marts left as the current version has them (absent if it has none)."""
     started = time.perf_counter()
     target = target or published_path()
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -97,10 +107,12 @@ def publish(
     for stale in (tmp, tmp.with_name(tmp.name + ".wal"), prev):
         stale.unlink(missing_ok=True)
     changed_set = None if changed is None else set(changed)
+    held = set(hold)
     # from the previous version: the spare one before it when no one reads that (updated
-    # in place, two publications behind, so every mart is brought up to date), else a copy
-    from_previous = changed_set is not None and target.exists()
-    con = _claim(spare) if from_previous else None
+    # in place, two publications behind, so every mart is brought up to date), else a
+    # copy; with marts held back, always a copy (they must stay as analysts have them)
+    from_previous = (changed_set is not None or bool(held)) and target.exists()
+    con = _claim(spare) if from_previous and not held else None
     behind, path = con is not None, spare if con is not None else tmp
     if con is None:
         if from_previous:
@@ -110,13 +122,18 @@ def publish(
         con.execute(f"ATTACH {quote_literal(str(warehouse))} AS wh (READ_ONLY)")
         db = quote_identifier(_scalar(con, "select current_database()"))
         con.execute(f"CREATE SCHEMA IF NOT EXISTS {db}.{SCHEMA}")
-        source = {
+        views = {
+            r[0]
+            for r in con.execute(
+                "select view_name from duckdb_views() where database_name = 'wh'"
+                " and schema_name = ?", [SCHEMA],
+            ).fetchall()
+        }
+        source = views | {
             r[0]
             for r in con.execute(
                 "select table_name from duckdb_tables() where database_name = 'wh'"
-                " and schema_name = ? union select view_name from duckdb_views()"
-                " where database_name = 'wh' and schema_name = ?",
-                [SCHEMA, SCHEMA],
+                " and schema_name = ?", [SCHEMA],
             ).fetchall()
         }
         present = {
@@ -128,10 +145,11 @@ def publish(
             ).fetchall()
         }
         refresh = sorted(
-            t for t in source
-            # pipeline_health is a view of "now": refreshed with every publication
-            if changed_set is None or behind or t in changed_set or t not in present
-            or t == "pipeline_health"
+            t for t in source if t not in held and (
+                # views (pipeline_health, mart_status) say "now": refreshed every time
+                changed_set is None or behind or t in changed_set or t not in present
+                or t in views
+            )
         )
         by_rows = {
             t: key for t, key in (by_load_id or {}).items()
@@ -146,13 +164,13 @@ def publish(
                 f" SELECT * FROM wh.{SCHEMA}.{quote_identifier(t)}"
             )
         updated = {t: _refresh_rows(con, db, t, key) for t, key in by_rows.items()}
-        for t in present - source - {"_published"}:  # a mart that no longer exists
+        for t in present - source - held - {"_published"}:  # a mart gone from dbt
             con.execute(f"DROP TABLE {db}.{SCHEMA}.{quote_identifier(t)}")
         con.execute(
             f"CREATE OR REPLACE TABLE {db}.{SCHEMA}._published AS SELECT"
             " ?::TIMESTAMPTZ AS published_at, ?::VARCHAR AS cycle_id,"
-            " ?::VARCHAR[] AS refreshed_tables",
-            [datetime.now(timezone.utc), cycle_id, refresh],
+            " ?::VARCHAR[] AS refreshed_tables, ?::VARCHAR[] AS held_back_tables",
+            [datetime.now(timezone.utc), cycle_id, refresh, sorted(held)],
         )
         con.execute("COMMIT")
         con.execute("DETACH wh")
@@ -168,8 +186,9 @@ def publish(
     os.replace(path, target)
     if prev.exists():
         os.replace(prev, spare)
-    carried = sorted(set(source) - set(refresh))
-    return Published(target, copy, carried, updated, time.perf_counter() - started, behind)
+    carried = sorted(set(source) - set(refresh) - held)
+    return Published(target, copy, carried, updated, time.perf_counter() - started, behind,
+                     tuple(sorted(held)))
 
 
 def _claim(path: Path) -> duckdb.DuckDBPyConnection | None:

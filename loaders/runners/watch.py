@@ -10,16 +10,23 @@ publish for analysts.
   dlt load id), and the lookback window's unchanged rows are not loaded again, so a
   cycle's work follows what changed, not the size of the history. A cycle with nothing
   new builds nothing and publishes nothing. The first cycle builds everything.
-* **Tests at a rhythm.** Data tests gate the first build and any build after the source's
-  shape changed (nothing is published unless they pass). Otherwise builds run the models
-  only (``dbt run``) and the data tests run at most every ``test_interval`` seconds
-  (default 300), after that cycle's publication, so a sale's way to the marts never
-  waits for a full-table test; a failure is notified like a failed build. Contracts are
-  enforced by every build. Unit tests belong to ``make test``.
-* **Published atomically** (:mod:`loaders.runners.publish`) after every successful build:
+* **Tests at a rhythm.** Data tests gate the first build, any build after the source's
+  shape changed and builds while a mart is held back by a failing test (a mart they
+  fail is not published). Otherwise builds run the models only (``dbt run``) and the
+  data tests run at most every ``test_interval`` seconds (default 300), after that
+  cycle's publication, so a sale's way to the marts never waits for a full-table test;
+  the marts a failing test reaches are held back from later publications until a test
+  run passes for them. Contracts are enforced by every build. Unit tests belong to
+  ``make test``.
+* **Published atomically** (:mod:`loaders.runners.publish`) after every build:
   analysts read ``data/published/analytics.duckdb`` and are never blocked or shown a
-  half-built mart. A failed build publishes nothing (analysts keep the last good
-  version) and is notified with the impact of recent schema changes. On a server
+  half-built mart. **What is good is published**: the marts a failing node reaches
+  (the node itself, a gating test's model, and what depends on them) are held back at
+  their last good version, every other mart is refreshed as usual; ``mart_status`` and
+  ``pipeline_health`` say which marts are held back and why
+  (:mod:`loaders.runners.holds`). A failing build is one incident: one notice when
+  builds start failing (what failed, the marts and exposures held back, the impact of
+  recent schema changes), one when they pass again. On a server
   warehouse (``SALESFLOW_TARGET=postgres``) nothing is published: analysts query its
   ``marts`` schema directly with their own role, and dbt swaps each rebuilt mart in one
   transaction, so they never see a half-built one either.
@@ -43,11 +50,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from loaders import dbt_project, warehouse
+from loaders import config, dbt_project, warehouse
+from loaders.monitoring import health, marts
 from loaders.replica import settings as replica_settings
-from loaders.runners import pipeline, publish
-from loaders.schema_changes.changelog import recent_changes
-from loaders.schema_changes.track import build_failed_event
+from loaders.runners import holds, pipeline, publish
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +88,7 @@ def watch(
             # a DuckDB file is copied for analysts; a server warehouse is queried directly
             publishes = warehouse.is_duckdb()
             built_once = False
+            released: set[str] = set()  # marts a test run let go, to publish next
             failures = 0
             tested_at = time.monotonic()
             while not stop.is_set() and (max_cycles is None or stats.cycles < max_cycles):
@@ -109,45 +116,53 @@ def watch(
                               for e in result.advanced]
                     )
                     t = time.monotonic()
-                    # data tests gate the first build and a build after a shape change
-                    # (nothing is published unless they pass); otherwise they run at
-                    # most every test_interval seconds, after publication, so the
-                    # freshness of the marts does not wait for them
+                    # data tests gate the first build, a build after a shape change and
+                    # builds while a mart is held back by a failing test (its tests must
+                    # pass to publish it again); otherwise they run at most every
+                    # test_interval seconds, after publication, so the freshness of the
+                    # marts does not wait for them
                     shape_changed = bool(result.tracked and result.tracked.changes)
-                    gate = not built_once or shape_changed
-                    ok, marts = dbt.build(select, tests=gate, views=shape_changed)
+                    gate = not built_once or shape_changed or _held_by_test()
+                    built = dbt.build(select, tests=gate, views=shape_changed)
                     stats.builds += 1
                     stats.last["tests"] = gate
                     stats.last["build_s"] = round(time.monotonic() - t, 2)
-                    if ok:
-                        built_once = True
-                        if publishes:
-                            pub = publish.publish(
-                                warehouse.duckdb_path(),
-                                changed=None if select is None else marts,
-                                cycle_id=result.last_load_id,
-                                by_load_id=by_load_id,
-                            )
-                            stats.published += 1
-                            stats.last["publish_s"] = round(pub.seconds, 2)
-                        if gate:
-                            tested_at = time.monotonic()
-                        elif time.monotonic() - tested_at >= test_interval:
-                            t = time.monotonic()
-                            # tests read whole tables: one run covers every cycle since
-                            passed = dbt.test(None)
-                            tested_at = time.monotonic()
-                            stats.last["tests"] = True
-                            stats.last["test_s"] = round(tested_at - t, 2)
-                            if not passed:
-                                stats.last["tests_failed"] = True
-                                pipeline.notifier().notify(build_failed_event(
-                                    result.last_load_id, recent_changes(20), published=True))
-                    else:
-                        pipeline.notifier().notify(
-                            build_failed_event(result.last_load_id, recent_changes(20))
-                        )
+                    judged = holds.record(dbt.manifest, built, marts.BUILD,
+                                          result.last_load_id, True, pipeline.notifier())
+                    # once marts are built, later builds follow what changed; a build
+                    # that built nothing is run whole again
+                    built_once = built_once or built.success or bool(built.rebuilt)
+                    if not built.success:
                         stats.last["build"] = "failed"
+                    if judged.held:
+                        stats.last["held_back"] = judged.held
+                    if publishes:
+                        pub = publish.publish(
+                            warehouse.duckdb_path(),
+                            changed=None if select is None
+                            else {*built.rebuilt, *judged.released, *released},
+                            cycle_id=result.last_load_id,
+                            by_load_id=by_load_id,
+                            hold=judged.held,
+                        )
+                        released.clear()
+                        stats.published += 1
+                        stats.last["publish_s"] = round(pub.seconds, 2)
+                    if gate:
+                        tested_at = time.monotonic()
+                    elif time.monotonic() - tested_at >= test_interval:
+                        t = time.monotonic()
+                        # tests read whole tables: one run covers every cycle since
+                        tested = dbt.test(None)
+                        tested_at = time.monotonic()
+                        stats.last["tests"] = True
+                        stats.last["test_s"] = round(tested_at - t, 2)
+                        after = holds.record(dbt.manifest, tested, marts.TESTS,
+                                             result.last_load_id, False, pipeline.notifier())
+                        # good again without a rebuild: refreshed by the next publication
+                        released.update(after.released)
+                        if not tested.success:
+                            stats.last["tests_failed"] = True
                 stats.last["cycle_s"] = round(time.monotonic() - started, 2)
                 log.info("cycle %d: %s", stats.cycles, stats.last)
                 if on_cycle:
@@ -156,6 +171,13 @@ def watch(
     finally:
         restore()
     return stats
+
+
+def _held_by_test() -> bool:
+    """Whether a mart is held back by a failing data test (see loaders.monitoring.marts)."""
+    status = health.Health(config.pipelines_dir()).mart_status()
+    return any(marts.Hold(s.get("node") or "", "").by_test
+               for s in marts.held_back(status).values())
 
 
 def _install_signals(stop: threading.Event) -> Callable[[], None]:

@@ -233,36 +233,50 @@ def _from_records(
 
 def build_failed_event(
     load_id: str | None, changes: Sequence[ChangelogEntry], published: bool = False,
-    lineage: LineageSource = current_lineage,
+    lineage: LineageSource = current_lineage, failures: Sequence[str] = (),
+    held: Sequence[str] = (), exposures: Sequence[str] = (),
 ) -> Event:
     """The notice of a failed ``dbt build`` after load ``load_id``, with the impact of
     recent schema changes (the likely cause); with ``published``, of data tests that
-    failed on marts already published."""
+    failed on marts already published. ``failures``: the failing nodes, described;
+    ``held``: the marts held back at their last good version (the others are published
+    as usual); ``exposures``: those that read them."""
     lines = [
         "dbt data tests failed on the marts published by this cycle: analysts may be"
-        " reading data that breaks a test. See `dbt test` output or"
+        " reading data that breaks a test; those marts are held back from the next"
+        " publications until their tests pass. See `dbt test` output or"
         " target/run_results.json for the failing tests."
         if published else
-        "dbt build failed after the load: the marts analysts read were not refreshed"
-        " (they keep their previous content). Run `salesflow run` after a fix, and see"
-        " `dbt build` output or target/run_results.json for the failing nodes.",
+        "dbt build failed after the load: the marts it reaches were not refreshed"
+        " (they keep their last good version), the others were published as usual."
+        " Run `salesflow run` after a fix, and see `dbt build` output or"
+        " target/run_results.json for the failing nodes.",
     ]
+    if failures:
+        lines.append("Failing: " + "; ".join(failures[:10]))
+    if held or failures:
+        lines.append("Marts held back: " + (", ".join(held) or "none"))
+    if exposures:
+        lines.append("Exposures reading them: " + ", ".join(exposures))
     impacts = []
     resolved = resolve(lineage) if changes else None
+    first_impact = len(lines)
     for c in changes[:10] if resolved is not None else []:
         report = impact(resolved, c["entity"], c["column"], c["kind"])
         label = f"{c['entity']}.{c['column'] or ''} {c['kind']} ({c['detected_at']})"
         impacts.append({"change": label, **report.as_dict()})
         lines.append(format_impact(label, report))
     if changes:
-        lines.insert(1, "Recent schema changes, the likely cause:")
+        lines.insert(first_impact, "Recent schema changes, the likely cause:")
     load_id = load_id or "no-load"
     return Event(
         key=f"{'tests' if published else 'build'}_failed:{load_id}",
         kind="tests_failed" if published else "build_failed",
         title="data tests failed on published marts" if published
-        else "dbt build failed: marts not refreshed",
+        else "dbt build failed: marts held back" if held
+        else "dbt build failed",
         text="\n".join(lines),
         severity="error",
-        details={"load_id": load_id, "impact": impacts},
+        details={"load_id": load_id, "impact": impacts, "failures": list(failures),
+                 "held_back": list(held), "exposures": list(exposures)},
     )

@@ -16,6 +16,12 @@ incidents as (
 
 ),
 
+mart_statuses as (
+
+    select * from {{ ref('stg_salesflow__mart_status') }}
+
+),
+
 last_load as (
 
     select
@@ -40,7 +46,19 @@ open_incident as (
 
 ),
 
--- data alarms: on one entity, or (entity null) on the whole platform
+-- marts held back at their last good version by a failing build or data test
+held_back as (
+
+    select
+        count(*) as marts_held_back,
+        string_agg(mart_name, ', ' order by mart_name) as held_back_marts
+    from mart_statuses
+    where is_held_back
+
+),
+
+-- data alarms: on one entity, or (entity null) on the whole platform; a failing build
+-- or test run is an alarm on the whole platform
 open_alarms as (
 
     select
@@ -51,7 +69,7 @@ open_alarms as (
     from incidents
     inner join last_load as loaded
         on incidents.entity = loaded.entity or incidents.entity is null
-    where incidents.is_open and incidents.incident_family = 'data'
+    where incidents.is_open and incidents.incident_family in ('data', 'build')
     group by loaded.entity
 
 ),
@@ -88,7 +106,9 @@ final as (
                 or open_incident.open_incident_kind is not null
                 or open_alarms.open_alarm_kinds is not null
                 then 'red'
-            when aged.minutes_since_load >= {{ var('freshness_warn_minutes') }}
+            when
+                aged.minutes_since_load >= {{ var('freshness_warn_minutes') }}
+                or held_back.marts_held_back > 0
                 then 'warn'
             else 'green'
         end as health_status,
@@ -96,9 +116,12 @@ final as (
         open_incident.open_incident_family,
         open_incident.open_incident_since,
         open_alarms.open_alarm_kinds,
-        open_alarms.open_alarm_since
+        open_alarms.open_alarm_since,
+        held_back.held_back_marts,
+        held_back.marts_held_back
     from aged
     left join open_incident on true
+    left join held_back on true
     left join open_alarms on aged.entity = open_alarms.entity
 
 )
