@@ -68,7 +68,7 @@ def cmd_serve(args) -> int:
             port=args.port,
             rate=args.rate,
             lag=args.lag,
-            jitter=args.jitter,
+            late_commits=args.late_commits,
             rate_limit=args.rate_limit,
             duration=args.duration,
         )
@@ -264,7 +264,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     s.add_argument("--rate", type=float, default=0.0, help="live orders per second (0-1000)")
     s.add_argument("--lag", type=float, default=0.0, help="replica lag in seconds")
-    s.add_argument("--jitter", type=float, default=0.0, help="late commits, up to N seconds")
+    s.add_argument(
+        "--late-commits", "--jitter", dest="late_commits", type=float, default=0.0,
+        help="long transactions: a share of commits land up to N s after their rows' updated_at",
+    )
     s.add_argument("--rate-limit", type=float, default=200.0, help="requests/s per token")
     s.add_argument("--duration", type=float, help="stop after N seconds")
     s.set_defaults(func=cmd_serve)

@@ -43,15 +43,17 @@ class ServeOptions:
     port: int = 0
     rate: float = 0.0  # live orders per second (0: static data)
     lag: float = 0.0  # replica lag in seconds
-    jitter: float = 0.0  # late commits, see Platform
+    late_commits: float = 0.0  # long transactions commit up to this many s late
     rate_limit: float = 200.0  # requests per second per token
     duration: float | None = None  # stop by itself after this many seconds
 
 
-def _platform_main(directory: str, rate: float, lag: float, jitter: float, stop) -> None:
+def _platform_main(
+    directory: str, rate: float, lag: float, late_commits: float, stop
+) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops us through `stop`
     logging.basicConfig(level=logging.INFO, format="%(asctime)s platform %(message)s")
-    platform = Platform(directory, jitter=jitter)
+    platform = Platform(directory, late_commits=late_commits)
     try:
         platform.run(rate, lag, stop=stop)
     finally:
@@ -125,7 +127,7 @@ def serve(opts: ServeOptions, stop: threading.Event | None = None) -> None:
     platform_stop = ctx.Event()
     platform = ctx.Process(
         target=_platform_main,
-        args=(str(d), opts.rate, opts.lag, opts.jitter, platform_stop),
+        args=(str(d), opts.rate, opts.lag, opts.late_commits, platform_stop),
         name="salesflow-platform",
         daemon=True,
     )

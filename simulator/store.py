@@ -6,6 +6,12 @@ Both are SQLite files in WAL mode inside the simulator's directory:
   schema evolutions). Every write transaction takes the next sequence number (like a
   log sequence number), stamps it on every row it writes (``_seq``) and records it in
   ``txlog`` with its commit time. Schema changes are recorded in ``txlog`` too.
+  A **late commit** (a long transaction) is written at once but committed later: its rows
+  carry its start time as ``updated_at`` and a provisional negative ``_seq`` (``-txid``,
+  listed in ``pending_commits`` with the time it commits), and only at its commit take
+  the next sequence number and their ``txlog`` entry. So sequence numbers follow commit
+  order, as a log sequence number does, and a row's ``updated_at`` may be older than rows
+  committed before it: the lateness a loader on ``updated_at`` has to tolerate.
 * ``replica.db`` is what the replica API reads. :func:`replicate` replays production's
   log onto it in sequence order, applying only transactions committed at least
   ``lag`` seconds ago: a real replica lag, not a filter on reads.
@@ -43,6 +49,11 @@ from simulator.model import ENTITIES, create_table_sql, fields_at
 PRODUCTION = "production.db"
 REPLICA = "replica.db"
 
+# late commits written but not committed yet (see Production.tx)
+PENDING_DDL = (
+    "CREATE TABLE IF NOT EXISTS pending_commits (txid INTEGER PRIMARY KEY,"
+    " started_at TEXT NOT NULL, commit_at TEXT NOT NULL)"
+)
 SYSTEM_DDL = (
     "CREATE TABLE IF NOT EXISTS txlog (seq INTEGER PRIMARY KEY, committed_at TEXT NOT NULL,"
     " ddl TEXT)",
@@ -51,6 +62,7 @@ SYSTEM_DDL = (
     "CREATE TABLE IF NOT EXISTS evolutions (name TEXT PRIMARY KEY, announced_at TEXT NOT NULL,"
     " effective_at TEXT NOT NULL, applied_at TEXT, _seq INTEGER NOT NULL DEFAULT 0)",
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    PENDING_DDL,
 )
 # tables replicated row by row (by _seq)
 REPLICATED = (*ENTITIES, "deletions", "evolutions")
@@ -125,16 +137,38 @@ class Production:
                 f"no platform database at {self.path}: run `salesflow sim generate` first"
             )
         self.con = connect(self.path)
+        self.con.execute(PENDING_DDL)  # a database generated before late commits existed
 
     def close(self) -> None:
         self.con.close()
 
     @contextmanager
-    def tx(self, ddl: str | None = None) -> Iterator[tuple[sqlite3.Connection, int]]:
-        """A write transaction with its sequence number; rows written must carry it."""
+    def tx(
+        self, ddl: str | None = None, commit_in: float = 0.0
+    ) -> Iterator[tuple[sqlite3.Connection, int]]:
+        """A write transaction with its sequence number; rows written must carry it.
+
+        ``commit_in`` > 0: a late commit. The rows are written now and carry a provisional
+        sequence number (negative, the transaction's id in ``pending_commits``); the
+        transaction commits — takes its sequence number and its ``txlog`` entry, and so
+        may be replicated — ``commit_in`` seconds later, at :meth:`commit_due`."""
         con = self.con
         con.execute("BEGIN IMMEDIATE")
         try:
+            if commit_in > 0:
+                if ddl is not None:
+                    raise ValueError("a schema change commits at once, never late")
+                txid = con.execute(
+                    "SELECT coalesce(max(txid), 0) + 1 FROM pending_commits"
+                ).fetchone()[0]
+                started = utcnow()
+                yield con, -txid
+                con.execute(
+                    "INSERT INTO pending_commits (txid, started_at, commit_at) VALUES (?, ?, ?)",
+                    (txid, iso(started), iso(started + timedelta(seconds=commit_in))),
+                )
+                con.execute("COMMIT")
+                return
             seq = con.execute("SELECT coalesce(max(seq), 0) + 1 FROM txlog").fetchone()[0]
             yield con, seq
             con.execute(
@@ -145,6 +179,33 @@ class Production:
         except BaseException:
             con.execute("ROLLBACK")
             raise
+
+    def commit_due(self, everything: bool = False) -> list[int]:
+        """Commit the late transactions whose time has come (``everything``: all of them),
+        in the order of their commit times, each taking the next sequence number. Returns
+        the ids of the transactions committed."""
+        now = iso(utcnow())
+        due = self.con.execute(
+            "SELECT txid FROM pending_commits WHERE ? OR commit_at <= ? ORDER BY commit_at, txid",
+            (int(everything), now),
+        ).fetchall()
+        for (txid,) in due:
+            con = self.con
+            con.execute("BEGIN IMMEDIATE")
+            try:
+                seq = con.execute("SELECT coalesce(max(seq), 0) + 1 FROM txlog").fetchone()[0]
+                for table in REPLICATED:
+                    con.execute(f"UPDATE {table} SET _seq = ? WHERE _seq = ?", (seq, -txid))
+                con.execute(
+                    "INSERT INTO txlog (seq, committed_at, ddl) VALUES (?, ?, NULL)",
+                    (seq, iso(utcnow())),
+                )
+                con.execute("DELETE FROM pending_commits WHERE txid = ?", (txid,))
+                con.execute("COMMIT")
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+        return [txid for (txid,) in due]
 
     def meta(self, key: str, default: str | None = None) -> str | None:
         row = self.con.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
