@@ -69,6 +69,8 @@ def cmd_serve(args) -> int:
             rate=args.rate,
             lag=args.lag,
             late_commits=args.late_commits,
+            change_seq=args.change_seq,
+            counts=not args.no_counts,
             rate_limit=args.rate_limit,
             duration=args.duration,
         )
@@ -267,6 +269,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument(
         "--late-commits", "--jitter", dest="late_commits", type=float, default=0.0,
         help="long transactions: a share of commits land up to N s after their rows' updated_at",
+    )
+    s.add_argument(
+        "--change-seq", action="store_true",
+        help="records carry change_seq (their commit sequence); listings take since_seq",
+    )
+    s.add_argument(
+        "--no-counts", action="store_true", help="serve no /v1/<entity>/count endpoint"
     )
     s.add_argument("--rate-limit", type=float, default=200.0, help="requests/s per token")
     s.add_argument("--duration", type=float, help="stop after N seconds")

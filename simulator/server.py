@@ -44,6 +44,8 @@ class ServeOptions:
     rate: float = 0.0  # live orders per second (0: static data)
     lag: float = 0.0  # replica lag in seconds
     late_commits: float = 0.0  # long transactions commit up to this many s late
+    change_seq: bool = False  # records carry their commit sequence (see api)
+    counts: bool = True  # the count endpoint is served
     rate_limit: float = 200.0  # requests per second per token
     duration: float | None = None  # stop by itself after this many seconds
 
@@ -133,7 +135,8 @@ def serve(opts: ServeOptions, stop: threading.Event | None = None) -> None:
     )
     platform.start()
 
-    app = create_app(d, opts.token, rate_limit=opts.rate_limit)
+    app = create_app(d, opts.token, rate_limit=opts.rate_limit, change_seq=opts.change_seq,
+                     counts=opts.counts)
     api = ApiServer(app, opts.host, opts.port)
     api.start()
     url = f"http://{opts.host}:{api.port}"

@@ -27,7 +27,8 @@ change that alters how an entity renders rebuilds that entity's feed. So a page 
 listing is one range scan of stored records: serving costs no rendering, as with a
 platform that keeps its API's records ready (an outbox or a serving cache) rather than
 rendering them per request. The price is disk: the replica holds every record twice,
-once in its columns and once as JSON.
+once in its columns and once as JSON. Each feed row also keeps the sequence number of the
+commit that wrote it (``seq``), indexed, for the listing in commit order (``since_seq``).
 
 May import ``model`` only.
 """
@@ -392,9 +393,11 @@ def _create_feed(con: sqlite3.Connection, entity: str) -> None:
     con.execute(
         f"CREATE TABLE IF NOT EXISTS main.{feed} (updated_at TEXT NOT NULL,"
         f" k {_key_type(entity)} NOT NULL, dead INTEGER NOT NULL, record TEXT NOT NULL,"
-        " PRIMARY KEY (updated_at, k, dead)) WITHOUT ROWID"
+        " seq INTEGER NOT NULL, PRIMARY KEY (updated_at, k, dead)) WITHOUT ROWID"
     )
     con.execute(f"CREATE INDEX IF NOT EXISTS main.ix_{feed}_k ON {feed} (k)")
+    # the listing in commit order: a range of this index, then the record by its key
+    con.execute(f"CREATE INDEX IF NOT EXISTS main.ix_{feed}_seq ON {feed} (seq, k, dead)")
 
 
 def _rebuild_feed(con: sqlite3.Connection, entity: str, record: str) -> None:
@@ -402,13 +405,13 @@ def _rebuild_feed(con: sqlite3.Connection, entity: str, record: str) -> None:
     con.execute(f"DROP TABLE IF EXISTS main.{feed}")
     _create_feed(con, entity)
     con.execute(
-        f"INSERT INTO main.{feed} SELECT updated_at, {pk}, 0, {record} FROM main.{entity}"
-        f" ORDER BY updated_at, {pk}"
+        f"INSERT INTO main.{feed} SELECT updated_at, {pk}, 0, {record}, _seq"
+        f" FROM main.{entity} ORDER BY updated_at, {pk}"
     )
     if ENTITIES[entity].deletable:
         con.execute(
             f"INSERT OR REPLACE INTO main.{feed} SELECT deleted_at, {_tombstone_key(entity)},"
-            f" 1, {_tombstone_sql(entity)} FROM main.deletions WHERE entity = ?",
+            f" 1, {_tombstone_sql(entity)}, _seq FROM main.deletions WHERE entity = ?",
             (entity,),
         )
     con.execute(
@@ -431,15 +434,23 @@ def _update_feed(con: sqlite3.Connection, entity: str, record: str, lo: int, hi:
     if ENTITIES[entity].deletable:  # the API lists tombstones of these
         con.execute(
             f"INSERT OR REPLACE INTO main.{feed} SELECT deleted_at, {_tombstone_key(entity)},"
-            f" 1, {_tombstone_sql(entity)} FROM main.deletions"
+            f" 1, {_tombstone_sql(entity)}, _seq FROM main.deletions"
             " WHERE entity = ? AND _seq > ? AND _seq <= ?",
             (entity, lo, hi),
         )
     con.execute(
-        f"INSERT OR REPLACE INTO main.{feed} SELECT updated_at, {pk}, 0, {record}"
+        f"INSERT OR REPLACE INTO main.{feed} SELECT updated_at, {pk}, 0, {record}, _seq"
         f" FROM main.{entity} WHERE _seq > ? AND _seq <= ?",
         (lo, hi),
     )
+
+
+def _feed_has_seq(con: sqlite3.Connection, entity: str) -> bool:
+    """Whether the entity's feed keeps commit sequence numbers (a feed built before it
+    did is rebuilt)."""
+    return con.execute(
+        "SELECT 1 FROM pragma_table_info(?, 'main') WHERE name = 'seq'", (feed_table(entity),)
+    ).fetchone() is not None
 
 
 def sync_feeds(
@@ -458,7 +469,7 @@ def sync_feeds(
     applied = applied_evolutions(con)
     for entity in ENTITIES:
         record = record_sql(con, entity, applied)
-        if rebuild or built.get(entity) != record:
+        if rebuild or built.get(entity) != record or not _feed_has_seq(con, entity):
             _rebuild_feed(con, entity, record)
         elif lo is not None and hi is not None and hi > lo:
             _update_feed(con, entity, record, lo, hi)
@@ -491,9 +502,9 @@ def write_replica_only(
 
 
 def feeds(directory: Path | str, rebuild: bool = False) -> dict[str, list[tuple]]:
-    """Every entity's feed as ``(updated_at, k, dead, record)`` rows in listing order; with
-    ``rebuild``, as rendered afresh from the tables instead (in a transaction rolled back:
-    the replica is left as it was). The two must always be equal."""
+    """Every entity's feed as ``(updated_at, k, dead, record, seq)`` rows in listing order;
+    with ``rebuild``, as rendered afresh from the tables instead (in a transaction rolled
+    back: the replica is left as it was). The two must always be equal."""
     con = connect(Path(directory) / REPLICA)
     try:
         con.execute("BEGIN")
@@ -502,7 +513,7 @@ def feeds(directory: Path | str, rebuild: bool = False) -> dict[str, list[tuple]
                 sync_feeds(con, rebuild=True)
             return {
                 entity: con.execute(
-                    f"SELECT updated_at, k, dead, record FROM {feed_table(entity)}"
+                    f"SELECT updated_at, k, dead, record, seq FROM {feed_table(entity)}"
                     " ORDER BY updated_at, k, dead"
                 ).fetchall()
                 for entity in ENTITIES

@@ -5,12 +5,14 @@ commit-ordered cursor, or wide re-reads with count reconciliation."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from pathlib import Path
 
 from simulator import store
 from simulator.platform import Platform
+from tests.support.simulator import start_simulator
 
 # every entity with its own timestamps, which may never come after updated_at
 OWN_TIMES = {
@@ -89,3 +91,55 @@ def test_late_commits_keep_the_platforms_invariants(platform_dir: Path) -> None:
         overtaken += oldest < newest_before
         newest_before = max(newest_before, newest)
     assert overtaken, "no transaction committed after a later one"
+
+
+def test_change_seq_lists_every_record_once_in_commit_order(platform_dir: Path) -> None:
+    with Platform(platform_dir, seed=5, late_commits=1.0) as platform:
+        for _ in range(30):
+            platform.tick(2)
+        platform.delete_records("orders", [1, 2])
+    store.replicate(platform_dir)
+    sim = start_simulator(platform_dir, "--change-seq")
+    try:
+        described = sim.get("/v1/schema").json()["entities"]["orders"]
+        assert described["sequence"] == "change_seq"
+        assert {"name": "change_seq", "type": "integer"}.items() <= next(
+            f for f in described["fields"] if f["name"] == "change_seq"
+        ).items()
+        records, cursor = [], None
+        while True:
+            params = {"since_seq": 3, "limit": 37, "format": "ndjson"}
+            if cursor:
+                params["cursor"] = cursor
+            page = sim.get("/v1/orders", params=params)
+            page.raise_for_status()
+            records += [json.loads(line) for line in page.text.splitlines()]
+            cursor = page.headers.get("X-Next-Cursor")
+            if not cursor:
+                break
+        seqs = [r["change_seq"] for r in records]
+        assert seqs == sorted(seqs) and min(seqs) > 3
+        expected = store.query(
+            platform_dir,
+            "SELECT count(*) FROM feed_orders WHERE seq > 3",
+        )[0][0]
+        assert len(records) == expected == len({(r["order_id"], "deleted_at" in r)
+                                                for r in records})
+        assert {r["order_id"] for r in records if "deleted_at" in r} >= {1, 2}
+        # the listing by updated_at carries it too
+        first = sim.get("/v1/orders", params={"limit": 1}).json()["data"][0]
+        assert isinstance(first["change_seq"], int)
+        before = "2026-10-15T00:00:00Z"
+        counted = sim.get("/v1/orders/count", params={"updated_before": before}).json()
+        [(live,)] = store.query(platform_dir, "SELECT count(*) FROM orders"
+                                " WHERE updated_at < '2026-10-15T00:00:00.000000Z'")
+        assert counted == {"entity": "orders", "live": live,
+                           "updated_before": "2026-10-15T00:00:00.000000Z"}
+    finally:
+        sim.stop()
+
+
+def test_without_change_seq_the_listing_refuses_since_seq(simulator) -> None:
+    assert simulator.get("/v1/orders", params={"since_seq": 0}).status_code == 400
+    record = simulator.get("/v1/orders", params={"limit": 1}).json()["data"][0]
+    assert "change_seq" not in record
