@@ -10,9 +10,16 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
+from loaders.replica.errors import ReplicaError
+from loaders.replica.settings import ENDPOINTS
+from loaders.runners import pipeline
 from simulator import store
 from simulator.platform import Platform
+from tests.support import TOKEN
 from tests.support.simulator import start_simulator
+from tests.support.warehouse import catch_up_and_reconcile
 
 # every entity with its own timestamps, which may never come after updated_at
 OWN_TIMES = {
@@ -143,3 +150,49 @@ def test_without_change_seq_the_listing_refuses_since_seq(simulator) -> None:
     assert simulator.get("/v1/orders", params={"since_seq": 0}).status_code == 400
     record = simulator.get("/v1/orders", params={"limit": 1}).json()["data"][0]
     assert "change_seq" not in record
+
+
+# -- the loader ---------------------------------------------------------------------------
+
+LOOKBACK = 2.0  # seconds: much shorter than the late commits below
+LATE = "8"  # seconds a long transaction may commit after its rows' updated_at
+
+
+def _by_sequence() -> dict[str, dict]:
+    return {
+        name: {**ep, "sequence": "change_seq", "sequence_param": "since_seq"}
+        for name, ep in ENDPOINTS.items()
+    }
+
+
+def _load_while_serving(sim, seconds: float, **options) -> list:
+    """Load in cycles for ``seconds`` while the platform writes, then stop it."""
+    results = []
+    deadline = time.monotonic() + seconds
+    try:
+        while time.monotonic() < deadline:
+            results.append(pipeline.load(base_url=sim.url, token=TOKEN, **options))
+            time.sleep(0.5)
+    finally:
+        sim.stop()
+    return results
+
+
+def test_a_sequence_cursor_loses_no_late_commit(platform_dir: Path, warehouse: Path) -> None:
+    serve = ("--change-seq", "--late-commits", LATE)
+    options = {"lookback_seconds": LOOKBACK, "endpoints": _by_sequence()}
+    sim = start_simulator(platform_dir, "--rate", "4", *serve)
+    _load_while_serving(sim, 12.0, **options)
+    late = store.query(
+        platform_dir,
+        "SELECT count(*) FROM orders o JOIN txlog x ON x.seq = o._seq"
+        " WHERE julianday(x.committed_at) - julianday(o.updated_at) > ? / 86400.0",
+        LOOKBACK + 1, db=store.PRODUCTION,
+    )[0][0]
+    assert late, "no order committed later than the lookback: the test proves nothing"
+    catch_up_and_reconcile(platform_dir, warehouse, *serve, **options)
+
+
+def test_a_sequence_the_api_does_not_describe_is_a_clear_error(simulator, warehouse) -> None:
+    with pytest.raises(ReplicaError, match="declares the sequence 'change_seq'.*no such field"):
+        pipeline.load(base_url=simulator.url, token=TOKEN, endpoints=_by_sequence())

@@ -7,9 +7,13 @@ replaces the row; the newest version wins within a load), with deletions applied
 the API's tombstones (``hard_delete``). Requests start ``lookback_seconds`` before the
 last cursor seen, so rows committed late are caught; rows read again unchanged are
 dropped before loading (:mod:`~loaders.replica.lookback`), so a cycle loads only what
-is new or changed. An entity's spec (:func:`entity_spec`) and its table's hints
-(:func:`resource_hints`) are worked out in one place each, which the quarantine's replay
-uses too: a record replayed is parsed and merged exactly as a new one.
+is new or changed. Where the API offers a commit sequence (an endpoint's ``sequence``),
+the listing is read by it instead: no lookback, since nothing committed later has a
+smaller one, so no row is missed however late it commits. An entity's spec
+(:func:`entity_spec`) and its table's hints (:func:`resource_hints`) are worked out in one
+place each, which the quarantine's replay uses too: a record replayed is parsed and
+merged exactly as a new one. Merging stays by the record's version (``cursor``), whatever
+the listing is read by.
 
 The package: ``settings`` (endpoint declarations), ``errors``, ``client`` (HTTP, the
 schema and announcements endpoints), ``pages`` (NDJSON → Arrow, validation and
@@ -93,15 +97,16 @@ def _entity_resource(
     observations: Observations | None = None,
 ):
     first_start = _as_datetime(start_date)  # a bad start date fails here, not mid-load
+    lag = 0.0 if spec.sequence else lookback_seconds  # read by a commit sequence: none
 
     def pages(
-        cursor: dlt.sources.incremental[datetime] = dlt.sources.incremental(
-            spec.cursor,
+        cursor: dlt.sources.incremental[Any] = dlt.sources.incremental(
+            spec.sequence or spec.cursor,
             # no initial value: the first load asks the API from start_date and dlt has
             # nothing to filter (a copy of every page of a backfill saved); a row before
             # the requested start is set aside by parse_page, on every load
             initial_value=None,
-            lag=lookback_seconds or None,
+            lag=lag or None,
             range_start="closed",
             # rows read again (boundary, lookback) are deduplicated by the merge, so no
             # unique-key bookkeeping here; quarantine rows carry a null cursor and pass
@@ -109,16 +114,21 @@ def _entity_resource(
             on_cursor_value_missing="include",
         ),
     ) -> Iterator[Any]:
-        start = cursor.start_value or first_start
-        params = {
-            settings.PARAM_SINCE: _iso(start),
-            settings.PARAM_LIMIT: page_size,
-        }
+        if spec.sequence:
+            # from the last sequence seen (the first load: from the start of the sequence)
+            since: datetime | None = None
+            params: dict[str, Any] = {
+                spec.sequence_param or settings.PARAM_SINCE_SEQ: cursor.start_value or 0,
+            }
+        else:
+            since = _as_datetime(cursor.start_value or first_start)
+            params = {settings.PARAM_SINCE: _iso(since)}
+        params[settings.PARAM_LIMIT] = page_size
         # rows read again from the lookback window load only if they changed
         window = (
             LookbackWindow(dlt.current.resource_state(), spec.primary_key, spec.cursor,
                            lookback_seconds, drop=not spec.reshaped)
-            if lookback_seconds else None
+            if lag else None
         )
         paginator = HeaderCursorPaginator(
             cursor_key=settings.NEXT_CURSOR_HEADER, cursor_param=settings.PARAM_CURSOR
@@ -129,12 +139,12 @@ def _entity_resource(
             )
             # pages are fetched and parsed in threads of their own, each ahead of the
             # next step, so dlt writing one page overlaps parsing the next
-            for parsed in prefetch(_parsed(spec, prefetch(responses), _as_datetime(start))):
+            for parsed in prefetch(_parsed(spec, prefetch(responses), since)):
                 if observations is not None:
                     observations.add(spec.name, parsed.seen)
                 if parsed.quarantined:
                     yield dlt.mark.with_hints(
-                        quarantine_table(parsed.quarantined, spec.cursor),
+                        _sequence_slot(spec, quarantine_table(parsed.quarantined, spec.cursor)),
                         dlt.mark.make_hints(
                             table_name=settings.QUARANTINE_TABLE,
                             # a bad record read again (lookback) is kept once
@@ -227,19 +237,31 @@ def entity_spec(
     be."""
     entity_fields = described.get(name, {}).get("fields", [])
     known = (known_types or {}).get(name, {})
+    sequence = settings.sequence_of(endpoint)
+    if sequence and entity_fields and sequence[0] not in {f["name"] for f in entity_fields}:
+        raise ReplicaError(
+            f"{name}: the endpoint declares the sequence {sequence[0]!r}, but the API's"
+            f" schema has no such field: have the API serve it, or remove `sequence` from"
+            f" [sources.replica.endpoints.{name}] to read by {settings.cursor_of(endpoint)!r}"
+        )
     return EntitySpec(
         name=name,
         path=endpoint["path"],
         primary_key=endpoint["primary_key"],
         cursor=settings.cursor_of(endpoint),
+        sequence=sequence[0] if sequence else None,
+        sequence_param=sequence[1] if sequence else None,
         deleted_marker=endpoint.get("deleted_marker"),
         fields={f["name"]: f["type"] for f in entity_fields},
         required=tuple(f["name"] for f in entity_fields if f.get("required")),
     ).with_mapping(maps, known).with_variants(known, freeze_types=freezes_types(contract))
 
 
-def _parsed(spec: EntitySpec, pages: Iterable[Any], since: datetime) -> Iterator[ParsedPage]:
-    """The pages of a listing, checked and parsed (``since``: the start requested)."""
+def _parsed(
+    spec: EntitySpec, pages: Iterable[Any], since: datetime | None
+) -> Iterator[ParsedPage]:
+    """The pages of a listing, checked and parsed (``since``: the start requested, when
+    the listing is by time)."""
     for number, page in enumerate(pages, 1):
         check_page_type(spec, number, page.response)
         yield parse_page(spec, page[0], since)
@@ -253,10 +275,21 @@ def tombstones_table(entity: str) -> str:
 def split_tombstones(spec: EntitySpec, table: pa.Table) -> tuple[pa.Table, pa.Table]:
     """Live rows, and the tombstones as (key, cursor)."""
     dead = pc.is_valid(table[spec.deleted_marker])
+    kept = [spec.primary_key, spec.cursor, *([spec.sequence] if spec.sequence else [])]
     if not pc.any(dead).as_py():
-        return table, table.select([spec.primary_key, spec.cursor]).slice(0, 0)
-    tombstones = table.filter(dead).select([spec.primary_key, spec.cursor])
+        return table, table.select(kept).slice(0, 0)
+    tombstones = table.filter(dead).select(kept)
     return table.filter(pc.invert(dead)), tombstones
+
+
+def _sequence_slot(spec: EntitySpec, table: pa.Table) -> pa.Table:
+    """``table`` (records set aside) with an empty sequence column, when the listing is
+    read by one: dlt's incremental looks for its column in every table it passes."""
+    if not spec.sequence or spec.sequence in table.column_names:
+        return table
+    return table.append_column(
+        pa.field(spec.sequence, pa.int64(), nullable=True), pa.nulls(table.num_rows, pa.int64())
+    )
 
 
 def with_load_id_slot(table: pa.Table) -> pa.Table:
