@@ -6,12 +6,15 @@ commit-ordered cursor, or wide re-reads with count reconciliation."""
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
+from benchmarks.oracle import assert_reconciled
 from loaders.replica.errors import ReplicaError
 from loaders.replica.settings import ENDPOINTS
 from loaders.runners import pipeline
@@ -191,6 +194,88 @@ def test_a_sequence_cursor_loses_no_late_commit(platform_dir: Path, warehouse: P
     )[0][0]
     assert late, "no order committed later than the lookback: the test proves nothing"
     catch_up_and_reconcile(platform_dir, warehouse, *serve, **options)
+
+
+def _late_row_settings(monkeypatch, reread: float, window: float, reconcile: float) -> None:
+    for name, value in (("REREAD_INTERVAL", reread), ("REREAD_WINDOW", window),
+                        ("RECONCILE_INTERVAL", reconcile)):
+        monkeypatch.setenv(f"SOURCES__REPLICA__{name}_SECONDS", str(value))
+
+
+def test_wide_rereads_and_reconciliation_lose_no_late_commit(
+    platform_dir: Path, warehouse: Path, monkeypatch
+) -> None:
+    _late_row_settings(monkeypatch, reread=3, window=30, reconcile=3)
+    options = {"lookback_seconds": LOOKBACK}
+    sim = start_simulator(platform_dir, "--rate", "4", "--late-commits", LATE)
+    _load_while_serving(sim, 12.0, **options)
+    time.sleep(3)  # the catch-up cycle re-reads: a commit is caught within the interval
+    catch_up_and_reconcile(platform_dir, warehouse, **options)
+
+
+def _notices(warehouse: Path, kind: str) -> list[dict]:
+    path = warehouse.parent / "dlt" / "notifications.jsonl"
+    lines = path.read_text().splitlines() if path.exists() else []
+    return [n for n in map(json.loads, lines) if n["key"].startswith("alarm:") and kind in n["key"]]
+
+
+def _insert_late_orders(platform_dir: Path, keys: range, minutes: float) -> None:
+    """New orders committed now with an updated_at ``minutes`` ago: far behind any
+    lookback."""
+    [(newest,)] = store.query(platform_dir, "SELECT max(updated_at) FROM orders")
+    stamp = store.iso(store.parse_iso(newest) - timedelta(minutes=minutes))
+    [template] = store.query(platform_dir, "SELECT * FROM orders LIMIT 1", db=store.PRODUCTION)
+    with Platform(platform_dir) as platform:
+        columns = platform.prod.columns("orders")
+        platform.insert("orders", [
+            {**dict(zip(columns, template, strict=True)), "order_id": k, "updated_at": stamp}
+            for k in keys
+        ])
+
+
+def test_a_count_gap_is_notified_once_then_repaired(
+    platform_dir: Path, warehouse: Path, monkeypatch
+) -> None:
+    _late_row_settings(monkeypatch, reread=0, window=30, reconcile=0.01)
+    sim = start_simulator(platform_dir)
+    try:
+        def load() -> pipeline.LoadResult:
+            result = pipeline.load(base_url=sim.url, token=TOKEN, lookback_seconds=LOOKBACK)
+            time.sleep(0.05)  # the reconciliation is due again
+            return result
+
+        load()
+        assert _notices(warehouse, "count_gap") == []
+        _insert_late_orders(platform_dir, range(9001, 9004), minutes=10)
+        store.wait_for_replica(platform_dir)
+        load()  # behind the lookback: not loaded, but counted
+        [opened] = _notices(warehouse, "count_gap")
+        assert opened["title"] == "orders: 3 record(s) upstream missing from raw"
+        repair = load()  # orders re-read from the start date: the 3 load, nothing else
+        assert repair.rows.get("orders") == 3
+        assert load().rows.get("orders", 0) == 0
+        kinds = [n["kind"] for n in _notices(warehouse, "count_gap")]
+        assert kinds == ["count_gap", "recovery"]
+    finally:
+        sim.stop()
+    assert_reconciled(platform_dir, warehouse)
+
+
+def test_without_a_count_endpoint_reconciliation_is_skipped_saying_so_once(
+    platform_dir: Path, warehouse: Path, monkeypatch, caplog
+) -> None:
+    _late_row_settings(monkeypatch, reread=0, window=30, reconcile=0.01)
+    sim = start_simulator(platform_dir, "--no-counts")
+    try:
+        with caplog.at_level(logging.WARNING, logger="loaders.runners.late_rows"):
+            for _ in range(2):
+                pipeline.load(base_url=sim.url, token=TOKEN, lookback_seconds=LOOKBACK)
+                time.sleep(0.05)
+    finally:
+        sim.stop()
+    said = [r.getMessage() for r in caplog.records if "serves no record counts" in r.getMessage()]
+    assert len(said) == 1 and "/count answers 404" in said[0]
+    assert _notices(warehouse, "count_gap") == []
 
 
 def test_a_sequence_the_api_does_not_describe_is_a_clear_error(simulator, warehouse) -> None:

@@ -7,9 +7,11 @@ replaces the row; the newest version wins within a load), with deletions applied
 the API's tombstones (``hard_delete``). Requests start ``lookback_seconds`` before the
 last cursor seen, so rows committed late are caught; rows read again unchanged are
 dropped before loading (:mod:`~loaders.replica.lookback`), so a cycle loads only what
-is new or changed. Where the API offers a commit sequence (an endpoint's ``sequence``),
-the listing is read by it instead: no lookback, since nothing committed later has a
-smaller one, so no row is missed however late it commits. An entity's spec
+is new or changed. A row committed later than the lookback is caught two ways: where the
+API offers a commit sequence (an endpoint's ``sequence``), the listing is read by it
+instead (no lookback: nothing committed later has a smaller one); otherwise the caller
+asks, now and then, for a wider re-read of an entity (``rereads``: how far back, and the
+versions raw holds there, so that unchanged rows are still dropped). An entity's spec
 (:func:`entity_spec`) and its table's hints (:func:`resource_hints`) are worked out in one
 place each, which the quarantine's replay uses too: a record replayed is parsed and
 merged exactly as a new one. Merging stays by the record's version (``cursor``), whatever
@@ -48,7 +50,7 @@ from loaders.replica.client import (
     raise_for_api_status,
 )
 from loaders.replica.errors import ReplicaAuthError, ReplicaError, ReplicaUnavailable
-from loaders.replica.lookback import LookbackWindow
+from loaders.replica.lookback import LookbackWindow, Reread
 from loaders.replica.observe import Observations
 from loaders.replica.pages import (
     QUARANTINE_KEY,
@@ -69,6 +71,7 @@ __all__ = [
     "fetch_api_schema",
     "fetch_announcements",
     "freezes_types",
+    "Reread",
     "ReplicaError",
     "ReplicaAuthError",
     "ReplicaUnavailable",
@@ -95,9 +98,11 @@ def _entity_resource(
     lookback_seconds: float,
     append: bool = False,
     observations: Observations | None = None,
+    reread: Reread | None = None,
 ):
     first_start = _as_datetime(start_date)  # a bad start date fails here, not mid-load
-    lag = 0.0 if spec.sequence else lookback_seconds  # read by a commit sequence: none
+    # read by a commit sequence: no lookback; else the lookback, or this cycle's re-read
+    lag = 0.0 if spec.sequence else reread.seconds if reread else lookback_seconds
 
     def pages(
         cursor: dlt.sources.incremental[Any] = dlt.sources.incremental(
@@ -124,12 +129,15 @@ def _entity_resource(
             since = _as_datetime(cursor.start_value or first_start)
             params = {settings.PARAM_SINCE: _iso(since)}
         params[settings.PARAM_LIMIT] = page_size
-        # rows read again from the lookback window load only if they changed
+        # rows read again from the lookback window (or a re-read) load only if they
+        # changed
         window = (
             LookbackWindow(dlt.current.resource_state(), spec.primary_key, spec.cursor,
                            lookback_seconds, drop=not spec.reshaped)
             if lag else None
         )
+        if window is not None and reread is not None:
+            window.also_seen(reread.versions)
         paginator = HeaderCursorPaginator(
             cursor_key=settings.NEXT_CURSOR_HEADER, cursor_param=settings.PARAM_CURSOR
         )
@@ -324,6 +332,7 @@ def replica_source(
     append: Sequence[str] = (),
     field_mapping: dict[str, Any] | None = None,
     observations: Observations | None = None,
+    rereads: dict[str, Reread] | None = None,
 ) -> Any:
     """All entities of the replica API (or just ``entities``), as incremental resources.
 
@@ -336,7 +345,8 @@ def replica_source(
     must then repair them (:mod:`loaders.runners.first_loads`) into what a merge leaves.
     ``field_mapping``: entity -> raw column -> what the API sends for it now (see
     :mod:`.mapping`). ``observations`` collects what the records of every page looked
-    like (see :mod:`.observe`)."""
+    like (see :mod:`.observe`). ``rereads``: entities read this cycle from further back
+    than the lookback (see :class:`~.lookback.Reread`)."""
     if not base_url.startswith(("http://", "https://")):
         raise ReplicaError(f"base_url must be an http(s) URL, got {base_url!r}")
     if not 1 <= page_size <= 1_000_000:
@@ -369,6 +379,7 @@ def replica_source(
         resource = _entity_resource(
             client(base_url, token, spec.name), spec, page_size, start_date,
             lookback_seconds, append=name in append, observations=observations,
+            reread=(rereads or {}).get(name),
         )
         resource.apply_hints(schema_contract=contracts.get(name))
         resources.append(resource)

@@ -76,6 +76,9 @@ PARAM_SINCE = "updated_since"
 PARAM_CURSOR = "cursor"
 PARAM_LIMIT = "limit"
 PARAM_SINCE_SEQ = "since_seq"  # the usual name of a sequence's parameter
+# live records updated before a time, for reconciliation: GET <path>/count?updated_before=
+COUNT_SUFFIX = "count"
+PARAM_UPDATED_BEFORE = "updated_before"
 NEXT_CURSOR_HEADER = "X-Next-Cursor"
 
 QUARANTINE_TABLE = "quarantine"

@@ -45,7 +45,7 @@ from loaders.replica.client import fetch_api_schema, fetch_replication_lag
 from loaders.replica.errors import ReplicaError
 from loaders.replica.observe import Observations
 from loaders.replica.pages import type_changes
-from loaders.runners import first_loads, quarantine
+from loaders.runners import first_loads, late_rows, quarantine
 from loaders.schema_changes import observed, track, unresolved
 from loaders.schema_changes.changelog import recent_changes
 from loaders.schema_changes.declared import Announced, all_announcements, report_invalid
@@ -331,6 +331,12 @@ def _load(kwargs: dict[str, Any], pipeline: dlt.Pipeline) -> LoadResult:
         )
         mappings = config.field_mapping(kwargs.get("field_mapping"))
         observations = Observations()
+        late = late_rows.plan(
+            pipeline, declared, kwargs.get("entities"),
+            kwargs.get("start_date") or dlt.config.get("sources.replica.start_date")
+            or "2000-01-01T00:00:00Z",
+            [r.table for r in appended], observed_at,
+        )
         # the source and the repairs read the same endpoint declarations
         source = replica_source(
             **{**kwargs, "base_url": api.base_url, "token": api.token,
@@ -340,6 +346,7 @@ def _load(kwargs: dict[str, Any], pipeline: dlt.Pipeline) -> LoadResult:
             described=described,
             append=[r.table for r in appended],
             observations=observations,
+            rereads=late.rereads,
         )
         first_loads.mark(config.pipelines_dir(), appended)
         held_before = quarantine.held_before(pipeline)
@@ -388,6 +395,11 @@ def _load(kwargs: dict[str, Any], pipeline: dlt.Pipeline) -> LoadResult:
     if shares is not None:
         result.alarms.add(quarantine.KIND, shares.conditions, entities=shares.judged)
     check_stalls(pipeline, api, list(kwargs.get("entities") or declared), result)
+    late_rows.after_load(
+        pipeline, api, declared, kwargs.get("entities"),
+        config.lookback_seconds(kwargs.get("lookback_seconds")), late, result.alarms,
+        observed_at,
+    )
     return result
 
 
