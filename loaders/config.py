@@ -306,6 +306,38 @@ def stall_settings() -> StallSettings:
     )
 
 
+def lookback_seconds(given: float | None = None) -> float:
+    """How far before its last cursor each request starts: given, else
+    ``sources.replica.lookback_seconds``, else the source's default (30 s)."""
+    if given is not None:
+        return float(given)
+    return _number("sources.replica", "lookback_seconds", 30.0, 0)
+
+
+@dataclass(frozen=True)
+class LateRowSettings:
+    """The defences against rows committed later than the lookback, for listings read by
+    time (see :mod:`loaders.runners.late_rows`); an interval of 0 turns one off."""
+
+    reread_interval: float = 600.0  # a wide re-read this often ...
+    reread_window: float = 3600.0  # ... from this far before the cursor
+    reconcile_interval: float = 600.0  # counts reconciled this often
+
+
+def late_row_settings() -> LateRowSettings:
+    """``[sources.replica]`` ``reread_interval_seconds``, ``reread_window_seconds`` and
+    ``reconcile_interval_seconds`` over :class:`LateRowSettings`'s defaults. A bad value
+    is a ValueError naming the setting."""
+    d = LateRowSettings()
+    return LateRowSettings(
+        reread_interval=_number("sources.replica", "reread_interval_seconds",
+                                d.reread_interval, 0),
+        reread_window=_number("sources.replica", "reread_window_seconds", d.reread_window, 0),
+        reconcile_interval=_number("sources.replica", "reconcile_interval_seconds",
+                                   d.reconcile_interval, 0),
+    )
+
+
 @dataclass(frozen=True)
 class LagSource:
     """Where the API reports its replication lag: a path (relative to ``base_url``) and

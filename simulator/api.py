@@ -12,6 +12,13 @@ Versioned under ``/v1``; the OpenAPI spec is at ``/openapi.json``.
   Bodies are JSON ``{"data": [...], "next_cursor": ..., "has_more": ...}`` or, with
   ``Accept: application/x-ndjson`` (or ``format=ndjson``), one record per line with the
   cursor in the ``X-Next-Cursor`` header (absent on the last page).
+* With change sequences on (``create_app(change_seq=True)``, ``sim serve --change-seq``)
+  every record, tombstones too, carries ``change_seq``: the sequence number of the commit
+  that wrote it, which only grows in commit order. ``since_seq=N`` lists the records with
+  ``change_seq > N`` in ``(change_seq, key)`` order, keyset-paged the same way: a client
+  on it never misses a record however late its transaction committed.
+* ``GET /v1/{entity}/count?updated_before=T``: how many live records (tombstones not
+  counted) have ``updated_at`` before ``T``, for a client to reconcile its copy with.
 * ``GET /v1/schema``: each entity's fields, types and the schema version.
 * ``GET /v1/announcements``: announced schema changes, upcoming and applied.
 * ``GET /health``: liveness, replica and production positions, replication lag, schema
@@ -63,15 +70,25 @@ BEARER = HTTPBearer(auto_error=False)
 EntityName = Enum("EntityName", {name: name for name in ENTITIES}, type=str)  # type: ignore[misc]
 
 
-def encode_cursor(updated_at: str, key: object) -> str:
-    raw = json.dumps([updated_at, key], separators=(",", ":")).encode()
+CHANGE_SEQ = "change_seq"
+
+
+def encode_cursor(*position: object) -> str:
+    raw = json.dumps(list(position), separators=(",", ":")).encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
-def decode_cursor(cursor: str) -> tuple[str, object]:
+def decode_cursor(cursor: str, by_seq: bool = False) -> tuple:
+    """A cursor's position: ``(updated_at, key)``, or with ``by_seq`` ``(seq, key, dead)``."""
     try:
         pad = "=" * (-len(cursor) % 4)
-        updated_at, key = json.loads(base64.urlsafe_b64decode(cursor + pad))
+        position = json.loads(base64.urlsafe_b64decode(cursor + pad))
+        if by_seq:
+            seq, key, dead = position
+            if type(seq) is not int or not isinstance(key, (str, int)) or dead not in (0, 1):
+                raise TypeError("a since_seq cursor holds a sequence number, a key, a flag")
+            return seq, key, dead
+        updated_at, key = position
         if not isinstance(updated_at, str) or not isinstance(key, (str, int)):
             raise TypeError("a cursor holds an updated_at string and a key")
         store.parse_iso(updated_at)
@@ -170,7 +187,11 @@ def create_app(
     rate_limit: float = 200.0,
     burst: float = 400.0,
     seed: int | None = None,
+    change_seq: bool = False,
+    counts: bool = True,
 ) -> FastAPI:
+    """``change_seq``: records carry their commit sequence and listings take
+    ``since_seq``; ``counts``: the count endpoint is served (else 404)."""
     if not token:
         raise ValueError("the replica API needs a bearer token")
     directory = Path(directory)
@@ -227,7 +248,7 @@ def create_app(
             "schema_version": schema_version(applied, now),
             "applied_evolutions": applied,
             "entities": {
-                name: _entity_schema(name, entity, applied, told)
+                name: _entity_schema(name, entity, applied, told, change_seq)
                 for name, entity in drift.schema_entities(told, now).items()
             },
         }
@@ -267,12 +288,42 @@ def create_app(
         out.sort(key=lambda a: (a["effective_at"], a["change_id"]))
         return {"announcements": out}
 
+    @app.get(
+        "/v1/{entity}/count", summary="Live records updated before a time", dependencies=auth
+    )
+    def count_entity(
+        entity: EntityName,
+        updated_before: Annotated[str, Query(description="ISO-8601 time (exclusive)")],
+    ) -> dict:
+        if not counts:
+            raise HTTPException(404, f"no count endpoint /v1/{entity.value}/count")
+        plan = drift.plan(drifts.get(), entity.value, store.iso(store.utcnow()))
+        if plan is None or plan.removed:
+            raise HTTPException(404, f"no listing /v1/{entity.value}")
+        try:
+            before = store.iso(store.parse_iso(updated_before))
+        except ValueError as exc:
+            raise HTTPException(400, f"updated_before is not an ISO-8601 time: {exc}") from exc
+        # a covering range of the entity's (updated_at, key) index; a stalled listing
+        # counts only what it lists
+        sql = f"SELECT count(*) FROM {entity.value} WHERE updated_at < ?"
+        args: list[object] = [before]
+        if plan.until:
+            sql += " AND updated_at <= ?"
+            args.append(plan.until)
+        [(n,)] = replica.con().execute(sql, args).fetchall()
+        return {"entity": entity.value, "live": n, "updated_before": before}
+
     @app.get("/v1/{entity}", summary="Incremental listing of an entity", dependencies=auth)
     def list_entity(
         request: Request,
         entity: EntityName,
         updated_since: Annotated[
             str | None, Query(description="ISO-8601 time; rows updated at or after it")
+        ] = None,
+        since_seq: Annotated[
+            int | None,
+            Query(ge=0, description="change_seq; records committed after it (--change-seq)"),
         ] = None,
         cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
         limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
@@ -288,8 +339,15 @@ def create_app(
                 updated_since = store.iso(store.parse_iso(updated_since))
             except ValueError as exc:
                 raise HTTPException(400, f"updated_since is not an ISO-8601 time: {exc}") from exc
-        after = decode_cursor(cursor) if cursor else None
-        page = _page(replica, plan, updated_since, after, limit)
+        if since_seq is not None and not change_seq:
+            raise HTTPException(400, "since_seq is not offered: this API lists by updated_at")
+        if since_seq is not None and updated_since is not None:
+            raise HTTPException(400, "pass since_seq or updated_since, not both")
+        after = decode_cursor(cursor, by_seq=since_seq is not None) if cursor else None
+        if since_seq is not None:
+            page = _page_by_seq(replica, plan, since_seq, after, limit)
+        else:
+            page = _page(replica, plan, updated_since, after, limit, change_seq)
         body = page.body
         f = faults.get()
         if f.malformed_rate and body:
@@ -313,21 +371,32 @@ def create_app(
     return app
 
 
-def _entity_schema(name: str, entity: str, applied: list[str], told: list[drift.Drift]) -> dict:
+def _entity_schema(
+    name: str, entity: str, applied: list[str], told: list[drift.Drift], change_seq: bool = False
+) -> dict:
     """An endpoint's entry in ``/v1/schema``: the entity's fields once the evolutions
-    ``applied`` and the drifts ``told`` (those described) reshaped them."""
+    ``applied`` and the drifts ``told`` (those described) reshaped them, and with
+    ``change_seq`` the commit sequence and the parameter that lists by it."""
     e = ENTITIES[entity]
-    return {
+    fields = [
+        {"name": f.name, "type": f.type, "required": f.required, "description": f.description}
+        for f in drift.shape_of(name, told, applied)
+    ]
+    out = {
         "primary_key": drift.renamed(e.primary_key, name, told),
         "cursor": drift.renamed("updated_at", name, told),
         "deletable": e.deletable,
         "description": e.description,
-        "fields": [
-            {"name": f.name, "type": f.type, "required": f.required,
-             "description": f.description}
-            for f in drift.shape_of(name, told, applied)
-        ],
+        "fields": fields,
     }
+    if change_seq:
+        fields.append(
+            {"name": CHANGE_SEQ, "type": "integer", "required": True,
+             "description": "Sequence number of the commit that wrote the record: grows in"
+             " commit order, whatever its updated_at."}
+        )
+        out.update(sequence=CHANGE_SEQ, sequence_param="since_seq")
+    return out
 
 
 @dataclass
@@ -337,16 +406,23 @@ class Page:
     # decoded into a string and encoded back
     body: bytes
     count: int
-    last_key: tuple[str, object] | None  # (updated_at, key) of the last record
+    last_key: tuple | None  # (updated_at, key) of the last record; by seq (seq, key, dead)
     has_more: bool
+
+
+def _with_seq(record: str) -> str:
+    """The SQL expression of a feed row's record with its ``change_seq`` appended (text
+    spliced before the closing brace: no JSON parsed per row)."""
+    return f"substr({record}, 1, length({record}) - 1) || ',\"{CHANGE_SEQ}\":' || seq || '}}'"
 
 
 def _page(
     replica: Replica,
     plan: Plan,
     updated_since: str | None,
-    after: tuple[str, object] | None,
+    after: tuple | None,
     limit: int,
+    change_seq: bool = False,
 ) -> Page:
     """Up to ``limit`` records (rows and tombstones) in keyset order, and whether more
     follow.
@@ -373,7 +449,8 @@ def _page(
     if plan.until:
         where.append("updated_at <= ?")
         args.append(plan.until)
-    columns = "updated_at, k, dead, record" if plan.layers else "record"
+    record = _with_seq("record") + " AS record" if change_seq else "record"
+    columns = f"updated_at, k, dead, {record}" if plan.layers else record
     listing = (
         f"SELECT {columns} FROM {store.feed_table(plan.entity)}"
         f"{' WHERE ' + ' AND '.join(where) if where else ''}"
@@ -394,22 +471,63 @@ def _page(
     return Page(body, min(count, limit), (last["updated_at"], last[pk]), has_more)
 
 
+def _page_by_seq(
+    replica: Replica, plan: Plan, since_seq: int, after: tuple | None, limit: int
+) -> Page:
+    """Up to ``limit`` records committed after ``since_seq`` (and after the cursor's
+    ``(seq, key, dead)``), in commit order: a range of the feed's ``seq`` index, records
+    joined by SQLite as in :func:`_page`. A stalled listing stops at records updated
+    at its time."""
+    where = ["seq > ?"]
+    args: list[object] = [since_seq]
+    if after:
+        where.append("(seq, k, dead) > (?, ?, ?)")
+        args.extend(after)
+    if plan.until:
+        where.append("updated_at <= ?")
+        args.append(plan.until)
+    listing = (
+        f"SELECT seq, k, dead, {_with_seq('record')} AS record"
+        f" FROM {store.feed_table(plan.entity)} WHERE {' AND '.join(where)}"
+        " ORDER BY seq, k, dead LIMIT ?"
+    )
+    if plan.layers:
+        return _drifted_page(replica, plan.layers, listing, args, limit, by_seq=True)
+    body, count, last = replica.con().execute(
+        f"WITH page AS MATERIALIZED ({listing})"
+        " SELECT CAST(group_concat(record, char(10)) AS BLOB), count(*),"
+        " (SELECT json_array(seq, k, dead) FROM page"
+        "  LIMIT 1 OFFSET (SELECT min(count(*), ?) - 1 FROM page))"
+        " FROM page",
+        (*args, limit + 1, limit),
+    ).fetchone()
+    if not count:
+        return Page(b"", 0, None, False)
+    has_more = count > limit
+    body = body[: body.rfind(b"\n") + 1] if has_more else body + b"\n"
+    return Page(body, min(count, limit), tuple(json.loads(last)), has_more)
+
+
 def _drifted_page(
-    replica: Replica, layers: tuple[str, ...], listing: str, args: list[object], limit: int
+    replica: Replica, layers: tuple[str, ...], listing: str, args: list[object], limit: int,
+    by_seq: bool = False,
 ) -> Page:
     """The page of ``listing`` (its rows with their feed columns), each record rewritten
     by ``layers`` in turn: a chain of materialized CTEs over the page alone, so that each
     layer is computed once per record, however often the next one reads it. The last
     key comes from the feed's columns, not from records a drift may have reshaped."""
+    order = "seq" if by_seq else "updated_at"
+    position = "seq, k, dead" if by_seq else "updated_at, k"
     chain = [f"l0 AS MATERIALIZED ({listing})"]
     for i, layer in enumerate(layers, 1):
         chain.append(
-            f"l{i} AS MATERIALIZED (SELECT updated_at, k, dead, {layer} AS record FROM l{i - 1})"
+            f"l{i} AS MATERIALIZED (SELECT {order}, k, dead, {layer} AS record"
+            f" FROM l{i - 1})"
         )
     body, count, last = replica.con().execute(
         f"WITH {', '.join(chain)}"
         " SELECT CAST(group_concat(record, char(10)) AS BLOB), count(*),"
-        " (SELECT json_array(updated_at, k) FROM l0"
+        f" (SELECT json_array({position}) FROM l0"
         "  LIMIT 1 OFFSET (SELECT min(count(*), ?) - 1 FROM l0))"
         f" FROM l{len(layers)}",
         (*args, limit + 1, limit),
@@ -418,8 +536,7 @@ def _drifted_page(
         return Page(b"", 0, None, False)
     has_more = count > limit
     body = body[: body.rfind(b"\n") + 1] if has_more else body + b"\n"
-    updated_at, key = json.loads(last)
-    return Page(body, min(count, limit), (updated_at, key), has_more)
+    return Page(body, min(count, limit), tuple(json.loads(last)), has_more)
 
 
 class EndpointMiddleware:

@@ -71,8 +71,10 @@ def cmd_serve(args) -> int:
             port=args.port,
             rate=args.rate,
             lag=args.lag,
-            jitter=args.jitter,
+            late_commits=args.late_commits,
             clock_skew=args.clock_skew,
+            change_seq=args.change_seq,
+            counts=not args.no_counts,
             rate_limit=args.rate_limit,
             duration=args.duration,
         )
@@ -281,9 +283,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     s.add_argument("--rate", type=float, default=0.0, help="live orders per second (0-1000)")
     s.add_argument("--lag", type=float, default=0.0, help="replica lag in seconds")
-    s.add_argument("--jitter", type=float, default=0.0, help="late commits, up to N seconds")
+    s.add_argument(
+        "--late-commits", "--jitter", dest="late_commits", type=float, default=0.0,
+        help="long transactions: a share of commits land up to N s after their rows' updated_at",
+    )
     s.add_argument("--clock-skew", type=float, default=0.0,
                    help="device clocks up to N seconds ahead on a share of events")
+    s.add_argument(
+        "--change-seq", action="store_true",
+        help="records carry change_seq (their commit sequence); listings take since_seq",
+    )
+    s.add_argument(
+        "--no-counts", action="store_true", help="serve no /v1/<entity>/count endpoint"
+    )
     s.add_argument("--rate-limit", type=float, default=200.0, help="requests/s per token")
     s.add_argument("--duration", type=float, help="stop after N seconds")
     s.set_defaults(func=cmd_serve)

@@ -5,6 +5,14 @@ and keeps the replica following it (:func:`simulator.store.replicate`). Live tim
 compressed so that a short run shows every kind of change: a new order is paid within
 seconds, shipped within a minute and delivered within two.
 
+Late commits (``late_commits`` > 0): a share of the ticks are long transactions, written
+at once but committed up to that many seconds later (:meth:`simulator.store.Production.tx`).
+Every timestamp a transaction writes is its start time, so a record's own times stay
+consistent (created/occurred <= updated_at <= commit) and it is never visible before its
+commit. While a late transaction is open its rows are locked, as a database's row locks
+would: later ticks leave them alone (an order's next status waits, an edit picks another
+row) until it commits.
+
 May import ``store``, ``faults`` and ``model``.
 """
 
@@ -36,6 +44,11 @@ from simulator.model import (
 
 log = logging.getLogger(__name__)
 
+# share of ticks that are long transactions, when late commits are on
+LATE_SHARE = 0.2
+# rows of these tables that a late transaction wrote stay locked until it commits
+LOCKED_TABLES = ("customers", "orders", "products")
+
 # seconds after placement at which a live order moves on (compressed time)
 TRANSITIONS = {"placed": ("paid", 2.0), "paid": ("shipped", 30.0), "shipped": ("delivered", 60.0)}
 
@@ -62,18 +75,22 @@ class Platform:
         self,
         directory: Path | str,
         seed: int | None = None,
-        jitter: float = 0.0,
+        late_commits: float = 0.0,
         clock_skew: float = 0.0,
     ):
-        """``jitter``: up to this many seconds, some commits carry an ``updated_at`` in the
-        past (long transactions committing late), as on a busy production database.
-        ``clock_skew``: up to this many seconds, the events sent from a device's own clock
-        (``model.DEVICE_CLOCK_SHARE``) carry an ``occurred_at`` ahead of the server's."""
+        """``late_commits``: up to this many seconds, some transactions commit after they
+        started (long transactions), their rows stamped with the start, as on a busy
+        production database. ``clock_skew``: up to this many seconds, the events sent
+        from a device's own clock (``model.DEVICE_CLOCK_SHARE``) carry an ``occurred_at``
+        ahead of the server's."""
         self.dir = Path(directory)
         self.prod = store.Production(self.dir)
+        # transactions a previous writer left open end with it
+        self.prod.commit_due(everything=True)
         base_seed = json.loads(self.prod.meta("seed") or "0")
         self.rng = random.Random(seed if seed is not None else base_seed + 1)
-        self.jitter = jitter
+        self.late_commits = late_commits
+        self.locks: dict[int, dict[str, set[int]]] = {}  # open late tx -> table -> keys
         if clock_skew < 0:
             raise ValueError(
                 "clock_skew must be 0 or more seconds (how far device clocks run ahead)"
@@ -117,9 +134,17 @@ class Platform:
         return first
 
     def _ts(self, now: datetime) -> str:
-        if self.jitter and self.rng.random() < 0.2:
-            return store.iso(now - timedelta(seconds=self.rng.random() * self.jitter))
+        """A timestamp the transaction writes: its start, whenever it commits."""
         return store.iso(now)
+
+    def _locked(self, table: str, key: int) -> bool:
+        """Whether a late transaction still open wrote this row."""
+        return any(key in locks.get(table, ()) for locks in self.locks.values())
+
+    def commit_due(self, everything: bool = False) -> None:
+        """Commit the late transactions due (``everything``: all), releasing their rows."""
+        for txid in self.prod.commit_due(everything):
+            self.locks.pop(txid, None)
 
     def _insert(self, con, table: str, row: dict, seq: int) -> None:
         row = {k: v for k, v in row.items() if k in self.cols[table]}
@@ -141,14 +166,26 @@ class Platform:
         """Write one transaction: ``orders`` new orders with their sessions, plus the
         updates and deletions due. Returns what was written."""
         act = Activity()
+        self.commit_due()
+        late = self.late_commits > 0 and self.rng.random() < LATE_SHARE
+        commit_in = self.rng.random() * self.late_commits if late else 0.0
         now = store.utcnow()
         mono = time.monotonic()
-        with self.prod.tx() as (con, seq):
+        with self.prod.tx(commit_in=commit_in) as (con, seq):
             for _ in range(orders):
                 self._new_order(con, seq, now, act)
             self._advance_orders(con, seq, now, mono, act)
             self._edits(con, seq, now, orders, act)
             self.prod.set_meta(con, "next_ids", self.ids)
+            if seq < 0:
+                self.locks[-seq] = {
+                    t: {
+                        r[0] for r in con.execute(
+                            f"SELECT {ENTITIES[t].primary_key} FROM {t} WHERE _seq = ?", (seq,)
+                        )
+                    }
+                    for t in LOCKED_TABLES
+                }
         for kind in ("inserted", "updated", "deleted"):
             for k, v in getattr(act, kind).items():
                 self.activity.add(kind, k, v)
@@ -218,7 +255,8 @@ class Platform:
 
     def _new_order(self, con, seq: int, now: datetime, act: Activity) -> None:
         cid = self.rng.randint(1, self.max_customer) if self.max_customer else 0
-        if not cid or cid in self.erased or self.rng.random() < 0.3:
+        if (not cid or cid in self.erased or self.rng.random() < 0.3
+                or self._locked("customers", cid)):
             cid = self._new_customer(con, seq, now, act)
         region, currency = self.rng.choice(self.regions)
         fx = FX_PER_USD[currency]
@@ -293,10 +331,11 @@ class Platform:
                 self._event(con, seq, now, act, s, b, "add_to_cart", now, product_id=pid)
 
     def _advance_orders(self, con, seq, now, mono, act) -> None:
-        due = [p for p in self.pending if p[0] <= mono]
+        # an order a late transaction still holds moves on once it has committed
+        due = [p for p in self.pending if p[0] <= mono and not self._locked("orders", p[1])]
         if not due:
             return
-        self.pending = [p for p in self.pending if p[0] > mono]
+        self.pending = [p for p in self.pending if p not in due]
         for _, oid, status in due:
             if status == "paid" and self.rng.random() < 0.03:
                 new = "cancelled"
@@ -317,6 +356,8 @@ class Platform:
         # profile edits, price changes and erasure requests, in proportion to traffic
         for _ in range(self._poisson(orders * 0.1)):
             cid = self.rng.randint(1, max(1, self.max_customer))
+            if self._locked("customers", cid):
+                continue
             n = con.execute(
                 "UPDATE customers SET is_marketing_opt_in = 1 - is_marketing_opt_in,"
                 " updated_at = ?, _seq = ? WHERE customer_id = ?",
@@ -328,6 +369,8 @@ class Platform:
             pid, price = self.rng.choice(self.products)
             cents = max(99, round(self._price_cents(price) * self.rng.uniform(0.85, 1.15)))
             new_price: object = f"{cents / 100:.2f}" if isinstance(price, str) else cents
+            if self._locked("products", pid):
+                return
             con.execute(
                 "UPDATE products SET price = ?, updated_at = ?, _seq = ? WHERE product_id = ?",
                 (new_price, self._ts(now), seq, pid),
@@ -336,7 +379,8 @@ class Platform:
             act.add("updated", "products")
         if orders and self.rng.random() < 0.005 * orders:
             cid = self.rng.randint(1, max(1, self.max_customer))
-            self.delete(con, seq, now, "customers", cid, act)
+            if not self._locked("customers", cid):
+                self.delete(con, seq, now, "customers", cid, act)
 
     def _poisson(self, lam: float) -> int:
         n, p, limit = 0, 1.0, pow(2.718281828459045, -lam)
@@ -486,9 +530,12 @@ class Platform:
                 self.apply_due()
                 if n or self.pending:
                     self.tick(n)
+                else:
+                    self.commit_due()
                 if not faults.get().replication_paused_left():
                     store.replicate(self.dir, lag, con=rcon)
                 stop.wait(max(0.0, tick_seconds - (time.monotonic() - now)))
+            self.commit_due(everything=True)  # the writer's open transactions end with it
             if not faults.get().replication_paused_left():
                 store.replicate(self.dir, 0.0 if stop.is_set() else lag, con=rcon)
         finally:
@@ -565,6 +612,7 @@ class Platform:
             self.tick(orders)
 
     def close(self) -> None:
+        self.commit_due(everything=True)
         self.prod.close()
 
     def __enter__(self) -> Platform:

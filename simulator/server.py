@@ -43,18 +43,21 @@ class ServeOptions:
     port: int = 0
     rate: float = 0.0  # live orders per second (0: static data)
     lag: float = 0.0  # replica lag in seconds
-    jitter: float = 0.0  # late commits, see Platform
+    late_commits: float = 0.0  # long transactions commit up to this many s late
     clock_skew: float = 0.0  # device clocks ahead of the server, see Platform
+    change_seq: bool = False  # records carry their commit sequence (see api)
+    counts: bool = True  # the count endpoint is served
     rate_limit: float = 200.0  # requests per second per token
     duration: float | None = None  # stop by itself after this many seconds
 
 
 def _platform_main(
-    directory: str, rate: float, lag: float, jitter: float, stop, clock_skew: float = 0.0
+    directory: str, rate: float, lag: float, late_commits: float, stop,
+    clock_skew: float = 0.0,
 ) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops us through `stop`
     logging.basicConfig(level=logging.INFO, format="%(asctime)s platform %(message)s")
-    platform = Platform(directory, jitter=jitter, clock_skew=clock_skew)
+    platform = Platform(directory, late_commits=late_commits, clock_skew=clock_skew)
     try:
         platform.run(rate, lag, stop=stop)
     finally:
@@ -128,13 +131,14 @@ def serve(opts: ServeOptions, stop: threading.Event | None = None) -> None:
     platform_stop = ctx.Event()
     platform = ctx.Process(
         target=_platform_main,
-        args=(str(d), opts.rate, opts.lag, opts.jitter, platform_stop, opts.clock_skew),
+        args=(str(d), opts.rate, opts.lag, opts.late_commits, platform_stop, opts.clock_skew),
         name="salesflow-platform",
         daemon=True,
     )
     platform.start()
 
-    app = create_app(d, opts.token, rate_limit=opts.rate_limit)
+    app = create_app(d, opts.token, rate_limit=opts.rate_limit, change_seq=opts.change_seq,
+                     counts=opts.counts)
     api = ApiServer(app, opts.host, opts.port)
     api.start()
     url = f"http://{opts.host}:{api.port}"

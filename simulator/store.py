@@ -6,6 +6,12 @@ Both are SQLite files in WAL mode inside the simulator's directory:
   schema evolutions). Every write transaction takes the next sequence number (like a
   log sequence number), stamps it on every row it writes (``_seq``) and records it in
   ``txlog`` with its commit time. Schema changes are recorded in ``txlog`` too.
+  A **late commit** (a long transaction) is written at once but committed later: its rows
+  carry its start time as ``updated_at`` and a provisional negative ``_seq`` (``-txid``,
+  listed in ``pending_commits`` with the time it commits), and only at its commit take
+  the next sequence number and their ``txlog`` entry. So sequence numbers follow commit
+  order, as a log sequence number does, and a row's ``updated_at`` may be older than rows
+  committed before it: the lateness a loader on ``updated_at`` has to tolerate.
 * ``replica.db`` is what the replica API reads. :func:`replicate` replays production's
   log onto it in sequence order, applying only transactions committed at least
   ``lag`` seconds ago: a real replica lag, not a filter on reads.
@@ -21,7 +27,8 @@ change that alters how an entity renders rebuilds that entity's feed. So a page 
 listing is one range scan of stored records: serving costs no rendering, as with a
 platform that keeps its API's records ready (an outbox or a serving cache) rather than
 rendering them per request. The price is disk: the replica holds every record twice,
-once in its columns and once as JSON.
+once in its columns and once as JSON. Each feed row also keeps the sequence number of the
+commit that wrote it (``seq``), indexed, for the listing in commit order (``since_seq``).
 
 May import ``model`` only.
 """
@@ -43,6 +50,11 @@ from simulator.model import ENTITIES, create_table_sql, fields_at
 PRODUCTION = "production.db"
 REPLICA = "replica.db"
 
+# late commits written but not committed yet (see Production.tx)
+PENDING_DDL = (
+    "CREATE TABLE IF NOT EXISTS pending_commits (txid INTEGER PRIMARY KEY,"
+    " started_at TEXT NOT NULL, commit_at TEXT NOT NULL)"
+)
 SYSTEM_DDL = (
     "CREATE TABLE IF NOT EXISTS txlog (seq INTEGER PRIMARY KEY, committed_at TEXT NOT NULL,"
     " ddl TEXT)",
@@ -51,6 +63,7 @@ SYSTEM_DDL = (
     "CREATE TABLE IF NOT EXISTS evolutions (name TEXT PRIMARY KEY, announced_at TEXT NOT NULL,"
     " effective_at TEXT NOT NULL, applied_at TEXT, _seq INTEGER NOT NULL DEFAULT 0)",
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    PENDING_DDL,
 )
 # tables replicated row by row (by _seq)
 REPLICATED = (*ENTITIES, "deletions", "evolutions")
@@ -125,16 +138,38 @@ class Production:
                 f"no platform database at {self.path}: run `salesflow sim generate` first"
             )
         self.con = connect(self.path)
+        self.con.execute(PENDING_DDL)  # a database generated before late commits existed
 
     def close(self) -> None:
         self.con.close()
 
     @contextmanager
-    def tx(self, ddl: str | None = None) -> Iterator[tuple[sqlite3.Connection, int]]:
-        """A write transaction with its sequence number; rows written must carry it."""
+    def tx(
+        self, ddl: str | None = None, commit_in: float = 0.0
+    ) -> Iterator[tuple[sqlite3.Connection, int]]:
+        """A write transaction with its sequence number; rows written must carry it.
+
+        ``commit_in`` > 0: a late commit. The rows are written now and carry a provisional
+        sequence number (negative, the transaction's id in ``pending_commits``); the
+        transaction commits — takes its sequence number and its ``txlog`` entry, and so
+        may be replicated — ``commit_in`` seconds later, at :meth:`commit_due`."""
         con = self.con
         con.execute("BEGIN IMMEDIATE")
         try:
+            if commit_in > 0:
+                if ddl is not None:
+                    raise ValueError("a schema change commits at once, never late")
+                txid = con.execute(
+                    "SELECT coalesce(max(txid), 0) + 1 FROM pending_commits"
+                ).fetchone()[0]
+                started = utcnow()
+                yield con, -txid
+                con.execute(
+                    "INSERT INTO pending_commits (txid, started_at, commit_at) VALUES (?, ?, ?)",
+                    (txid, iso(started), iso(started + timedelta(seconds=commit_in))),
+                )
+                con.execute("COMMIT")
+                return
             seq = con.execute("SELECT coalesce(max(seq), 0) + 1 FROM txlog").fetchone()[0]
             yield con, seq
             con.execute(
@@ -145,6 +180,33 @@ class Production:
         except BaseException:
             con.execute("ROLLBACK")
             raise
+
+    def commit_due(self, everything: bool = False) -> list[int]:
+        """Commit the late transactions whose time has come (``everything``: all of them),
+        in the order of their commit times, each taking the next sequence number. Returns
+        the ids of the transactions committed."""
+        now = iso(utcnow())
+        due = self.con.execute(
+            "SELECT txid FROM pending_commits WHERE ? OR commit_at <= ? ORDER BY commit_at, txid",
+            (int(everything), now),
+        ).fetchall()
+        for (txid,) in due:
+            con = self.con
+            con.execute("BEGIN IMMEDIATE")
+            try:
+                seq = con.execute("SELECT coalesce(max(seq), 0) + 1 FROM txlog").fetchone()[0]
+                for table in REPLICATED:
+                    con.execute(f"UPDATE {table} SET _seq = ? WHERE _seq = ?", (seq, -txid))
+                con.execute(
+                    "INSERT INTO txlog (seq, committed_at, ddl) VALUES (?, ?, NULL)",
+                    (seq, iso(utcnow())),
+                )
+                con.execute("DELETE FROM pending_commits WHERE txid = ?", (txid,))
+                con.execute("COMMIT")
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+        return [txid for (txid,) in due]
 
     def meta(self, key: str, default: str | None = None) -> str | None:
         row = self.con.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
@@ -331,9 +393,11 @@ def _create_feed(con: sqlite3.Connection, entity: str) -> None:
     con.execute(
         f"CREATE TABLE IF NOT EXISTS main.{feed} (updated_at TEXT NOT NULL,"
         f" k {_key_type(entity)} NOT NULL, dead INTEGER NOT NULL, record TEXT NOT NULL,"
-        " PRIMARY KEY (updated_at, k, dead)) WITHOUT ROWID"
+        " seq INTEGER NOT NULL, PRIMARY KEY (updated_at, k, dead)) WITHOUT ROWID"
     )
     con.execute(f"CREATE INDEX IF NOT EXISTS main.ix_{feed}_k ON {feed} (k)")
+    # the listing in commit order: a range of this index, then the record by its key
+    con.execute(f"CREATE INDEX IF NOT EXISTS main.ix_{feed}_seq ON {feed} (seq, k, dead)")
 
 
 def _rebuild_feed(con: sqlite3.Connection, entity: str, record: str) -> None:
@@ -341,13 +405,13 @@ def _rebuild_feed(con: sqlite3.Connection, entity: str, record: str) -> None:
     con.execute(f"DROP TABLE IF EXISTS main.{feed}")
     _create_feed(con, entity)
     con.execute(
-        f"INSERT INTO main.{feed} SELECT updated_at, {pk}, 0, {record} FROM main.{entity}"
-        f" ORDER BY updated_at, {pk}"
+        f"INSERT INTO main.{feed} SELECT updated_at, {pk}, 0, {record}, _seq"
+        f" FROM main.{entity} ORDER BY updated_at, {pk}"
     )
     if ENTITIES[entity].deletable:
         con.execute(
             f"INSERT OR REPLACE INTO main.{feed} SELECT deleted_at, {_tombstone_key(entity)},"
-            f" 1, {_tombstone_sql(entity)} FROM main.deletions WHERE entity = ?",
+            f" 1, {_tombstone_sql(entity)}, _seq FROM main.deletions WHERE entity = ?",
             (entity,),
         )
     con.execute(
@@ -370,15 +434,23 @@ def _update_feed(con: sqlite3.Connection, entity: str, record: str, lo: int, hi:
     if ENTITIES[entity].deletable:  # the API lists tombstones of these
         con.execute(
             f"INSERT OR REPLACE INTO main.{feed} SELECT deleted_at, {_tombstone_key(entity)},"
-            f" 1, {_tombstone_sql(entity)} FROM main.deletions"
+            f" 1, {_tombstone_sql(entity)}, _seq FROM main.deletions"
             " WHERE entity = ? AND _seq > ? AND _seq <= ?",
             (entity, lo, hi),
         )
     con.execute(
-        f"INSERT OR REPLACE INTO main.{feed} SELECT updated_at, {pk}, 0, {record}"
+        f"INSERT OR REPLACE INTO main.{feed} SELECT updated_at, {pk}, 0, {record}, _seq"
         f" FROM main.{entity} WHERE _seq > ? AND _seq <= ?",
         (lo, hi),
     )
+
+
+def _feed_has_seq(con: sqlite3.Connection, entity: str) -> bool:
+    """Whether the entity's feed keeps commit sequence numbers (a feed built before it
+    did is rebuilt)."""
+    return con.execute(
+        "SELECT 1 FROM pragma_table_info(?, 'main') WHERE name = 'seq'", (feed_table(entity),)
+    ).fetchone() is not None
 
 
 def sync_feeds(
@@ -397,7 +469,7 @@ def sync_feeds(
     applied = applied_evolutions(con)
     for entity in ENTITIES:
         record = record_sql(con, entity, applied)
-        if rebuild or built.get(entity) != record:
+        if rebuild or built.get(entity) != record or not _feed_has_seq(con, entity):
             _rebuild_feed(con, entity, record)
         elif lo is not None and hi is not None and hi > lo:
             _update_feed(con, entity, record, lo, hi)
@@ -430,9 +502,9 @@ def write_replica_only(
 
 
 def feeds(directory: Path | str, rebuild: bool = False) -> dict[str, list[tuple]]:
-    """Every entity's feed as ``(updated_at, k, dead, record)`` rows in listing order; with
-    ``rebuild``, as rendered afresh from the tables instead (in a transaction rolled back:
-    the replica is left as it was). The two must always be equal."""
+    """Every entity's feed as ``(updated_at, k, dead, record, seq)`` rows in listing order;
+    with ``rebuild``, as rendered afresh from the tables instead (in a transaction rolled
+    back: the replica is left as it was). The two must always be equal."""
     con = connect(Path(directory) / REPLICA)
     try:
         con.execute("BEGIN")
@@ -441,7 +513,7 @@ def feeds(directory: Path | str, rebuild: bool = False) -> dict[str, list[tuple]
                 sync_feeds(con, rebuild=True)
             return {
                 entity: con.execute(
-                    f"SELECT updated_at, k, dead, record FROM {feed_table(entity)}"
+                    f"SELECT updated_at, k, dead, record, seq FROM {feed_table(entity)}"
                     " ORDER BY updated_at, k, dead"
                 ).fetchall()
                 for entity in ENTITIES

@@ -173,6 +173,7 @@ def _entity(source_id: str, source: dict, fields: dict[str, dict]) -> dict[str, 
             "endpoint": ep["path"],
             "primary_key": ep["primary_key"],
             "cursor": settings.cursor_of(ep),
+            "change_sequence": _change_sequence(ep),
             "tombstone_marker": marker,
             "marts": sorted({m for f in fields.values() for m in f["x-salesflow"]["marts"]}),
             "exposures": union("exposures"),
@@ -188,6 +189,28 @@ def _entity(source_id: str, source: dict, fields: dict[str, dict]) -> dict[str, 
     else:
         schema["required"] = required
     return schema
+
+
+def _change_sequence(ep: settings.Endpoint) -> dict[str, Any]:
+    """What the contract asks of the listing's commit sequence: recommended, and used by
+    the loader once the endpoint declares it."""
+    field, param = settings.sequence_of(ep) or ("change_seq", settings.PARAM_SINCE_SEQ)
+    return {
+        "presence": "recommended",
+        "field": field,
+        "parameter": param,
+        "used": bool(settings.sequence_of(ep)),
+        "why": RECOMMENDED_SEQUENCE,
+    }
+
+
+RECOMMENDED_SEQUENCE = (
+    "every record, tombstones too, carries an integer that grows in commit order (the"
+    " sequence number of the commit that wrote it), and the listing takes a parameter"
+    " returning the records after a value of it, in that order: a loader reading by it"
+    " never misses a record committed late; reading by updated_at, it tolerates only the"
+    " lateness its look-back and re-reads cover"
+)
 
 
 def build(manifest: dict, project_root: Path = PROJECT_ROOT) -> dict[str, Any]:
@@ -232,6 +255,7 @@ def build(manifest: dict, project_root: Path = PROJECT_ROOT) -> dict[str, Any]:
                 " field that is not nullable, a value outside an error-level allowed set"
             ),
             "warning": "a value outside a warn-level allowed set (a new category)",
+            "recommended": {"change_sequence": RECOMMENDED_SEQUENCE},
         },
     }
     digest = hashlib.sha256(canonical(doc).encode()).hexdigest()

@@ -47,6 +47,9 @@ def render_docs(doc: dict) -> str:
         "",
         "*required*: the field must be served (optional ones are read when present);"
         " *nullable*: no test says it is never null.",
+        "",
+        "*Recommended* for every listing: a commit sequence —"
+        f" {doc['x-salesflow'].get('recommended', {}).get('change_sequence', '')}.",
     ]
     for entity, spec in sorted(doc["$defs"].items()):
         meta = spec["x-salesflow"]

@@ -7,9 +7,15 @@ replaces the row; the newest version wins within a load), with deletions applied
 the API's tombstones (``hard_delete``). Requests start ``lookback_seconds`` before the
 last cursor seen, so rows committed late are caught; rows read again unchanged are
 dropped before loading (:mod:`~loaders.replica.lookback`), so a cycle loads only what
-is new or changed. An entity's spec (:func:`entity_spec`) and its table's hints
-(:func:`resource_hints`) are worked out in one place each, which the quarantine's replay
-uses too: a record replayed is parsed and merged exactly as a new one.
+is new or changed. A row committed later than the lookback is caught two ways: where the
+API offers a commit sequence (an endpoint's ``sequence``), the listing is read by it
+instead (no lookback: nothing committed later has a smaller one); otherwise the caller
+asks, now and then, for a wider re-read of an entity (``rereads``: how far back, and the
+versions raw holds there, so that unchanged rows are still dropped). An entity's spec
+(:func:`entity_spec`) and its table's hints (:func:`resource_hints`) are worked out in one
+place each, which the quarantine's replay uses too: a record replayed is parsed and
+merged exactly as a new one. Merging stays by the record's version (``cursor``), whatever
+the listing is read by.
 
 One endpoint failing on its own (an error status after the retries, a page that is not
 records) ends only its entity's listing when the caller collects failures
@@ -63,7 +69,7 @@ from loaders.replica.failures import (
     isolable,
     page_failure,
 )
-from loaders.replica.lookback import LookbackWindow
+from loaders.replica.lookback import LookbackWindow, Reread
 from loaders.replica.observe import Observations
 from loaders.replica.pages import (
     QUARANTINE_KEY,
@@ -84,6 +90,7 @@ __all__ = [
     "fetch_api_schema",
     "fetch_announcements",
     "freezes_types",
+    "Reread",
     "ReplicaError",
     "ReplicaAuthError",
     "ReplicaUnavailable",
@@ -113,17 +120,20 @@ def _entity_resource(
     append: bool = False,
     observations: Observations | None = None,
     failures: EndpointFailures | None = None,
+    reread: Reread | None = None,
 ):
     first_start = _as_datetime(start_date)  # a bad start date fails here, not mid-load
+    # read by a commit sequence: no lookback; else the lookback, or this cycle's re-read
+    lag = 0.0 if spec.sequence else reread.seconds if reread else lookback_seconds
 
     def pages(
-        cursor: dlt.sources.incremental[datetime] = dlt.sources.incremental(
-            spec.cursor,
+        cursor: dlt.sources.incremental[Any] = dlt.sources.incremental(
+            spec.sequence or spec.cursor,
             # no initial value: the first load asks the API from start_date and dlt has
             # nothing to filter (a copy of every page of a backfill saved); a row before
             # the requested start is set aside by parse_page, on every load
             initial_value=None,
-            lag=lookback_seconds or None,
+            lag=lag or None,
             range_start="closed",
             # rows read again (boundary, lookback) are deduplicated by the merge, so no
             # unique-key bookkeeping here; quarantine rows carry a null cursor and pass
@@ -131,17 +141,25 @@ def _entity_resource(
             on_cursor_value_missing="include",
         ),
     ) -> Iterator[Any]:
-        start = cursor.start_value or first_start
-        params = {
-            settings.PARAM_SINCE: _iso(start),
-            settings.PARAM_LIMIT: page_size,
-        }
-        # rows read again from the lookback window load only if they changed
+        if spec.sequence:
+            # from the last sequence seen (the first load: from the start of the sequence)
+            since: datetime | None = None
+            params: dict[str, Any] = {
+                spec.sequence_param or settings.PARAM_SINCE_SEQ: cursor.start_value or 0,
+            }
+        else:
+            since = _as_datetime(cursor.start_value or first_start)
+            params = {settings.PARAM_SINCE: _iso(since)}
+        params[settings.PARAM_LIMIT] = page_size
+        # rows read again from the lookback window (or a re-read) load only if they
+        # changed
         window = (
             LookbackWindow(dlt.current.resource_state(), spec.primary_key, spec.cursor,
                            lookback_seconds, drop=not spec.reshaped)
-            if lookback_seconds else None
+            if lag else None
         )
+        if window is not None and reread is not None:
+            window.also_seen(reread.versions)
         paginator = HeaderCursorPaginator(
             cursor_key=settings.NEXT_CURSOR_HEADER, cursor_param=settings.PARAM_CURSOR
         )
@@ -151,12 +169,12 @@ def _entity_resource(
             )
             # pages are fetched and parsed in threads of their own, each ahead of the
             # next step, so dlt writing one page overlaps parsing the next
-            for parsed in prefetch(_parsed(spec, prefetch(responses), _as_datetime(start))):
+            for parsed in prefetch(_parsed(spec, prefetch(responses), since)):
                 if observations is not None:
                     observations.add(spec.name, parsed.seen)
                 if parsed.quarantined:
                     yield dlt.mark.with_hints(
-                        quarantine_table(parsed.quarantined, spec.cursor),
+                        _sequence_slot(spec, quarantine_table(parsed.quarantined, spec.cursor)),
                         dlt.mark.make_hints(
                             table_name=settings.QUARANTINE_TABLE,
                             # a bad record read again (lookback) is kept once
@@ -273,19 +291,31 @@ def entity_spec(
     be."""
     entity_fields = described.get(name, {}).get("fields", [])
     known = (known_types or {}).get(name, {})
+    sequence = settings.sequence_of(endpoint)
+    if sequence and entity_fields and sequence[0] not in {f["name"] for f in entity_fields}:
+        raise ReplicaError(
+            f"{name}: the endpoint declares the sequence {sequence[0]!r}, but the API's"
+            f" schema has no such field: have the API serve it, or remove `sequence` from"
+            f" [sources.replica.endpoints.{name}] to read by {settings.cursor_of(endpoint)!r}"
+        )
     return EntitySpec(
         name=name,
         path=endpoint["path"],
         primary_key=endpoint["primary_key"],
         cursor=settings.cursor_of(endpoint),
+        sequence=sequence[0] if sequence else None,
+        sequence_param=sequence[1] if sequence else None,
         deleted_marker=endpoint.get("deleted_marker"),
         fields={f["name"]: f["type"] for f in entity_fields},
         required=tuple(f["name"] for f in entity_fields if f.get("required")),
     ).with_mapping(maps, known).with_variants(known, freeze_types=freezes_types(contract))
 
 
-def _parsed(spec: EntitySpec, pages: Iterable[Any], since: datetime) -> Iterator[ParsedPage]:
-    """The pages of a listing, checked and parsed (``since``: the start requested)."""
+def _parsed(
+    spec: EntitySpec, pages: Iterable[Any], since: datetime | None
+) -> Iterator[ParsedPage]:
+    """The pages of a listing, checked and parsed (``since``: the start requested, when
+    the listing is by time)."""
     for number, page in enumerate(pages, 1):
         check_page_type(spec, number, page.response)
         yield parse_page(spec, page[0], since)
@@ -299,10 +329,21 @@ def tombstones_table(entity: str) -> str:
 def split_tombstones(spec: EntitySpec, table: pa.Table) -> tuple[pa.Table, pa.Table]:
     """Live rows, and the tombstones as (key, cursor)."""
     dead = pc.is_valid(table[spec.deleted_marker])
+    kept = [spec.primary_key, spec.cursor, *([spec.sequence] if spec.sequence else [])]
     if not pc.any(dead).as_py():
-        return table, table.select([spec.primary_key, spec.cursor]).slice(0, 0)
-    tombstones = table.filter(dead).select([spec.primary_key, spec.cursor])
+        return table, table.select(kept).slice(0, 0)
+    tombstones = table.filter(dead).select(kept)
     return table.filter(pc.invert(dead)), tombstones
+
+
+def _sequence_slot(spec: EntitySpec, table: pa.Table) -> pa.Table:
+    """``table`` (records set aside) with an empty sequence column, when the listing is
+    read by one: dlt's incremental looks for its column in every table it passes."""
+    if not spec.sequence or spec.sequence in table.column_names:
+        return table
+    return table.append_column(
+        pa.field(spec.sequence, pa.int64(), nullable=True), pa.nulls(table.num_rows, pa.int64())
+    )
 
 
 def with_load_id_slot(table: pa.Table) -> pa.Table:
@@ -338,6 +379,7 @@ def replica_source(
     field_mapping: dict[str, Any] | None = None,
     observations: Observations | None = None,
     failures: EndpointFailures | None = None,
+    rereads: dict[str, Reread] | None = None,
 ) -> Any:
     """All entities of the replica API (or just ``entities``), as incremental resources.
 
@@ -352,7 +394,8 @@ def replica_source(
     :mod:`.mapping`). ``observations`` collects what the records of every page looked
     like (see :mod:`.observe`). ``failures`` collects the entities whose endpoint failed
     on its own (see :mod:`.failures`): the others load; without it, any failure fails
-    the load."""
+    the load. ``rereads``: entities read this cycle from further back than the lookback
+    (see :class:`~.lookback.Reread`)."""
     if not base_url.startswith(("http://", "https://")):
         raise ReplicaError(f"base_url must be an http(s) URL, got {base_url!r}")
     if not 1 <= page_size <= 1_000_000:
@@ -386,6 +429,7 @@ def replica_source(
             client(base_url, token, spec.name), spec, page_size, start_date,
             lookback_seconds, append=name in append, observations=observations,
             failures=failures,
+            reread=(rereads or {}).get(name),
         )
         resource.apply_hints(schema_contract=contracts.get(name))
         resources.append(resource)

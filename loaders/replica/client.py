@@ -264,3 +264,32 @@ def fetch_replication_lag(
         raise ReplicaError(f"{url} reported {lag_field} = {value!r}, not a number of"
                            f" seconds: {off}")
     return lag
+
+
+def fetch_live_count(
+    base_url: str, token: str, path: str, updated_before: Any, timeout: float = LAG_TIMEOUT
+) -> int | None:
+    """How many live records (tombstones not counted) the listing at ``path`` holds with
+    an updated_at before ``updated_before`` (a datetime), from its count endpoint
+    (``<path>/count?updated_before=``); None when the API has none (404). One GET without
+    retries; anything else is a :class:`ReplicaError` saying what went wrong."""
+    url = f"{base_url.rstrip('/')}/{path.strip('/')}/{settings.COUNT_SUFFIX}"
+    before = updated_before.isoformat().replace("+00:00", "Z")
+    try:
+        response = requests.get(
+            url, params={settings.PARAM_UPDATED_BEFORE: before},
+            headers={"Authorization": f"Bearer {token}"}, timeout=timeout,
+        )
+    except requests.RequestException as exc:
+        raise ReplicaError(f"cannot read the record count at {url}: {type(exc).__name__}") from None
+    if response.status_code == 404:
+        return None
+    if response.status_code != 200:
+        raise ReplicaError(f"{url} answered {response.status_code} for the record count")
+    try:
+        live = response.json()["live"]
+    except (ValueError, KeyError, TypeError):
+        raise ReplicaError(f"{url} did not answer a JSON object with a `live` count") from None
+    if not isinstance(live, int) or isinstance(live, bool) or live < 0:
+        raise ReplicaError(f"{url} answered a `live` count that is not one: {live!r}")
+    return live

@@ -5,10 +5,29 @@ May import: pyarrow, and this package's ``pages`` (nothing else of the project).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
+
+
+@dataclass(frozen=True)
+class Reread:
+    """One cycle's wider re-read of an entity: requests start ``seconds`` before the last
+    cursor instead of the lookback, and ``versions`` (``"<key>@<cursor µs>"`` of the rows
+    raw holds in that window, read from the warehouse by the caller) are rows not to load
+    again: only what was missed or changed loads."""
+
+    seconds: float
+    versions: pa.Array
+
+
+def versions(key: pa.Array, cursor: pa.Array) -> pa.Array:
+    """``"<key>@<cursor µs>"`` of rows (``cursor`` a timestamp): what identifies a
+    version of a record in the window."""
+    us = pc.cast(pc.cast(cursor, pa.timestamp("us", tz="UTC")), pa.int64())
+    return pc.binary_join_element_wise(pc.cast(key, pa.string()), pc.cast(us, pa.string()), "@")
 
 
 class LookbackWindow:
@@ -43,6 +62,21 @@ class LookbackWindow:
         self.seen = pa.array(keys, pa.string())
         self.recent: list[pa.Table] = []
         self.newest: int | None = self.until
+
+    def also_seen(self, versions: pa.Array) -> None:
+        """Rows loaded already (``"<key>@<cursor µs>"``, e.g. raw's, for a re-read
+        reaching back past the window) are dropped too when read again."""
+        if len(versions) == 0:
+            return
+        if isinstance(versions, pa.ChunkedArray):
+            versions = versions.combine_chunks()
+        us = pc.cast(
+            pc.list_element(pc.split_pattern(versions, "@", reverse=True, max_splits=1), 1),
+            pa.int64(),
+        )
+        newest = pc.max(us).as_py()
+        self.seen = pa.concat_arrays([self.seen, pc.cast(versions, pa.string())])
+        self.until = newest if self.until is None else max(self.until, newest)
 
     def _cursor_us(self, table: pa.Table) -> pa.Array | None:
         col = table[self.cursor] if self.cursor in table.column_names else None

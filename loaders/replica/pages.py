@@ -93,8 +93,12 @@ class EntitySpec:
     name: str
     path: str
     primary_key: str
-    cursor: str
+    cursor: str  # the record's version: which of two copies of a key is newer
     deleted_marker: str | None = None
+    # the commit sequence the listing is read by, and its request parameter (see
+    # settings.sequence_of); None: the listing is read by ``cursor``
+    sequence: str | None = None
+    sequence_param: str | None = None
     # from the API's schema endpoint; empty when the API has none (types are inferred)
     fields: dict[str, str] = field(default_factory=dict)
     required: tuple[str, ...] = ()

@@ -4,6 +4,13 @@ A new endpoint is one more entry here (or under ``[sources.replica.endpoints]`` 
 ``.dlt/config.toml``, which replaces these defaults): its path, primary key, incremental
 cursor and whether the API serves tombstones for deleted records.
 
+An endpoint whose API offers a commit-ordered sequence (a field that grows in commit
+order, and a parameter listing the records after a value of it) names both:
+``sequence = "change_seq"``, ``sequence_param = "since_seq"``. The loader's incremental
+cursor is then that sequence: nothing committed later can carry a smaller one, so no row
+is missed however late its transaction commits, and no lookback is needed. ``cursor``
+stays the record's version (which of two copies of a key is newer).
+
 May import: nothing.
 """
 
@@ -18,6 +25,10 @@ class Endpoint(TypedDict, total=False):
     cursor: str  # incremental cursor field (a timestamp), sent as `updated_since`
     # field that marks a tombstone: a record with a value there was deleted upstream
     deleted_marker: str
+    # a commit-ordered sequence the API offers (field, and the listing's parameter that
+    # asks for records after a value of it): the incremental cursor when declared
+    sequence: str
+    sequence_param: str
 
 
 ENDPOINTS: dict[str, Endpoint] = {
@@ -49,6 +60,13 @@ def cursor_of(endpoint: Endpoint) -> str:
     """An endpoint's incremental cursor field: as declared, else ``updated_at``."""
     return endpoint.get("cursor", "updated_at")
 
+def sequence_of(endpoint: Endpoint) -> tuple[str, str] | None:
+    """An endpoint's commit sequence (field, request parameter), if it declares one; the
+    parameter defaults to :data:`PARAM_SINCE_SEQ`."""
+    field = endpoint.get("sequence")
+    return (field, endpoint.get("sequence_param") or PARAM_SINCE_SEQ) if field else None
+
+
 # the API's schema endpoint (field names and types per entity); None if the API has none
 SCHEMA_PATH = "v1/schema"
 # announced schema changes (None if the API publishes none)
@@ -57,6 +75,10 @@ ANNOUNCEMENTS_PATH = "v1/announcements"
 PARAM_SINCE = "updated_since"
 PARAM_CURSOR = "cursor"
 PARAM_LIMIT = "limit"
+PARAM_SINCE_SEQ = "since_seq"  # the usual name of a sequence's parameter
+# live records updated before a time, for reconciliation: GET <path>/count?updated_before=
+COUNT_SUFFIX = "count"
+PARAM_UPDATED_BEFORE = "updated_before"
 NEXT_CURSOR_HEADER = "X-Next-Cursor"
 
 QUARANTINE_TABLE = "quarantine"

@@ -3,6 +3,8 @@
 * ``pipeline`` — one load as a cycle under the run lock (extract, normalize, load, the
   first-load repair, schema tracking, health), optionally followed by ``dbt build``;
 * ``first_loads`` — the repair that makes an appended first load what a merge leaves;
+* ``late_rows`` — rows committed later than the lookback on listings read by time: the
+  wide re-reads now and then, and the count reconciliation that finds and repairs a gap;
 * ``quarantine`` — what each cycle newly held in ``raw.quarantine`` per entity, and the
   alarm when an entity's records mostly go there;
 * ``endpoints`` — the alarm when one entity's endpoint fails while the others load;

@@ -52,7 +52,7 @@ from loaders.replica.errors import ReplicaError
 from loaders.replica.failures import EndpointFailure, EndpointFailures
 from loaders.replica.observe import Observations
 from loaders.replica.pages import type_changes
-from loaders.runners import endpoints, first_loads, holds, quarantine
+from loaders.runners import endpoints, first_loads, holds, late_rows, quarantine
 from loaders.schema_changes import observed, track, unresolved
 from loaders.schema_changes.declared import Announced, all_announcements, report_invalid
 
@@ -349,6 +349,12 @@ def _load(kwargs: dict[str, Any], pipeline: dlt.Pipeline) -> LoadResult:
         mappings = config.field_mapping(kwargs.get("field_mapping"))
         observations = Observations()
         failures = EndpointFailures()
+        late = late_rows.plan(
+            pipeline, declared, kwargs.get("entities"),
+            kwargs.get("start_date") or dlt.config.get("sources.replica.start_date")
+            or "2000-01-01T00:00:00Z",
+            [r.table for r in appended], observed_at,
+        )
         # the source and the repairs read the same endpoint declarations
         source = replica_source(
             **{**kwargs, "base_url": api.base_url, "token": api.token,
@@ -359,6 +365,7 @@ def _load(kwargs: dict[str, Any], pipeline: dlt.Pipeline) -> LoadResult:
             append=[r.table for r in appended],
             observations=observations,
             failures=failures,
+            rereads=late.rereads,
         )
         first_loads.mark(config.pipelines_dir(), appended)
         held_before = quarantine.held_before(pipeline)
@@ -410,6 +417,12 @@ def _load(kwargs: dict[str, Any], pipeline: dlt.Pipeline) -> LoadResult:
     listed = list(kwargs.get("entities") or declared)
     endpoints.check(result.alarms, result.failed, listed)
     check_stalls(pipeline, api, listed, result)
+    # an endpoint that failed is not reconciled: its own alarm says why raw is behind
+    late_rows.after_load(
+        pipeline, api, declared, [e for e in listed if e not in result.failed_entities],
+        config.lookback_seconds(kwargs.get("lookback_seconds")), late, result.alarms,
+        observed_at,
+    )
     return result
 
 

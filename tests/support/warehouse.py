@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from dbt.cli.main import dbtRunner
 
@@ -36,12 +37,15 @@ def dbt_invoke(tmp_path: Path, *args: str) -> None:
     assert result.success and not failed, f"dbt {args[0]} failed:\n" + "\n".join(failed)
 
 
-def catch_up_and_reconcile(sim_dir: Path, path: Path) -> None:
-    """Serve the (now quiet) platform again, load once more, and check that raw holds
-    exactly the replica's rows: nothing lost, nothing twice."""
-    quiet = start_simulator(sim_dir)
+def catch_up_and_reconcile(
+    sim_dir: Path, path: Path, *serve_args: str, **load_options: Any
+) -> None:
+    """Serve the (now quiet) platform again (``serve_args``: as it was served), load once
+    more (``load_options``: as the loads before), and check that raw holds exactly the
+    replica's rows: nothing lost, nothing twice."""
+    quiet = start_simulator(sim_dir, *serve_args)
     try:
-        pipeline.load(base_url=quiet.url, token=TOKEN)
+        pipeline.load(base_url=quiet.url, token=TOKEN, **load_options)
     finally:
         quiet.stop()
     assert_reconciled(sim_dir, path)

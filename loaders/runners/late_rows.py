@@ -1,0 +1,259 @@
+"""Rows committed later than the lookback, on a listing read by ``updated_at``.
+
+A long transaction's rows carry its start time but become visible at its commit: one
+committed later than the lookback (``lookback_seconds``) is behind every later request,
+and would never load. Where the API offers a commit sequence the endpoint declares it and
+the listing is read by it (see :mod:`loaders.replica.settings`); nothing here applies to
+those entities. For the others, two slower defences:
+
+* **Wide re-reads.** Every ``reread_interval_seconds``, a cycle reads each entity from
+  ``reread_window_seconds`` before its cursor instead of the lookback. Raw's versions in
+  that window (key and cursor: one query per entity, straight into Arrow) go to the source,
+  which drops the rows it reads again unchanged (:class:`loaders.replica.Reread`): only
+  what was missed or changed loads. A commit up to the window late is caught within the
+  interval.
+* **Count reconciliation.** Every ``reconcile_interval_seconds``, after the load, per
+  entity: the API's count of live records updated before ``T`` (raw's newest cursor minus
+  the lookback, so rows still in flight do not count) against raw's rows with a cursor
+  before ``T``. More upstream than in raw is a gap, however late its rows committed: it
+  is logged, raised as a ``count_gap`` data alarm (one notice; it clears when a later
+  check finds none) and repaired: the next cycle re-reads that entity from the start
+  date, its unchanged rows still not loaded again, and checks it again. Fewer upstream
+  is not a gap (records updated or deleted since the load). An API without counts
+  (404) is not reconciled, said once in the log (asked again if the API's address
+  changes).
+
+The times of the last re-read and reconciliation and the entities to repair are kept in
+``late_rows.json`` in the pipelines directory, written after a load succeeds: a failed
+cycle leaves them due.
+
+May import: :mod:`loaders.config`, :mod:`loaders.warehouse`, the replica source and the
+monitoring's alarms.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import dlt
+import pyarrow as pa
+
+from loaders import config, warehouse
+from loaders.monitoring.alarms import AlarmCheck, Condition
+from loaders.replica import Reread
+from loaders.replica import settings as replica_settings
+from loaders.replica.client import fetch_live_count
+from loaders.replica.errors import ReplicaError
+from loaders.replica.lookback import versions
+
+log = logging.getLogger(__name__)
+
+KIND = "count_gap"
+STATE_FILE = "late_rows.json"
+
+
+@dataclass
+class Plan:
+    """This cycle's re-reads, and what to do after the load."""
+
+    rereads: dict[str, Reread] = field(default_factory=dict)
+    reread_due: bool = False
+    repairs: list[str] = field(default_factory=list)  # entities re-read from the start
+    state: dict[str, Any] = field(default_factory=dict)
+
+
+def _state_path() -> Path:
+    return config.pipelines_dir() / STATE_FILE
+
+
+def _read_state() -> dict[str, Any]:
+    path = _state_path()
+    if not path.exists():
+        return {}
+    try:
+        state = json.loads(path.read_text())
+    except ValueError:
+        log.warning("%s is not JSON: re-reads and reconciliation start afresh", path)
+        return {}
+    return state if isinstance(state, dict) else {}
+
+
+def _write_state(state: dict[str, Any]) -> None:
+    path = _state_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(state, sort_keys=True))
+    os.replace(tmp, path)
+
+
+def _due(state: dict[str, Any], key: str, interval: float, now: datetime) -> bool:
+    if interval <= 0:
+        return False
+    last = state.get(key)
+    return last is None or (now - datetime.fromisoformat(last)).total_seconds() >= interval
+
+
+def _by_time(declared: dict[str, Any], entities: Any) -> list[str]:
+    """The entities of this cycle read by ``updated_at`` (no commit sequence)."""
+    return [
+        name for name, ep in declared.items()
+        if (not entities or name in entities) and not replica_settings.sequence_of(ep)
+    ]
+
+
+def _raw_versions(sql: Any, ep: dict[str, Any], table: str, since: datetime | None) -> pa.Array:
+    """``"<key>@<cursor µs>"`` of raw's rows of ``table`` with a cursor at or after
+    ``since`` (all of them: None), read as Arrow."""
+    key = sql.escape_column_name(ep["primary_key"])
+    cursor = sql.escape_column_name(replica_settings.cursor_of(ep))
+    query = f"select {key} as k, {cursor} as c from {sql.make_qualified_table_name(table)}"
+    args: tuple[Any, ...] = ()
+    if since is not None:
+        query += f" where {cursor} >= %s"
+        args = (since,)
+    with sql.execute_query(query, *args) as cur:
+        # DuckDB hands Arrow over natively (dlt's helper for it predates DuckDB 2's
+        # name for it); other warehouses through dlt's
+        native = getattr(cur, "native_cursor", None)
+        rows = native.to_arrow_table() if hasattr(native, "to_arrow_table") else cur.arrow()
+    if rows is None or rows.num_rows == 0:
+        return pa.array([], pa.string())
+    return versions(rows["k"], rows["c"])
+
+
+def plan(
+    pipeline: dlt.Pipeline, declared: dict[str, Any], entities: Any, start_date: str,
+    appended: list[str], now: datetime,
+) -> Plan:
+    """The re-reads of this cycle: every entity read by time when a wide re-read is due,
+    and the entities a gap was found in from the start. None before an entity's first
+    load (nothing to re-read) or in it (``appended``)."""
+    s = config.late_row_settings()
+    state = _read_state()
+    out = Plan(state=state, reread_due=_due(state, "reread_at", s.reread_interval, now))
+    candidates = [e for e in _by_time(declared, entities) if e not in appended]
+    repairs = [e for e in state.get("repair", []) if e in candidates]
+    wide = candidates if out.reread_due else repairs
+    if not wide:
+        return out
+    start = datetime.fromisoformat(start_date.replace("Z", "+00:00"))
+    with pipeline.sql_client() as sql:
+        existing = warehouse.raw_tables(sql)
+        for name in wide:
+            if name not in existing:
+                continue
+            ep = declared[name]
+            cursor = replica_settings.cursor_of(ep)
+            [(newest,)] = sql.execute_sql(
+                f"select max({sql.escape_column_name(cursor)})"
+                f" from {sql.make_qualified_table_name(name)}"
+            )
+            if newest is None:
+                continue
+            if name in repairs:
+                seconds = (newest - start).total_seconds() + 1
+                since = None
+            else:
+                seconds = s.reread_window
+                since = newest - timedelta(seconds=seconds)
+            out.rereads[name] = Reread(seconds, _raw_versions(sql, ep, name, since))
+            if name in repairs:
+                out.repairs.append(name)
+    if out.rereads:
+        log.info(
+            "re-reading %s (%s)", ", ".join(sorted(out.rereads)),
+            "repairs" if not out.reread_due else f"every {s.reread_interval:g} s",
+        )
+    return out
+
+
+def after_load(
+    pipeline: dlt.Pipeline, api: config.ApiConnection, declared: dict[str, Any],
+    entities: Any, lookback: float, late: Plan, alarms: AlarmCheck, now: datetime,
+) -> None:
+    """After a successful load: remember the re-read, reconcile the counts when due (and
+    the entities just repaired), raise a ``count_gap`` alarm for each gap and plan its
+    repair."""
+    s = config.late_row_settings()
+    state = dict(late.state)
+    if late.reread_due:
+        state["reread_at"] = now.isoformat()
+    state["repair"] = [e for e in state.get("repair", []) if e not in late.repairs]
+    due = _due(state, "reconciled_at", s.reconcile_interval, now)
+    check = _by_time(declared, entities) if due else list(late.repairs)
+    if check and state.get("no_counts") != api.base_url:
+        found, judged = reconcile(pipeline, api, declared, check, lookback, state)
+        alarms.add(KIND, found, entities=judged)
+        state["repair"] = sorted({*state["repair"], *(c.entity for c in found if c.entity)})
+        if due:
+            state["reconciled_at"] = now.isoformat()
+    _write_state(state)
+
+
+def reconcile(
+    pipeline: dlt.Pipeline, api: config.ApiConnection, declared: dict[str, Any],
+    check: list[str], lookback: float, state: dict[str, Any],
+) -> tuple[list[Condition], list[str]]:
+    """The gaps found in ``check`` and the entities judged. An API without counts marks
+    ``state`` so that it is not asked again (said once)."""
+    found: list[Condition] = []
+    judged: list[str] = []
+    with pipeline.sql_client() as sql:
+        existing = warehouse.raw_tables(sql)
+        for name in check:
+            if name not in existing:
+                continue
+            ep = declared[name]
+            cursor = sql.escape_column_name(replica_settings.cursor_of(ep))
+            table = sql.make_qualified_table_name(name)
+            [(newest,)] = sql.execute_sql(f"select max({cursor}) from {table}")
+            if newest is None:
+                continue
+            before = newest - timedelta(seconds=lookback)
+            [(in_raw,)] = sql.execute_sql(
+                f"select count(*) from {table} where {cursor} < %s", before
+            )
+            try:
+                upstream = fetch_live_count(api.base_url, api.token, ep["path"], before)
+            except ReplicaError as exc:
+                log.warning("%s: counts not reconciled this cycle: %s", name, exc)
+                continue
+            if upstream is None:
+                log.warning(
+                    "the replica API serves no record counts (%s/%s answers 404): counts are"
+                    " not reconciled; rows committed later than the lookback are caught"
+                    " only by wide re-reads", ep["path"], replica_settings.COUNT_SUFFIX,
+                )
+                state["no_counts"] = api.base_url
+                return found, judged
+            judged.append(name)
+            if upstream > in_raw:
+                found.append(_gap(name, upstream, in_raw, before))
+                log.warning("%s: %d live records upstream updated before %s, %d in raw",
+                            name, upstream, before.isoformat(), in_raw)
+    return found, judged
+
+
+def _gap(entity: str, upstream: int, in_raw: int, before: datetime) -> Condition:
+    missing = upstream - in_raw
+    return Condition(
+        kind=KIND,
+        entity=entity,
+        title=f"{entity}: {missing} record(s) upstream missing from raw",
+        text=(
+            f"The API counts {upstream} live {entity} records updated before"
+            f" {before.isoformat()}, raw holds {in_raw}: rows committed later than the"
+            " lookback (and any wide re-read) were never loaded. The next cycle re-reads"
+            f" {entity} from the start date to load them; the alarm clears once the counts"
+            " agree. If it keeps opening, widen reread_window_seconds or have the API"
+            " offer a commit sequence."
+        ),
+        details={"upstream": upstream, "raw": in_raw, "missing": missing,
+                 "updated_before": before.isoformat()},
+    )
