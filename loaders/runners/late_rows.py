@@ -107,7 +107,9 @@ def _by_time(declared: dict[str, Any], entities: Any) -> list[str]:
     ]
 
 
-def _raw_versions(sql: Any, ep: dict[str, Any], table: str, since: datetime | None) -> pa.Array:
+def _raw_versions(
+    sql: Any, ep: replica_settings.Endpoint, table: str, since: datetime | None
+) -> pa.Array:
     """``"<key>@<cursor µs>"`` of raw's rows of ``table`` with a cursor at or after
     ``since`` (all of them: None), read as Arrow."""
     key = sql.escape_column_name(ep["primary_key"])
@@ -121,7 +123,8 @@ def _raw_versions(sql: Any, ep: dict[str, Any], table: str, since: datetime | No
         # DuckDB hands Arrow over natively (dlt's helper for it predates DuckDB 2's
         # name for it); other warehouses through dlt's
         native = getattr(cur, "native_cursor", None)
-        rows = native.to_arrow_table() if hasattr(native, "to_arrow_table") else cur.arrow()
+        rows = native.to_arrow_table() if native is not None and hasattr(
+            native, "to_arrow_table") else cur.arrow()
     if rows is None or rows.num_rows == 0:
         return pa.array([], pa.string())
     return versions(rows["k"], rows["c"])
@@ -150,8 +153,8 @@ def plan(
                 continue
             ep = declared[name]
             cursor = replica_settings.cursor_of(ep)
-            [(newest,)] = sql.execute_sql(
-                f"select max({sql.escape_column_name(cursor)})"
+            newest = _scalar(
+                sql, f"select max({sql.escape_column_name(cursor)})"
                 f" from {sql.make_qualified_table_name(name)}"
             )
             if newest is None:
@@ -212,13 +215,11 @@ def reconcile(
             ep = declared[name]
             cursor = sql.escape_column_name(replica_settings.cursor_of(ep))
             table = sql.make_qualified_table_name(name)
-            [(newest,)] = sql.execute_sql(f"select max({cursor}) from {table}")
+            newest = _scalar(sql, f"select max({cursor}) from {table}")
             if newest is None:
                 continue
             before = newest - timedelta(seconds=lookback)
-            [(in_raw,)] = sql.execute_sql(
-                f"select count(*) from {table} where {cursor} < %s", before
-            )
+            in_raw = _scalar(sql, f"select count(*) from {table} where {cursor} < %s", before)
             try:
                 upstream = fetch_live_count(api.base_url, api.token, ep["path"], before)
             except ReplicaError as exc:
@@ -238,6 +239,12 @@ def reconcile(
                 log.warning("%s: %d live records upstream updated before %s, %d in raw",
                             name, upstream, before.isoformat(), in_raw)
     return found, judged
+
+
+def _scalar(sql: Any, query: str, *args: Any) -> Any:
+    """The one value ``query`` answers (None: no row)."""
+    rows = sql.execute_sql(query, *args)
+    return rows[0][0] if rows else None
 
 
 def _gap(entity: str, upstream: int, in_raw: int, before: datetime) -> Condition:
