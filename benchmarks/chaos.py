@@ -5,7 +5,9 @@ reconciliation with the simulated platform.
 
 Writes ``benchmarks/reliability.json`` (``--out``), prints a table, and exits 1 when a
 row was lost or duplicated, a checksum differs, or the pipeline did not recover.
-Everything runs against ``salesflow sim serve`` on 127.0.0.1, in real processes:
+Everything runs against ``salesflow sim serve`` on 127.0.0.1, in real processes; the
+platform's history and live traffic carry late commits and device clock skew
+(``simulator.model.real_world_args``), as real platforms do:
 
 1. **Crashes.** With live traffic on the platform (new orders, status updates,
    deletions), ``salesflow run`` (load + dbt build) is started again and again and
@@ -73,7 +75,13 @@ from simulator import faults as sim_faults
 from simulator import store
 from simulator.faults import Faults
 from simulator.generate import generate
-from simulator.model import ENTITIES, EVOLUTIONS, fields_at
+from simulator.model import (
+    ENTITIES,
+    EVOLUTIONS,
+    REAL_WORLD_CLOCK_SKEW_S,
+    fields_at,
+    real_world_args,
+)
 from simulator.platform import Platform
 
 SCALES: dict[str, dict[str, Any]] = {
@@ -206,7 +214,7 @@ def kill_once(work: Path, url: str, index: int, target: str, rng: random.Random
 
 def crashes(work: Path, sim_dir: Path, cfg: dict[str, Any], rng: random.Random
             ) -> dict[str, Any]:
-    server = Server(sim_dir, "--rate", str(cfg["rate"]), "--lag", "0.2")
+    server = Server(sim_dir, "--rate", str(cfg["rate"]), "--lag", "0.2", *real_world_args())
     kills: list[dict[str, Any]] = []
     completed = 0
     started = time.monotonic()
@@ -518,7 +526,7 @@ def unscripted(work: Path, sim_dir: Path, watch: Watch, rng: random.Random, coun
 
 def watch_phases(work: Path, sim_dir: Path, cfg: dict[str, Any], rng: random.Random
                  ) -> dict[str, Any]:
-    server = Server(sim_dir, "--rate", str(cfg["rate"]), "--lag", "0.2")
+    server = Server(sim_dir, "--rate", str(cfg["rate"]), "--lag", "0.2", *real_world_args())
     proc = Proc(work, server.url, "watch", "watch", "--interval", "0.5", env=QUICK_FAILURES)
     watch = Watch(proc)
     try:
@@ -650,7 +658,8 @@ def run(scale: str, out: Path) -> dict[str, Any]:
     work.mkdir(parents=True)
     sim_dir = work / "sim"
     started = time.monotonic()
-    generate(sim_dir, orders=cfg["orders"], seed=cfg["seed"], days=cfg["days"])
+    generate(sim_dir, orders=cfg["orders"], seed=cfg["seed"], days=cfg["days"],
+             clock_skew=REAL_WORLD_CLOCK_SKEW_S)
     log(f"generated {cfg['orders']:,} orders of history; HTTP faults first")
     http = http_faults(work / "http", sim_dir, cfg)
     log(f"crashes: {cfg['kills']} kills with {cfg['rate']} orders/s of live traffic")

@@ -218,6 +218,18 @@ FUNNEL = {"add_to_cart": 0.50, "checkout": 0.70, "purchase": 0.90}
 # those run up to that many seconds ahead, so an event can seem to occur after it arrived
 DEVICE_CLOCK_SHARE = 0.10
 
+# the real world's imperfections the demo, the benchmark and the reliability harness play
+# (``sim serve --late-commits`` / ``--clock-skew``): long transactions committing up to
+# this many seconds after their rows were stamped, and device clocks this far ahead
+REAL_WORLD_LATE_COMMITS_S = 5.0
+REAL_WORLD_CLOCK_SKEW_S = 3.0
+
+
+def real_world_args() -> list[str]:
+    """``sim serve`` arguments for late commits and device clock skew (see above)."""
+    return ["--late-commits", f"{REAL_WORLD_LATE_COMMITS_S:g}",
+            "--clock-skew", f"{REAL_WORLD_CLOCK_SKEW_S:g}"]
+
 # --- schema evolutions -----------------------------------------------------------------
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from loaders import config, warehouse
 from loaders.runners import pipeline
 from loaders.runners.publish import publish
+from simulator import model
 from simulator.cli import DEFAULT_TOKEN
 from simulator.generate import default_as_of, generate
 from simulator.server import read_server_file
@@ -41,15 +42,19 @@ def demo(orders: int = 3000, live_seconds: float = 5.0) -> int:
             shutil.rmtree(stale)
         elif stale.exists():
             stale.unlink()
-    summary = generate(sim_dir, orders=orders, seed=42, as_of=default_as_of(), days=90)
+    summary = generate(sim_dir, orders=orders, seed=42, as_of=default_as_of(), days=90,
+                       clock_skew=model.REAL_WORLD_CLOCK_SKEW_S)
     for table, n in summary.rows.items():
         print(f"  {table:<12}{n:>10,}")
 
-    _step("serving the replica API with live traffic (20 orders/s, 0.5 s replica lag)")
+    _step("serving the replica API with live traffic (20 orders/s, 0.5 s replica lag,"
+          f" commits up to {model.REAL_WORLD_LATE_COMMITS_S:g} s late, device clocks up to"
+          f" {model.REAL_WORLD_CLOCK_SKEW_S:g} s ahead)")
     log = open(DEMO_DIR / "simulator.log", "w")
     proc = subprocess.Popen(
         [sys.executable, "-m", "loaders.cli", "sim", "serve", "--dir", str(sim_dir),
-         "--token", token, "--rate", "20", "--lag", "0.5", "--duration", "600"],
+         "--token", token, "--rate", "20", "--lag", "0.5", "--duration", "600",
+         *model.real_world_args()],
         stdout=log,
         stderr=subprocess.STDOUT,
     )
