@@ -257,9 +257,7 @@ class Session:
                 # a view's definition changes with the project or the source's shape,
                 # not with new rows: recreating them each cycle is wasted work
                 args += ["--exclude", "config.materialized:view"]
-        result = invoke(args, self.runner)
-        if result.exception is not None:
-            raise result.exception
+        result = self._invoke(args)
         if not tests and result.result is not None:
             # what failed stays where dbt users (and salesflow's notices) look for it
             result.result.write(str(self.target / "run_results.json"))
@@ -270,7 +268,20 @@ class Session:
         args = ["test", *NO_UNIT_TESTS]
         if select:
             args += ["--select", *select]
+        return outcome(self._invoke(args), True)
+
+    def _invoke(self, args: list[str]) -> Any:
+        """One command on the parsed manifest, compiled afresh: dbt marks a node whose
+        ephemeral models' CTEs it injected, and on a reused manifest it would skip the
+        injection the next time it compiles that node, leaving a query that names a CTE
+        it does not define (a data test of an ephemeral staging model, run again)."""
+        for node in self.manifest.nodes.values():
+            if getattr(node, "extra_ctes_injected", False):
+                node.extra_ctes_injected = False
+                node.extra_ctes = []
+                node.compiled = False
+                node._pre_injected_sql = None
         result = invoke(args, self.runner)
         if result.exception is not None:
             raise result.exception
-        return outcome(result, True)
+        return result
