@@ -42,6 +42,7 @@ import argparse
 import json
 import os
 import platform as host
+import secrets
 import shutil
 import subprocess
 import sys
@@ -96,8 +97,14 @@ class Server:
         self.log.close()
 
 
+# one key for hashing personal data for every warehouse of a run, as a deployment
+# configures one: warehouses built side by side (a clean rebuild) hash alike
+PII_KEY = secrets.token_urlsafe(32)
+
+
 def _env(work: Path) -> dict[str, str]:
     return {
+        "SALESFLOW_PII_KEY": PII_KEY,
         "SALESFLOW_DUCKDB_PATH": str(work / "warehouse.duckdb"),
         "SALESFLOW_PIPELINES_DIR": str(work / "dlt"),
         "SALESFLOW_PUBLISHED_PATH": str(work / "published" / "analytics.duckdb"),
