@@ -491,21 +491,8 @@ def _page_by_seq(
         f" FROM {store.feed_table(plan.entity)} WHERE {' AND '.join(where)}"
         " ORDER BY seq, k, dead LIMIT ?"
     )
-    if plan.layers:
-        return _drifted_page(replica, plan.layers, listing, args, limit, by_seq=True)
-    body, count, last = replica.con().execute(
-        f"WITH page AS MATERIALIZED ({listing})"
-        " SELECT CAST(group_concat(record, char(10)) AS BLOB), count(*),"
-        " (SELECT json_array(seq, k, dead) FROM page"
-        "  LIMIT 1 OFFSET (SELECT min(count(*), ?) - 1 FROM page))"
-        " FROM page",
-        (*args, limit + 1, limit),
-    ).fetchone()
-    if not count:
-        return Page(b"", 0, None, False)
-    has_more = count > limit
-    body = body[: body.rfind(b"\n") + 1] if has_more else body + b"\n"
-    return Page(body, min(count, limit), tuple(json.loads(last)), has_more)
+    # the last position comes from the feed's columns, drifts or not
+    return _drifted_page(replica, plan.layers, listing, args, limit, by_seq=True)
 
 
 def _drifted_page(
@@ -513,9 +500,10 @@ def _drifted_page(
     by_seq: bool = False,
 ) -> Page:
     """The page of ``listing`` (its rows with their feed columns), each record rewritten
-    by ``layers`` in turn: a chain of materialized CTEs over the page alone, so that each
-    layer is computed once per record, however often the next one reads it. The last
-    key comes from the feed's columns, not from records a drift may have reshaped."""
+    by ``layers`` in turn (none: as stored): a chain of materialized CTEs over the page
+    alone, so that each layer is computed once per record, however often the next one
+    reads it. The last key comes from the feed's columns, not from records a drift may
+    have reshaped."""
     order = "seq" if by_seq else "updated_at"
     position = "seq, k, dead" if by_seq else "updated_at, k"
     chain = [f"l0 AS MATERIALIZED ({listing})"]
