@@ -152,11 +152,7 @@ def plan(
             if name not in existing:
                 continue
             ep = declared[name]
-            cursor = replica_settings.cursor_of(ep)
-            newest = _scalar(
-                sql, f"select max({sql.escape_column_name(cursor)})"
-                f" from {sql.make_qualified_table_name(name)}"
-            )
+            newest = _newest(sql, ep, name)
             if newest is None:
                 continue
             if name in repairs:
@@ -213,13 +209,15 @@ def reconcile(
             if name not in existing:
                 continue
             ep = declared[name]
-            cursor = sql.escape_column_name(replica_settings.cursor_of(ep))
-            table = sql.make_qualified_table_name(name)
-            newest = _scalar(sql, f"select max({cursor}) from {table}")
+            newest = _newest(sql, ep, name)
             if newest is None:
                 continue
             before = newest - timedelta(seconds=lookback)
-            in_raw = _scalar(sql, f"select count(*) from {table} where {cursor} < %s", before)
+            cursor = sql.escape_column_name(replica_settings.cursor_of(ep))
+            in_raw = _scalar(
+                sql, f"select count(*) from {sql.make_qualified_table_name(name)}"
+                f" where {cursor} < %s", before,
+            )
             try:
                 upstream = fetch_live_count(api.base_url, api.token, ep["path"], before)
             except ReplicaError as exc:
@@ -239,6 +237,12 @@ def reconcile(
                 log.warning("%s: %d live records upstream updated before %s, %d in raw",
                             name, upstream, before.isoformat(), in_raw)
     return found, judged
+
+
+def _newest(sql: Any, ep: replica_settings.Endpoint, table: str) -> Any:
+    """The newest cursor value in raw's ``table`` (None: empty)."""
+    cursor = sql.escape_column_name(replica_settings.cursor_of(ep))
+    return _scalar(sql, f"select max({cursor}) from {sql.make_qualified_table_name(table)}")
 
 
 def _scalar(sql: Any, query: str, *args: Any) -> Any:
