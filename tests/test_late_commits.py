@@ -17,7 +17,7 @@ import pytest
 from benchmarks.oracle import assert_reconciled
 from loaders.replica.errors import ReplicaError
 from loaders.replica.settings import ENDPOINTS
-from loaders.runners import pipeline
+from loaders.runners import late_rows, pipeline
 from simulator import store
 from simulator.platform import Platform
 from tests.support import TOKEN
@@ -281,3 +281,23 @@ def test_without_a_count_endpoint_reconciliation_is_skipped_saying_so_once(
 def test_a_sequence_the_api_does_not_describe_is_a_clear_error(simulator, warehouse) -> None:
     with pytest.raises(ReplicaError, match="declares the sequence 'change_seq'.*no such field"):
         pipeline.load(base_url=simulator.url, token=TOKEN, endpoints=_by_sequence())
+
+
+def test_the_first_loads_start_the_clocks_of_rereads_and_reconciliation(
+    platform_dir, warehouse, monkeypatch
+):
+    # a backfill just read everything: re-reading or counting it again would only cost
+    _late_row_settings(monkeypatch, reread=3600, window=30, reconcile=3600)
+    counts: list[str] = []
+    count = late_rows.fetch_live_count
+    monkeypatch.setattr(late_rows, "fetch_live_count",
+                        lambda *a, **k: counts.append(a[2]) or count(*a, **k))
+    sim = start_simulator(platform_dir)
+    try:
+        pipeline.load(base_url=sim.url, token=TOKEN)
+        state = json.loads((warehouse.parent / "dlt" / late_rows.STATE_FILE).read_text())
+    finally:
+        sim.stop()
+    assert counts == []
+    assert state["reconciled_at"] and state["reread_at"]
+    assert_reconciled(platform_dir, warehouse)

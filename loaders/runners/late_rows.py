@@ -93,10 +93,16 @@ def _write_state(state: dict[str, Any]) -> None:
 
 
 def _due(state: dict[str, Any], key: str, interval: float, now: datetime) -> bool:
+    """Whether ``interval`` seconds have passed since ``state[key]``. The first time, the
+    clock starts now: the first loads just read everything there was, nothing older can
+    be missing yet."""
     if interval <= 0:
         return False
     last = state.get(key)
-    return last is None or (now - datetime.fromisoformat(last)).total_seconds() >= interval
+    if last is None:
+        state[key] = now.isoformat()
+        return False
+    return (now - datetime.fromisoformat(last)).total_seconds() >= interval
 
 
 def _by_time(declared: dict[str, Any], entities: Any) -> list[str]:
