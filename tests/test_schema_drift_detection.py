@@ -71,6 +71,22 @@ def test_a_rename_the_schema_describes_keeps_the_old_column_and_its_requirement(
     assert [q["field"] for q in parsed.quarantined] == ["total_cents"]
 
 
+def test_a_renamed_field_whose_type_changed_upstream_loads_into_its_variant():
+    # /v1/schema describes total_cents as a decimal now; raw holds it as an integer
+    described = {**FIELDS, "total_cents": "decimal"}
+    known = {"total_cents": "bigint"}
+    rec = order(1, total_cents=..., total_amount="12.99")
+    moved = spec(described, {"total_cents": "total_amount"}, known).with_variants(known)
+    parsed = parse_page(moved, page(rec))
+    assert parsed.quarantined == []
+    assert parsed.table.column("total_cents__v_text").to_pylist() == ["12.99"]
+    assert "total_cents" not in parsed.table.column_names
+    # a mapping that casts keeps the raw column's type
+    cast = {"total_cents": {"from": "total_amount", "cast": "number", "multiply": 100}}
+    kept = parse_page(spec(described, cast, known).with_variants(known), page(rec))
+    assert kept.quarantined == [] and kept.table.column("total_cents").to_pylist() == [1299]
+
+
 def test_cast_combine_and_nested_paths():
     maps = {
         "total_cents": {"from": "total", "cast": "integer", "multiply": 100},

@@ -60,6 +60,11 @@ class FieldMap:
         return f"{self.target} <- {how}"
 
     @property
+    def moves(self) -> bool:
+        """A rename or a move: one field taken as it comes, nothing cast or combined."""
+        return self.cast is None and self.multiply is None and self.separator is None
+
+    @property
     def top_sources(self) -> set[str]:
         """The API's top-level fields this mapping reads."""
         return {s.split(".", 1)[0] for s in self.sources}

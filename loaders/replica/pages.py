@@ -118,13 +118,17 @@ class EntitySpec:
     def with_mapping(self, maps: tuple[FieldMap, ...], known: dict[str, str]) -> EntitySpec:
         """Apply configured field mappings (``known``: the raw columns' dlt types): a
         target loads in its raw column's type (else the declared or cast one), and is
-        required where its source is."""
+        required where its source is. A field only renamed or moved whose type the API
+        describes otherwise than raw holds it loads as described, into its variant column
+        as it would without the mapping (see :meth:`with_variants`)."""
         self.mapping = maps
         sources = mapping.targets_of(maps)
         self.mapped_types = {}
         for m in maps:
             declared = self.fields.get(m.target)
-            kind = DLT_ARROW_TYPES.get(known.get(m.target, ""))
+            raw = known.get(m.target)
+            retyped = m.moves and declared and raw and DLT_TYPES.get(declared) != raw
+            kind = None if retyped else DLT_ARROW_TYPES.get(raw or "")
             if kind is None and declared:
                 kind = ARROW_TYPES.get(declared)
             if kind is not None:
@@ -139,8 +143,9 @@ class EntitySpec:
         for rows of dicts: the old column keeps its type and values, nothing is cast.
         With ``freeze_types`` (the entity's contract freezes data types) the field is
         held back instead: rows carrying a value in it go to quarantine."""
-        # a mapped field changes nothing by itself: the mapping keeps its raw column
-        mapped = self.mapped_sources | {m.target for m in self.mapping}
+        # a field a mapping casts or combines keeps its raw column; one it only renames
+        # or moves changes type as the API describes it
+        mapped = self.mapped_sources | {m.target for m in self.mapping if not m.moves}
         fields = {n: t for n, t in self.fields.items() if n not in mapped}
         changed = type_changes(fields, known)
         self.reshaped = bool(known) and (
