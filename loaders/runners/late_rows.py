@@ -36,6 +36,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -153,14 +154,7 @@ def plan(
         return out
     start = datetime.fromisoformat(start_date.replace("Z", "+00:00"))
     with pipeline.sql_client() as sql:
-        existing = warehouse.raw_tables(sql)
-        for name in wide:
-            if name not in existing:
-                continue
-            ep = declared[name]
-            newest = _newest(sql, ep, name)
-            if newest is None:
-                continue
+        for name, ep, newest in _loaded(sql, declared, wide):
             if name in repairs:
                 seconds = (newest - start).total_seconds() + 1
                 since = None
@@ -210,14 +204,7 @@ def reconcile(
     found: list[Condition] = []
     judged: list[str] = []
     with pipeline.sql_client() as sql:
-        existing = warehouse.raw_tables(sql)
-        for name in check:
-            if name not in existing:
-                continue
-            ep = declared[name]
-            newest = _newest(sql, ep, name)
-            if newest is None:
-                continue
+        for name, ep, newest in _loaded(sql, declared, check):
             before = newest - timedelta(seconds=lookback)
             cursor = sql.escape_column_name(replica_settings.cursor_of(ep))
             in_raw = _scalar(
@@ -245,10 +232,19 @@ def reconcile(
     return found, judged
 
 
-def _newest(sql: Any, ep: replica_settings.Endpoint, table: str) -> Any:
-    """The newest cursor value in raw's ``table`` (None: empty)."""
-    cursor = sql.escape_column_name(replica_settings.cursor_of(ep))
-    return _scalar(sql, f"select max({cursor}) from {sql.make_qualified_table_name(table)}")
+def _loaded(
+    sql: Any, declared: dict[str, Any], names: list[str]
+) -> Iterator[tuple[str, replica_settings.Endpoint, Any]]:
+    """Of ``names``, the entities raw holds rows of: name, endpoint, newest cursor value."""
+    existing = warehouse.raw_tables(sql)
+    for name in names:
+        if name not in existing:
+            continue
+        ep = declared[name]
+        cursor = sql.escape_column_name(replica_settings.cursor_of(ep))
+        newest = _scalar(sql, f"select max({cursor}) from {sql.make_qualified_table_name(name)}")
+        if newest is not None:
+            yield name, ep, newest
 
 
 def _scalar(sql: Any, query: str, *args: Any) -> Any:
