@@ -30,6 +30,12 @@ rendering them per request. The price is disk: the replica holds every record tw
 once in its columns and once as JSON. Each feed row also keeps the sequence number of the
 commit that wrote it (``seq``), indexed, for the listing in commit order (``since_seq``).
 
+A feed entry that leaves (its row updated or deleted) leaves its position behind in
+``superseded_<entity>`` (position only, no record): in commit order the feed and these
+together only ever grow at the end, so a listing paged by offset or page number counts
+positions that never move, whatever the platform writes meanwhile (see
+:mod:`simulator.api`). The price: one small row per replaced version, kept for good.
+
 May import ``model`` only.
 """
 
@@ -342,6 +348,10 @@ def feed_table(entity: str) -> str:
     return f"feed_{entity}"
 
 
+def superseded_table(entity: str) -> str:
+    return f"superseded_{entity}"
+
+
 def _key_type(entity: str) -> str:
     e = ENTITIES[entity]
     return "INTEGER" if e.field(e.primary_key).type == "integer" else "TEXT"
@@ -400,6 +410,32 @@ def _create_feed(con: sqlite3.Connection, entity: str) -> None:
     con.execute(f"CREATE INDEX IF NOT EXISTS main.ix_{feed}_seq ON {feed} (seq, k, dead)")
 
 
+def _create_superseded(con: sqlite3.Connection, entity: str) -> None:
+    # the feed's positions in commit order, of the versions replaced since
+    con.execute(
+        f"CREATE TABLE IF NOT EXISTS main.{superseded_table(entity)} (seq INTEGER NOT NULL,"
+        f" k {_key_type(entity)} NOT NULL, dead INTEGER NOT NULL, updated_at TEXT NOT NULL,"
+        " PRIMARY KEY (seq, k, dead)) WITHOUT ROWID"
+    )
+
+
+def _supersede(con: sqlite3.Connection, entity: str, lo: int, hi: int) -> None:
+    """Keep the positions of the live feed entries that the rows and deletions replicated
+    with sequence numbers in ``(lo, hi]`` replace, before they leave the feed."""
+    pk = ENTITIES[entity].primary_key
+    changed = (
+        f"SELECT {pk} FROM main.{entity} WHERE _seq > ? AND _seq <= ?"
+        f" UNION ALL SELECT {_tombstone_key(entity)} FROM main.deletions"
+        " WHERE entity = ? AND _seq > ? AND _seq <= ?"
+    )
+    con.execute(
+        f"INSERT OR IGNORE INTO main.{superseded_table(entity)}"
+        f" SELECT seq, k, dead, updated_at FROM main.{feed_table(entity)}"
+        f" WHERE dead = 0 AND seq <= ? AND k IN ({changed})",
+        (lo, lo, hi, entity, lo, hi),
+    )
+
+
 def _rebuild_feed(con: sqlite3.Connection, entity: str, record: str) -> None:
     feed, pk = feed_table(entity), ENTITIES[entity].primary_key
     con.execute(f"DROP TABLE IF EXISTS main.{feed}")
@@ -429,6 +465,7 @@ def _update_feed(con: sqlite3.Connection, entity: str, record: str, lo: int, hi:
         f"SELECT {_tombstone_key(entity)} FROM main.deletions"
         " WHERE entity = ? AND _seq > ? AND _seq <= ?"
     )
+    _supersede(con, entity, lo, hi)
     for keys, args in ((changed, (lo, hi)), (deleted, (entity, lo, hi))):
         con.execute(f"DELETE FROM main.{feed} WHERE dead = 0 AND k IN ({keys})", args)
     if ENTITIES[entity].deletable:  # the API lists tombstones of these
@@ -468,8 +505,11 @@ def sync_feeds(
     built = dict(con.execute(f"SELECT entity, record_sql FROM main.{FEED_SHAPES}"))
     applied = applied_evolutions(con)
     for entity in ENTITIES:
+        _create_superseded(con, entity)
         record = record_sql(con, entity, applied)
         if rebuild or built.get(entity) != record or not _feed_has_seq(con, entity):
+            if lo is not None and hi is not None and hi > lo and _feed_has_seq(con, entity):
+                _supersede(con, entity, lo, hi)
             _rebuild_feed(con, entity, record)
         elif lo is not None and hi is not None and hi > lo:
             _update_feed(con, entity, record, lo, hi)
@@ -532,6 +572,7 @@ def drop_feeds(directory: Path | str) -> None:
         con.execute("BEGIN")
         for entity in ENTITIES:
             con.execute(f"DROP TABLE {feed_table(entity)}")
+            con.execute(f"DROP TABLE IF EXISTS {superseded_table(entity)}")
         con.execute(f"DROP TABLE {FEED_SHAPES}")
         con.execute("COMMIT")
     finally:
