@@ -2,7 +2,8 @@
 
 Versioned under ``/v1``; the OpenAPI spec is at ``/openapi.json``.
 
-* Bearer-token auth on every ``/v1`` route (401 without a valid token, and no data).
+* Bearer-token auth on every ``/v1`` route (401 without a valid token, and no data); the
+  profiles' other styles likewise.
 * ``GET /v1/{entity}``: incremental listing. ``updated_since`` (inclusive) selects rows
   changed at or after a time; pages follow keyset order ``(updated_at, <primary key>)``
   and ``cursor`` (opaque, from the previous page) continues after the last row served.
@@ -25,13 +26,26 @@ Versioned under ``/v1``; the OpenAPI spec is at ``/openapi.json``.
   version and the drifts the server knows (no auth).
 * Rate limit per token (token bucket): 429 with ``Retry-After``.
 
+Protocol profiles (``create_app(profile=...)``, ``sim serve --profile``; see
+:mod:`simulator.profiles`) serve the same listings other ways: a JSON envelope, a bare
+array or NDJSON; a body cursor, a next link (body or ``Link`` header), offset or page
+number; bearer, API key (header or query), HTTP basic or OAuth2 client credentials
+(``POST /oauth/token``, tokens expiring); deletions as tombstones, as an ``is_deleted``
+flag or at ``GET /v1/{entity}/deletions``; the incremental parameter by another name, as
+ISO or Unix time. ``native`` is the protocol above, served by the same code as before.
+Envelopes are bytes around the joined records; a soft-delete flag or a deletion's shape
+is one more SQL layer over the page, as drifts are. Cursor profiles page by the keyset;
+offset and page-number profiles count positions in commit order over the feed and the
+positions superseded since (:func:`_window`), which never move while the platform
+writes. A request parameter a profile does not take is a 400 naming those it does.
+
 A page is a range of the replica's feed, records stored as served (see
 :mod:`simulator.store`), joined by SQLite (``group_concat``): serving renders nothing and
 builds no Python object per row. Drifts (:mod:`simulator.drift`) rewrite the page's
 records in the same SQL, and may add, remove or stall a listing, describe themselves in
 ``/v1/schema`` and be announced.
 
-May import ``store``, ``faults``, ``drift`` and ``model``.
+May import ``store``, ``faults``, ``drift``, ``profiles`` and ``model``.
 """
 
 from __future__ import annotations
@@ -43,22 +57,27 @@ import hmac
 import json
 import math
 import random
+import secrets
 import sqlite3
 import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
 from enum import Enum
 from pathlib import Path
 from typing import Annotated
+from urllib.parse import parse_qs
 
 from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from simulator import drift, store
+from simulator import drift, profiles, store
 from simulator.drift import DriftWatcher, Plan
 from simulator.faults import FaultWatcher
 from simulator.model import ENTITIES, EVOLUTIONS
+from simulator.profiles import Profile
 
 DEFAULT_LIMIT = 1000
 MAX_LIMIT = 50_000
@@ -71,6 +90,9 @@ EntityName = Enum("EntityName", {name: name for name in ENTITIES}, type=str)  # 
 
 
 CHANGE_SEQ = "change_seq"
+# an OAuth2 access token is still accepted this long after it expired: the client counts
+# its expires_in from when the answer reached it, a little after the server did
+TOKEN_LEEWAY = 2.0
 
 
 def encode_cursor(*position: object) -> str:
@@ -189,11 +211,19 @@ def create_app(
     seed: int | None = None,
     change_seq: bool = False,
     counts: bool = True,
+    profile: str = "native",
+    token_ttl: float = profiles.DEFAULT_TOKEN_TTL,
+    clock: Callable[[], float] = time.monotonic,
 ) -> FastAPI:
     """``change_seq``: records carry their commit sequence and listings take
-    ``since_seq``; ``counts``: the count endpoint is served (else 404)."""
+    ``since_seq``; ``counts``: the count endpoint is served (else 404); ``profile``: the
+    protocol served (:mod:`simulator.profiles`); ``token_ttl``: seconds an OAuth2 access
+    token lives, on ``clock``."""
     if not token:
         raise ValueError("the replica API needs a bearer token")
+    prof = profiles.get(profile)
+    if token_ttl <= 0:
+        raise ValueError(f"token_ttl must be positive, got {token_ttl}")
     directory = Path(directory)
     replica = Replica(directory)
     faults = FaultWatcher(directory)
@@ -210,21 +240,87 @@ def create_app(
     app.add_middleware(EndpointMiddleware, drifts=drifts)
     app.add_middleware(FaultMiddleware, faults=faults, rng=rng)
 
+    issued: dict[str, float] = {}  # OAuth2 access token -> when it expires, on clock
+    issued_lock = threading.Lock()
+
+    def credential(request: Request, creds: HTTPAuthorizationCredentials | None) -> str | None:
+        """The credential the request presents the profile's way, if it is valid."""
+        if prof.auth in ("bearer", "oauth2"):
+            given = creds.credentials if creds is not None else None
+        elif prof.auth == "api_key_header":
+            given = request.headers.get(profiles.API_KEY_HEADER)
+        elif prof.auth == "api_key_query":
+            given = request.query_params.get(profiles.API_KEY_PARAM)
+        else:
+            user, given = _basic_credentials(request.headers.get("authorization")) or ("", None)
+            if user != profiles.BASIC_USER:
+                return None
+        if not given:
+            return None
+        if prof.auth == "oauth2":
+            with issued_lock:
+                expires = issued.get(given)
+            return given if expires is not None and clock() < expires + TOKEN_LEEWAY else None
+        return given if _same(given, token) else None
+
     def authorize(
+        request: Request,
         creds: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)],
     ) -> str:
-        if creds is None or not hmac.compare_digest(creds.credentials.encode(), token.encode()):
-            raise HTTPException(
-                401, "missing or invalid bearer token", headers={"WWW-Authenticate": "Bearer"}
-            )
-        wait = bucket.take(creds.credentials)
+        given = credential(request, creds)
+        if given is None:
+            detail, scheme = REFUSALS[prof.auth]
+            raise HTTPException(401, detail, headers={"WWW-Authenticate": scheme})
+        wait = bucket.take(given)
         if wait:
             raise HTTPException(
                 429, "rate limit exceeded", headers={"Retry-After": str(math.ceil(wait))}
             )
-        return creds.credentials
+        return given
 
     auth = [Depends(authorize)]
+
+    if prof.auth == "oauth2":
+
+        @app.post(f"/{profiles.TOKEN_PATH}", summary="OAuth2 client credentials grant")
+        async def oauth_token(request: Request) -> JSONResponse:
+            form = parse_qs((await request.body()).decode("utf-8", "replace"))
+
+            def field(name: str) -> str | None:
+                values = form.get(name)
+                return values[0] if values else None
+
+            client_id, secret = field("client_id"), field("client_secret")
+            basic = _basic_credentials(request.headers.get("authorization"))
+            if basic:
+                client_id, secret = basic
+            no_store = {"Cache-Control": "no-store"}
+            if field("grant_type") != "client_credentials":
+                return JSONResponse(
+                    {"error": "unsupported_grant_type",
+                     "error_description": "only grant_type=client_credentials is offered"},
+                    400, headers=no_store,
+                )
+            if client_id != profiles.OAUTH_CLIENT_ID or not secret or not _same(secret, token):
+                return JSONResponse(
+                    {"error": "invalid_client",
+                     "error_description": "unknown client or wrong client secret"},
+                    401, headers={**no_store, "WWW-Authenticate": 'Basic realm="oauth"'},
+                )
+            access = secrets.token_urlsafe(32)
+            now = clock()
+            with issued_lock:
+                for old in [t for t, until in issued.items() if until + TOKEN_LEEWAY <= now]:
+                    del issued[old]
+                issued[access] = now + token_ttl
+            body: dict = {
+                "access_token": access,
+                "token_type": "Bearer",
+                "expires_in": int(token_ttl) if token_ttl == int(token_ttl) else token_ttl,
+            }
+            if field("scope"):
+                body["scope"] = field("scope")
+            return JSONResponse(body, headers=no_store)
 
     def schema_version(applied: list[str], now: str) -> int:
         return 1 + len(applied) + len(drift.described(drifts.get(), now))
@@ -241,6 +337,8 @@ def create_app(
 
     @app.get("/v1/schema", summary="Current schema of every entity", dependencies=auth)
     def schema() -> dict:
+        if not prof.schema:
+            raise HTTPException(404, "this API describes no schema")
         applied = replica.applied()
         now = store.iso(store.utcnow())
         told = drift.described(drifts.get(), now)
@@ -248,7 +346,7 @@ def create_app(
             "schema_version": schema_version(applied, now),
             "applied_evolutions": applied,
             "entities": {
-                name: _entity_schema(name, entity, applied, told, change_seq)
+                name: _entity_schema(name, entity, applied, told, change_seq, prof)
                 for name, entity in drift.schema_entities(told, now).items()
             },
         }
@@ -293,17 +391,16 @@ def create_app(
     )
     def count_entity(
         entity: EntityName,
-        updated_before: Annotated[str, Query(description="ISO-8601 time (exclusive)")],
+        updated_before: Annotated[
+            str, Query(description="ISO-8601 time, or the profile's epoch (exclusive)")
+        ],
     ) -> dict:
         if not counts:
             raise HTTPException(404, f"no count endpoint /v1/{entity.value}/count")
         plan = drift.plan(drifts.get(), entity.value, store.iso(store.utcnow()))
         if plan is None or plan.removed:
             raise HTTPException(404, f"no listing /v1/{entity.value}")
-        try:
-            before = store.iso(store.parse_iso(updated_before))
-        except ValueError as exc:
-            raise HTTPException(400, f"updated_before is not an ISO-8601 time: {exc}") from exc
+        before = _parse_time(updated_before, "updated_before", prof.since_format, iso_too=True)
         # a covering range of the entity's (updated_at, key) index; a stalled listing
         # counts only what it lists
         sql = f"SELECT count(*) FROM {entity.value} WHERE updated_at < ?"
@@ -314,7 +411,91 @@ def create_app(
         [(n,)] = replica.con().execute(sql, args).fetchall()
         return {"entity": entity.value, "live": n, "updated_before": before}
 
-    @app.get("/v1/{entity}", summary="Incremental listing of an entity", dependencies=auth)
+    if prof.deletions == "endpoint":
+
+        @app.get(
+            "/v1/{entity}/deletions", summary="Records deleted since a time", dependencies=auth
+        )
+        def list_deletions(request: Request, entity: EntityName) -> Response:
+            if not ENTITIES[entity.value].deletable:
+                raise HTTPException(404, f"{entity.value} records are never deleted")
+            return serve_profiled(request, entity.value, deletions=True)
+
+    if prof.name != "native":
+
+        @app.get("/v1/{entity}", summary="Incremental listing of an entity", dependencies=auth)
+        def list_profiled(request: Request, entity: EntityName) -> Response:
+            return serve_profiled(request, request.scope.get(ENDPOINT, entity.value))
+
+    def serve_profiled(request: Request, name: str, deletions: bool = False) -> Response:
+        """A listing (or the deletions of an entity) as the profile serves it."""
+        plan = drift.plan(drifts.get(), name, store.iso(store.utcnow()))
+        if plan is None or plan.removed:
+            raise HTTPException(404, f"no listing /v1/{name}")
+        q = _profile_query(request, prof, change_seq)
+        e = ENTITIES[plan.entity]
+        since = (_parse_time(q[prof.since_param], prof.since_param, prof.since_format)
+                 if prof.since_param in q else None)
+        since_seq = _int_param(q, "since_seq", 0) if "since_seq" in q else None
+        if since_seq is not None and since is not None:
+            raise HTTPException(400, f"pass since_seq or {prof.since_param}, not both")
+        limit = _int_param(q, prof.limit_param, 1, MAX_LIMIT, DEFAULT_LIMIT)
+        # which records: tombstones only (deletions), no tombstones (a deletions
+        # endpoint serves them), or both; and how they are served
+        dead: int | None = None
+        layers = plan.layers
+        if deletions:
+            dead, layers = 1, (*layers, "json_remove(record, '$.updated_at')")
+        elif prof.deletions == "endpoint":
+            dead = 0
+        elif prof.deletions == "soft_delete" and e.deletable:
+            layers = (*layers, SOFT_DELETE_LAYER)
+        plan = replace(plan, layers=layers)
+        total = position = 0
+        if prof.positional:
+            if prof.paging == "offset":
+                position = _int_param(q, "offset", 0, default=0)
+            else:
+                position = (_int_param(q, "page", 1, default=1) - 1) * limit
+            page, total = _window(replica, plan, since, since_seq, dead, position, limit,
+                                  change_seq)
+        else:
+            after = decode_cursor(q["cursor"], by_seq=since_seq is not None) if q.get(
+                "cursor") else None
+            if since_seq is not None:
+                page = _page_by_seq(replica, plan, since_seq, after, limit, dead)
+            else:
+                page = _page(replica, plan, since, after, limit, change_seq, dead)
+        body = page.body
+        f = faults.get()
+        if f.malformed_rate and body and not deletions:
+            lines = body.decode().rstrip("\n").split("\n")
+            lines = _malform(lines, f.malformed_rate, plan.entity, rng)
+            body = ("\n".join(lines) + "\n").encode()
+        array = b"[" + body[:-1].replace(b"\n", b",") + b"]"
+        next_cursor = encode_cursor(*page.last_key) if page.has_more and page.last_key else None
+        headers: dict[str, str] = {}
+        if prof.paging == "cursor":
+            out = (b'{"data":' + array + b',"next_cursor":' + json.dumps(next_cursor).encode()
+                   + b',"has_more":' + (b"true" if page.has_more else b"false") + b"}")
+        elif prof.paging in ("json_link", "header_link"):
+            link = (str(request.url.include_query_params(cursor=next_cursor))
+                    if next_cursor else None)
+            if prof.paging == "json_link":
+                out = (b'{"results":' + array + b',"links":{"next":'
+                       + json.dumps(link).encode() + b"}}")
+            else:
+                out = array
+                if link:
+                    headers["Link"] = f'<{link}>; rel="next"'
+        elif prof.paging == "offset":
+            out = b'{"items":' + array + b',"total":' + str(total).encode() + b"}"
+        else:
+            pages = -(-total // limit)
+            out = (b'{"data":' + array + b',"page":' + str(position // limit + 1).encode()
+                   + b',"total_pages":' + str(pages).encode() + b"}")
+        return Response(out, media_type="application/json", headers=headers)
+
     def list_entity(
         request: Request,
         entity: EntityName,
@@ -368,15 +549,119 @@ def create_app(
         )
         return Response(body, media_type="application/json")
 
+    if prof.name == "native":
+        app.get(
+            "/v1/{entity}", summary="Incremental listing of an entity", dependencies=auth
+        )(list_entity)
     return app
 
 
+# what a refusal says, and the WWW-Authenticate challenge, per auth style
+REFUSALS = {
+    "bearer": ("missing or invalid bearer token", "Bearer"),
+    "oauth2": ("missing, invalid or expired access token: get one at /oauth/token",
+               'Bearer error="invalid_token"'),
+    "api_key_header": (f"missing or invalid API key (header {profiles.API_KEY_HEADER})",
+                       f'ApiKey header="{profiles.API_KEY_HEADER}"'),
+    "api_key_query": (f"missing or invalid API key (query parameter {profiles.API_KEY_PARAM})",
+                      f'ApiKey query="{profiles.API_KEY_PARAM}"'),
+    "http_basic": (f"missing or invalid credentials (HTTP basic, user {profiles.BASIC_USER})",
+                   'Basic realm="replica"'),
+}
+
+# a soft-delete profile's records: tombstones as {<pk>, updated_at, is_deleted: true},
+# the others with is_deleted false
+SOFT_DELETE_LAYER = (
+    f"CASE WHEN dead THEN json_set(json_remove(record, '$.deleted_at'),"
+    f" '$.{profiles.SOFT_DELETE_FIELD}', json('true'))"
+    f" ELSE json_set(record, '$.{profiles.SOFT_DELETE_FIELD}', json('false')) END"
+)
+
+
+def _same(given: str, secret: str) -> bool:
+    return hmac.compare_digest(given.encode(), secret.encode())
+
+
+def _basic_credentials(header: str | None) -> tuple[str, str] | None:
+    """(user, password) of an ``Authorization: Basic`` header, if it is one."""
+    scheme, _, value = (header or "").partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        user, sep, password = base64.b64decode(value.strip(), validate=True).decode().partition(
+            ":")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    return (user, password) if sep else None
+
+
+def _parse_time(value: str, param: str, fmt: str, iso_too: bool = False) -> str:
+    """The platform's ISO form of a time given as ``fmt`` (iso | epoch | epoch_ms);
+    ``iso_too``: an ISO time is taken whatever ``fmt``. 400 naming ``param`` otherwise."""
+    if fmt != "iso":
+        try:
+            number = float(value)
+        except ValueError:
+            number = None
+        if number is not None and math.isfinite(number):
+            seconds = number / 1000 if fmt == "epoch_ms" else number
+            try:
+                return store.iso(datetime.fromtimestamp(seconds, timezone.utc))
+            except (OverflowError, OSError, ValueError) as exc:
+                raise HTTPException(400, f"{param} is out of range: {value!r}") from exc
+        if not iso_too:
+            unit = "milliseconds" if fmt == "epoch_ms" else "seconds"
+            raise HTTPException(400, f"{param} is not a Unix time in {unit}: {value!r}")
+    try:
+        return store.iso(store.parse_iso(value))
+    except ValueError as exc:
+        raise HTTPException(400, f"{param} is not an ISO-8601 time: {exc}") from exc
+
+
+def _profile_query(request: Request, prof: Profile, change_seq: bool) -> dict[str, str]:
+    """The listing's query parameters; one the profile does not take is a 400 naming
+    those it does (a client configured for another protocol learns it at once)."""
+    allowed = {prof.since_param, prof.limit_param}
+    allowed.add({"offset": "offset", "page_number": "page"}.get(prof.paging, "cursor"))
+    if prof.auth == "api_key_query":
+        allowed.add(profiles.API_KEY_PARAM)
+    if change_seq:
+        allowed.add("since_seq")
+    q: dict[str, str] = {}
+    for key, value in request.query_params.multi_items():
+        if key not in allowed:
+            raise HTTPException(
+                400, f"unknown parameter {key!r}: this API takes {', '.join(sorted(allowed))}"
+            )
+        if key in q:
+            raise HTTPException(400, f"parameter {key!r} given twice")
+        q[key] = value
+    return q
+
+
+def _int_param(
+    q: dict[str, str], name: str, low: int, high: int | None = None, default: int | None = None
+) -> int:
+    if name not in q and default is not None:
+        return default
+    try:
+        value = int(q[name])
+    except ValueError:
+        raise HTTPException(422, f"{name} must be an integer, got {q[name]!r}") from None
+    if value < low or (high is not None and value > high):
+        bound = f"between {low} and {high}" if high is not None else f"at least {low}"
+        raise HTTPException(422, f"{name} must be {bound}, got {value}")
+    return value
+
+
 def _entity_schema(
-    name: str, entity: str, applied: list[str], told: list[drift.Drift], change_seq: bool = False
+    name: str, entity: str, applied: list[str], told: list[drift.Drift], change_seq: bool = False,
+    prof: Profile = profiles.SPECS["native"],
 ) -> dict:
     """An endpoint's entry in ``/v1/schema``: the entity's fields once the evolutions
-    ``applied`` and the drifts ``told`` (those described) reshaped them, and with
-    ``change_seq`` the commit sequence and the parameter that lists by it."""
+    ``applied`` and the drifts ``told`` (those described) reshaped them, with
+    ``change_seq`` the commit sequence and the parameter that lists by it, and how the
+    profile ``prof`` serves deletions (a soft-delete field, or a deletions endpoint)."""
     e = ENTITIES[entity]
     fields = [
         {"name": f.name, "type": f.type, "required": f.required, "description": f.description}
@@ -396,6 +681,15 @@ def _entity_schema(
              " commit order, whatever its updated_at."}
         )
         out.update(sequence=CHANGE_SEQ, sequence_param="since_seq")
+    if e.deletable and prof.deletions == "soft_delete":
+        fields.append(
+            {"name": profiles.SOFT_DELETE_FIELD, "type": "boolean", "required": True,
+             "description": "True on a deleted record (which then carries only its key and"
+             " updated_at, the time of the deletion)."}
+        )
+        out["soft_delete_field"] = profiles.SOFT_DELETE_FIELD
+    elif e.deletable and prof.deletions == "endpoint":
+        out["deletions_path"] = profiles.deletions_path(name)
     return out
 
 
@@ -410,10 +704,10 @@ class Page:
     has_more: bool
 
 
-def _with_seq(record: str) -> str:
+def _with_seq(record: str, seq: str = "seq") -> str:
     """The SQL expression of a feed row's record with its ``change_seq`` appended (text
     spliced before the closing brace: no JSON parsed per row)."""
-    return f"substr({record}, 1, length({record}) - 1) || ',\"{CHANGE_SEQ}\":' || seq || '}}'"
+    return f"substr({record}, 1, length({record}) - 1) || ',\"{CHANGE_SEQ}\":' || {seq} || '}}'"
 
 
 def _page(
@@ -423,9 +717,10 @@ def _page(
     after: tuple | None,
     limit: int,
     change_seq: bool = False,
+    dead: int | None = None,
 ) -> Page:
-    """Up to ``limit`` records (rows and tombstones) in keyset order, and whether more
-    follow.
+    """Up to ``limit`` records (rows and tombstones; ``dead`` 0 or 1: rows or tombstones
+    only) in keyset order, and whether more follow.
 
     One range scan of the entity's feed (its records as served, clustered on
     ``(updated_at, key)``; see :mod:`simulator.store`) from the later of
@@ -449,6 +744,9 @@ def _page(
     if plan.until:
         where.append("updated_at <= ?")
         args.append(plan.until)
+    if dead is not None:
+        where.append("dead = ?")
+        args.append(dead)
     record = _with_seq("record") + " AS record" if change_seq else "record"
     columns = f"updated_at, k, dead, {record}" if plan.layers else record
     listing = (
@@ -472,7 +770,8 @@ def _page(
 
 
 def _page_by_seq(
-    replica: Replica, plan: Plan, since_seq: int, after: tuple | None, limit: int
+    replica: Replica, plan: Plan, since_seq: int, after: tuple | None, limit: int,
+    dead: int | None = None,
 ) -> Page:
     """Up to ``limit`` records committed after ``since_seq`` (and after the cursor's
     ``(seq, key, dead)``), in commit order: a range of the feed's ``seq`` index, records
@@ -486,6 +785,9 @@ def _page_by_seq(
     if plan.until:
         where.append("updated_at <= ?")
         args.append(plan.until)
+    if dead is not None:
+        where.append("dead = ?")
+        args.append(dead)
     listing = (
         f"SELECT seq, k, dead, {_with_seq('record')} AS record"
         f" FROM {store.feed_table(plan.entity)} WHERE {' AND '.join(where)}"
@@ -493,6 +795,64 @@ def _page_by_seq(
     )
     # the last position comes from the feed's columns, drifts or not
     return _drifted_page(replica, plan.layers, listing, args, limit, by_seq=True)
+
+
+def _window(
+    replica: Replica, plan: Plan, since: str | None, since_seq: int | None, dead: int | None,
+    offset: int, limit: int, change_seq: bool = False,
+) -> tuple[Page, int]:
+    """The listing's positions ``offset`` to ``offset + limit`` (its records still
+    current there) and how many positions it has, for offset and page-number paging.
+
+    Positions run in commit order ``(seq, key, dead)`` over the feed and the positions
+    of the versions superseded since (:func:`simulator.store.superseded_table`): the
+    platform only ever adds positions at the end, so a position never moves while a
+    client pages, and no record is skipped or served twice. A record updated or deleted
+    meanwhile leaves a hole where it was (a page may hold fewer than ``limit`` records,
+    or none, before the total is reached) and comes again at the end, newer, as with
+    the keyset listing. ``total`` counts the holes too, so that it agrees with the
+    positions. Total and window are read in one snapshot of the replica. Each page
+    costs a count and a scan up to its offset: offset paging's price, kept to indexes
+    (the feed's ``seq`` index covers the filter)."""
+    where: list[str] = []
+    args: list[object] = []
+    if since is not None:
+        where.append("updated_at >= ?")
+        args.append(since)
+    if since_seq is not None:
+        where.append("seq > ?")
+        args.append(since_seq)
+    if plan.until:
+        where.append("updated_at <= ?")
+        args.append(plan.until)
+    if dead is not None:
+        where.append("dead = ?")
+        args.append(dead)
+    cond = " AND ".join(where) or "1"
+    feed = store.feed_table(plan.entity)
+    positions = (
+        f"SELECT seq, k, dead, updated_at, 0 AS gone FROM {feed} WHERE {cond}"
+        f" UNION ALL SELECT seq, k, dead, updated_at, 1 AS gone"
+        f" FROM {store.superseded_table(plan.entity)} WHERE {cond}"
+    )
+    record = _with_seq("f.record", "w.seq") if change_seq else "f.record"
+    listing = (
+        f"SELECT w.seq AS seq, w.k AS k, w.dead AS dead, {record} AS record"
+        f" FROM (SELECT * FROM ({positions}) ORDER BY seq, k, dead, gone LIMIT ? OFFSET ?)"
+        f" AS w JOIN {feed} AS f ON f.updated_at = w.updated_at AND f.k = w.k"
+        " AND f.dead = w.dead AND f.seq = w.seq"
+        " WHERE w.gone = 0 ORDER BY w.seq, w.k, w.dead LIMIT ?"
+    )
+    con = replica.con()
+    con.execute("BEGIN")
+    try:
+        [(total,)] = con.execute(f"SELECT count(*) FROM ({positions})", args * 2).fetchall()
+        page = _drifted_page(
+            replica, plan.layers, listing, [*args, *args, limit, offset], limit, by_seq=True
+        )
+    finally:
+        con.execute("ROLLBACK")  # a read: the snapshot ends
+    return replace(page, has_more=offset + limit < total), total
 
 
 def _drifted_page(

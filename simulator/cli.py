@@ -11,12 +11,13 @@ import json
 import os
 import sqlite3
 import sys
+import textwrap
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from simulator import drift as drift_mod
 from simulator import faults as faults_mod
-from simulator import store
+from simulator import profiles, store
 from simulator.model import ENTITIES, EVOLUTIONS
 from simulator.platform import Platform
 
@@ -77,6 +78,8 @@ def cmd_serve(args) -> int:
             counts=not args.no_counts,
             rate_limit=args.rate_limit,
             duration=args.duration,
+            profile=args.profile,
+            token_ttl=args.token_ttl,
         )
     )
     print("simulator stopped")
@@ -257,6 +260,22 @@ def register_drift(ssub: argparse._SubParsersAction, with_dir) -> None:
     c.set_defaults(func=cmd_drift_clear)
 
 
+def _profiles_help() -> str:
+    lines = ["protocol profiles (--profile): the same data served as"]
+    for name, description in profiles.PROFILES.items():
+        lines.append(textwrap.fill(
+            description, 88, initial_indent=f"  {name:<12} ", subsequent_indent=" " * 15,
+            break_on_hyphens=False,
+        ))
+    lines.append(textwrap.fill(
+        "The token (--token) is the bearer token, the API key, the basic-auth password"
+        f" (user {profiles.BASIC_USER}) or the OAuth2 client secret (client id"
+        f" {profiles.OAUTH_CLIENT_ID}). The loader configuration that reads a profile:"
+        " simulator.profiles.loader_toml(NAME).", 88
+    ))
+    return "\n".join(lines)
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     sim = sub.add_parser("sim", help="the simulated sales platform and its replica API")
     ssub = sim.add_subparsers(dest="sim_command", required=True)
@@ -275,7 +294,20 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="device clocks up to N seconds ahead on a share of events")
     g.set_defaults(func=cmd_generate)
 
-    s = with_dir(ssub.add_parser("serve", help="serve the replica API (and live traffic)"))
+    s = with_dir(ssub.add_parser(
+        "serve", help="serve the replica API (and live traffic)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=_profiles_help(),
+    ))
+    s.add_argument(
+        "--profile", default="native", choices=list(profiles.PROFILES),
+        help="the protocol served: body, paging, auth, deletions, since parameter, schema"
+        " (see below; default native)",
+    )
+    s.add_argument(
+        "--token-ttl", type=float, default=profiles.DEFAULT_TOKEN_TTL,
+        help="seconds an OAuth2 access token is accepted (profile links)",
+    )
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=0, help="0 picks a free port")
     s.add_argument(

@@ -48,6 +48,8 @@ class ServeOptions:
     change_seq: bool = False  # records carry their commit sequence (see api)
     counts: bool = True  # the count endpoint is served
     rate_limit: float = 200.0  # requests per second per token
+    profile: str = "native"  # the protocol served, see simulator.profiles
+    token_ttl: float = 300.0  # seconds an OAuth2 access token lives (profile links)
     duration: float | None = None  # stop by itself after this many seconds
 
 
@@ -138,16 +140,18 @@ def serve(opts: ServeOptions, stop: threading.Event | None = None) -> None:
     platform.start()
 
     app = create_app(d, opts.token, rate_limit=opts.rate_limit, change_seq=opts.change_seq,
-                     counts=opts.counts)
+                     counts=opts.counts, profile=opts.profile, token_ttl=opts.token_ttl)
     api = ApiServer(app, opts.host, opts.port)
     api.start()
     url = f"http://{opts.host}:{api.port}"
-    info = {"url": url, "pid": os.getpid(), "platform_pid": platform.pid, "rate": opts.rate}
+    info = {"url": url, "pid": os.getpid(), "platform_pid": platform.pid, "rate": opts.rate,
+            "profile": opts.profile}
     tmp = d / (SERVER_FILE + ".tmp")
     tmp.write_text(json.dumps(info))
     os.replace(tmp, d / SERVER_FILE)
     log.info("replica API listening on %s (live rate %s orders/s)", url, opts.rate)
-    print(f"replica API listening on {url}  (data: {d}, live: {opts.rate} orders/s)", flush=True)
+    print(f"replica API listening on {url}  (data: {d}, live: {opts.rate} orders/s,"
+          f" profile {opts.profile})", flush=True)
 
     faults = FaultWatcher(d)
     started = time.monotonic()
