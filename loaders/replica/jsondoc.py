@@ -76,26 +76,26 @@ class _Scan:
     def __init__(self, body: bytes) -> None:
         data = np.frombuffer(body, dtype=np.uint8)
         self.data = data
-        kinds = _CLASS[data]
+        kinds = np.take(_CLASS, data)
         tokens = np.flatnonzero(kinds)
         token_kinds = kinds[tokens]
-        quotes = tokens[token_kinds == _QUOTE_BYTE]
+        real_quote = token_kinds == _QUOTE_BYTE
         escaped = _escaped_quotes(data, tokens[token_kinds == _BACKSLASH_BYTE])
-        quotes = np.delete(quotes, np.searchsorted(quotes, escaped))
-        structural = token_kinds <= _COMMA
-        positions = tokens[structural]
-        # a structural byte after an odd number of real quotes is inside a string
-        outside = np.searchsorted(quotes, positions) % 2 == 0
-        self.positions = positions[outside]
-        self.kinds = token_kinds[structural][outside]
+        real_quote[np.searchsorted(tokens, escaped)] = False
+        # a structural byte after an odd number of real quotes is inside a string: the
+        # parity of the quotes so far is a running xor
+        in_string = np.bitwise_xor.accumulate(real_quote.view(np.uint8))
+        if in_string.size and in_string[-1]:
+            raise _not_json(body, "a string is not closed")
+        outside = (token_kinds <= _COMMA) & (in_string == 0)
+        self.positions = tokens[outside]
+        self.kinds = token_kinds[outside]
         opens = (self.kinds == _OPEN_OBJECT) | (self.kinds == _OPEN_ARRAY)
         closes = (self.kinds == _CLOSE_OBJECT) | (self.kinds == _CLOSE_ARRAY)
         delta = opens.astype(np.int64) - closes.astype(np.int64)
         after = np.cumsum(delta)
         if after.size and (after.min() < 0 or after[-1] != 0):
             raise _not_json(body, "its brackets do not balance")
-        if len(quotes) % 2:
-            raise _not_json(body, "a string is not closed")
         # the depth a token sits at: an opening's before it, a closing's after it (a
         # comma's: the depth of the value it separates)
         self.depth = np.where(opens, after - 1, after)
