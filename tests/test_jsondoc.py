@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from loaders.replica.errors import PageError
 from loaders.replica.jsondoc import split_document
+from loaders.replica.pages import EntitySpec, parse_page
 
 
 def lines(ndjson: bytes) -> list:
@@ -62,6 +63,21 @@ def test_a_nested_path_beside_larger_arrays_at_the_same_depth():
     records, envelope = split_document(json.dumps(doc, indent=1).encode(), "result.items")
     assert lines(records) == TRICKY[:2]
     assert envelope == {**doc, "result": {**doc["result"], "items": []}}
+
+
+def test_the_records_parse_as_their_ndjson_page_would():
+    spec = EntitySpec(
+        name="orders", path="v1/orders", primary_key="order_id", cursor="updated_at",
+        fields={"order_id": "integer", "note": "string", "updated_at": "timestamp"},
+    )
+    rows = [{"order_id": i, "note": TRICKY[i % 5]["note"],
+             "updated_at": f"2026-11-0{i + 1}T10:00:00Z"} for i in range(5)]
+    ndjson = "\n".join(json.dumps(r) for r in rows).encode()
+    body = json.dumps({"data": rows, "next_cursor": None}, indent=2).encode()
+    native = parse_page(spec, ndjson)
+    parsed = parse_page(spec, split_document(body, "data")[0])
+    assert parsed.table.equals(native.table)
+    assert parsed.table.num_rows == 5 and parsed.quarantined == []
 
 
 def test_records_arrive_one_per_line_with_no_raw_newline_inside():
