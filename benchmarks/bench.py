@@ -21,6 +21,18 @@ absolute times drift on shared machines. Method, figure by figure:
   paging the API's JSON with dlt's RESTClient, yielding the dicts, default loader
   (``insert_values``) into DuckDB — over the first ``baseline_rows`` order items;
   ``load.speedup_vs_baseline``.
+* ``json.parse_*``: the pages of the first ``json_parse_rows`` rows (spread over the
+  entities, the loader's page size), fetched once as NDJSON and once as the JSON
+  document the API serves them as (``{"data": [...], "next_cursor": ...}``; fetching
+  not timed), each parsed to Arrow by the loader's own functions (``parse_page``; the
+  document split first by ``jsondoc.split_document``), page by page in turn;
+  ``parse_ratio`` = JSON rows/s / NDJSON rows/s. The two must give equal tables.
+* ``json.load_*``: end to end, a backfill (as ``load.rows_per_s``) of a smaller history
+  of ``json_load_orders`` orders, generated for it, served once natively (NDJSON) and
+  once as ``sim serve --profile envelope`` (JSON documents, body cursor, API key,
+  soft deletes) with the loader configured for it
+  (``simulator.profiles.loader_env``); ``load_ratio`` = JSON / NDJSON. Where this
+  checkout has no protocol profiles yet, ``load_skipped`` says so instead.
 * ``cycle.full_s`` / ``delta_1pct_s`` / ``noop_s``: cycles of ``salesflow watch`` (dbt
   parsed once before; parse not timed) after the backfill: the first builds every model
   over all data; then 1% of the rows new or changed on the platform (new orders with
@@ -48,11 +60,16 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from loaders.replica import settings
+from benchmarks.check import envelope_missing
+from loaders.replica import entity_spec, settings
+from loaders.replica.client import fetch_api_schema
+from loaders.replica.jsondoc import split_document
+from loaders.replica.pages import parse_page
 from loaders.runners.watch import watch
 from loaders.warehouse import environment, raw_counts
 from simulator import model, store
@@ -66,12 +83,16 @@ TOKEN = "bench-token"
 
 SCALES: dict[str, dict[str, Any]] = {
     # keys only: checks that the harness runs end to end, not the targets
-    "smoke": {"orders": 400, "baseline_rows": 500, "freshness_seconds": 12, "days": 10},
+    "smoke": {"orders": 400, "baseline_rows": 500, "freshness_seconds": 12, "days": 10,
+              "json_parse_rows": 5_000, "json_load_orders": 200},
     "default": {"orders": 1_000_000, "baseline_rows": 50_000, "freshness_seconds": 180,
-                "days": 90},
+                "days": 90, "json_parse_rows": 400_000, "json_load_orders": 100_000},
     "large": {"orders": 10_000_000, "baseline_rows": 50_000, "freshness_seconds": 180,
-              "days": 365},
+              "days": 365, "json_parse_rows": 400_000, "json_load_orders": 100_000},
 }
+# where the envelope profile's JSON documents hold their records
+ENVELOPE_RECORDS_PATH = "data"
+PAGE_SIZE = 20_000  # the loader's default page size
 GOALS = {"load.ratio": 0.25, "memory.peak_rss_mb": 1024, "cycle.delta_ratio": 0.10,
          "cycle.noop_ratio": 0.03, "freshness.p50_s": 5, "freshness.p95_s": 10}
 
@@ -130,11 +151,13 @@ def _peak_rss_mb(pid: int, done: threading.Event, out: list[int]) -> None:
     out.append(round(peak / 1024))
 
 
-def backfill(work: Path, url: str) -> dict[str, Any]:
+def backfill(work: Path, url: str, config: dict[str, str] | None = None) -> dict[str, Any]:
+    """``salesflow load`` into the empty warehouse of ``work`` (``config``: more
+    environment for the loader, e.g. a protocol profile's settings)."""
     started = time.perf_counter()
     proc = subprocess.Popen(
         [sys.executable, "-m", "loaders.cli", "load", "--base-url", url],
-        cwd=ROOT, env={**os.environ, **_env(work)}, stdout=subprocess.PIPE,
+        cwd=ROOT, env={**os.environ, **_env(work), **(config or {})}, stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT, text=True,
     )
     done, peak = threading.Event(), []
@@ -216,6 +239,100 @@ def dicts_baseline(work: Path, url: str, limit: int) -> dict[str, Any]:
     rows = p.last_trace.last_normalize_info.row_counts.get("order_items", 0)
     del info
     return {"rows": rows, "seconds": round(seconds, 2), "rows_per_s": round(rows / seconds)}
+
+
+def _listing_pages(url: str, path: str, rows: int) -> Iterator[tuple[bytes, bytes]]:
+    """The first pages (up to ``rows`` records) of a listing, each as (NDJSON, the same
+    page as a JSON document)."""
+    import requests
+
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    params: dict[str, Any] = {settings.PARAM_LIMIT: min(PAGE_SIZE, rows)}
+    seen = 0
+    with requests.Session() as http:
+        while seen < rows:
+            pages = [http.get(f"{url}/{path}", params={**params, "format": f},
+                              headers=auth, timeout=120) for f in ("ndjson", "json")]
+            for page in pages:
+                page.raise_for_status()
+            ndjson, document = (p.content for p in pages)
+            if not ndjson.strip():
+                return
+            yield ndjson, document
+            seen += ndjson.count(b"\n")
+            cursor = pages[0].headers.get(settings.NEXT_CURSOR_HEADER)
+            if not cursor:
+                return
+            params[settings.PARAM_CURSOR] = cursor
+
+
+def json_parse(url: str, rows: int) -> dict[str, Any]:
+    """Pages parsed to Arrow as NDJSON and as JSON documents (see the module
+    docstring): rows/s of each and their ratio."""
+    described = fetch_api_schema(url, TOKEN)
+    per_entity = max(1, rows // len(settings.ENDPOINTS))
+    parsers = {
+        "ndjson": parse_page,
+        "json": lambda spec, document: parse_page(
+            spec, split_document(document, ENVELOPE_RECORDS_PATH)[0]),
+    }
+    total, seconds, warm = 0, {"ndjson": 0.0, "json": 0.0}, False
+    for name, endpoint in settings.ENDPOINTS.items():
+        spec = entity_spec(name, endpoint, described)
+        for number, bodies in enumerate(_listing_pages(url, endpoint["path"], per_entity)):
+            pages = dict(zip(("ndjson", "json"), bodies, strict=True))
+            if not warm:  # the first parse pays for pyarrow's set-up: not timed
+                for form, parse in parsers.items():
+                    parse(spec, pages[form])
+                warm = True
+            tables = {}
+            # each page parsed both ways, in turn first, so drift hits both alike
+            for form in sorted(parsers, reverse=number % 2 == 1):
+                started = time.perf_counter()
+                tables[form] = parsers[form](spec, pages[form]).table
+                seconds[form] += time.perf_counter() - started
+            native, parsed = tables["ndjson"], tables["json"]
+            same = native.equals(parsed) if native is not None and parsed is not None else (
+                native is parsed)
+            if not same:
+                raise RuntimeError(f"{name}: a page parsed from JSON differs from its NDJSON")
+            total += native.num_rows if native is not None else 0
+    ndjson_rate, json_rate = (round(total / seconds[f]) for f in ("ndjson", "json"))
+    return {"parse_rows": total, "parse_ndjson_rows_per_s": ndjson_rate,
+            "parse_json_rows_per_s": json_rate,
+            "parse_ratio": round(json_rate / ndjson_rate, 3)}
+
+
+def json_load(work: Path, orders: int, days: int) -> dict[str, Any]:
+    """Backfills of one history served natively and as the envelope profile (see the
+    module docstring); skipped, saying why, where the checkout has no profiles."""
+    missing = envelope_missing()
+    if missing:
+        return {"load_skipped": "no protocol profiles in this checkout (missing: "
+                + ", ".join(missing) + ")"}
+    from simulator.profiles import loader_env
+
+    sim_dir = work / "sim_json"
+    generate(sim_dir, orders=orders, seed=7, days=days,
+             clock_skew=model.REAL_WORLD_CLOCK_SKEW_S)
+    os.sync()
+    loads = {}
+    for name, args in (("ndjson", ()), ("json", ("--profile", "envelope"))):
+        target = work / f"load_{name}"
+        target.mkdir()
+        server = Server(sim_dir, "--rate", "0", *args)
+        try:
+            config = loader_env("envelope", server.url, TOKEN) if args else None
+            loads[name] = backfill(target, server.url, config)
+        finally:
+            server.stop()
+    ndjson, json_ = loads["ndjson"], loads["json"]
+    return {"load_orders": orders, "load_rows": json_["rows"],
+            "load_ndjson_rows": ndjson["rows"],
+            "load_ndjson_rows_per_s": ndjson["rows_per_s"],
+            "load_json_rows_per_s": json_["rows_per_s"],
+            "load_ratio": round(json_["rows_per_s"] / ndjson["rows_per_s"], 3),
+            "load_json_peak_rss_mb": json_["peak_rss_mb"]}
 
 
 def cycles(work: Path, sim_dir: Path, url: str, total_rows: int) -> dict[str, Any]:
@@ -328,9 +445,11 @@ def run(scale: str, out: Path) -> dict[str, Any]:
             "speedup_vs_baseline": round(load["rows_per_s"] / dicts["rows_per_s"], 1),
         }
         results["memory"] = {"peak_rss_mb": load["peak_rss_mb"]}
+        results["json"] = json_parse(server.url, cfg["json_parse_rows"])
         results["cycle"] = cycles(work, sim_dir, server.url, load["rows"])
     finally:
         server.stop()
+    results["json"].update(json_load(work, cfg["json_load_orders"], cfg["days"]))
     live = Server(sim_dir, "--rate", "50", *model.real_world_args())
     try:
         results["freshness"] = freshness(work, live.url, cfg["freshness_seconds"])
@@ -355,6 +474,17 @@ def table(results: dict[str, Any]) -> str:
         ("load.ratio", results["load"]["ratio"]),
         ("load.baseline_dlt_dicts_rows_per_s", results["load"]["baseline_dlt_dicts_rows_per_s"]),
         ("load.speedup_vs_baseline", results["load"]["speedup_vs_baseline"]),
+        ("json.parse_ndjson_rows_per_s", results["json"]["parse_ndjson_rows_per_s"]),
+        ("json.parse_json_rows_per_s", results["json"]["parse_json_rows_per_s"]),
+        ("json.parse_ratio", results["json"]["parse_ratio"]),
+        *(
+            [("json.load_skipped", results["json"]["load_skipped"])]
+            if "load_skipped" in results["json"] else [
+                ("json.load_ndjson_rows_per_s", results["json"]["load_ndjson_rows_per_s"]),
+                ("json.load_json_rows_per_s", results["json"]["load_json_rows_per_s"]),
+                ("json.load_ratio", results["json"]["load_ratio"]),
+            ]
+        ),
         ("memory.peak_rss_mb", results["memory"]["peak_rss_mb"]),
         ("cycle.full_s", results["cycle"]["full_s"]),
         ("cycle.delta_1pct_s", results["cycle"]["delta_1pct_s"]),

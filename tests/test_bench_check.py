@@ -4,11 +4,13 @@ import json
 
 import pytest
 
-from benchmarks.check import REQUIRED, main, problems, reliability_problems
+from benchmarks import check
+from benchmarks.check import JSON_LOAD, REQUIRED, main, problems, reliability_problems
 
 
 def complete() -> dict:
     results = {section: {key: 1 for key in keys} for section, keys in REQUIRED.items()}
+    results["json"].update({key: 1 for key in JSON_LOAD})
     results["machine"]["python"] = "3.11"
     results["measured_at"] = "2026-11-23T00:00:00+00:00"
     return results
@@ -27,6 +29,39 @@ def test_a_missing_or_negative_figure_fails():
     assert "missing cycle.noop_s" in found
     assert any("freshness.p95_s" in p for p in found)
     assert any("nothing was loaded" in p for p in found)
+
+
+def test_a_missing_json_figure_fails():
+    r = complete()
+    del r["json"]["parse_ratio"]
+    r["json"]["load_json_rows_per_s"] = 0
+    found = problems(r)
+    assert "missing json.parse_ratio" in found
+    assert any("json.load_json_rows_per_s" in p for p in found)
+
+
+def skipped() -> dict:
+    r = complete()
+    for key in JSON_LOAD:
+        del r["json"][key]
+    r["json"]["load_skipped"] = "no protocol profiles in this checkout"
+    return r
+
+
+def test_the_json_load_may_be_skipped_only_without_the_profiles(monkeypatch):
+    monkeypatch.setattr(check, "ENVELOPE_MODULES", ("simulator.no_such_module",))
+    assert problems(skipped()) == []
+    monkeypatch.setattr(check, "ENVELOPE_MODULES", ("simulator.model",))
+    found = problems(skipped())
+    assert any("load_skipped, but the profiles are here" in p for p in found)
+    assert any("json.load_ratio is missing" in p for p in found)
+
+
+def test_json_load_figures_are_required_without_a_skip(monkeypatch):
+    monkeypatch.setattr(check, "ENVELOPE_MODULES", ("simulator.no_such_module",))
+    r = skipped()
+    del r["json"]["load_skipped"]
+    assert any("json.load_rows is missing" in p for p in problems(r))
 
 
 def reliable() -> dict:
