@@ -330,7 +330,10 @@ def _load(kwargs: dict[str, Any], pipeline: dlt.Pipeline) -> LoadResult:
         positions = warehouse.cursor_positions(pipeline)
         declared = config.endpoints(kwargs.get("endpoints"))
         observed_at = health.utcnow()  # the API is read from here on
-        described = fetch_api_schema(api) if api.schema_path else contract_document.described()
+        described = fetch_api_schema(api)  # the API's own description ({}: none)
+        # an API without a schema endpoint: the types the data contract commits to (the
+        # changes are still found in the records, see schema_changes.from_records)
+        types = described if api.schema_path else contract_document.described()
         announced = _announcements(api, list(declared))
         entity_contracts = config.schema_contracts(kwargs.get("schema_contracts"))
         frozen = {
@@ -363,7 +366,7 @@ def _load(kwargs: dict[str, Any], pipeline: dlt.Pipeline) -> LoadResult:
                "schema_contracts": entity_contracts, "endpoints": declared,
                "field_mapping": mappings, "api": api},
             known_types=before,
-            described=described,
+            described=types,
             append=[r.table for r in appended],
             observations=observations,
             failures=failures,
