@@ -13,7 +13,7 @@ from requests.exceptions import HTTPError
 
 from loaders.replica import ReplicaError, replica_source
 from loaders.replica.errors import PageError
-from loaders.replica.pages import EntitySpec, check_page_type, parse_page
+from loaders.replica.pages import EntitySpec, check_page_type, parse_deletions, parse_page
 from loaders.replica.protocol import Api, Listing, api_from_settings, read_pages
 from loaders.warehouse import dlt_pipeline
 from tests.support.fake_api import SECRET, STYLES, FakeApi, serve
@@ -251,6 +251,20 @@ def test_a_deletions_endpoint_deletes_from_raw(warehouse) -> None:
     asked = [q for path, q in fake.requests if path == "/v1/orders/deletions"]
     since = datetime.fromtimestamp(int(asked[-1]["updated_since"]), timezone.utc)
     assert since == T0 + timedelta(seconds=45)
+
+
+def test_deletions_read_as_keys_and_markers_only() -> None:
+    spec = EntitySpec(**{**SPEC.__dict__, "deleted_marker": "deleted_at",
+                         "deletions_path": "v1/orders/deletions"})
+    table = parse_deletions(spec, b'{"order_id": 4, "deleted_at": "2026-11-01T12:00:00Z",'
+                                  b' "reason": "gdpr"}\n{"order_id": null, "deleted_at":'
+                                  b' "2026-11-01T12:00:00Z"}\n')
+    assert table.column_names == ["order_id", "deleted_at"]
+    assert table["order_id"].to_pylist() == [4]
+    # typed as dlt's schema types the key: no hints to reconcile on every page
+    assert not table.schema.field("order_id").nullable
+    with pytest.raises(PageError, match="no 'order_id' field"):
+        parse_deletions(spec, b'{"id": 4, "deleted_at": "2026-11-01T12:00:00Z"}\n')
 
 
 def test_a_tombstone_is_never_older_than_the_record_it_deletes(warehouse) -> None:

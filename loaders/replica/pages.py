@@ -534,14 +534,17 @@ def parse_deletions(spec: EntitySpec, body: bytes) -> pa.Table | None:
     marker = spec.deleted_marker
     if not body.strip() or not marker:
         return None
-    fields = [pa.field(marker, MARKER_TYPE)]
     key_type = ARROW_TYPES.get(spec.fields.get(spec.primary_key, ""))
-    if key_type is not None:
-        fields.append(pa.field(spec.primary_key, key_type))
     try:
+        # the key inferred, so that a page without it is told from one without deletions
         table = pj.read_json(io.BytesIO(body), parse_options=pj.ParseOptions(
-            explicit_schema=pa.schema(fields), unexpected_field_behavior="infer"))
-    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+            explicit_schema=pa.schema([pa.field(marker, MARKER_TYPE)]),
+            unexpected_field_behavior="infer"))
+        if key_type is not None and spec.primary_key in table.column_names:
+            table = table.set_column(
+                table.schema.get_field_index(spec.primary_key), spec.primary_key,
+                pc.cast(table[spec.primary_key], key_type))
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
         raise PageError(
             f"{spec.name}: a page of {spec.deletions_path} is not deletions"
             f" ({{{spec.primary_key}, {marker}}} per record): {exc}",
@@ -554,8 +557,10 @@ def parse_deletions(spec: EntitySpec, body: bytes) -> pa.Table | None:
             answered=f"deletions without the {spec.primary_key!r} field",
         )
     table = table.select([spec.primary_key, marker])
-    return table.filter(pc.and_(pc.is_valid(table[spec.primary_key]),
-                                pc.is_valid(table[marker])))
+    table = table.filter(pc.and_(pc.is_valid(table[spec.primary_key]),
+                                 pc.is_valid(table[marker])))
+    # the key is never null past this point, as dlt's schema says of it
+    return table.cast(table.schema.set(0, table.schema.field(0).with_nullable(False)))
 
 
 def _map(
