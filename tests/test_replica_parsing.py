@@ -137,7 +137,7 @@ def test_rows_before_the_requested_start_are_quarantined():
     parsed = parse_page(SPEC, page(order(1), order(2, updated_at=LATER)), since=since)
     assert parsed.table.column("order_id").to_pylist() == [2]
     [behind] = parsed.quarantined
-    assert behind["reason"].startswith("updated_at before the requested start")
+    assert behind["reason"].startswith("updated_at before the requested updated_since")
 
 
 def test_values_arrow_cannot_hold_are_quarantined_not_raised():

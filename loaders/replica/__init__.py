@@ -186,7 +186,7 @@ def _entity_resource(
                                    page_size)
             # pages are fetched and parsed in threads of their own, each ahead of the
             # next step, so dlt writing one page overlaps parsing the next
-            for parsed in prefetch(_parsed(spec, prefetch(responses), since)):
+            for parsed in prefetch(_parsed(spec, prefetch(responses), since, listing.since_param)):
                 if observations is not None:
                     observations.add(spec.name, parsed.seen)
                 if parsed.quarantined:
@@ -400,12 +400,12 @@ def entity_spec(
 
 
 def _parsed(
-    spec: EntitySpec, pages: Iterable[Any], since: datetime | None
+    spec: EntitySpec, pages: Iterable[Any], since: datetime | None, since_param: str
 ) -> Iterator[ParsedPage]:
     """The pages of a listing (checked by :func:`read_pages`), parsed (``since``: the
     start requested, when the listing is by time and the format can say it)."""
     for page in pages:
-        yield parse_page(spec, page.records, since)
+        yield parse_page(spec, page.records, since, since_param)
 
 
 def tombstones_table(entity: str) -> str:

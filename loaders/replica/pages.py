@@ -41,6 +41,7 @@ from loaders.replica.errors import PageError
 from loaders.replica.mapping import FieldMap
 from loaders.replica.observe import EntitySeen, observe_held, observe_table
 from loaders.replica.protocol import Listing, check_content_type
+from loaders.replica.settings import PARAM_SINCE
 
 # how dlt names raw columns after the API's fields (its default naming convention)
 NAMING = NamingConvention()
@@ -429,10 +430,13 @@ def _set_aside_null_required(
     return table
 
 
-def parse_page(spec: EntitySpec, body: bytes, since: datetime | None = None) -> ParsedPage:
+def parse_page(
+    spec: EntitySpec, body: bytes, since: datetime | None = None,
+    since_param: str = PARAM_SINCE,
+) -> ParsedPage:
     """Parse one NDJSON page into a valid Arrow table plus quarantined records
-    (``since``: the start the page was requested from; rows before it are
-    quarantined)."""
+    (``since``: the start the page was requested from, as ``since_param``; rows before
+    it are quarantined)."""
     quarantined: list[dict[str, Any]] = []
     seen = EntitySeen()
     if not body.strip():
@@ -469,7 +473,7 @@ def parse_page(spec: EntitySpec, body: bytes, since: datetime | None = None) -> 
     if since is not None and table.num_rows and pa.types.is_timestamp(table[cursor].type):
         behind = pc.less(table[cursor], pa.scalar(since, table[cursor].type))
         reason = (
-            f"{cursor} before the requested start ({since.isoformat()}): the"
+            f"{cursor} before the requested {since_param} ({since.isoformat()}): the"
             " API served a row out of order"
         )
         table = _set_aside(spec, table, behind, reason, quarantined, "out_of_order", cursor)
