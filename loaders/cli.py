@@ -258,8 +258,10 @@ def cmd_contract_verify(args) -> int:
         raise ValueError("no API to check: pass --api URL (or set SOURCES__REPLICA__BASE_URL)")
     if not token:
         raise ValueError("no token for the API: set SOURCES__REPLICA__TOKEN or pass --token")
-    report = verify.verify(doc, base_url, token, sample=args.sample, since=args.since,
-                           maps=config.field_maps())
+    api = config.api_connection(base_url, token)
+    listings = {name: api.listing_for(ep) for name, ep in config.endpoints().items()}
+    report = verify.verify(doc, api, sample=args.sample, since=args.since,
+                           maps=config.field_maps(), listings=listings)
     if args.json:
         print(json.dumps(report.as_dict(), indent=2, sort_keys=True))
     else:
@@ -446,7 +448,9 @@ def build_parser() -> argparse.ArgumentParser:
         "verify", help="check a running replica API against the contract; exit 1 when it"
         " breaks it")
     q.add_argument("--api", help="the API's base URL (default: sources.replica.base_url)")
-    q.add_argument("--token", help="bearer token (default: SOURCES__REPLICA__TOKEN, which"
+    q.add_argument("--token", help="the API's secret: bearer token, API key, password or"
+                   " client secret, as [sources.replica.auth] says (default:"
+                   " SOURCES__REPLICA__TOKEN, which"
                    " keeps it out of the process list)")
     q.add_argument("--contract", help="contract file, JSON or YAML (default: the committed"
                    " contracts/replica_api.contract.json)")

@@ -14,7 +14,7 @@ import json
 import math
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,7 @@ from loaders.replica import mapping
 from loaders.replica import settings as replica_settings
 from loaders.replica.errors import ReplicaError
 from loaders.replica.mapping import FieldMap
+from loaders.replica.protocol import Api, api_from_settings
 
 # the project checkout: dbt project, profiles.yml, .dlt/, contracts/, announcements/
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -40,13 +41,13 @@ def pipelines_dir() -> Path:
     return Path(os.environ.get("SALESFLOW_PIPELINES_DIR", "data/dlt"))
 
 
-@dataclass(frozen=True)
-class ApiConnection:
-    """Where the replica API is and the token it takes (never printed)."""
-
-    base_url: str
-    token: str = field(repr=False)
-
+# how the replica API is spoken: any of these under [sources.replica] (see
+# loaders.replica.protocol; absent: today's protocol)
+PROTOCOL_KEYS = (
+    "format", "records_path", "paginator", "since_param", "since_format", "limit_param",
+    "schema_path", "announcements_path", "count_path",
+)
+AUTH_KEYS = ("type", "name", "location", "username", "token_url", "client_id", "scopes")
 
 def api_base_url(given: str | None = None) -> str | None:
     """The replica API's base URL: given, else ``sources.replica.base_url``."""
@@ -61,8 +62,9 @@ def api_token(given: str | None = None) -> str | None:
     return given or dlt.secrets.get("sources.replica.token")
 
 
-def api_connection(base_url: str | None = None, token: str | None = None) -> ApiConnection:
-    """The API to load from; a missing setting is a :class:`ReplicaError` saying which."""
+def api_connection(base_url: str | None = None, token: str | None = None) -> Api:
+    """The API to load from, spoken as ``[sources.replica]`` configures it; a missing or
+    bad setting is a :class:`ReplicaError` saying which."""
     url, secret = api_base_url(base_url), api_token(token)
     if not url:
         raise ReplicaError("no replica API configured: set sources.replica.base_url")
@@ -71,14 +73,64 @@ def api_connection(base_url: str | None = None, token: str | None = None) -> Api
             "no replica API token: set SOURCES__REPLICA__TOKEN or sources.replica.token in"
             " .dlt/secrets.toml"
         )
-    return ApiConnection(str(url), str(secret))
+    return api_from_settings(str(url), str(secret), protocol_settings())
+
+
+def protocol_settings() -> dict[str, Any]:
+    """The protocol's keys of ``[sources.replica]`` that are set (each read on its own,
+    so an environment variable such as ``SOURCES__REPLICA__AUTH__TYPE`` counts), with
+    the endpoints declared."""
+    found: dict[str, Any] = {}
+    for key in PROTOCOL_KEYS:
+        value: Any = dlt.config.get(f"sources.replica.{key}")
+        if value is not None:
+            found[key] = value
+    whole: Any = dlt.config.get("sources.replica.auth")  # a table, or JSON in the env
+    if isinstance(whole, str):
+        try:
+            whole = json.loads(whole)
+        except ValueError as exc:
+            raise ReplicaError(f"sources.replica.auth is not JSON: {exc}") from None
+    auth: dict[str, Any] = dict(whole) if isinstance(whole, Mapping) else {}
+    for key in AUTH_KEYS:
+        value = dlt.config.get(f"sources.replica.auth.{key}")
+        if value is not None:
+            auth[key] = value
+    if auth:
+        found["auth"] = auth
+    found["endpoints"] = endpoints()
+    return found
 
 
 def endpoints(given: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The endpoints declared: given, else configured, else the defaults."""
-    return dict(
-        given or dlt.config.get("sources.replica.endpoints") or replica_settings.ENDPOINTS
-    )
+    """The endpoints declared: given, else configured (a table, or JSON in
+    ``SOURCES__REPLICA__ENDPOINTS``), else the defaults; each configured endpoint's
+    protocol keys may also come one by one
+    (``SOURCES__REPLICA__ENDPOINTS__ORDERS__SOFT_DELETE_FIELD``)."""
+    if given:
+        return dict(given)
+    configured: Any = dlt.config.get("sources.replica.endpoints")
+    if isinstance(configured, str):
+        try:
+            configured = json.loads(configured)
+        except ValueError as exc:
+            raise ReplicaError(f"sources.replica.endpoints is not JSON: {exc}") from None
+    declared = {name: dict(ep) for name, ep in
+                (configured or replica_settings.ENDPOINTS).items()}
+    for name, ep in declared.items():
+        for key in ENDPOINT_KEYS:
+            if key not in ep:
+                value: Any = dlt.config.get(f"sources.replica.endpoints.{name}.{key}")
+                if value is not None:
+                    ep[key] = value
+    return declared
+
+
+# what an endpoint may also say one key at a time (how it is listed, how deletions come)
+ENDPOINT_KEYS = (
+    "format", "records_path", "paginator", "since_param", "since_format", "limit_param",
+    "deleted_marker", "soft_delete_field", "deletions_path",
+)
 
 
 def schema_contracts(given: dict[str, Any] | None = None) -> dict[str, Any]:

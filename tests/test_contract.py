@@ -19,7 +19,7 @@ from loaders.contract.compile import compiled_manifest
 from loaders.contract.verify import check_records
 from loaders.dbt_project import project_version
 from loaders.monitoring.notify import JsonLinesChannel, Ledger, Notifier
-from loaders.replica import fetch_announcements
+from loaders.replica import api_from_settings, fetch_announcements
 from loaders.schema_changes.announcements import follow_announcements
 from simulator import store
 from tests.support import ROOT, TOKEN
@@ -310,7 +310,7 @@ def test_an_announced_breaking_change_is_flagged_from_its_first_notice(
     sim = evolve(simulator, "restructure", now + timedelta(days=3))
     sim = evolve(sim, "additive", now + timedelta(days=5))
     try:
-        announced = fetch_announcements(sim.url, TOKEN)
+        announced = fetch_announcements(api_from_settings(sim.url, TOKEN, {}))
         monkeypatch.setenv("SOURCES__REPLICA__TOKEN", TOKEN)
         assert cli.main(["schema", "--base-url", sim.url]) == 0
         listing = capsys.readouterr().out

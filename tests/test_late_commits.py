@@ -291,7 +291,7 @@ def test_the_first_loads_start_the_clocks_of_rereads_and_reconciliation(
     counts: list[str] = []
     count = late_rows.fetch_live_count
     monkeypatch.setattr(late_rows, "fetch_live_count",
-                        lambda *a, **k: counts.append(a[2]) or count(*a, **k))
+                        lambda *a, **k: counts.append(a[1]) or count(*a, **k))
     sim = start_simulator(platform_dir)
     try:
         pipeline.load(base_url=sim.url, token=TOKEN)

@@ -72,3 +72,24 @@ def committed() -> dict[str, Any] | None:
     except (FileNotFoundError, ValueError) as exc:
         log.warning("data contract unavailable, announcements not checked against it: %s", exc)
         return None
+
+
+def described(doc: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
+    """The contracted entities' fields as an API's schema endpoint describes them
+    (``{entity: {"fields": [{name, type, required}]}}``), from ``doc`` (default: the
+    committed contract; {} without one, logged): the types of an API that has no schema
+    endpoint. A field required by the contract and never null is required; the deletion
+    marker is left to the loader."""
+    doc = doc if doc is not None else committed()
+    if doc is None:
+        return {}
+    out: dict[str, dict[str, Any]] = {}
+    for entity, name, spec in fields(doc):
+        info = spec.get("x-salesflow", {})
+        if info.get("presence") == "tombstone" or not info.get("api_type"):
+            continue
+        required = info.get("presence") == "required" and not info.get("nullable", True)
+        out.setdefault(entity, {"fields": []})["fields"].append(
+            {"name": name, "type": info["api_type"], "required": required}
+        )
+    return out

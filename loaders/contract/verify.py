@@ -18,7 +18,7 @@ categorical fields (those with an allowed set). Configured field mappings
 (:mod:`loaders.replica.mapping`) apply first: a contracted field the API now sends under
 another name, mapped back by configuration, satisfies the contract.
 
-May import: the replica source (client, errors, settings, field mappings).
+May import: the replica source (client, protocol, errors, settings, field mappings).
 """
 
 from __future__ import annotations
@@ -32,12 +32,12 @@ from datetime import datetime
 from typing import Any
 
 from requests.exceptions import ConnectionError as RequestsConnectionError
-from requests.exceptions import RetryError, Timeout
+from requests.exceptions import HTTPError, RetryError, Timeout
 
-from loaders.replica import settings
-from loaders.replica.client import NDJSON, client, raise_for_api_status
+from loaders.replica.client import raise_for_api_status
 from loaders.replica.errors import ReplicaUnavailable
 from loaders.replica.mapping import FieldMap, map_described, map_record
+from loaders.replica.protocol import Api, Listing, read_pages
 
 log = logging.getLogger(__name__)
 
@@ -227,58 +227,73 @@ def check_records(
     return [found[k] for k in sorted(found)]
 
 
-def _get(api: Any, path: str, **kwargs: Any) -> Any:
+def _get(client: Any, path: str, **kwargs: Any) -> Any:
     try:
-        return api.get(path, **kwargs)
+        return client.get(path, **kwargs)
     except (RequestsConnectionError, Timeout, RetryError) as exc:
         raise ReplicaUnavailable(
-            f"cannot reach the replica API at {api.base_url}: {type(exc).__name__}: {exc}"
+            f"cannot reach the replica API at {client.base_url}: {type(exc).__name__}:"
+            f" {exc}"
         ) from None
 
 
 def _sample(
-    api: Any, path: str, size: int, since: str | None = None
+    api: Api, listing: Listing, path: str, size: int, since: datetime | None = None
 ) -> list[dict[str, Any]] | None:
-    """The first ``size`` records of an entity's listing, from ``since`` if given (None:
-    no such endpoint)."""
-    params: dict[str, Any] = {settings.PARAM_LIMIT: size}
+    """The first ``size`` records of an entity's listing (its first page, read as the
+    loader reads it), from ``since`` if given (None: no such endpoint)."""
+    params: dict[str, Any] = listing.page_params(size)
     if since:
-        params[settings.PARAM_SINCE] = since
-    response = _get(api, path, params=params, headers={"Accept": NDJSON})
-    if response.status_code == 404:
-        return None
-    raise_for_api_status(response, api.base_url)
+        params[listing.since_param] = listing.since_value(since)
+    pages = read_pages(api, listing, path, params, page_size=size)
+    try:
+        page = next(pages, None)
+    except HTTPError as exc:
+        if exc.response is not None and exc.response.status_code == 404:
+            return None
+        raise_for_api_status(exc.response, api.base_url)
+        raise
+    except (RequestsConnectionError, Timeout, RetryError) as exc:
+        raise ReplicaUnavailable(
+            f"cannot reach the replica API at {api.base_url}: {type(exc).__name__}: {exc}"
+        ) from None
+    finally:
+        pages.close()
     records = []
-    for line in response.content.decode().splitlines():
+    for line in (page.records if page else b"").decode().splitlines():
         if line.strip():
             try:
                 records.append(json.loads(line))
             except ValueError:
                 continue  # broken lines are the loader's quarantine's business
-    return records
+    return records[:size]
 
 
 def verify(
-    doc: dict[str, Any], base_url: str, token: str, sample: int = 200, since: str | None = None,
+    doc: dict[str, Any], api: Api, sample: int = 200, since: str | None = None,
     maps: dict[str, tuple[FieldMap, ...]] | None = None,
+    listings: dict[str, Listing] | None = None,
 ) -> Report:
-    """Check the API at ``base_url`` against the contract ``doc``: its schema, and
-    ``sample`` records per entity (changed at or after ``since``, an ISO-8601 time, if
-    given: e.g. the records written since a deploy), both as the field mappings ``maps``
-    map them."""
+    """Check the API ``api`` against the contract ``doc``: its schema (where it has a
+    schema endpoint), and ``sample`` records per entity (changed at or after ``since``,
+    an ISO-8601 time, if given: e.g. the records written since a deploy), both as the
+    field mappings ``maps`` map them; each entity's listing read as ``listings`` says
+    (default: the API's)."""
     maps = maps or {}
+    listings = listings or {}
     if sample < 0:
         raise ValueError(f"--sample must be 0 or more, got {sample}")
+    start = None
     if since:
         try:
-            datetime.fromisoformat(since.replace("Z", "+00:00"))
+            start = datetime.fromisoformat(since.replace("Z", "+00:00"))
         except ValueError:
             raise ValueError(f"--since must be an ISO-8601 time, got {since!r}") from None
-    api = client(base_url, token)
-    report = Report(api=base_url, contract_version=doc.get("version"))
+    client = api.client()
+    report = Report(api=api.base_url, contract_version=doc.get("version"))
     reported: dict[str, set[str]] = {}
-    response = _get(api, settings.SCHEMA_PATH or "v1/schema")
-    if response.status_code == 404:
+    response = _get(client, api.schema_path) if api.schema_path else None
+    if response is None or response.status_code == 404:
         report.notes.append("the API has no schema endpoint: checked sampled records only")
     else:
         raise_for_api_status(response, api.base_url)
@@ -290,7 +305,8 @@ def verify(
         if sample == 0 or any(v.kind == "entity_missing" and v.entity == entity
                               for v in report.violations):
             continue
-        records = _sample(api, spec["x-salesflow"]["endpoint"], sample, since)
+        records = _sample(api, listings.get(entity, api.listing),
+                          spec["x-salesflow"]["endpoint"], sample, start)
         if records is None:
             report.violations.append(Violation(
                 entity, None, "entity_missing", BREAKING,
@@ -304,7 +320,7 @@ def verify(
     for entity, entity_maps in sorted(maps.items()):
         report.notes += [f"{entity}: field mapping {m.describe()}" for m in entity_maps]
     log.info("contract %s against %s: %d breaking, %d warnings", report.contract_version,
-             base_url, len(report.breaking), len(report.warnings))
+             api.base_url, len(report.breaking), len(report.warnings))
     return report
 
 

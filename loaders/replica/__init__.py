@@ -1,21 +1,25 @@
 """dlt source for a sales platform's replica API.
 
-One resource per entity declared in :mod:`loaders.replica.settings`. Each is
-incremental on its cursor (state kept by dlt, committed with the load package, so it
-never advances past data that did not load), merged on its primary key (an update
-replaces the row; the newest version wins within a load), with deletions applied from
-the API's tombstones (``hard_delete``). Requests start ``lookback_seconds`` before the
-last cursor seen, so rows committed late are caught; rows read again unchanged are
-dropped before loading (:mod:`~loaders.replica.lookback`), so a cycle loads only what
-is new or changed. A row committed later than the lookback is caught two ways: where the
+One resource per entity declared in :mod:`loaders.replica.settings`. Each is incremental
+on its cursor (state kept by dlt, committed with the load package, so it never advances
+past data that did not load), merged on its primary key (an update replaces the row; the
+newest version wins within a load), with deletions applied as tombstones
+(``hard_delete`` on the ``deleted_marker`` column): the API's own in the listing,
+records whose soft-delete flag is true (their marker set to their cursor), or the rows
+of a deletions endpoint, read after the listing with its own position in the resource's
+state, each tombstone carrying the newest version known so the merge and the incremental
+never put it behind the record it deletes. Requests start ``lookback_seconds`` before
+the last cursor seen, so rows committed late are caught; rows read again unchanged are
+dropped before loading (:mod:`~loaders.replica.lookback`), so a cycle loads only what is
+new or changed. A row committed later than the lookback is caught two ways: where the
 API offers a commit sequence (an endpoint's ``sequence``), the listing is read by it
 instead (no lookback: nothing committed later has a smaller one); otherwise the caller
 asks, now and then, for a wider re-read of an entity (``rereads``: how far back, and the
 versions raw holds there, so that unchanged rows are still dropped). An entity's spec
-(:func:`entity_spec`) and its table's hints (:func:`resource_hints`) are worked out in one
-place each, which the quarantine's replay uses too: a record replayed is parsed and
-merged exactly as a new one. Merging stays by the record's version (``cursor``), whatever
-the listing is read by.
+(:func:`entity_spec`) and its table's hints (:func:`resource_hints`) are worked out in
+one place each, which the quarantine's replay uses too: a record replayed is parsed and
+merged exactly as a new one. Merging stays by the record's version (``cursor``),
+whatever the listing is read by.
 
 One endpoint failing on its own (an error status after the retries, a page that is not
 records) ends only its entity's listing when the caller collects failures
@@ -23,8 +27,14 @@ records) ends only its entity's listing when the caller collects failures
 saved, and the other entities load; auth, rate limits, maintenance, an unreachable API,
 or every entity failing, fail the load as a whole.
 
-The package: ``settings`` (endpoint declarations), ``errors``, ``client`` (HTTP, the
-schema and announcements endpoints), ``pages`` (NDJSON → Arrow, validation and
+How the API is spoken (body format, paging, auth, parameters, which endpoints it has)
+is configuration, held by :class:`~.protocol.Api`; the source takes one (default:
+today's protocol at ``base_url``).
+
+The package: ``settings`` (endpoint declarations), ``errors``, ``protocol`` (the
+configured API: dlt's paginators and auth, pages as bytes), ``jsondoc`` (a JSON document
+split into NDJSON records and its envelope), ``client`` (the schema, announcements,
+health and count endpoints), ``pages`` (NDJSON → Arrow, validation and
 quarantine: bad records go to the ``quarantine`` table with the reason, never silently
 away), ``lookback``, ``failures`` (endpoints that failed on their own), and the source
 itself here. It imports nothing of the project
@@ -35,23 +45,21 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Iterator, Sequence
-from datetime import datetime
+from dataclasses import replace
+from datetime import datetime, timedelta
 from typing import Any
 
 import dlt
 import pyarrow as pa
 import pyarrow.compute as pc
 from dlt.common.schema.typing import C_DLT_LOAD_ID
-from dlt.sources.helpers.rest_client.paginators import HeaderCursorPaginator
+from requests import Response
 from requests.exceptions import ConnectionError as RequestsConnectionError
 from requests.exceptions import HTTPError, RetryError, Timeout
 
 from loaders.replica import mapping, settings
 from loaders.replica.client import (
-    NDJSON,
-    NdjsonClient,
     api_error,
-    client,
     fetch_announcements,
     fetch_api_schema,
     prefetch,
@@ -76,9 +84,11 @@ from loaders.replica.pages import (
     EntitySpec,
     ParsedPage,
     check_page_type,
+    parse_deletions,
     parse_page,
     quarantine_table,
 )
+from loaders.replica.protocol import Api, Listing, api_from_settings, read_pages
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +106,9 @@ __all__ = [
     "ReplicaUnavailable",
     "EndpointFailure",
     "EndpointFailures",
+    "Api",
+    "Listing",
+    "api_from_settings",
 ]
 
 
@@ -112,7 +125,7 @@ def _as_datetime(value: datetime | str) -> datetime:
 
 
 def _entity_resource(
-    api: NdjsonClient,  # one per resource: resources are extracted in parallel threads
+    api: Api,
     spec: EntitySpec,
     page_size: int,
     start_date: str,
@@ -121,8 +134,10 @@ def _entity_resource(
     observations: Observations | None = None,
     failures: EndpointFailures | None = None,
     reread: Reread | None = None,
+    listing: Listing | None = None,
 ):
     first_start = _as_datetime(start_date)  # a bad start date fails here, not mid-load
+    listing = listing or api.listing
     # read by a commit sequence: no lookback; else the lookback, or this cycle's re-read
     lag = 0.0 if spec.sequence else reread.seconds if reread else lookback_seconds
 
@@ -148,9 +163,10 @@ def _entity_resource(
                 spec.sequence_param or settings.PARAM_SINCE_SEQ: cursor.start_value or 0,
             }
         else:
-            since = _as_datetime(cursor.start_value or first_start)
-            params = {settings.PARAM_SINCE: _iso(since)}
-        params[settings.PARAM_LIMIT] = page_size
+            asked = _as_datetime(cursor.start_value or first_start)
+            params = {listing.since_param: listing.since_value(asked)}
+            since = listing.since_requested(asked)
+        params.update(listing.page_params(page_size))
         # rows read again from the lookback window (or a re-read) load only if they
         # changed
         window = (
@@ -160,16 +176,17 @@ def _entity_resource(
         )
         if window is not None and reread is not None:
             window.also_seen(reread.versions)
-        paginator = HeaderCursorPaginator(
-            cursor_key=settings.NEXT_CURSOR_HEADER, cursor_param=settings.PARAM_CURSOR
-        )
+        newest = Newest(cursor.start_value if not spec.sequence else None)
+
+        def checked(number: int, response: Response) -> None:
+            check_page_type(spec, number, response, listing)
+
         try:
-            responses = api.paginate(
-                spec.path, params=params, paginator=paginator, headers={"Accept": NDJSON}
-            )
+            responses = read_pages(api, listing, spec.path, params, checked, spec.name,
+                                   page_size)
             # pages are fetched and parsed in threads of their own, each ahead of the
             # next step, so dlt writing one page overlaps parsing the next
-            for parsed in prefetch(_parsed(spec, prefetch(responses), since)):
+            for parsed in prefetch(_parsed(spec, prefetch(responses), since, listing.since_param)):
                 if observations is not None:
                     observations.add(spec.name, parsed.seen)
                 if parsed.quarantined:
@@ -188,21 +205,13 @@ def _entity_resource(
                     )
                 if parsed.table is not None:
                     table = window.drop_seen(parsed.table) if window else parsed.table
-                    if append and spec.deleted_marker in table.column_names:
-                        # a first load: tombstones go aside (loaders.runners.first_loads applies
-                        # them to the rare rows listed before their deletion)
-                        table, tombstones = split_tombstones(spec, table)
-                        if tombstones.num_rows:
-                            yield dlt.mark.with_hints(
-                                with_load_id_slot(tombstones),
-                                dlt.mark.make_hints(
-                                    table_name=tombstones_table(spec.name),
-                                    write_disposition="append",
-                                ),
-                                create_table_variant=True,
-                            )
-                    if table.num_rows:
-                        yield with_load_id_slot(table)
+                    if spec.deletions_path:
+                        newest.see(parsed.table[spec.cursor])
+                    yield from _rows(spec, table, append)
+            if spec.deletions_path:
+                # after the listing: a record listed and then deleted is deleted
+                yield from _deletions(api, spec, listing, page_size, first_start, lag,
+                                      newest, append)
             if window:
                 window.save()
         except HTTPError as exc:
@@ -222,9 +231,86 @@ def _entity_resource(
     return dlt.resource(pages, **resource_hints(spec, append), parallelized=True)
 
 
-def _secrets(api: NdjsonClient) -> tuple[str, ...]:
-    token = getattr(api.auth, "token", None)
-    return (token,) if isinstance(token, str) else ()
+def _rows(spec: EntitySpec, table: pa.Table, append: bool) -> Iterator[Any]:
+    """A page's rows as the entity's table takes them; on a first load (``append``), its
+    tombstones set aside (:mod:`loaders.runners.first_loads` applies them to the rare
+    rows listed before their deletion)."""
+    if append and spec.deleted_marker in table.column_names:
+        table, tombstones = split_tombstones(spec, table)
+        if tombstones.num_rows:
+            yield dlt.mark.with_hints(
+                with_load_id_slot(tombstones),
+                dlt.mark.make_hints(
+                    table_name=tombstones_table(spec.name),
+                    write_disposition="append",
+                ),
+                create_table_variant=True,
+            )
+    if table.num_rows:
+        yield with_load_id_slot(table)
+
+
+class Newest:
+    """The newest version of an entity known: where the listing started from, then the
+    newest read (one vectorised max per page)."""
+
+    def __init__(self, start: Any) -> None:
+        self.value: datetime | None = _as_datetime(start) if start else None
+
+    def see(self, versions: pa.ChunkedArray) -> None:
+        if not pa.types.is_timestamp(versions.type):
+            versions = pc.cast(versions, pa.timestamp("us", tz="UTC"))
+        top = pc.max(versions).as_py()
+        if top is not None and (self.value is None or top > self.value):
+            self.value = top
+
+
+DELETIONS_STATE = "deletions_since"
+
+
+def _deletions(
+    api: Api, spec: EntitySpec, listing: Listing, page_size: int, first_start: datetime,
+    lag: float, newest: Newest, append: bool,
+) -> Iterator[Any]:
+    """The deletions endpoint's listing since its own position (kept in the resource's
+    state, committed with the load, lag as the listing's), as tombstones
+    ``{key, deleted_marker, cursor}`` into the entity's table. A tombstone's cursor is
+    the later of its deletion and the newest version known, so it is never older than
+    the record it deletes (the newest version wins a merge) nor behind the listing's
+    incremental start (which would drop it)."""
+    state = dlt.current.resource_state()
+    position = state.get(DELETIONS_STATE)
+    start = _as_datetime(position) - timedelta(seconds=lag) if position else first_start
+    params: dict[str, Any] = {listing.since_param: listing.since_value(start)}
+    params.update(listing.page_params(page_size))
+    marker = spec.deleted_marker or settings.DELETED_MARKER
+    latest: datetime | None = _as_datetime(position) if position else None
+
+    def checked(number: int, response: Response) -> None:
+        check_page_type(replace(spec, path=spec.deletions_path or spec.path), number,
+                        response, listing)
+
+    for page in read_pages(api, listing, spec.deletions_path or "", params, checked,
+                           spec.name, page_size):
+        deleted = parse_deletions(spec, page.records)
+        if deleted is None or not deleted.num_rows:
+            continue
+        when = deleted[marker]
+        top = pc.max(when).as_py()
+        latest = top if latest is None or top > latest else latest
+        version = when
+        if newest.value is not None:
+            known = pa.scalar(newest.value, when.type)
+            version = pc.if_else(pc.less(when, known), known, when)
+        tombstones = deleted.append_column(pa.field(spec.cursor, when.type, nullable=False),
+                                           version)
+        yield from _rows(spec, _sequence_slot(spec, tombstones), append)
+    if latest is not None:
+        state[DELETIONS_STATE] = _iso(latest)
+
+
+def _secrets(api: Api) -> tuple[str, ...]:
+    return (api.token,) if api.token else ()
 
 
 def _stop(failures: EndpointFailures | None, failure: EndpointFailure) -> None:
@@ -305,20 +391,21 @@ def entity_spec(
         cursor=settings.cursor_of(endpoint),
         sequence=sequence[0] if sequence else None,
         sequence_param=sequence[1] if sequence else None,
-        deleted_marker=endpoint.get("deleted_marker"),
+        deleted_marker=settings.deleted_marker_of(endpoint),
+        soft_delete_field=endpoint.get("soft_delete_field") or None,
+        deletions_path=endpoint.get("deletions_path") or None,
         fields={f["name"]: f["type"] for f in entity_fields},
         required=tuple(f["name"] for f in entity_fields if f.get("required")),
     ).with_mapping(maps, known).with_variants(known, freeze_types=freezes_types(contract))
 
 
 def _parsed(
-    spec: EntitySpec, pages: Iterable[Any], since: datetime | None
+    spec: EntitySpec, pages: Iterable[Any], since: datetime | None, since_param: str
 ) -> Iterator[ParsedPage]:
-    """The pages of a listing, checked and parsed (``since``: the start requested, when
-    the listing is by time)."""
-    for number, page in enumerate(pages, 1):
-        check_page_type(spec, number, page.response)
-        yield parse_page(spec, page[0], since)
+    """The pages of a listing (checked by :func:`read_pages`), parsed (``since``: the
+    start requested, when the listing is by time and the format can say it)."""
+    for page in pages:
+        yield parse_page(spec, page.records, since, since_param)
 
 
 def tombstones_table(entity: str) -> str:
@@ -380,6 +467,7 @@ def replica_source(
     observations: Observations | None = None,
     failures: EndpointFailures | None = None,
     rereads: dict[str, Reread] | None = None,
+    api: Api | None = None,
 ) -> Any:
     """All entities of the replica API (or just ``entities``), as incremental resources.
 
@@ -395,9 +483,11 @@ def replica_source(
     like (see :mod:`.observe`). ``failures`` collects the entities whose endpoint failed
     on its own (see :mod:`.failures`): the others load; without it, any failure fails
     the load. ``rereads``: entities read this cycle from further back than the lookback
-    (see :class:`~.lookback.Reread`)."""
+    (see :class:`~.lookback.Reread`). ``api``: how the API is spoken (see
+    :mod:`.protocol`; default: today's protocol at ``base_url`` with ``token``)."""
     if not base_url.startswith(("http://", "https://")):
         raise ReplicaError(f"base_url must be an http(s) URL, got {base_url!r}")
+    api = api or api_from_settings(base_url, token, {})
     if not 1 <= page_size <= 1_000_000:
         raise ReplicaError(f"page_size must be between 1 and 1000000, got {page_size}")
     declared = dict(endpoints or settings.ENDPOINTS)
@@ -411,7 +501,7 @@ def replica_source(
             f" declared: {sorted(declared)}"
         )
     contracts = {**settings.SCHEMA_CONTRACTS, **(schema_contracts or {})}
-    schema = described if described is not None else fetch_api_schema(base_url, token)
+    schema = described if described is not None else fetch_api_schema(api)
     resources = []
     for name, ep in declared.items():
         if entities and name not in entities:
@@ -426,10 +516,11 @@ def replica_source(
                 name, sorted(spec.frozen),
             )
         resource = _entity_resource(
-            client(base_url, token, spec.name), spec, page_size, start_date,
+            api, spec, page_size, start_date,
             lookback_seconds, append=name in append, observations=observations,
             failures=failures,
             reread=(rereads or {}).get(name),
+            listing=api.listing_for(ep),
         )
         resource.apply_hints(schema_contract=contracts.get(name))
         resources.append(resource)

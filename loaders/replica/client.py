@@ -1,30 +1,31 @@
-"""Talking to the replica API: dlt's REST client with NDJSON pages, a prefetching
-iterator, and the API's schema, announcements and health endpoints.
+"""Talking to the replica API beyond its listings: a prefetching iterator, and the
+API's schema, announcements, health and count endpoints, each read through the
+configured :class:`~loaders.replica.protocol.Api` (its paths and auth).
 
-May import: dlt, requests, and this package's ``settings`` and ``errors``.
+May import: dlt, requests, and this package's ``settings``, ``errors`` and ``protocol``.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 import math
 import queue
 import threading
-from collections.abc import Iterable, Iterator
-from typing import Any, TypedDict
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, TypedDict, TypeVar
 
 import requests
 from dlt.sources.helpers.rest_client import RESTClient
-from dlt.sources.helpers.rest_client.auth import BearerTokenAuth
 from requests import Response
 from requests.exceptions import ConnectionError as RequestsConnectionError
 from requests.exceptions import RetryError, Timeout
 
 from loaders.replica import settings
 from loaders.replica.errors import ReplicaAuthError, ReplicaError, ReplicaUnavailable
+from loaders.replica.protocol import Api
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class FieldChange(TypedDict, total=False):
@@ -55,44 +56,6 @@ class Announcement(TypedDict, total=False):
     status: str  # upcoming | applied
     changes: list[FieldChange]
     source: str  # api | repository
-
-NDJSON = "application/x-ndjson"
-# content types a page of records may come in (an error page in HTML, or a JSON document,
-# is not records)
-NDJSON_TYPES = frozenset(
-    {NDJSON, "application/ndjson", "application/jsonl", "application/x-jsonlines"}
-)
-
-
-BODY_READ_SIZE = 1 << 20
-
-
-def _read_body(response: Response, *args: Any, **kwargs: Any) -> Response:
-    """Read the whole body in large reads (requests' default reads 10 KiB at a time, a
-    cost per byte on multi-megabyte pages). A response hook, so it runs inside dlt's
-    retried ``send``: a connection dropped mid-body is retried like any other."""
-    if response._content is False:  # not read yet
-        response._content = b"".join(response.iter_content(BODY_READ_SIZE))
-        response._content_consumed = True
-    return response
-
-
-class NdjsonClient(RESTClient):
-    """dlt's REST client (session, auth, retries, paginators) with NDJSON pages: a page's
-    data is its raw body, parsed by :func:`parse_page`."""
-
-    def _send_request(self, request: Any, **kwargs: Any) -> Response:
-        hooks = request.hooks.setdefault("response", [])
-        if _read_body not in hooks:
-            hooks.insert(0, _read_body)
-        return super()._send_request(request, stream=True, **kwargs)
-
-    def detect_data_selector(self, response: Response) -> str:
-        return "$"
-
-    def extract_response(self, response: Response, data_selector: Any) -> list[Any]:
-        return [response.content]
-
 
 _DONE = object()
 
@@ -186,38 +149,33 @@ def api_error(response: Response, base_url: str | None) -> ReplicaError | None:
     return ReplicaError(what + " (check the endpoint declarations and base_url)")
 
 
-@functools.lru_cache(maxsize=64)
-def client(base_url: str, token: str, user: str = "") -> NdjsonClient:
-    """One client per (API, token, user) for the life of the process: a continuous run
-    does not pay dlt's configuration resolution for each client every cycle. ``user``
-    keeps resources apart: each is extracted in a thread of its own, one at a time."""
-    return NdjsonClient(base_url=base_url.rstrip("/") + "/", auth=BearerTokenAuth(token))
-
-
-def fetch_api_schema(base_url: str, token: str) -> dict[str, dict[str, Any]]:
-    """The API's fields and types per entity ({} if it has no schema endpoint)."""
+def _reach(api: Api, what: Callable[[], T]) -> T:
     try:
-        return api_schema(client(base_url, token), settings.SCHEMA_PATH)
+        return what()
     except (RequestsConnectionError, Timeout, RetryError) as exc:
         raise ReplicaUnavailable(
-            f"cannot reach the replica API at {base_url}: {type(exc).__name__}: {exc}"
+            f"cannot reach the replica API at {api.base_url}: {type(exc).__name__}: {exc}"
         ) from None
 
 
-def fetch_announcements(base_url: str, token: str) -> list[Announcement]:
+def fetch_api_schema(api: Api) -> dict[str, dict[str, Any]]:
+    """The API's fields and types per entity ({} if it has no schema endpoint: its
+    ``schema_path`` is "", or it answers 404 there)."""
+    if not api.schema_path:
+        return {}
+    client = api.client()
+    return _reach(api, lambda: api_schema(client, api.schema_path))
+
+
+def fetch_announcements(api: Api) -> list[Announcement]:
     """The API's announced schema changes, upcoming and applied ([] without any)."""
-    if not settings.ANNOUNCEMENTS_PATH:
+    if not api.announcements_path:
         return []
-    api = client(base_url, token)
-    try:
-        response = api.get(settings.ANNOUNCEMENTS_PATH)
-    except (RequestsConnectionError, Timeout, RetryError) as exc:
-        raise ReplicaUnavailable(
-            f"cannot reach the replica API at {base_url}: {type(exc).__name__}: {exc}"
-        ) from None
+    client = api.client()
+    response = _reach(api, lambda: client.get(api.announcements_path))
     if response.status_code == 404:
         return []
-    raise_for_api_status(response, api.base_url)
+    raise_for_api_status(response, client.base_url)
     announced: list[Announcement] = response.json().get("announcements", [])
     return [{**a, "source": "api"} for a in announced]
 
@@ -227,19 +185,18 @@ LAG_TIMEOUT = 5.0
 
 
 def fetch_replication_lag(
-    base_url: str, token: str, path: str, lag_field: str, timeout: float = LAG_TIMEOUT
+    api: Api, path: str, lag_field: str, timeout: float = LAG_TIMEOUT
 ) -> float | None:
     """The replication lag in seconds the API reports in field ``lag_field`` of its JSON
     answer at ``path`` (relative to ``base_url``); None when the field is null. One GET
     without retries; anything else is a :class:`ReplicaError` saying what to change."""
-    url = base_url.rstrip("/") + "/" + path.lstrip("/")
+    url = api.url(path.lstrip("/"))
     off = (
         "set sources.replica.health_path and replication_lag_field to where the API"
         " reports its lag, or health_path = \"\" to read none"
     )
     try:
-        response = requests.get(url, headers={"Authorization": f"Bearer {token}"},
-                                timeout=timeout)
+        response = requests.get(url, auth=api.requests_auth(), timeout=timeout)
     except requests.RequestException as exc:
         raise ReplicaError(f"cannot read the replication lag at {url}:"
                            f" {type(exc).__name__}") from None
@@ -267,18 +224,21 @@ def fetch_replication_lag(
 
 
 def fetch_live_count(
-    base_url: str, token: str, path: str, updated_before: Any, timeout: float = LAG_TIMEOUT
+    api: Api, path: str, updated_before: Any, timeout: float = LAG_TIMEOUT
 ) -> int | None:
     """How many live records (tombstones not counted) the listing at ``path`` holds with
-    an updated_at before ``updated_before`` (a datetime), from its count endpoint
-    (``<path>/count?updated_before=``); None when the API has none (404). One GET without
-    retries; anything else is a :class:`ReplicaError` saying what went wrong."""
-    url = f"{base_url.rstrip('/')}/{path.strip('/')}/{settings.COUNT_SUFFIX}"
+    an updated_at before ``updated_before`` (a datetime), from its count endpoint (the
+    API's ``count_path``, ``?updated_before=`` in ISO); None when the API has none ("",
+    or 404). One GET without retries; anything else is a :class:`ReplicaError` saying
+    what went wrong."""
+    url = api.count_url(path)
+    if url is None:
+        return None
     before = updated_before.isoformat().replace("+00:00", "Z")
     try:
         response = requests.get(
             url, params={settings.PARAM_UPDATED_BEFORE: before},
-            headers={"Authorization": f"Bearer {token}"}, timeout=timeout,
+            auth=api.requests_auth(), timeout=timeout,
         )
     except requests.RequestException as exc:
         raise ReplicaError(f"cannot read the record count at {url}: {type(exc).__name__}") from None

@@ -10,8 +10,12 @@ Each page is also observed (:mod:`.observe`: what its records looked like, befor
 set aside) and mapped (:mod:`.mapping`: fields renamed, combined, cast or moved by
 configuration) before it is validated.
 
+A soft-deleted record (its ``soft_delete_field`` true) becomes a tombstone here, vectorised:
+its ``deleted_marker`` is set to its cursor, and it is applied as any tombstone. A
+deletions endpoint's pages ({key, deleted marker}) are read by :func:`parse_deletions`.
+
 May import: pyarrow, dlt's naming convention, and this package's ``settings``,
-``errors``, ``client`` (content types), ``observe`` and ``mapping``.
+``errors``, ``protocol`` (content types), ``observe`` and ``mapping``.
 """
 
 from __future__ import annotations
@@ -33,10 +37,10 @@ from dlt.common.normalizers.naming.snake_case import NamingConvention
 from requests import Response
 
 from loaders.replica import mapping
-from loaders.replica.client import NDJSON_TYPES
 from loaders.replica.errors import PageError
 from loaders.replica.mapping import FieldMap
 from loaders.replica.observe import EntitySeen, observe_held, observe_table
+from loaders.replica.protocol import Listing, check_content_type
 from loaders.replica.settings import PARAM_SINCE
 
 # how dlt names raw columns after the API's fields (its default naming convention)
@@ -99,6 +103,10 @@ class EntitySpec:
     # settings.sequence_of); None: the listing is read by ``cursor``
     sequence: str | None = None
     sequence_param: str | None = None
+    # deletions by a flag in the records (a record whose flag is true is deleted: its
+    # deleted_marker is set to its cursor), or listed by an endpoint of their own
+    soft_delete_field: str | None = None
+    deletions_path: str | None = None
     # from the API's schema endpoint; empty when the API has none (types are inferred)
     fields: dict[str, str] = field(default_factory=dict)
     required: tuple[str, ...] = ()
@@ -185,18 +193,22 @@ class ParsedPage:
     seen: EntitySeen = field(default_factory=EntitySeen)
 
 
-def check_page_type(spec: EntitySpec, number: int, response: Response) -> None:
-    """Refuse a page that is not NDJSON (an HTML error page a proxy answered with 200,
-    a JSON document): its lines are not records, and quarantining them line by line
-    would hide that the listing was cut short."""
-    declared = response.headers.get("Content-Type", "")
-    media = declared.split(";")[0].strip().lower()
-    if not media or media in NDJSON_TYPES:
+def check_page_type(
+    spec: EntitySpec, number: int, response: Response, listing: Listing | None = None
+) -> None:
+    """Refuse a page that is not in the listing's format (default NDJSON): an HTML error
+    page a proxy answered with 200, a JSON document where NDJSON was asked for. Its lines
+    are not records, and quarantining them line by line would hide that the listing was
+    cut short."""
+    listing = listing or Listing()
+    media = check_content_type(listing, response)
+    if media is None:
         return
     query = response.request.path_url.partition("?")[2] if response.request else ""
     raise PageError(
         f"{spec.name}: page {number} of {spec.path} ({query or 'first page'}) came back as"
-        f" {media} ({response.status_code}), not NDJSON: {response.content[:120]!r}. The"
+        f" {media} ({response.status_code}), not {listing.format.upper()}:"
+        f" {response.content[:120]!r}. The"
         " API, or a proxy in front of it, answered with something other than records;"
         f" the listing of {spec.name} stopped there: run it again once the API serves"
         " records",
@@ -418,10 +430,13 @@ def _set_aside_null_required(
     return table
 
 
-def parse_page(spec: EntitySpec, body: bytes, since: datetime | None = None) -> ParsedPage:
+def parse_page(
+    spec: EntitySpec, body: bytes, since: datetime | None = None,
+    since_param: str = PARAM_SINCE,
+) -> ParsedPage:
     """Parse one NDJSON page into a valid Arrow table plus quarantined records
-    (``since``: the start the page was requested from; rows before it are
-    quarantined)."""
+    (``since``: the start the page was requested from, as ``since_param``; rows before
+    it are quarantined)."""
     quarantined: list[dict[str, Any]] = []
     seen = EntitySeen()
     if not body.strip():
@@ -449,6 +464,8 @@ def parse_page(spec: EntitySpec, body: bytes, since: datetime | None = None) -> 
                 " declaration (primary_key / cursor)",
                 answered=f"records without the {name!r} field",
             )
+    if spec.soft_delete_field:
+        table = mark_soft_deleted(spec, table)
     table = _set_aside_null_required(spec, table, quarantined)
 
     # rows behind the requested start: the API broke its order; merging them could put
@@ -456,7 +473,7 @@ def parse_page(spec: EntitySpec, body: bytes, since: datetime | None = None) -> 
     if since is not None and table.num_rows and pa.types.is_timestamp(table[cursor].type):
         behind = pc.less(table[cursor], pa.scalar(since, table[cursor].type))
         reason = (
-            f"{cursor} before the requested {PARAM_SINCE} ({since.isoformat()}): the"
+            f"{cursor} before the requested {since_param} ({since.isoformat()}): the"
             " API served a row out of order"
         )
         table = _set_aside(spec, table, behind, reason, quarantined, "out_of_order", cursor)
@@ -484,6 +501,70 @@ def parse_page(spec: EntitySpec, body: bytes, since: datetime | None = None) -> 
     if spec.variants:
         table = table.rename_columns([spec.variants.get(n, n) for n in table.column_names])
     return ParsedPage(table, quarantined, seen)
+
+
+MARKER_TYPE = pa.timestamp("us", tz="UTC")
+
+
+def mark_soft_deleted(spec: EntitySpec, table: pa.Table) -> pa.Table:
+    """``table`` with the records whose ``soft_delete_field`` is true made tombstones:
+    their ``deleted_marker`` set to their cursor (a marker the record already carries
+    stays)."""
+    flag_name, marker = spec.soft_delete_field, spec.deleted_marker
+    if not flag_name or not marker or flag_name not in table.column_names:
+        return table
+    try:
+        flag = pc.fill_null(pc.cast(table[flag_name], pa.bool_()), False)
+        version = pc.cast(table[spec.cursor], MARKER_TYPE)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+        raise PageError(
+            f"{spec.name}: the soft-delete flag {flag_name!r} is not a boolean, or the"
+            f" cursor {spec.cursor!r} not a time: {exc}; check soft_delete_field under"
+            f" [sources.replica.endpoints.{spec.name}]",
+            answered=f"records whose {flag_name!r} is not a boolean",
+        ) from None
+    deleted = pc.if_else(flag, version, pa.scalar(None, MARKER_TYPE))
+    if marker in table.column_names:
+        deleted = pc.coalesce(pc.cast(table[marker], MARKER_TYPE), deleted)
+        return table.set_column(
+            table.schema.get_field_index(marker), pa.field(marker, MARKER_TYPE), deleted
+        )
+    return table.append_column(pa.field(marker, MARKER_TYPE), deleted)
+
+
+def parse_deletions(spec: EntitySpec, body: bytes) -> pa.Table | None:
+    """A page of the deletions endpoint ({key, deleted marker} per line; other fields
+    ignored) as (key, marker), rows without either left out (they delete nothing)."""
+    marker = spec.deleted_marker
+    if not body.strip() or not marker:
+        return None
+    key_type = ARROW_TYPES.get(spec.fields.get(spec.primary_key, ""))
+    try:
+        # the key inferred, so that a page without it is told from one without deletions
+        table = pj.read_json(io.BytesIO(body), parse_options=pj.ParseOptions(
+            explicit_schema=pa.schema([pa.field(marker, MARKER_TYPE)]),
+            unexpected_field_behavior="infer"))
+        if key_type is not None and spec.primary_key in table.column_names:
+            table = table.set_column(
+                table.schema.get_field_index(spec.primary_key), spec.primary_key,
+                pc.cast(table[spec.primary_key], key_type))
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
+        raise PageError(
+            f"{spec.name}: a page of {spec.deletions_path} is not deletions"
+            f" ({{{spec.primary_key}, {marker}}} per record): {exc}",
+            answered=f"deletions that cannot be read: {exc}"[:200],
+        ) from None
+    if spec.primary_key not in table.column_names:
+        raise PageError(
+            f"{spec.name}: the deletions at {spec.deletions_path} have no"
+            f" {spec.primary_key!r} field",
+            answered=f"deletions without the {spec.primary_key!r} field",
+        )
+    table = table.select([spec.primary_key, marker])
+    table = table.filter(pc.and_(pc.is_valid(table[spec.primary_key]),
+                                 pc.is_valid(table[marker])))
+    # the key is never null past this point, as dlt's schema says of it
+    return table.cast(table.schema.set(0, table.schema.field(0).with_nullable(False)))
 
 
 def _map(

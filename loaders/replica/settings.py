@@ -16,7 +16,7 @@ May import: nothing.
 
 from __future__ import annotations
 
-from typing import TypedDict
+from typing import Any, TypedDict
 
 
 class Endpoint(TypedDict, total=False):
@@ -29,6 +29,17 @@ class Endpoint(TypedDict, total=False):
     # asks for records after a value of it): the incremental cursor when declared
     sequence: str
     sequence_param: str
+    # how the listing is served, over the API's (see loaders.replica.protocol)
+    format: str
+    records_path: str
+    paginator: dict[str, Any]
+    since_param: str
+    since_format: str
+    limit_param: str
+    # deletions other than tombstones in the listing (deleted_marker then defaults to
+    # DELETED_MARKER): a soft-delete flag in the records, or a deletions endpoint
+    soft_delete_field: str
+    deletions_path: str
 
 
 ENDPOINTS: dict[str, Endpoint] = {
@@ -67,19 +78,34 @@ def sequence_of(endpoint: Endpoint) -> tuple[str, str] | None:
     return (field, endpoint.get("sequence_param") or PARAM_SINCE_SEQ) if field else None
 
 
-# the API's schema endpoint (field names and types per entity); None if the API has none
+def deleted_marker_of(endpoint: Endpoint) -> str | None:
+    """The raw column that marks a deleted record: as declared, else
+    :data:`DELETED_MARKER` where deletions come as a soft-delete flag or from a deletions
+    endpoint, else none (the endpoint's records are never deleted)."""
+    declared = endpoint.get("deleted_marker")
+    if declared:
+        return declared
+    if endpoint.get("soft_delete_field") or endpoint.get("deletions_path"):
+        return DELETED_MARKER
+    return None
+
+
+# The protocol's defaults (today's API; each is a [sources.replica] setting, see
+# loaders.replica.protocol): the schema endpoint ("" if the API has none) ...
 SCHEMA_PATH = "v1/schema"
-# announced schema changes (None if the API publishes none)
+# ... announced schema changes ("" if the API publishes none) ...
 ANNOUNCEMENTS_PATH = "v1/announcements"
-# query parameters of the incremental listing
+# ... the incremental listing's parameters and its next-page cursor ...
 PARAM_SINCE = "updated_since"
 PARAM_CURSOR = "cursor"
 PARAM_LIMIT = "limit"
-PARAM_SINCE_SEQ = "since_seq"  # the usual name of a sequence's parameter
-# live records updated before a time, for reconciliation: GET <path>/count?updated_before=
-COUNT_SUFFIX = "count"
-PARAM_UPDATED_BEFORE = "updated_before"
 NEXT_CURSOR_HEADER = "X-Next-Cursor"
+# ... and live records updated before a time, for reconciliation:
+# GET <count_path with the endpoint's path>?updated_before=
+COUNT_PATH = "{path}/count"
+PARAM_UPDATED_BEFORE = "updated_before"
+PARAM_SINCE_SEQ = "since_seq"  # the usual name of a sequence's parameter
+DELETED_MARKER = "deleted_at"
 
 QUARANTINE_TABLE = "quarantine"
 PIPELINE_NAME = "salesflow_replica"

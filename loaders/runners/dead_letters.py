@@ -49,10 +49,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from loaders import config, replica, warehouse
+from loaders.contract import document as contract_document
 from loaders.replica import settings as replica_settings
 from loaders.replica.client import fetch_api_schema
 from loaders.replica.errors import ReplicaError
 from loaders.replica.pages import RULES, EntitySpec, parse_page
+from loaders.replica.protocol import Api
 from loaders.runners import pipeline as runner
 from loaders.runners import quarantine as quarantine_runner
 
@@ -318,13 +320,13 @@ def _chunks(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
         yield items[start:start + size]
 
 
-def specs(pipe: dlt.Pipeline, entities: Iterable[str], api: config.ApiConnection,
+def specs(pipe: dlt.Pipeline, entities: Iterable[str], api: Api,
           ) -> dict[str, EntitySpec]:
     """The current spec of each declared entity of ``entities``, built as the source
     builds it: the endpoints and schema contracts configured, the API's schema now and
     the raw columns' types."""
     declared = config.endpoints()
-    described = fetch_api_schema(api.base_url, api.token)
+    described = fetch_api_schema(api) if api.schema_path else contract_document.described()
     known = warehouse.known_types(pipe)
     contracts = config.schema_contracts()
     maps = config.field_maps()

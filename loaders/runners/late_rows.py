@@ -52,6 +52,7 @@ from loaders.replica import settings as replica_settings
 from loaders.replica.client import fetch_live_count
 from loaders.replica.errors import ReplicaError
 from loaders.replica.lookback import versions
+from loaders.replica.protocol import Api
 
 log = logging.getLogger(__name__)
 
@@ -173,7 +174,7 @@ def plan(
 
 
 def after_load(
-    pipeline: dlt.Pipeline, api: config.ApiConnection, declared: dict[str, Any],
+    pipeline: dlt.Pipeline, api: Api, declared: dict[str, Any],
     entities: Any, lookback: float, late: Plan, alarms: AlarmCheck, now: datetime,
 ) -> None:
     """After a successful load: remember the re-read, reconcile the counts when due (and
@@ -196,7 +197,7 @@ def after_load(
 
 
 def reconcile(
-    pipeline: dlt.Pipeline, api: config.ApiConnection, declared: dict[str, Any],
+    pipeline: dlt.Pipeline, api: Api, declared: dict[str, Any],
     check: list[str], lookback: float, state: dict[str, Any],
 ) -> tuple[list[Condition], list[str]]:
     """The gaps found in ``check`` and the entities judged. An API without counts marks
@@ -212,15 +213,19 @@ def reconcile(
                 f" where {cursor} < %s", before,
             )
             try:
-                upstream = fetch_live_count(api.base_url, api.token, ep["path"], before)
+                upstream = fetch_live_count(api, ep["path"], before)
             except ReplicaError as exc:
                 log.warning("%s: counts not reconciled this cycle: %s", name, exc)
                 continue
             if upstream is None:
+                where = (
+                    f"{api.count_path.replace('{path}', ep['path'].strip('/'))} answers 404"
+                    if api.count_path else 'sources.replica.count_path = ""'
+                )
                 log.warning(
-                    "the replica API serves no record counts (%s/%s answers 404): counts are"
-                    " not reconciled; rows committed later than the lookback are caught"
-                    " only by wide re-reads", ep["path"], replica_settings.COUNT_SUFFIX,
+                    "the replica API serves no record counts (%s): counts are not"
+                    " reconciled; rows committed later than the lookback are caught only by"
+                    " wide re-reads", where,
                 )
                 state["no_counts"] = api.base_url
                 return found, judged

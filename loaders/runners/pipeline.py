@@ -43,6 +43,7 @@ from dlt.destinations.exceptions import DatabaseUndefinedRelation
 from dlt.pipeline.exceptions import PipelineStepFailed
 
 from loaders import config, dbt_project, warehouse
+from loaders.contract import document as contract_document
 from loaders.monitoring import health, marts, notify, rhythm
 from loaders.monitoring.alarms import AlarmCheck, Condition
 from loaders.replica import freezes_types, replica_source
@@ -52,6 +53,7 @@ from loaders.replica.errors import ReplicaError
 from loaders.replica.failures import EndpointFailure, EndpointFailures
 from loaders.replica.observe import Observations
 from loaders.replica.pages import type_changes
+from loaders.replica.protocol import Api
 from loaders.runners import endpoints, first_loads, holds, late_rows, quarantine
 from loaders.schema_changes import observed, track, unresolved
 from loaders.schema_changes.declared import Announced, all_announcements, report_invalid
@@ -296,7 +298,7 @@ def finish_normalize_commits(pipeline: dlt.Pipeline) -> list[str]:
     return finished
 
 
-def _announcements(api: config.ApiConnection, entities: Sequence[str]) -> Announced:
+def _announcements(api: Api, entities: Sequence[str]) -> Announced:
     """The API's announcements and the repository's; the API's unreadable fails the
     cycle as its records would, a declared file that cannot be used does not."""
     announced = all_announcements(api.base_url, api.token, entities=entities)
@@ -328,7 +330,10 @@ def _load(kwargs: dict[str, Any], pipeline: dlt.Pipeline) -> LoadResult:
         positions = warehouse.cursor_positions(pipeline)
         declared = config.endpoints(kwargs.get("endpoints"))
         observed_at = health.utcnow()  # the API is read from here on
-        described = fetch_api_schema(api.base_url, api.token)
+        described = fetch_api_schema(api)  # the API's own description ({}: none)
+        # an API without a schema endpoint: the types the data contract commits to (the
+        # changes are still found in the records, see schema_changes.from_records)
+        types = described if api.schema_path else contract_document.described()
         announced = _announcements(api, list(declared))
         entity_contracts = config.schema_contracts(kwargs.get("schema_contracts"))
         frozen = {
@@ -359,9 +364,9 @@ def _load(kwargs: dict[str, Any], pipeline: dlt.Pipeline) -> LoadResult:
         source = replica_source(
             **{**kwargs, "base_url": api.base_url, "token": api.token,
                "schema_contracts": entity_contracts, "endpoints": declared,
-               "field_mapping": mappings},
+               "field_mapping": mappings, "api": api},
             known_types=before,
-            described=described,
+            described=types,
             append=[r.table for r in appended],
             observations=observations,
             failures=failures,
@@ -427,7 +432,7 @@ def _load(kwargs: dict[str, Any], pipeline: dlt.Pipeline) -> LoadResult:
 
 
 def check_stalls(
-    pipeline: dlt.Pipeline, api: config.ApiConnection, loaded: Sequence[str],
+    pipeline: dlt.Pipeline, api: Api, loaded: Sequence[str],
     result: LoadResult,
 ) -> None:
     """Judge the data's rhythm after a successful load (see
@@ -451,7 +456,7 @@ def check_stalls(
 
 
 def _judge_stalls(
-    pipeline: dlt.Pipeline, api: config.ApiConnection, loaded: Sequence[str],
+    pipeline: dlt.Pipeline, api: Api, loaded: Sequence[str],
     new_rows: dict[str, int], failed: set[str] | None = None,
 ) -> tuple[dict[str, list[Condition]], set[str | None] | None]:
     """The stall conditions, and the entities judged (None: all): every one but those
@@ -477,14 +482,14 @@ def _recent_loads(sql: Any, since: datetime) -> list[tuple[str, datetime, int]]:
         return []
 
 
-def replication_lag(api: config.ApiConnection) -> float | None:
+def replication_lag(api: Api) -> float | None:
     """The replication lag the API reports (seconds), or None: not configured, not
     reported, or not readable (logged: the data's rhythm alone is judged then)."""
     source = config.lag_source()
     if not source.enabled:
         return None
     try:
-        return fetch_replication_lag(api.base_url, api.token, source.path, source.lag_field)
+        return fetch_replication_lag(api, source.path, source.lag_field)
     except ReplicaError as exc:
         log.warning("%s; stalls are judged by the data's rhythm alone", exc)
         return None

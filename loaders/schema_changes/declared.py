@@ -320,8 +320,7 @@ def all_announcements(
     api: list[Announcement] = []
     api_error = None
     try:
-        connection = config.api_connection(base_url, token)
-        api = fetch_announcements(connection.base_url, connection.token)
+        api = fetch_announcements(config.api_connection(base_url, token))
     except ReplicaError as exc:
         api_error = exc
     declared = read_declared(
