@@ -269,6 +269,18 @@ def cmd_contract_verify(args) -> int:
     return report.exit_code
 
 
+def cmd_check_api(args) -> int:
+    from loaders.monitoring.redact import redact  # on use
+    from loaders.runners.check_api import check_api
+
+    report = check_api(base_url=args.base_url)
+    for line in report.lines():
+        print(redact(line))
+    print("check-api: " + ("everything needed for a first load works" if report.ok
+                           else "FAILED (fix the settings named above)"))
+    return 0 if report.ok else 1
+
+
 def cmd_status(args) -> int:
     from loaders import config  # on use
     from loaders.monitoring import status
@@ -480,6 +492,11 @@ def build_parser() -> argparse.ArgumentParser:
     ))
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_status)
+    p = sub.add_parser(
+        "check-api", help="before a first load: probe the configured replica API and say"
+        " what works; exit 1 when a check fails (writes nothing)")
+    p.add_argument("--base-url", help="replica API (default: sources.replica.base_url)")
+    p.set_defaults(func=cmd_check_api)
     p = sub.add_parser("warehouse", help="set up a server warehouse (PostgreSQL)")
     wh_sub = p.add_subparsers(dest="warehouse_command", required=True)
     q = target_arg(wh_sub.add_parser(

@@ -10,6 +10,9 @@
 * ``endpoints`` — the alarm when one entity's endpoint fails while the others load;
 * ``dead_letters`` — ``salesflow quarantine``: what the quarantine holds and why, and the
   replay that loads held records again through the current configuration;
+* ``check_api`` — ``salesflow check-api``: before a first load, each check of the
+  configured API (reach, auth, pages, fields, paging, since, deletions, counts, schema)
+  with the setting to change when it fails; writes nothing;
 * ``watch`` — cycles back to back: load, build what changed, publish;
 * ``publish`` — the analysts' read-only copy of the DuckDB marts;
 * ``demo`` — the simulator, a backfill, an incremental load, dbt and the docs site.
