@@ -31,8 +31,7 @@ absolute times drift on shared machines. Method, figure by figure:
   of ``json_load_orders`` orders, generated for it, served once natively (NDJSON) and
   once as ``sim serve --profile envelope`` (JSON documents, body cursor, API key,
   soft deletes) with the loader configured for it
-  (``simulator.profiles.loader_env``); ``load_ratio`` = JSON / NDJSON. Where this
-  checkout has no protocol profiles yet, ``load_skipped`` says so instead.
+  (``simulator.profiles.loader_env``); ``load_ratio`` = JSON / NDJSON.
 * ``cycle.full_s`` / ``delta_1pct_s`` / ``noop_s``: cycles of ``salesflow watch`` (dbt
   parsed once before; parse not timed) after the backfill: the first builds every model
   over all data; then 1% of the rows new or changed on the platform (new orders with
@@ -65,17 +64,18 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from benchmarks.check import envelope_missing
 from loaders.replica import entity_spec, settings
 from loaders.replica.client import fetch_api_schema
 from loaders.replica.jsondoc import split_document
 from loaders.replica.pages import parse_page
+from loaders.replica.protocol import api_from_settings
 from loaders.runners.watch import watch
 from loaders.warehouse import environment, raw_counts
 from simulator import model, store
 from simulator.api import Replica
 from simulator.generate import generate
 from simulator.platform import Platform
+from simulator.profiles import loader_env
 from simulator.server import read_server_file
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -269,7 +269,7 @@ def _listing_pages(url: str, path: str, rows: int) -> Iterator[tuple[bytes, byte
 def json_parse(url: str, rows: int) -> dict[str, Any]:
     """Pages parsed to Arrow as NDJSON and as JSON documents (see the module
     docstring): rows/s of each and their ratio."""
-    described = fetch_api_schema(url, TOKEN)
+    described = fetch_api_schema(api_from_settings(url, TOKEN, {}))
     per_entity = max(1, rows // len(settings.ENDPOINTS))
     parsers = {
         "ndjson": parse_page,
@@ -305,13 +305,7 @@ def json_parse(url: str, rows: int) -> dict[str, Any]:
 
 def json_load(work: Path, orders: int, days: int) -> dict[str, Any]:
     """Backfills of one history served natively and as the envelope profile (see the
-    module docstring); skipped, saying why, where the checkout has no profiles."""
-    missing = envelope_missing()
-    if missing:
-        return {"load_skipped": "no protocol profiles in this checkout (missing: "
-                + ", ".join(missing) + ")"}
-    from simulator.profiles import loader_env
-
+    module docstring)."""
     sim_dir = work / "sim_json"
     generate(sim_dir, orders=orders, seed=7, days=days,
              clock_skew=model.REAL_WORLD_CLOCK_SKEW_S)
@@ -477,14 +471,9 @@ def table(results: dict[str, Any]) -> str:
         ("json.parse_ndjson_rows_per_s", results["json"]["parse_ndjson_rows_per_s"]),
         ("json.parse_json_rows_per_s", results["json"]["parse_json_rows_per_s"]),
         ("json.parse_ratio", results["json"]["parse_ratio"]),
-        *(
-            [("json.load_skipped", results["json"]["load_skipped"])]
-            if "load_skipped" in results["json"] else [
-                ("json.load_ndjson_rows_per_s", results["json"]["load_ndjson_rows_per_s"]),
-                ("json.load_json_rows_per_s", results["json"]["load_json_rows_per_s"]),
-                ("json.load_ratio", results["json"]["load_ratio"]),
-            ]
-        ),
+        ("json.load_ndjson_rows_per_s", results["json"]["load_ndjson_rows_per_s"]),
+        ("json.load_json_rows_per_s", results["json"]["load_json_rows_per_s"]),
+        ("json.load_ratio", results["json"]["load_ratio"]),
         ("memory.peak_rss_mb", results["memory"]["peak_rss_mb"]),
         ("cycle.full_s", results["cycle"]["full_s"]),
         ("cycle.delta_1pct_s", results["cycle"]["delta_1pct_s"]),

@@ -8,7 +8,6 @@ nothing lost, duplicated or different.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -22,16 +21,9 @@ REQUIRED = {
     "json": ["parse_rows", "parse_ndjson_rows_per_s", "parse_json_rows_per_s", "parse_ratio"],
     "machine": ["cores", "memory_mb", "python", "duckdb", "dlt", "dbt"],
 }
-# the end-to-end JSON figures: required once the checkout has the protocol profiles
-# (ENVELOPE_MODULES); until then the results say why they were skipped
+# the end-to-end JSON figures (the envelope profile's backfill)
 JSON_LOAD = ["load_orders", "load_rows", "load_ndjson_rows_per_s", "load_json_rows_per_s",
              "load_ratio"]
-ENVELOPE_MODULES = ("simulator.profiles", "loaders.replica.protocol")
-
-
-def envelope_missing() -> list[str]:
-    """The modules the envelope profile's end-to-end load needs that this checkout lacks."""
-    return [m for m in ENVELOPE_MODULES if importlib.util.find_spec(m) is None]
 
 
 def problems(results: dict) -> list[str]:
@@ -44,15 +36,10 @@ def problems(results: dict) -> list[str]:
             elif section != "machine" and not (isinstance(value, int | float) and value >= 0):
                 out.append(f"{section}.{key} is not a non-negative number: {value!r}")
     figures = results.get("json") or {}
-    if "load_skipped" in figures and envelope_missing():
-        pass  # the checkout cannot measure them yet: skipped, with the reason
-    else:
-        if "load_skipped" in figures:
-            out.append(f"json.load_skipped, but the profiles are here: {figures['load_skipped']}")
-        for key in JSON_LOAD:
-            value = figures.get(key)
-            if not (isinstance(value, int | float) and value > 0):
-                out.append(f"json.{key} is missing or not a positive number: {value!r}")
+    for key in JSON_LOAD:
+        value = figures.get(key)
+        if not (isinstance(value, int | float) and value > 0):
+            out.append(f"json.{key} is missing or not a positive number: {value!r}")
     if figures.get("parse_rows", 1) <= 0:
         out.append("json.parse_rows: no page was parsed")
     if not results.get("measured_at"):

@@ -4,7 +4,6 @@ import json
 
 import pytest
 
-from benchmarks import check
 from benchmarks.check import JSON_LOAD, REQUIRED, main, problems, reliability_problems
 
 
@@ -40,27 +39,9 @@ def test_a_missing_json_figure_fails():
     assert any("json.load_json_rows_per_s" in p for p in found)
 
 
-def skipped() -> dict:
+def test_json_load_figures_are_required():
     r = complete()
-    for key in JSON_LOAD:
-        del r["json"][key]
-    r["json"]["load_skipped"] = "no protocol profiles in this checkout"
-    return r
-
-
-def test_the_json_load_may_be_skipped_only_without_the_profiles(monkeypatch):
-    monkeypatch.setattr(check, "ENVELOPE_MODULES", ("simulator.no_such_module",))
-    assert problems(skipped()) == []
-    monkeypatch.setattr(check, "ENVELOPE_MODULES", ("simulator.model",))
-    found = problems(skipped())
-    assert any("load_skipped, but the profiles are here" in p for p in found)
-    assert any("json.load_ratio is missing" in p for p in found)
-
-
-def test_json_load_figures_are_required_without_a_skip(monkeypatch):
-    monkeypatch.setattr(check, "ENVELOPE_MODULES", ("simulator.no_such_module",))
-    r = skipped()
-    del r["json"]["load_skipped"]
+    del r["json"]["load_rows"]
     assert any("json.load_rows is missing" in p for p in problems(r))
 
 
