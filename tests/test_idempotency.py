@@ -218,11 +218,11 @@ def test_an_interrupted_sync_leaves_raw_and_state_as_before(
 
     parse, calls = replica.parse_page, []
 
-    def failing_parse(spec, body, since=None):
+    def failing_parse(spec, body, *args, **kwargs):
         calls.append(spec.name)
         if spec.name == "products" and calls.count("products") == 3:
             raise Interrupted("the extract stopped after two pages")
-        return parse(spec, body, since)
+        return parse(spec, body, *args, **kwargs)
 
     monkeypatch.setattr(replica, "parse_page", failing_parse)
     with pytest.raises(Exception, match="the extract stopped after two pages"):
