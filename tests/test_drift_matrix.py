@@ -16,7 +16,7 @@ from loaders.monitoring import status
 from loaders.runners import pipeline
 from simulator import store
 from tests.support import TOKEN
-from tests.support.simulator import drift, start_simulator
+from tests.support.simulator import drift, start_simulator, wait_for_new_records
 
 KEYS = {"orders": "order_id", "order_items": "order_item_id"}
 
@@ -67,14 +67,6 @@ def held_or_loaded(sim_dir: Path, warehouse: Path, entity: str) -> None:
     held = {json.loads(r[0]).get(key) for r in held_records}
     missing = wanted - loaded - held
     assert not missing, f"{len(missing)} {entity} neither loaded nor held: {sorted(missing)[:5]}"
-
-
-def wait_for_new_records(sim_dir: Path, entity: str, after: str) -> None:
-    deadline = time.monotonic() + 20
-    while not store.query(sim_dir, f"select 1 from {entity} where updated_at > ? limit 1",
-                          after):
-        assert time.monotonic() < deadline, f"no new {entity} records after {after}"
-        time.sleep(0.2)
 
 
 @pytest.mark.parametrize("name, described", MATRIX,

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import time
 from pathlib import Path
 
 import duckdb
@@ -29,7 +28,7 @@ from simulator.platform import Platform
 from simulator.profiles import PROFILES, loader_env
 from tests.support import AS_OF, TOKEN
 from tests.support.loads import kill_a_load_while_it_extracts
-from tests.support.simulator import Simulator, drift, start_simulator
+from tests.support.simulator import Simulator, drift, start_simulator, wait_for_new_records
 from tests.support.warehouse import dbt_invoke
 
 pytestmark = pytest.mark.slow
@@ -96,14 +95,6 @@ def notices() -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
-def wait_for_new(sim_dir: Path, entity: str, after: str) -> None:
-    deadline = time.monotonic() + 20
-    while not store.query(sim_dir, f"select 1 from {entity} where updated_at > ? limit 1",
-                          after):
-        assert time.monotonic() < deadline, f"no new {entity} after {after}"
-        time.sleep(0.1)
-
-
 @pytest.mark.parametrize("profile", list(PROFILES))
 def test_a_profile_loads_exactly_by_configuration_alone(
     profile, generated, warehouse, tmp_path, monkeypatch
@@ -139,7 +130,7 @@ def test_a_profile_loads_exactly_by_configuration_alone(
         # a silent rename: held, detected, notified with the mapping that absorbs it
         since = store.iso(store.utcnow())
         drift(sim, "rename", "orders", RENAMED, to=RENAMED_TO)
-        wait_for_new(sim_dir, "orders", since)
+        wait_for_new_records(sim_dir, "orders", since)
         held = pipeline.load()
         assert held.quarantined, "the renamed records were not held"
         assert {("column_removed", RENAMED), ("new_column", RENAMED_TO)} <= logged(

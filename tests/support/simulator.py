@@ -128,3 +128,13 @@ def clear_drifts(sim_or_dir: Simulator | Path) -> None:
     directory = sim_or_dir.dir if isinstance(sim_or_dir, Simulator) else Path(sim_or_dir)
     drift_mod.clear(directory)
     _wait_for_drifts(_served_url(sim_or_dir), [])
+
+
+def wait_for_new_records(sim_dir: Path, entity: str, after: str, timeout: float = 20.0) -> None:
+    """Wait until the platform's live traffic has written ``entity`` records updated after
+    ``after`` (an ISO time)."""
+    deadline = time.monotonic() + timeout
+    while not store.query(sim_dir, f"select 1 from {entity} where updated_at > ? limit 1",
+                          after):
+        assert time.monotonic() < deadline, f"no new {entity} records after {after}"
+        time.sleep(0.1)
