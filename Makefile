@@ -47,10 +47,11 @@ bench-smoke: $(STAMP)
 	$(BIN)/python -m benchmarks.check target/bench-smoke.json
 
 # The reliability harness (benchmarks/chaos.py): crashes (SIGKILL) in every phase, HTTP
-# faults, an outage and every schema evolution against the simulator, then an exact
-# reconciliation; writes benchmarks/reliability.json and a table, exits 1 when anything
-# was lost, duplicated or differs. About 15 minutes on 2 cores. `chaos-smoke`, part of
-# `make test`, runs it at a tiny scale (a few minutes), just as strict.
+# faults, an outage, every schema evolution and unscripted drifts against the simulator,
+# `watch` killed mid-publication, then an exact reconciliation of raw's content and of
+# the published file; writes benchmarks/reliability.json and a table, exits 1 when
+# anything was lost, duplicated or differs. About 10 minutes on 2 cores. `chaos-smoke`,
+# part of `make test`, runs it at a tiny scale (a few minutes), just as strict.
 chaos: $(STAMP)
 	$(BIN)/python -m benchmarks.chaos --scale default
 	$(BIN)/python -m benchmarks.check --reliability benchmarks/reliability.json

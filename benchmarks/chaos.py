@@ -4,10 +4,12 @@ reconciliation with the simulated platform.
     python -m benchmarks.chaos [--scale smoke|default] [--out FILE]
 
 Writes ``benchmarks/reliability.json`` (``--out``), prints a table, and exits 1 when a
-row was lost or duplicated, a checksum differs, or the pipeline did not recover.
-Everything runs against ``salesflow sim serve`` on 127.0.0.1, in real processes; the
-platform's history and live traffic carry late commits and device clock skew
-(``simulator.model.real_world_args``), as real platforms do:
+row was lost or duplicated, a value differs, or the pipeline did not recover.
+Everything runs against ``salesflow sim serve`` on 127.0.0.1, in real processes. The
+history is generated with skewed device clocks; live traffic runs without late commits
+and clock skew (``simulator.model.real_world_args``) in the first half of the crashes,
+with them from the second half to the end of the watch phases; unscripted drifts are in
+force from phase 4 to the end. ``conditions`` in the result says which phase had what:
 
 1. **Crashes.** With live traffic on the platform (new orders, status updates,
    deletions), ``salesflow run`` (load + dbt build) is started again and again and
@@ -16,7 +18,9 @@ platform's history and live traffic carry late commits and device clock skew
    progress log, dbt's banner), then a random delay drawn within the phase's usual
    length. The phase it actually died in is the last one its output reached, so
    ``kills_by_phase`` counts what happened, not what was aimed at. Every
-   ``complete_every`` kills one run is let finish and must succeed. Then traffic stops
+   ``complete_every`` kills one run is let finish and must succeed. The first half of
+   the kills runs with on-time commits and true clocks, the second with late commits
+   and skewed clocks. Then traffic stops
    and a clean final cycle runs; raw is reconciled (at smoke scale the next phase's
    first cycle is the run after the last kill, and raw is reconciled at the end).
 2. **HTTP faults.** The same backfill into empty warehouses, without faults and with
@@ -38,12 +42,29 @@ platform's history and live traffic carry late commits and device clock skew
    cycles. After the watch, the field mapping each calls for is configured and
    ``salesflow quarantine replay`` loads what was held; the drifts stay in force and
    the mapping stays configured for the rest of the run.
-5. **Reconcile.** Traffic stops, a final ``salesflow run``; raw against the replica
+5. **Watch killed.** With live traffic, late commits, clock skew and the drifts in
+   force (their mapping configured), ``salesflow watch`` is SIGKILLed ``watch_kills``
+   times (at least 10): each kill waits for a good cycle of the (re)started watch, then
+   aims in turn at a publication (dbt's summary line opens it, the cycle's line closes
+   it), a load or a build of a later cycle, after a random delay within that phase's
+   last length; the phase it landed in is read from the output, the publication's files
+   present beside the published one are recorded. Each restarted watch must publish a
+   good cycle and leave a published file that opens read-only with every mart, none
+   held back, no unique key twice. Then traffic stops (the API comes back quiet on the
+   same port) and the watch runs until a good cycle that started afterwards ends; it is
+   stopped with SIGTERM (the cycle in progress finishes).
+6. **Reconcile.** A final ``salesflow run``; raw against the replica
    (per-entity counts and checksums over (primary key, updated_at), nothing missing,
-   stale or twice), order revenue per currency in ``fct_orders`` against the replica,
+   stale or twice), raw's content column by column against the platform's records
+   (``raw_content_match``, :func:`benchmarks.oracle.content`), the published file's
+   orders, units and revenue by day × product line × region × channel against the
+   platform's (``published_marts_match``, :func:`benchmarks.oracle.published_sales`,
+   computed from the platform's tables, not from the models),
+   order revenue per currency in ``fct_orders`` against the replica,
    no mart unique key twice, and ``mart_checksum_match``: the marts equal (rows and a
    checksum over all columns but load ids) those of a clean warehouse loaded from
-   scratch from the same final platform and built with a full build.
+   scratch from the same final platform and built with a full build. A run covering
+   fewer rows than its scale's floor (``benchmarks.check.ROWS_FLOOR``) fails.
 """
 
 from __future__ import annotations
@@ -66,9 +87,11 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 from benchmarks import oracle
 from benchmarks.bench import ROOT, Server, _env, command_line, machine
+from benchmarks.check import ROWS_FLOOR, WATCH_KILLS_MIN
 from loaders.schema_changes.announcements import ANNOUNCED_KIND
 from simulator import drift as sim_drift
 from simulator import faults as sim_faults
@@ -85,15 +108,28 @@ from simulator.model import (
 from simulator.platform import Platform
 
 SCALES: dict[str, dict[str, Any]] = {
-    # small enough for `make test` (≤ 3 minutes on 2 cores), strict all the same
+    # small enough for `make test` (about 4 minutes on 2 cores), strict all the same
     # (its watch's first cycle is the run after the last kill; the evolutions land in
     # one cycle together)
     "smoke": {"orders": 300, "days": 10, "kills": 6, "complete_every": 0, "rate": 10,
               "page_size": 500, "rounds": 1, "outage_s": 8, "seed": 42,
-              "reconcile_after_crashes": False, "evolutions_together": True, "drifts": 2},
-    "default": {"orders": 20_000, "days": 30, "kills": 50, "complete_every": 10, "rate": 20,
+              "reconcile_after_crashes": False, "evolutions_together": True, "drifts": 2,
+              "watch_kills": 10},
+    "default": {"orders": 20_000, "days": 30, "kills": 30, "complete_every": 10, "rate": 20,
                 "page_size": 5000, "rounds": 3, "outage_s": 15, "seed": 42,
-                "reconcile_after_crashes": True, "evolutions_together": False, "drifts": 4},
+                "reconcile_after_crashes": True, "evolutions_together": False, "drifts": 4,
+                "watch_kills": 10},
+}
+# which phases run with late commits and device clock skew, and with unscripted drifts
+# in force (the history is generated with skewed device clocks throughout)
+CONDITIONS = {
+    "http_faults": {"late_commits": False, "clock_skew": False, "drifts": False},
+    "crashes_first_half": {"late_commits": False, "clock_skew": False, "drifts": False},
+    "crashes_second_half": {"late_commits": True, "clock_skew": True, "drifts": False},
+    "outage_and_schema_changes": {"late_commits": True, "clock_skew": True, "drifts": False},
+    "unscripted_drifts": {"late_commits": True, "clock_skew": True, "drifts": True},
+    "watch_kills": {"late_commits": True, "clock_skew": True, "drifts": True},
+    "final": {"late_commits": False, "clock_skew": False, "drifts": True},
 }
 HTTP_FAULTS = Faults(error_rate=0.05, rate_limit_rate=0.05, drop_rate=0.01)
 RATIO_GOAL = 2.0
@@ -130,6 +166,7 @@ class Proc:
                  env: dict[str, str] | None = None) -> None:
         logs = work / "logs"
         logs.mkdir(parents=True, exist_ok=True)
+        self.work = work
         self.file = open(logs / f"{name}.log", "w")
         self.lines: list[str] = []
         self.started = time.monotonic()
@@ -214,20 +251,28 @@ def kill_once(work: Path, url: str, index: int, target: str, rng: random.Random
 
 def crashes(work: Path, sim_dir: Path, cfg: dict[str, Any], rng: random.Random
             ) -> dict[str, Any]:
-    server = Server(sim_dir, "--rate", str(cfg["rate"]), "--lag", "0.2", *real_world_args())
+    # the first half of the kills with on-time commits and true clocks, the second
+    # half with late commits and skewed device clocks
+    server = Server(sim_dir, "--rate", str(cfg["rate"]), "--lag", "0.2")
+    real_world = False
     kills: list[dict[str, Any]] = []
     completed = 0
     started = time.monotonic()
     try:
         attempt = 0
         while len(kills) < cfg["kills"]:
+            if not real_world and len(kills) >= cfg["kills"] // 2:
+                server.stop()
+                server = Server(sim_dir, "--rate", str(cfg["rate"]), "--lag", "0.2",
+                                *real_world_args())
+                real_world = True
             target = PHASES[len(kills) % len(PHASES)]
             attempt += 1
             kill = kill_once(work, server.url, attempt, target, rng)
             if kill is None:
                 completed += 1
                 continue
-            kills.append(kill)
+            kills.append({**kill, "late_commits_and_skew": real_world})
             log(f"kill {len(kills)}/{cfg['kills']}: aimed at {target}, landed in"
                 f" {kill['phase']} ({kill['after_s']} s after start)")
             if cfg["complete_every"] and len(kills) % cfg["complete_every"] == 0:
@@ -569,7 +614,139 @@ def replay(work: Path, sim_dir: Path, mapping: dict[str, dict[str, Any]]) -> dic
     return {"exit": rc, "output": proc.tail(10)}
 
 
-# -- 5. reconcile ------------------------------------------------------------------------
+# -- 5. watch killed ---------------------------------------------------------------------
+
+# a line of a `salesflow watch` process, and the phase of its cycle that follows it: a
+# cycle's line ends it (the next one loads), dbt's banner opens its build, dbt's summary
+# closes the build and the publication follows
+WATCH_MARKERS = (
+    ("load", re.compile(r"^cycle \d+: ")),
+    ("dbt build", re.compile(r"Running with dbt=")),
+    ("publish", re.compile(r"Done\. PASS=")),
+)
+WATCH_TARGETS = ("publish", "load", "publish", "dbt build")
+
+
+def watch_phase_of(lines: list[str]) -> str:
+    phase = "start-up"
+    for line in lines:
+        for name, pattern in WATCH_MARKERS:
+            if pattern.search(line):
+                phase = name
+    return phase
+
+
+def published_state(work: Path) -> dict[str, Any]:
+    """The file analysts read: opens read-only, has every mart, no mart held back, no
+    unique key twice."""
+    import duckdb
+
+    path = work / "published" / "analytics.duckdb"
+    try:
+        with duckdb.connect(str(path), read_only=True) as con:
+            present = {r[0] for r in con.execute(
+                "select table_name from duckdb_tables() where schema_name = 'marts'"
+            ).fetchall()}
+            [(cycle_id, held)] = con.execute(
+                "select cycle_id, held_back_tables from marts._published"
+            ).fetchall()
+        duplicates = sum(oracle.mart_duplicates(path).values())
+    except Exception as exc:  # noqa: BLE001 - an unreadable file is the finding
+        return {"readable": False, "error": str(exc), "ok": False}
+    missing = sorted(set(oracle.mart_unique_keys()) - present)
+    return {"readable": True, "cycle_id": cycle_id, "held_back": list(held or []),
+            "missing_marts": missing, "duplicates": duplicates,
+            "ok": not missing and not held and not duplicates}
+
+
+def kill_watch(watch: Watch, target: str, rng: random.Random) -> dict[str, Any]:
+    """In a watch whose last cycle succeeded, wait for ``target``'s first line in a
+    later cycle, then SIGKILL it a random delay later (within that phase's last length)."""
+    start = len(watch.proc.lines)
+    last = watch.refresh()[-1]
+    window = {"publish": last.get("publish_s", 0.1), "dbt build": last.get("build_s", 1.0),
+              "load": 0.5 + last.get("load_s", 0.5)}[target]
+    pattern = dict(WATCH_MARKERS)[target]
+    deadline = time.monotonic() + 300
+    while not any(pattern.search(line) for line in watch.proc.lines[start:]):
+        if watch.proc.proc.poll() is not None:
+            raise RuntimeError(f"watch exited on its own:\n{watch.proc.tail()}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"no watch cycle reached {target} within 300 s")
+        time.sleep(0.005)
+    delay = rng.uniform(0, window)
+    time.sleep(delay)
+    # a publication in progress writes the next version beside the current one (or
+    # brings the spare up to date, with its write-ahead log)
+    in_progress = [p.name for p in (watch.proc.work / "published").glob("analytics.duckdb.*")
+                   if p.suffix in (".next", ".wal")]
+    if watch.proc.proc.poll() is not None:
+        raise RuntimeError(f"watch exited on its own:\n{watch.proc.tail()}")
+    watch.proc.kill()
+    watch.proc.wait()
+    return {"target": target, "phase": watch_phase_of(watch.proc.lines[start:]),
+            "delay_s": round(delay, 3), "publication_files": sorted(in_progress)}
+
+
+def watch_kills(work: Path, sim_dir: Path, cfg: dict[str, Any], rng: random.Random,
+                mapping: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """SIGKILL ``salesflow watch`` again and again, with live traffic, late commits,
+    clock skew and the unscripted drifts in force (their mapping configured): each
+    restarted watch must publish a good cycle and leave a sound published file. Then
+    traffic stops (the API comes back on the same port, quiet) and the watch runs until
+    a good cycle started after that ends: the published file is then reconciled by the
+    caller."""
+    server = Server(sim_dir, "--rate", str(cfg["rate"]), "--lag", "0.2", *real_world_args())
+    port = str(urlparse(server.url).port)
+    env = {**QUICK_FAILURES, **mapping_env(mapping)}
+    kills: list[dict[str, Any]] = []
+    recoveries: list[dict[str, Any]] = []
+    started = time.monotonic()
+    proc = None
+    try:
+        for i in range(cfg["watch_kills"] + 1):
+            proc = Proc(work, server.url, f"watch-kill-{i:02d}", "watch", "--interval", "0.5",
+                        env=env)
+            watch = Watch(proc)
+            good = watch.wait_for(
+                "a published cycle",
+                lambda c: "publish_s" in c and c.get("build") != "failed", RUN_TIMEOUT)
+            state = published_state(work)
+            if i:
+                recoveries.append({"after_kill": i, "cycle": good["n"], **state})
+                log(f"watch restarted after kill {i}: cycle {good['n']} published,"
+                    f" file {'sound' if state['ok'] else 'NOT sound: ' + str(state)}")
+            if i == cfg["watch_kills"]:
+                break
+            kill = kill_watch(watch, WATCH_TARGETS[i % len(WATCH_TARGETS)], rng)
+            kills.append(kill)
+            log(f"watch kill {len(kills)}/{cfg['watch_kills']}: aimed at {kill['target']},"
+                f" landed in {kill['phase']} {kill['publication_files'] or ''}")
+        server.stop()  # commits the late transactions and replicates everything
+        server = Server(sim_dir, "--rate", "0", "--port", port)
+        # the cycle in progress may have started before; the one after it loads all
+        last = watch.refresh()[-1]["n"]
+        settled = watch.wait_for(
+            "a good cycle started after traffic stopped",
+            lambda c: c["n"] > last + 1 and c["outcome"].startswith("success")
+            and c.get("build") != "failed", RUN_TIMEOUT)
+        log(f"traffic stopped; watch cycle {settled['n']}: {settled}")
+    finally:
+        if proc is not None:
+            proc.kill(signal.SIGTERM)
+            with suppress(RuntimeError):
+                proc.wait(timeout=120)
+        server.stop()
+    by_phase: dict[str, int] = {}
+    for k in kills:
+        by_phase[k["phase"]] = by_phase.get(k["phase"], 0) + 1
+    return {"kills": len(kills), "kills_by_phase": by_phase,
+            "kills_during_publication": sum(k["phase"] == "publish" for k in kills),
+            "recovered": sum(r["ok"] for r in recoveries), "detail": kills,
+            "recoveries": recoveries, "seconds": round(time.monotonic() - started, 1)}
+
+
+# -- 6. reconcile ------------------------------------------------------------------------
 
 
 def summarize(per_entity: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -605,7 +782,13 @@ def final(work: Path, sim_dir: Path, mapping: dict[str, dict[str, Any]]) -> dict
                "match": mine.get(name) == theirs[name]}
         for name in sorted(set(mine) | set(theirs))
     }
-    return {"raw": raw, "revenue": oracle.revenue(sim_dir, warehouse),
+    content = oracle.content(sim_dir, warehouse)
+    published = oracle.published_sales(sim_dir, work / "published" / "analytics.duckdb")
+    return {"raw": raw, "content": content,
+            "content_mismatches": sum(c["mismatches"] for c in content.values()),
+            "content_columns": sum(c["columns_compared"] for c in content.values()),
+            "published": published,
+            "revenue": oracle.revenue(sim_dir, warehouse),
             "mart_duplicates": oracle.mart_duplicates(warehouse), "marts": marts,
             "mart_checksum_match": all(m["match"] for m in marts.values())}
 
@@ -627,6 +810,25 @@ def problems(r: dict[str, Any]) -> list[str]:
         out.append("after the crashes raw did not reconcile with the replica")
     if r["http"]["lost_rows"] or r["http"]["duplicate_pks"]:
         out.append("a backfill through HTTP faults lost or duplicated rows")
+    if r["rows_expected"] < ROWS_FLOOR[r["scale"]]:
+        out.append(f"only {r['rows_expected']} rows expected: the run is too small to"
+                   f" prove anything (at least {ROWS_FLOOR[r['scale']]} at {r['scale']} scale)")
+    if not r["raw_content_match"]:
+        sample = r["final"]["content"]
+        bad = [x for c in sample.values() for x in c["examples"]][:3]
+        out.append(f"raw content differs from the platform's in {r['content_mismatches']}"
+                   f" values, e.g. {bad}")
+    if not r["published_marts_match"]:
+        pub = r["final"]["published"]
+        out.append(f"the published file's sales differ from the platform's in"
+                   f" {pub['mismatches']} of {pub['groups']} groups, e.g. {pub['examples'][:2]}")
+    wk = r["watch_killed"]
+    if wk["kills"] < WATCH_KILLS_MIN:
+        out.append(f"watch was killed {wk['kills']} times only")
+    if wk["recovered"] != wk["kills"]:
+        bad = [x for x in wk["recoveries"] if not x["ok"]]
+        out.append(f"after {wk['kills']} watch kills, {wk['recovered']} restarts left a sound"
+                   f" published file: {bad[:2]}")
     if not r["revenue_match"]:
         out.append("fct_orders revenue differs from the replica's")
     if not r["mart_checksum_match"]:
@@ -666,6 +868,8 @@ def run(scale: str, out: Path) -> dict[str, Any]:
     crash = crashes(work, sim_dir, cfg, rng)
     log("outage and schema changes under watch")
     watched = watch_phases(work, sim_dir, cfg, rng)
+    log(f"watch killed {cfg['watch_kills']} times, with the drifts in force")
+    killed = watch_kills(work, sim_dir, cfg, rng, watched["mapping"])
     log("final cycle, clean rebuild, reconciliation")
     end = final(work, sim_dir, watched["mapping"])
     raw = end["raw"]
@@ -691,7 +895,16 @@ def run(scale: str, out: Path) -> dict[str, Any]:
         "raw_checksums_match": raw["checksums_match"],
         "revenue_match": end["revenue"]["match"],
         "mart_checksum_match": end["mart_checksum_match"],
-        "crashes": crash, "http": http, "watch": watched, "final": end,
+        "raw_content_match": end["content_mismatches"] == 0 and end["content_columns"] > 0,
+        "content_mismatches": end["content_mismatches"],
+        "content_columns": end["content_columns"],
+        "published_marts_match": end["published"]["match"],
+        "watch_kills": killed["kills"], "watch_kills_by_phase": killed["kills_by_phase"],
+        "watch_kills_during_publication": killed["kills_during_publication"],
+        "watch_recoveries": killed["recovered"],
+        "rows_floor": ROWS_FLOOR[scale],
+        "conditions": CONDITIONS,
+        "crashes": crash, "watch_killed": killed, "http": http, "watch": watched, "final": end,
     }
     results["problems"] = problems(results)
     results["passed"] = not results["problems"]
@@ -710,6 +923,8 @@ def table(r: dict[str, Any]) -> str:
         + ("" if e["build_green"] else " (build failed)")
         for e in r["watch"]["schema_changes"]
     )
+    watch_phases_done = ", ".join(
+        f"{p} {n}" for p, n in sorted(r["watch_kills_by_phase"].items()))
     rows = [
         ("kills (SIGKILL, then rerun)", f"{r['kills']} ({phases})"),
         ("HTTP faults: 429/5xx + dropped",
@@ -730,6 +945,13 @@ def table(r: dict[str, Any]) -> str:
         ("lost rows", r["lost_rows"]),
         ("duplicate primary keys (raw + marts)", r["duplicate_pks"]),
         ("raw checksums match the replica", r["raw_checksums_match"]),
+        ("watch killed (SIGKILL) / during a publication / recovered",
+         f"{r['watch_kills']} / {r['watch_kills_during_publication']} /"
+         f" {r['watch_recoveries']} ({watch_phases_done})"),
+        ("raw content matches the platform (columns, values differing)",
+         f"{r['raw_content_match']} ({r['content_columns']} columns,"
+         f" {r['content_mismatches']})"),
+        ("published file's sales match the platform", r["published_marts_match"]),
         ("fct_orders revenue matches the replica", r["revenue_match"]),
         ("mart_checksum_match (vs clean rebuild)", r["mart_checksum_match"]),
     ]

@@ -50,12 +50,20 @@ def problems(results: dict) -> list[str]:
 
 
 RELIABILITY_COUNTS = ["kills", "outage_cycles", "rows_expected", "rows_found", "lost_rows",
-                      "duplicate_pks", "http_fault_rate", "http_ratio"]
+                      "duplicate_pks", "http_fault_rate", "http_ratio", "watch_kills",
+                      "watch_kills_during_publication", "watch_recoveries",
+                      "content_columns", "content_mismatches"]
+# the fewest rows a reconciliation must cover, per scale (an empty or tiny run proves
+# nothing); a scale not listed must cover the largest
+ROWS_FLOOR = {"smoke": 5_000, "default": 100_000}
+# SIGKILLs of `salesflow watch` a run must include
+WATCH_KILLS_MIN = 10
 # what must hold, whatever the scale
 RELIABILITY_EXACT = {"lost_rows": 0, "unexpected_rows": 0, "duplicate_pks": 0,
                      "mart_checksum_match": True, "raw_checksums_match": True,
                      "revenue_match": True, "outage_alerts": 1, "recovery_notices": 1,
-                     "passed": True}
+                     "raw_content_match": True, "content_mismatches": 0,
+                     "published_marts_match": True, "passed": True}
 
 
 def reliability_problems(results: dict) -> list[str]:
@@ -69,6 +77,21 @@ def reliability_problems(results: dict) -> list[str]:
             out.append(f"{key} is {results.get(key)!r}, must be {want!r}")
     if not results.get("kills"):
         out.append("kills: the pipeline was never killed")
+    floor = ROWS_FLOOR.get(results.get("scale"), max(ROWS_FLOOR.values()))
+    rows = results.get("rows_expected")
+    if isinstance(rows, int | float) and rows < floor:
+        out.append(f"rows_expected is {rows}, below the floor of {floor} for scale"
+                   f" {results.get('scale')!r}")
+    watch_kills = results.get("watch_kills")
+    if isinstance(watch_kills, int | float) and watch_kills < WATCH_KILLS_MIN:
+        out.append(f"watch_kills is {watch_kills}, fewer than {WATCH_KILLS_MIN}")
+    if not results.get("watch_kills_during_publication"):
+        out.append("watch_kills_during_publication: no kill landed in a publication")
+    if results.get("watch_recoveries") != watch_kills:
+        out.append(f"watch_recoveries is {results.get('watch_recoveries')!r}: not every"
+                   f" restarted watch recovered from its {watch_kills!r} kills")
+    if not results.get("content_columns"):
+        out.append("content_columns: no column was compared")
     if results.get("rows_found") != results.get("rows_expected"):
         out.append("rows_found differs from rows_expected")
     if not results.get("outage_cycles"):

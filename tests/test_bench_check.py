@@ -51,9 +51,13 @@ def reliable() -> dict:
         "kills": 6, "kills_by_phase": {"extract": 2, "normalize": 1, "load": 2, "dbt build": 1},
         "http_fault_rate": 0.1, "http_ratio": 1.4, "outage_cycles": 3, "outage_alerts": 1,
         "recovery_notices": 1, "schema_changes_expected": 13, "schema_changes_detected": 13,
-        "rows_expected": 20_021, "rows_found": 20_021, "lost_rows": 0, "unexpected_rows": 0,
+        "rows_expected": 200_021, "rows_found": 200_021, "lost_rows": 0, "unexpected_rows": 0,
         "duplicate_pks": 0, "raw_checksums_match": True, "revenue_match": True,
-        "mart_checksum_match": True, "passed": True, "problems": [],
+        "mart_checksum_match": True, "passed": True, "problems": [], "scale": "default",
+        "watch_kills": 12, "watch_kills_during_publication": 5, "watch_recoveries": 12,
+        "watch_kills_by_phase": {"publish": 5, "load": 4, "dbt build": 3},
+        "raw_content_match": True, "content_columns": 63, "content_mismatches": 0,
+        "published_marts_match": True,
         "machine": {"cores": 2}, "measured_at": "2026-11-24T00:00:00+00:00",
     }
 
@@ -70,15 +74,34 @@ def test_a_sound_reliability_result_passes():
         ("mart_checksum_match", False, "mart_checksum_match is False"),
         ("outage_alerts", 2, "outage_alerts is 2"),
         ("kills", 0, "never killed"),
-        ("rows_found", 20_020, "rows_found differs"),
+        ("rows_found", 200_020, "rows_found differs"),
         ("schema_changes_detected", 12, "12 of 13 detected"),
         ("http_ratio", None, "http_ratio is missing"),
+        ("rows_expected", 900, "below the floor of 100000"),
+        ("raw_content_match", False, "raw_content_match is False"),
+        ("content_mismatches", 2, "content_mismatches is 2"),
+        ("content_columns", 0, "no column was compared"),
+        ("published_marts_match", False, "published_marts_match is False"),
+        ("watch_kills", 9, "fewer than 10"),
+        ("watch_kills", None, "watch_kills is missing"),
+        ("watch_kills_during_publication", 0, "no kill landed in a publication"),
+        ("watch_recoveries", 11, "not every restarted watch recovered"),
     ],
 )
 def test_a_reliability_result_with_a_loss_or_a_gap_fails(key, value, says):
     r = reliable()
     r[key] = value
     assert any(says in p for p in reliability_problems(r)), reliability_problems(r)
+
+
+def test_the_rows_floor_follows_the_scale():
+    r = reliable()
+    r.update(scale="smoke", rows_expected=6_000, rows_found=6_000)
+    assert reliability_problems(r) == []
+    r.update(rows_expected=0, rows_found=0)
+    assert any("below the floor of 5000" in p for p in reliability_problems(r))
+    r.update(scale="unknown", rows_expected=6_000, rows_found=6_000)
+    assert any("below the floor of 100000" in p for p in reliability_problems(r))
 
 
 def test_the_checker_exits_1_on_a_lost_row(tmp_path, capsys):
