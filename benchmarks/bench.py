@@ -34,22 +34,43 @@ absolute times drift on shared machines. Method, figure by figure:
   (``simulator.profiles.loader_env``); ``load_ratio`` = JSON / NDJSON.
 * ``cycle.full_s`` / ``delta_1pct_s`` / ``noop_s``: cycles of ``salesflow watch`` (dbt
   parsed once before; parse not timed) after the backfill: the first builds every model
-  over all data; then 1% of the rows new or changed on the platform (new orders with
-  their lines and events, plus the platform's own updates), rebuilt selectively; then
-  nothing new. Each includes load, build and publication. Ratios to full.
-* ``freshness.p50_s`` / ``p95_s``: the simulator at 50 orders/s and watch at a 1 s
-  interval for ``freshness_seconds``, on top of the scale's history; for every order
-  written after watch's first build was published (steady state: the start-up build,
-  with its tests over all the data, is not what an analyst waits for while watch runs)
-  and first visible in the published file, publication time minus the order's
-  ``ordered_at`` (written on the platform then). The platform plays late commits and
-  device clock skew (``simulator.model.real_world_args``): an order in a long
-  transaction is visible only at its commit, and that wait counts.
+  over all data; then a few incremental cycles, each on a small change (a tenth of the
+  delta), so the measured cycles are those of a pipeline in steady state, not the first
+  one after the backfill; then 1% of the rows new or changed on the platform (new
+  orders with their lines and events, plus the platform's own updates), rebuilt
+  selectively; then nothing new. Each includes load, build and publication; the
+  periodic data tests are kept out (they run on their own rhythm, after publication,
+  and show in the freshness runs). Ratios to full. ``cycle.delta_models``: the slowest
+  models of the delta cycle with their seconds, from dbt's ``run_results.json``.
+* ``freshness.*`` (the headline): ``salesflow watch`` in its own process (1 s interval,
+  data tests every ``test_interval`` seconds as configured for watch) while the
+  simulator writes 50 orders/s on top of the scale's history, with replica lag
+  (``sim serve --lag``), late commits and device clock skew
+  (``simulator.model.real_world_args``: an order in a long transaction is visible only
+  at its commit, and that wait counts), and an analyst process
+  (:mod:`benchmarks.analyst`) holding one read-only connection to the published file
+  for the whole window, running the project's analyses every few seconds
+  (``reader_queries``; ``reader_errors`` must be 0). The window, ``freshness_seconds``
+  from watch's first publication (the start-up build, with its tests over all the
+  data, is not what an analyst waits for while watch runs), must hold a run of the
+  periodic data tests (``periodic_test_runs``, from watch's cycle log). The published
+  file is checked for a new version every ``POLL_S``; for every order written after the
+  first publication, the moment its first version is seen minus the order's
+  ``ordered_at`` (written on the platform then): p50/p95/p99/max. ``conditions`` says
+  what was on. ``freshness_ideal.*``: the same for ``ideal_seconds``, without lag or
+  analyst, labelled as such.
+* ``scale_<scale>.*``: the history's figures side by side: its orders, the backfill's
+  seconds, ``first_publish_s`` (a fresh watch process on the backfilled warehouse:
+  start, parse, build everything with its tests, publish everything), the realistic
+  freshness p95, and ``peak_rss_mb`` of each process (loader, watch with dbt and the
+  loader in it, analyst), each followed by :class:`PeakRss`. dbt's DuckDB is bounded
+  (``SALESFLOW_DBT_MEMORY_LIMIT`` in ``profiles.yml``) like the loader's.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import os
 import platform as host
@@ -64,6 +85,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from loaders.dbt_project import target_dir
 from loaders.replica import entity_spec, settings
 from loaders.replica.client import fetch_api_schema
 from loaders.replica.jsondoc import split_document
@@ -82,19 +104,32 @@ ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "bench-token"
 
 SCALES: dict[str, dict[str, Any]] = {
-    # keys only: checks that the harness runs end to end, not the targets
-    "smoke": {"orders": 400, "baseline_rows": 500, "freshness_seconds": 12, "days": 10,
+    # keys only: checks that the harness runs end to end, not the targets; its windows
+    # are short, so its data tests run every few seconds to land in the realistic one
+    "smoke": {"orders": 400, "baseline_rows": 500, "days": 10,
+              "freshness_seconds": 25, "ideal_seconds": 10, "test_interval": 8,
               "json_parse_rows": 5_000, "json_load_orders": 200},
-    "default": {"orders": 1_000_000, "baseline_rows": 50_000, "freshness_seconds": 180,
-                "days": 90, "json_parse_rows": 400_000, "json_load_orders": 100_000},
-    "large": {"orders": 10_000_000, "baseline_rows": 50_000, "freshness_seconds": 180,
-              "days": 365, "json_parse_rows": 400_000, "json_load_orders": 100_000},
+    # the realistic window holds two periodic test runs at watch's default rhythm
+    "default": {"orders": 1_000_000, "baseline_rows": 50_000, "days": 90,
+                "freshness_seconds": 660, "ideal_seconds": 180, "test_interval": 300,
+                "json_parse_rows": 400_000, "json_load_orders": 100_000},
+    "large": {"orders": 10_000_000, "baseline_rows": 50_000, "days": 365,
+              "freshness_seconds": 660, "ideal_seconds": 180, "test_interval": 300,
+              "json_parse_rows": 400_000, "json_load_orders": 100_000},
 }
 # where the envelope profile's JSON documents hold their records
 ENVELOPE_RECORDS_PATH = "data"
 PAGE_SIZE = 20_000  # the loader's default page size
+LIVE_RATE = 50  # orders/s written on the platform while freshness is measured
+REPLICA_LAG_S = 0.5  # the realistic run's replica lag
+ANALYST_EVERY_S = 3  # seconds between the analyst's queries
+POLL_S = 0.1  # how often the published file is checked for a new version
 GOALS = {"load.ratio": 0.25, "memory.peak_rss_mb": 1024, "cycle.delta_ratio": 0.10,
-         "cycle.noop_ratio": 0.03, "freshness.p50_s": 5, "freshness.p95_s": 10}
+         "cycle.noop_ratio": 0.02, "freshness.p50_s": 3, "freshness.p95_s": 6,
+         "freshness.reader_errors": 0, "scale.peak_rss_mb.loader": 2048,
+         "scale.peak_rss_mb.watch": 2048}
+# at 10M orders of history, the realistic freshness p95 may be longer
+LARGE_GOALS = {"scale.freshness_p95_s": 10}
 
 
 class Server:
@@ -135,20 +170,33 @@ def _env(work: Path) -> dict[str, str]:
     }
 
 
-def _peak_rss_mb(pid: int, done: threading.Event, out: list[int]) -> None:
-    """Follow a process's VmHWM (peak resident set of its own address space, reset at
-    exec). getrusage/wait4 would also count the parent's pages the child was forked
-    with, which here means the generated history."""
-    peak = 0
-    while not done.is_set():
-        try:
-            for line in open(f"/proc/{pid}/status"):
-                if line.startswith("VmHWM:"):
-                    peak = max(peak, int(line.split()[1]))
-        except (FileNotFoundError, ProcessLookupError):
-            break
-        done.wait(0.05)
-    out.append(round(peak / 1024))
+class PeakRss:
+    """Follows a process's ``VmHWM`` (the peak resident set of its own address space,
+    reset at exec) while it runs; ``stop()`` answers it in MB. Not getrusage/wait4:
+    Linux carries the larger high-water mark across exec, and a child starts as a
+    (v)fork of this process, so they would count the pages of the generated history
+    this process holds; psutil is not a dependency."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid, self.peak_kb = pid, 0
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._follow, daemon=True)
+        self.thread.start()
+
+    def _follow(self) -> None:
+        while not self.done.is_set():
+            try:
+                for line in open(f"/proc/{self.pid}/status"):
+                    if line.startswith("VmHWM:"):
+                        self.peak_kb = max(self.peak_kb, int(line.split()[1]))
+            except (FileNotFoundError, ProcessLookupError):
+                break
+            self.done.wait(0.05)
+
+    def stop(self) -> int | None:
+        self.done.set()
+        self.thread.join()
+        return round(self.peak_kb / 1024) if self.peak_kb else None
 
 
 def backfill(work: Path, url: str, config: dict[str, str] | None = None) -> dict[str, Any]:
@@ -160,14 +208,11 @@ def backfill(work: Path, url: str, config: dict[str, str] | None = None) -> dict
         cwd=ROOT, env={**os.environ, **_env(work), **(config or {})}, stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT, text=True,
     )
-    done, peak = threading.Event(), []
-    watcher = threading.Thread(target=_peak_rss_mb, args=(proc.pid, done, peak))
-    watcher.start()
+    rss = PeakRss(proc.pid)
     output = proc.stdout.read()
     proc.wait()
     seconds = time.perf_counter() - started
-    done.set()
-    watcher.join()
+    peak = rss.stop()
     if proc.returncode != 0:
         raise RuntimeError(f"backfill failed:\n{output}")
 
@@ -175,7 +220,7 @@ def backfill(work: Path, url: str, config: dict[str, str] | None = None) -> dict
         counts = raw_counts(list(settings.ENDPOINTS))
     rows = sum(counts.get(e, 0) for e in settings.ENDPOINTS)
     return {"rows": rows, "seconds": round(seconds, 2), "rows_per_s": round(rows / seconds),
-            "peak_rss_mb": peak[0] if peak else None}
+            "peak_rss_mb": peak}
 
 
 def read_json_baseline(work: Path, sim_dir: Path) -> dict[str, Any]:
@@ -329,74 +374,185 @@ def json_load(work: Path, orders: int, days: int) -> dict[str, Any]:
             "load_json_peak_rss_mb": json_["peak_rss_mb"]}
 
 
-def cycles(work: Path, sim_dir: Path, url: str, total_rows: int) -> dict[str, Any]:
-    """Full, 1% delta and no-op cycles of watch (see the module docstring)."""
+# incremental cycles (each a small change) run between the full cycle and the measured
+# 1% delta, so the delta is measured in steady state, not on the heels of the backfill
+WARM_CYCLES = 3
+# the slowest models of the delta cycle reported (cycle.delta_models)
+SLOWEST_MODELS = 8
 
+
+def _change(sim_dir: Path, orders: int, seed: int) -> None:
+    """New orders (with their lines, events and sessions, plus the updates the platform
+    makes while writing them) on the platform, then replicated."""
+    p = Platform(sim_dir, seed=seed)
+    try:
+        for done in range(0, orders, 2000):
+            p.tick(min(2000, orders - done))
+    finally:
+        p.close()
+    store.replicate(sim_dir)
+
+
+def _slowest_models(run_results: Path, top: int) -> list[dict[str, Any]]:
+    """The slowest models of dbt's last build or run (its ``run_results.json``)."""
+    nodes = json.loads(run_results.read_text())["results"]
+    models = [(r["unique_id"].split(".")[-1], r["execution_time"]) for r in nodes
+              if r["unique_id"].startswith("model.")]
+    models.sort(key=lambda m: m[1], reverse=True)
+    return [{"model": name, "seconds": round(t, 2)} for name, t in models[:top]]
+
+
+def cycles(work: Path, sim_dir: Path, url: str, total_rows: int) -> dict[str, Any]:
+    """Full, steady-state 1% delta and no-op cycles of watch (see the module docstring)."""
     timings: list[dict[str, Any]] = []
+    delta_cycle = WARM_CYCLES + 2
+    slowest: list[dict[str, Any]] = []
+    # ~10 rows per order (lines, events, session): 1% of all rows as new orders
+    one_percent = max(1, total_rows // 1000)
 
     def between(stats) -> None:
         timings.append(dict(stats.last))
-        if stats.cycles == 1:
-            # ~10 rows per order (lines, events, session): 1% of all rows, as new orders
-            # plus the updates the platform makes while writing them
-            orders = max(1, total_rows // 1000)
-            p = Platform(sim_dir, seed=5)
-            try:
-                for _ in range(0, orders, 2000):
-                    p.tick(min(2000, orders))
-            finally:
-                p.close()
-            store.replicate(sim_dir)
+        if stats.cycles <= WARM_CYCLES:  # a warm-up change: a tenth of the delta
+            _change(sim_dir, max(1, one_percent // 10), seed=100 + stats.cycles)
+        elif stats.cycles == WARM_CYCLES + 1:
+            _change(sim_dir, one_percent, seed=5)
+        elif stats.cycles == delta_cycle:
+            slowest.extend(_slowest_models(target_dir() / "run_results.json",
+                                           SLOWEST_MODELS))
 
     with environment(**_env(work)):
-        watch(interval=0, max_cycles=3, on_cycle=between, base_url=url, token=TOKEN)
-    full, delta, noop = (t["cycle_s"] for t in timings[:3])
+        # the periodic data tests are kept out of cycles measured one by one: they run on
+        # their own rhythm, after publication (their cost shows in the freshness runs)
+        watch(interval=0, max_cycles=delta_cycle + 1, test_interval=float("inf"),
+              on_cycle=between, base_url=url, token=TOKEN)
+    if len(timings) != delta_cycle + 1 or any("publish_s" not in t for t in timings[:-1]):
+        raise RuntimeError(f"a measured cycle built or published nothing: {timings}")
+    full, delta, noop = (timings[i]["cycle_s"] for i in (0, delta_cycle - 1, delta_cycle))
     return {"full_s": full, "delta_1pct_s": delta, "noop_s": noop,
             "delta_ratio": round(delta / full, 3), "noop_ratio": round(noop / full, 3),
-            "detail": timings}
+            "warm_cycles": WARM_CYCLES, "delta_models": slowest, "detail": timings}
 
 
-def freshness(work: Path, url: str, seconds: float) -> dict[str, Any]:
+def _cycle_lines(log: Path) -> list[dict[str, Any]]:
+    """The cycles ``salesflow watch`` printed (``cycle N: {...}``), as dicts."""
+    out = []
+    for line in log.read_text(errors="replace").splitlines():
+        if line.startswith("cycle ") and ": {" in line:
+            try:
+                out.append(ast.literal_eval(line.split(": ", 1)[1]))
+            except (ValueError, SyntaxError):
+                continue
+    return out
+
+
+def freshness(work: Path, url: str, seconds: float, *, label: str, reader: bool,
+              test_interval: float, need_test_run: bool) -> dict[str, Any]:
+    """Freshness of the published marts with ``salesflow watch`` in its own process
+    (see the module docstring); ``reader``: an analyst process holds the published
+    file for the whole window; ``need_test_run``: the window must contain a run of
+    the periodic data tests."""
     import duckdb
 
-
     published = work / "published" / "analytics.duckdb"
+    log_path = work / f"watch-{label}.log"
+    env = {**os.environ, **_env(work)}
+    started = time.monotonic()
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "loaders.cli", "watch", "--base-url", url,
+             "--interval", "1", "--test-interval", f"{test_interval:g}"],
+            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+        )
+    rss = PeakRss(proc.pid)
+    analyst, analyst_rss = None, None
     latencies: list[float] = []
-    state: dict[str, Any] = {"newest": None, "since": None}
-    stop = threading.Event()
-
-    def measure(stats) -> None:
-        if "publish_s" not in stats.last:
-            return
-        now = datetime.now(timezone.utc).replace(tzinfo=None)
-        with duckdb.connect(str(published), read_only=True) as con:
-            if state["newest"] is None:  # the first (full) build: the clock starts here
-                state["newest"] = con.execute(
-                    "select max(ordered_at) from marts.fct_orders").fetchone()[0]
-                state["since"], state["start"] = time.monotonic(), now
-                return
-            rows = con.execute("select ordered_at from marts.fct_orders where ordered_at > ?",
-                               [state["newest"]]).fetchall()
-        if rows:
-            # steady state: sales written once watch is up (its first build published)
-            latencies.extend(
-                (now - r[0]).total_seconds() for r in rows if r[0] >= state["start"]
-            )
-            state["newest"] = max(r[0] for r in rows)
-        if time.monotonic() - state["since"] >= seconds:
-            stop.set()
-
-    with environment(**_env(work)):
-        watch(interval=1, stop=stop, on_cycle=measure, base_url=url, token=TOKEN)
-    latencies.sort()
+    newest, first_publish_s, window_start, since = None, None, None, 0.0
+    # a version left by an earlier run is not this watch's publication
+    seen = published.stat().st_ino if published.exists() else None
+    try:
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"watch stopped during the freshness run ({label}):\n"
+                                   + log_path.read_text(errors="replace")[-3000:])
+            try:
+                version = os.stat(published).st_ino
+            except FileNotFoundError:
+                version = None
+            if version is not None and version != seen:
+                # a new publication: visible to analysts from now on
+                now = datetime.now(timezone.utc).replace(tzinfo=None)
+                with duckdb.connect(str(published), read_only=True) as con:
+                    if newest is None:  # the first (full) build: the clock starts here
+                        first_publish_s = round(time.monotonic() - started, 2)
+                        newest = con.execute(
+                            "select max(ordered_at) from marts.fct_orders").fetchone()[0]
+                        window_start, since = now, time.monotonic()
+                        if reader:
+                            analyst = subprocess.Popen(
+                                [sys.executable, "-m", "benchmarks.analyst", str(published),
+                                 "--every", str(ANALYST_EVERY_S)],
+                                cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
+                            analyst_rss = PeakRss(analyst.pid)
+                        rows: list[Any] = []
+                    else:
+                        rows = con.execute("select ordered_at from marts.fct_orders"
+                                           " where ordered_at > ?", [newest]).fetchall()
+                seen = version
+                if rows:
+                    # steady state: sales written once watch is up (its first build
+                    # published)
+                    latencies.extend((now - r[0]).total_seconds() for r in rows
+                                     if r[0] >= window_start)
+                    newest = max(r[0] for r in rows)
+            if newest is not None and time.monotonic() - since >= seconds:
+                break
+            time.sleep(POLL_S)
+        # the cycles watch finished inside the window
+        cycles_done = _cycle_lines(log_path)
+    finally:
+        reader_result: dict[str, Any] = {}
+        if analyst is not None:
+            analyst.terminate()
+            out, _ = analyst.communicate(timeout=60)
+            reader_result = json.loads(out.strip().splitlines()[-1]) if out.strip() else {}
+        proc.terminate()  # the cycle in progress finishes, then watch exits
+        try:
+            proc.wait(timeout=600)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        watch_peak = rss.stop()
+    test_runs = sum(1 for c in cycles_done[1:] if "test_s" in c)
+    if need_test_run and not test_runs:
+        raise RuntimeError(f"no periodic data test run fell in the {seconds:g} s window"
+                           f" ({label}; tests every {test_interval:g} s): see {log_path}")
+    if reader and analyst is None:
+        raise RuntimeError("the analyst never started")
     if not latencies:
         raise RuntimeError("no sale reached the published marts while measuring freshness")
+    latencies.sort()
 
     def pick(q: float) -> float:
         return round(latencies[min(len(latencies) - 1, int(len(latencies) * q))], 2)
 
-    return {"p50_s": pick(0.5), "p95_s": pick(0.95), "sales": len(latencies),
-            "seconds": seconds}
+    figures = {"p50_s": pick(0.5), "p95_s": pick(0.95), "p99_s": pick(0.99),
+               "max_s": round(latencies[-1], 2), "sales": len(latencies),
+               "seconds": seconds, "cycles": len(cycles_done),
+               "periodic_test_runs": test_runs, "first_publish_s": first_publish_s,
+               "watch_peak_rss_mb": watch_peak}
+    if reader:
+        figures.update({"reader_queries": reader_result.get("queries"),
+                        "reader_errors": reader_result.get("errors"),
+                        "reader_first_error": reader_result.get("first_error"),
+                        "reader_peak_rss_mb": analyst_rss.stop() if analyst_rss else None})
+    return figures
+
+
+def conditions(lag: float, reader: bool, seconds: float) -> dict[str, Any]:
+    return {"replica_lag_s": lag, "reader_held": reader, "seconds": seconds,
+            "late_commits": True, "late_commits_s": model.REAL_WORLD_LATE_COMMITS_S,
+            "clock_skew": True, "clock_skew_s": model.REAL_WORLD_CLOCK_SKEW_S,
+            "orders_per_s": LIVE_RATE}
 
 
 def machine() -> dict[str, Any]:
@@ -444,15 +600,32 @@ def run(scale: str, out: Path) -> dict[str, Any]:
     finally:
         server.stop()
     results["json"].update(json_load(work, cfg["json_load_orders"], cfg["days"]))
-    live = Server(sim_dir, "--rate", "50", *model.real_world_args())
-    try:
-        results["freshness"] = freshness(work, live.url, cfg["freshness_seconds"])
-        results["freshness"]["conditions"] = {
-            "late_commits_s": model.REAL_WORLD_LATE_COMMITS_S,
-            "clock_skew_s": model.REAL_WORLD_CLOCK_SKEW_S,
-        }
-    finally:
-        live.stop()
+    for name, lag, reader in (("freshness_ideal", 0.0, False),
+                              ("freshness", REPLICA_LAG_S, True)):
+        seconds = cfg["freshness_seconds"] if reader else cfg["ideal_seconds"]
+        live = Server(sim_dir, "--rate", str(LIVE_RATE), "--lag", f"{lag:g}",
+                      *model.real_world_args())
+        try:
+            results[name] = freshness(work, live.url, seconds, label=name, reader=reader,
+                                      test_interval=cfg["test_interval"],
+                                      need_test_run=reader)
+            results[name]["conditions"] = conditions(lag, reader, seconds)
+        finally:
+            live.stop()
+    fresh = results["freshness"]
+    results[f"scale_{scale}"] = {
+        "orders": cfg["orders"], "days": cfg["days"], "rows": load["rows"],
+        "backfill_s": load["seconds"],
+        # a fresh watch process: parse, build everything (with tests), publish everything
+        "first_publish_s": fresh["first_publish_s"],
+        "freshness_p95_s": fresh["p95_s"],
+        "peak_rss_mb": {
+            "loader": load["peak_rss_mb"],
+            "watch": max(r for r in (fresh["watch_peak_rss_mb"],
+                                     results["freshness_ideal"]["watch_peak_rss_mb"]) if r),
+            "analyst": fresh.get("reader_peak_rss_mb"),
+        },
+    }
     results["machine"] = machine()
     results["measured_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -482,16 +655,35 @@ def table(results: dict[str, Any]) -> str:
         ("cycle.noop_ratio", results["cycle"]["noop_ratio"]),
         ("freshness.p50_s", results["freshness"]["p50_s"]),
         ("freshness.p95_s", results["freshness"]["p95_s"]),
+        ("freshness.p99_s", results["freshness"]["p99_s"]),
+        ("freshness.max_s", results["freshness"]["max_s"]),
+        ("freshness.periodic_test_runs", results["freshness"]["periodic_test_runs"]),
+        ("freshness.reader_queries", results["freshness"]["reader_queries"]),
+        ("freshness.reader_errors", results["freshness"]["reader_errors"]),
+        ("freshness_ideal.p50_s", results["freshness_ideal"]["p50_s"]),
+        ("freshness_ideal.p95_s", results["freshness_ideal"]["p95_s"]),
     ]
+    at_scale = results[f"scale_{results['scale']}"]
+    rows += [
+        ("scale.backfill_s", at_scale["backfill_s"]),
+        ("scale.first_publish_s", at_scale["first_publish_s"]),
+        ("scale.freshness_p95_s", at_scale["freshness_p95_s"]),
+        *((f"scale.peak_rss_mb.{k}", v) for k, v in at_scale["peak_rss_mb"].items()),
+    ]
+    goals = {**GOALS, **(LARGE_GOALS if results["scale"] == "large" else {})}
     lines = ["| figure | value | goal |", "|---|---|---|"]
     for key, value in rows:
-        goal = None if results["scale"] == "smoke" else GOALS.get(key)
+        goal = None if results["scale"] == "smoke" else goals.get(key)
         mark = ""
-        if goal is not None:
+        if goal is not None and value is not None:
             ok = value >= goal if key == "load.ratio" else value <= goal
             mark = f"{'≥' if key == 'load.ratio' else '≤'} {goal} {'met' if ok else 'NOT met'}"
         shown = f"{value:,}" if isinstance(value, int) else value
         lines.append(f"| {key} | {shown} | {mark} |")
+    c, ideal = results["freshness"]["conditions"], results["freshness_ideal"]["seconds"]
+    lines.append(f"\nfreshness: {c['seconds']:g} s at {c['orders_per_s']} orders/s, replica lag"
+                 f" {c['replica_lag_s']:g} s, an analyst holding the published file, late"
+                 f" commits and clock skew; freshness_ideal: {ideal:g} s, no lag, no analyst")
     m = results["machine"]
     if results["scale"] == "smoke":
         lines.append("\n(smoke scale checks the harness; goals are judged at default scale)")

@@ -17,10 +17,19 @@ REQUIRED = {
              "baseline_dlt_dicts_rows_per_s", "speedup_vs_baseline"],
     "memory": ["peak_rss_mb"],
     "cycle": ["full_s", "delta_1pct_s", "noop_s", "delta_ratio", "noop_ratio"],
-    "freshness": ["p50_s", "p95_s"],
+    "freshness": ["p50_s", "p95_s", "p99_s", "max_s", "periodic_test_runs",
+                  "reader_queries", "reader_errors"],
+    "freshness_ideal": ["p50_s", "p95_s", "p99_s", "max_s"],
     "json": ["parse_rows", "parse_ndjson_rows_per_s", "parse_json_rows_per_s", "parse_ratio"],
     "machine": ["cores", "memory_mb", "python", "duckdb", "dlt", "dbt"],
 }
+# the realistic freshness run's conditions, and what each must be
+CONDITIONS = {"replica_lag_s": lambda v: isinstance(v, int | float) and v > 0,
+              "reader_held": lambda v: v is True, "seconds": lambda v: v and v > 0,
+              "late_commits": lambda v: v is True, "clock_skew": lambda v: v is True}
+# the figures of the history's scale (``scale_<scale>``), and the processes measured
+SCALE = ["orders", "backfill_s", "first_publish_s", "freshness_p95_s"]
+PROCESSES = ["loader", "watch"]
 # the end-to-end JSON figures (the envelope profile's backfill)
 JSON_LOAD = ["load_orders", "load_rows", "load_ndjson_rows_per_s", "load_json_rows_per_s",
              "load_ratio"]
@@ -40,12 +49,44 @@ def problems(results: dict) -> list[str]:
         value = figures.get(key)
         if not (isinstance(value, int | float) and value > 0):
             out.append(f"json.{key} is missing or not a positive number: {value!r}")
+    out += _realistic(results)
     if figures.get("parse_rows", 1) <= 0:
         out.append("json.parse_rows: no page was parsed")
     if not results.get("measured_at"):
         out.append("missing measured_at")
     if (results.get("load") or {}).get("rows", 0) <= 0:
         out.append("load.rows: nothing was loaded")
+    return out
+
+
+def _realistic(results: dict) -> list[str]:
+    """The realistic freshness run's conditions and reader, the steady-state delta's
+    model timings and the scale's figures."""
+    out = []
+    fresh = results.get("freshness") or {}
+    conditions = fresh.get("conditions") or {}
+    for key, ok in CONDITIONS.items():
+        if not ok(conditions.get(key)):
+            out.append(f"freshness.conditions.{key} is {conditions.get(key)!r}")
+    if not fresh.get("reader_queries"):
+        out.append("freshness.reader_queries: the analyst never queried")
+    if fresh.get("reader_errors"):
+        out.append(f"freshness.reader_errors: {fresh['reader_errors']} analyst queries failed")
+    if not fresh.get("periodic_test_runs"):
+        out.append("freshness.periodic_test_runs: no data test run in the window")
+    models = (results.get("cycle") or {}).get("delta_models")
+    if not (models and all(isinstance(m.get("seconds"), int | float) for m in models)):
+        out.append("cycle.delta_models: no model timings of the delta cycle")
+    name = f"scale_{results.get('scale')}"
+    at_scale = results.get(name) or {}
+    for key in SCALE:
+        value = at_scale.get(key)
+        if not (isinstance(value, int | float) and value > 0):
+            out.append(f"{name}.{key} is missing or not a positive number: {value!r}")
+    peaks = at_scale.get("peak_rss_mb") or {}
+    for process in PROCESSES:
+        if not (isinstance(peaks.get(process), int) and peaks[process] > 0):
+            out.append(f"{name}.peak_rss_mb.{process} is missing: {peaks.get(process)!r}")
     return out
 
 

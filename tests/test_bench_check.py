@@ -4,12 +4,28 @@ import json
 
 import pytest
 
-from benchmarks.check import JSON_LOAD, REQUIRED, main, problems, reliability_problems
+from benchmarks.check import (
+    JSON_LOAD,
+    PROCESSES,
+    REQUIRED,
+    SCALE,
+    main,
+    problems,
+    reliability_problems,
+)
 
 
 def complete() -> dict:
     results = {section: {key: 1 for key in keys} for section, keys in REQUIRED.items()}
     results["json"].update({key: 1 for key in JSON_LOAD})
+    results["freshness"]["reader_errors"] = 0
+    results["freshness"]["conditions"] = {"replica_lag_s": 0.5, "reader_held": True,
+                                          "seconds": 600, "late_commits": True,
+                                          "clock_skew": True}
+    results["cycle"]["delta_models"] = [{"model": "fct_order_items", "seconds": 0.4}]
+    results["scale"] = "default"
+    results["scale_default"] = {key: 1 for key in SCALE}
+    results["scale_default"]["peak_rss_mb"] = {p: 100 for p in PROCESSES}
     results["machine"]["python"] = "3.11"
     results["measured_at"] = "2026-11-23T00:00:00+00:00"
     return results
@@ -28,6 +44,33 @@ def test_a_missing_or_negative_figure_fails():
     assert "missing cycle.noop_s" in found
     assert any("freshness.p95_s" in p for p in found)
     assert any("nothing was loaded" in p for p in found)
+
+
+@pytest.mark.parametrize(
+    ("change", "says"),
+    [
+        (lambda r: r["freshness"]["conditions"].update(reader_held=False),
+         "conditions.reader_held is False"),
+        (lambda r: r["freshness"]["conditions"].update(replica_lag_s=0),
+         "conditions.replica_lag_s is 0"),
+        (lambda r: r["freshness"]["conditions"].pop("late_commits"),
+         "conditions.late_commits is None"),
+        (lambda r: r["freshness"].update(reader_errors=2), "2 analyst queries failed"),
+        (lambda r: r["freshness"].update(reader_queries=0), "analyst never queried"),
+        (lambda r: r["freshness"].update(periodic_test_runs=0), "no data test run"),
+        (lambda r: r["cycle"].update(delta_models=[]), "cycle.delta_models"),
+        (lambda r: r["freshness_ideal"].pop("p99_s"), "missing freshness_ideal.p99_s"),
+        (lambda r: r["scale_default"].pop("first_publish_s"),
+         "scale_default.first_publish_s is missing"),
+        (lambda r: r["scale_default"]["peak_rss_mb"].pop("watch"),
+         "scale_default.peak_rss_mb.watch is missing"),
+        (lambda r: r.update(scale="large"), "scale_large.orders is missing"),
+    ],
+)
+def test_realistic_freshness_and_scale_figures_are_required(change, says):
+    r = complete()
+    change(r)
+    assert any(says in p for p in problems(r)), problems(r)
 
 
 def test_a_missing_json_figure_fails():
