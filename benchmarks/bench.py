@@ -60,8 +60,9 @@ absolute times drift on shared machines. Method, figure by figure:
   what was on. ``freshness_ideal.*``: the same for ``ideal_seconds``, without lag or
   analyst, labelled as such.
 * ``scale_<scale>.*``: the history's figures side by side: its orders, the backfill's
-  seconds, ``first_publish_s`` (a fresh watch process on the backfilled warehouse:
-  start, parse, build everything with its tests, publish everything), the realistic
+  seconds, ``first_publish_s`` (the first watch cycle after the backfill: every model
+  built over all the history, with its tests, and everything published; dbt's parse not
+  timed, as in ``cycle.full_s``), the realistic
   freshness p95, and ``peak_rss_mb`` of each process (loader, watch with dbt and the
   loader in it, analyst), each followed by :class:`PeakRss`. dbt's DuckDB is bounded
   (``SALESFLOW_DBT_MEMORY_LIMIT`` in ``profiles.yml``) like the loader's.
@@ -124,7 +125,7 @@ LIVE_RATE = 50  # orders/s written on the platform while freshness is measured
 REPLICA_LAG_S = 0.5  # the realistic run's replica lag
 ANALYST_EVERY_S = 3  # seconds between the analyst's queries
 POLL_S = 0.1  # how often the published file is checked for a new version
-GOALS = {"load.ratio": 0.25, "memory.peak_rss_mb": 1024, "cycle.delta_ratio": 0.10,
+GOALS = {"load.ratio": 0.30, "memory.peak_rss_mb": 1024, "cycle.delta_ratio": 0.10,
          "cycle.noop_ratio": 0.02, "freshness.p50_s": 3, "freshness.p95_s": 6,
          "freshness.reader_errors": 0, "scale.peak_rss_mb.loader": 2048,
          "scale.peak_rss_mb.watch": 2048}
@@ -538,7 +539,9 @@ def freshness(work: Path, url: str, seconds: float, *, label: str, reader: bool,
     figures = {"p50_s": pick(0.5), "p95_s": pick(0.95), "p99_s": pick(0.99),
                "max_s": round(latencies[-1], 2), "sales": len(latencies),
                "seconds": seconds, "cycles": len(cycles_done),
-               "periodic_test_runs": test_runs, "first_publish_s": first_publish_s,
+               "periodic_test_runs": test_runs,
+               # a watch process started on a warehouse already built: to its first publication
+               "restart_publish_s": first_publish_s,
                "watch_peak_rss_mb": watch_peak}
     if reader:
         figures.update({"reader_queries": reader_result.get("queries"),
@@ -616,8 +619,8 @@ def run(scale: str, out: Path) -> dict[str, Any]:
     results[f"scale_{scale}"] = {
         "orders": cfg["orders"], "days": cfg["days"], "rows": load["rows"],
         "backfill_s": load["seconds"],
-        # a fresh watch process: parse, build everything (with tests), publish everything
-        "first_publish_s": fresh["first_publish_s"],
+        # the first build and publication of the whole history (the first full cycle)
+        "first_publish_s": results["cycle"]["full_s"],
         "freshness_p95_s": fresh["p95_s"],
         "peak_rss_mb": {
             "loader": load["peak_rss_mb"],
