@@ -308,3 +308,24 @@ def test_late_commits_and_clock_skew_never_hold_the_sales_marts_back(
                (log.read_text().splitlines() if log.exists() else [])]
     assert "build_failed" not in notices and "tests_failed" not in notices, notices
     catch_up_and_reconcile(sim_dir, warehouse, *model.real_world_args())
+
+
+def test_a_signal_during_a_dlt_step_reaches_watch(warehouse, monkeypatch):
+    """dlt's normalize and load steps intercept SIGINT/SIGTERM for themselves unless told
+    not to: a signal then failed the step and never reached watch, which ran on."""
+    import os
+
+    from loaders import warehouse as warehouse_mod
+    from loaders.runners import pipeline as pipeline_mod
+
+    seen = []
+
+    def cycle(*args, **kwargs):
+        seen.append(warehouse_mod.dlt_pipeline().runtime_config.intercept_signals)
+        raise RuntimeError("no platform in this test")
+
+    monkeypatch.setattr(pipeline_mod, "cycle", cycle)
+    monkeypatch.delenv("RUNTIME__INTERCEPT_SIGNALS", raising=False)
+    watch(interval=0, max_cycles=1, max_backoff=0)
+    assert seen == [False]
+    assert "RUNTIME__INTERCEPT_SIGNALS" not in os.environ

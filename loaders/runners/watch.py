@@ -36,13 +36,16 @@ publish for analysts.
   the next good cycle catches up.
 * **Stopping**: SIGINT or SIGTERM lets the cycle in progress finish and then exits; a
   second signal abandons it at once — safe, since dlt completes a half-loaded package on
-  the next start and the published file is only ever replaced whole.
+  the next start and the published file is only ever replaced whole. dlt's own signal
+  interception (``[runtime] intercept_signals``) is off while watch runs: it would take
+  the first signal for itself, fail the step in progress and leave watch running.
 * The run lock is held for the whole watch: a second watch or `salesflow run` is refused.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 import time
@@ -180,10 +183,17 @@ def _held_by_test() -> bool:
                for s in marts.held_back(status).values())
 
 
+DLT_INTERCEPTS_SIGNALS = "RUNTIME__INTERCEPT_SIGNALS"
+
+
 def _install_signals(stop: threading.Event) -> Callable[[], None]:
     if threading.current_thread() is not threading.main_thread():
         return lambda: None
     previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    # dlt would otherwise install its own handlers for its normalize and load steps
+    # (read when each cycle's pipeline is made) and keep a signal from reaching watch's
+    intercepting = os.environ.get(DLT_INTERCEPTS_SIGNALS)
+    os.environ[DLT_INTERCEPTS_SIGNALS] = "false"
 
     def handler(signum: int, frame: Any) -> None:
         if stop.is_set():  # second signal: abandon the cycle in progress
@@ -197,5 +207,9 @@ def _install_signals(stop: threading.Event) -> Callable[[], None]:
     def restore() -> None:
         for s, h in previous.items():
             signal.signal(s, h)
+        if intercepting is None:
+            os.environ.pop(DLT_INTERCEPTS_SIGNALS, None)
+        else:
+            os.environ[DLT_INTERCEPTS_SIGNALS] = intercepting
 
     return restore
