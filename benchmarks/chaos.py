@@ -204,11 +204,12 @@ class Proc:
         return "\n".join(self.lines[-n:])
 
 
-def phase_of(lines: list[str]) -> str:
-    """The phase a `salesflow run` had reached: the last marker in its output."""
+def phase_of(lines: list[str], markers: tuple[tuple[str, re.Pattern[str]], ...] = MARKERS) -> str:
+    """The phase a `salesflow run` (or, with ``WATCH_MARKERS``, a watch cycle) had reached:
+    the last marker in its output."""
     phase = "start-up"
     for line in lines:
-        for name, pattern in MARKERS:
+        for name, pattern in markers:
             if pattern.search(line):
                 phase = name
     return phase
@@ -627,15 +628,6 @@ WATCH_MARKERS = (
 WATCH_TARGETS = ("publish", "load", "publish", "dbt build")
 
 
-def watch_phase_of(lines: list[str]) -> str:
-    phase = "start-up"
-    for line in lines:
-        for name, pattern in WATCH_MARKERS:
-            if pattern.search(line):
-                phase = name
-    return phase
-
-
 def published_state(work: Path) -> dict[str, Any]:
     """The file analysts read: opens read-only, has every mart, no mart held back, no
     unique key twice."""
@@ -684,7 +676,7 @@ def kill_watch(watch: Watch, target: str, rng: random.Random) -> dict[str, Any]:
         raise RuntimeError(f"watch exited on its own:\n{watch.proc.tail()}")
     watch.proc.kill()
     watch.proc.wait()
-    return {"target": target, "phase": watch_phase_of(watch.proc.lines[start:]),
+    return {"target": target, "phase": phase_of(watch.proc.lines[start:], WATCH_MARKERS),
             "delay_s": round(delay, 3), "publication_files": sorted(in_progress)}
 
 
