@@ -232,16 +232,20 @@ def _entity_resource(
 
 
 def _rows(spec: EntitySpec, table: pa.Table, append: bool) -> Iterator[Any]:
-    """A page's rows as the entity's table takes them; on a first load (``append``), its
-    tombstones set aside (:mod:`loaders.runners.first_loads` applies them to the rare
-    rows listed before their deletion)."""
-    if append and spec.deleted_marker in table.column_names:
-        table, tombstones = split_tombstones(spec, table)
+    """A page's rows as the entity's table takes them. Its tombstones: on a first load
+    (``append``), set aside (:mod:`loaders.runners.first_loads` applies them to the rare
+    rows listed before their deletion); on later loads, merged (they delete their row)
+    and also appended, as (key, cursor), to the entity's deletion log
+    (:func:`deleted_table`)."""
+    if spec.deleted_marker in table.column_names:
+        live, tombstones = split_tombstones(spec, table)
+        if append:
+            table = live
         if tombstones.num_rows:
             yield dlt.mark.with_hints(
                 with_load_id_slot(tombstones),
                 dlt.mark.make_hints(
-                    table_name=tombstones_table(spec.name),
+                    table_name=(tombstones_table if append else deleted_table)(spec.name),
                     write_disposition="append",
                 ),
                 create_table_variant=True,
@@ -406,6 +410,14 @@ def _parsed(
     start requested, when the listing is by time and the format can say it)."""
     for page in pages:
         yield parse_page(spec, page.records, since, since_param)
+
+
+def deleted_table(entity: str) -> str:
+    """The entity's deletion log: a row (key, cursor, dlt load id) per record a load
+    deleted, appended by every load after the first. A merge removes the deleted row
+    from raw, so this is what tells the models which keys went, and when (by load id),
+    without comparing whole tables (the dbt macro ``delete_tombstoned``)."""
+    return f"{entity}__deleted"
 
 
 def tombstones_table(entity: str) -> str:
