@@ -4,7 +4,7 @@
         incremental_strategy='delete+insert',
         unique_key='customer_id',
         on_schema_change='append_new_columns',
-        post_hook=["{{ delete_gone('customer_id', ref('stg_replica__customers')) }}"],
+        pre_hook=["{{ delete_tombstoned('customer_id', 'customers') }}"],
     )
 }}
 
@@ -25,6 +25,10 @@ orders as not materialized (
 ),
 
 {% if is_incremental() %}
+    {#- an order deleted leaves no newer row, only a count that no longer matches: the
+        counts are compared over every order only when an order was deleted since the
+        last build -#}
+    {% if deleted_upstream(only=['orders']) %}
     order_counts as (
 
         select
@@ -52,6 +56,17 @@ orders as not materialized (
         where built.lifetime_orders != coalesce(current_counts.lifetime_orders, 0)
 
     ),
+    {% else %}
+    stale_customers as (
+
+        select
+            customer_id,
+            cast(null as varchar) as newest_load_id
+        from {{ this }}
+        where false
+
+    ),
+    {% endif %}
 
     customers_to_build as (
 

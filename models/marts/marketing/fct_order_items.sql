@@ -4,52 +4,73 @@
         incremental_strategy='delete+insert',
         unique_key='order_item_id',
         on_schema_change='append_new_columns',
-        post_hook=[
-            "{{ delete_gone('order_item_id', ref('int_order_items_joined_to_orders')) }}",
+        pre_hook=[
+            "{{ delete_tombstoned('order_item_id', 'order_items') }}",
+            "{{ delete_tombstoned('order_id', 'orders') }}",
         ],
     )
 }}
 
+-- the incremental branch reads staging (the lines it rebuilds, joined by the macro
+-- order_items_joined), declared here since dbt parses only the full branch:
+-- depends_on: {{ ref('stg_replica__order_items') }}
+-- depends_on: {{ ref('stg_replica__orders') }}
+-- depends_on: {{ ref('stg_replica__products') }}
+-- depends_on: {{ ref('currency_rates') }}
+
 with
 
--- not materialized: read again by the incremental filter, DuckDB would otherwise
--- copy the whole input once per build
-order_items as not materialized (
-
-    select * from {{ ref('int_order_items_joined_to_orders') }}
-
-),
-
 {% if is_incremental() %}
-    moved_lines as (
+    changed_lines as (
 
+        -- the line was (re)loaded since the last build
+        select order_item_id from {{ ref('stg_replica__order_items') }}
+        where load_id >= {{ last_built_load_id() }}
+        union
+        -- its order was
+        select lines.order_item_id
+        from {{ ref('stg_replica__order_items') }} as lines
+        inner join {{ ref('stg_replica__orders') }} as orders
+            on lines.order_id = orders.order_id
+        where orders.load_id >= {{ last_built_load_id() }}
+        union
         -- a line takes only its product line from its product: a product loaded since
         -- the last build moves its lines only if that changed (a new price leaves every
         -- line of the product's history as it is)
-        select order_items.order_item_id
-        from order_items
-        inner join {{ this }} as built
-            on order_items.order_item_id = built.order_item_id
+        select built.order_item_id
+        from {{ this }} as built
+        inner join {{ ref('stg_replica__products') }} as products
+            on built.product_id = products.product_id
         where
-            order_items.product_load_id >= {{ last_built_load_id() }}
-            and built.product_line is distinct from order_items.product_line
+            products.load_id >= {{ last_built_load_id() }}
+            and built.product_line is distinct from products.product_line
+
+    ),
+
+    changed_order_items as (
+
+        select * from {{ ref('stg_replica__order_items') }}
+        where
+            order_item_id in (
+                select changed.order_item_id from changed_lines as changed
+            )
+
+    ),
+
+    -- joined here, on the changed lines only: a filter on the intermediate view would
+    -- be applied after every line of the history had been joined
+    selected_lines as (
+
+        {{ order_items_joined('changed_order_items') }}
+
+    ),
+{% else %}
+    selected_lines as (
+
+        select * from {{ ref('int_order_items_joined_to_orders') }}
 
     ),
 {% endif %}
-
-selected_lines as (
-
-    select * from order_items
-    {% if is_incremental() %}
-        -- the line or its order was (re)loaded since the last build, or its product
-        -- line moved
-        where
-            order_item_load_id >= {{ last_built_load_id() }}
-            or order_load_id >= {{ last_built_load_id() }}
-            or order_item_id in (select moved.order_item_id from moved_lines as moved)
-    {% endif %}
-
-),
 
 final as (
 

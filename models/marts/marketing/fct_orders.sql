@@ -4,7 +4,7 @@
         incremental_strategy='delete+insert',
         unique_key='order_id',
         on_schema_change='append_new_columns',
-        post_hook=["{{ delete_gone('order_id', ref('stg_replica__orders')) }}"],
+        pre_hook=["{{ delete_tombstoned('order_id', 'orders') }}"],
     )
 }}
 

@@ -4,7 +4,7 @@
         incremental_strategy='delete+insert',
         unique_key='sales_date',
         on_schema_change='append_new_columns',
-        post_hook=[
+        pre_hook=[
             "{{ delete_gone('sales_date', ref('product_sales_hourly'),"
             " upstream_key='cast(kept.sales_hour as date)') }}",
         ],

@@ -4,7 +4,7 @@
         incremental_strategy='delete+insert',
         unique_key='sales_hour',
         on_schema_change='append_new_columns',
-        post_hook=[
+        pre_hook=[
             "{{ delete_gone('sales_hour', ref('fct_order_items'),"
             " upstream_key=\"date_trunc('hour', kept.ordered_at)\","
             " upstream_where='not kept.is_cancelled') }}",
