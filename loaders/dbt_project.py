@@ -18,7 +18,8 @@ May import: dbt, :mod:`loaders.config`, :mod:`loaders.warehouse` and :mod:`loade
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -240,11 +241,13 @@ class Session:
         self.target = target_dir()
 
     def build(
-        self, select: Sequence[str] | None, tests: bool = True, views: bool = True
+        self, select: Sequence[str] | None, tests: bool = True, views: bool = True,
+        exclude: Sequence[str] = (),
     ) -> Outcome:
         """Build (models, seeds, snapshots, and with ``tests`` their data tests; never
         unit tests); returns what it did (the marts rebuilt, what failed). Without
-        ``views`` (and tests), the selected views are left as they are."""
+        ``views`` (and tests), the selected views are left as they are; ``exclude``:
+        models left out of a selection."""
         args = (
             ["build", *NO_UNIT_TESTS] if tests
             # a cycle's run leaves the manifest as parsed (rewriting its megabytes of
@@ -253,10 +256,13 @@ class Session:
         )
         if select:
             args += ["--select", *select]
+            left_out = list(exclude)
             if not tests and not views:
                 # a view's definition changes with the project or the source's shape,
                 # not with new rows: recreating them each cycle is wasted work
-                args += ["--exclude", "config.materialized:view"]
+                left_out.append("config.materialized:view")
+            if left_out:
+                args += ["--exclude", *left_out]
         result = self._invoke(args)
         if not tests and result.result is not None:
             # what failed stays where dbt users (and salesflow's notices) look for it
@@ -285,3 +291,62 @@ class Session:
         if result.exception is not None:
             raise result.exception
         return result
+
+
+PERIOD_SECONDS = {"minute": 60, "hour": 3600, "day": 86400}
+
+
+class BuildAfter:
+    """The models whose dbt config says how often at most to build them
+    (``freshness: build_after: {count, period}``, dbt's own setting for this), for a
+    runner that builds over and over. Their new data waits until that long has passed
+    since their last build; the other models are built on every change. Meant for marts
+    rebuilt whole that nobody reads by the second (monthly cohorts, daily funnels): their
+    cost leaves the cycles that carry sales to the marts. ``updates_on`` is read as
+    ``any``: new data in any parent makes a model due once its time has come."""
+
+    def __init__(self, manifest: Any, clock: Callable[[], float] = time.monotonic) -> None:
+        self.manifest = manifest
+        self.clock = clock
+        self.every: dict[str, float] = {}  # unique id -> seconds
+        for uid, node in manifest.nodes.items():
+            after = getattr(getattr(node.config, "freshness", None), "build_after", None)
+            if node.resource_type == "model" and after and after.count and after.period:
+                period = str(getattr(after.period, "value", after.period))
+                self.every[uid] = after.count * PERIOD_SECONDS[period]
+        self.built_at: dict[str, float] = {}
+        self.waiting: set[str] = set()  # new data arrived, not built yet
+
+    def plan(self, select: Sequence[str], source: str, tables: Iterable[str]) -> tuple[
+            list[str], list[str]]:
+        """The selection and exclusions of a build of what the ``tables`` of ``source``
+        (those with new data) reach: models not due are left out (and remembered),
+        models due with data waiting are added."""
+        tables = set(tables)
+        sources = [uid for uid, s in self.manifest.sources.items()
+                   if s.source_name == source and s.name in tables]
+        reached = self._reached(sources)
+        self.waiting |= reached & set(self.every)
+        now = self.clock()
+        due = {u for u in self.waiting
+               if now - self.built_at.get(u, float("-inf")) >= self.every[u]}
+        exclude = sorted(self.manifest.nodes[u].name for u in self.waiting - due)
+        extra = sorted(self.manifest.nodes[u].name for u in due - reached)
+        return [*select, *extra], exclude
+
+    def built(self, outcome: Outcome) -> None:
+        """Record a build: the models it built."""
+        now = self.clock()
+        done = {u for u in self.every if self.manifest.nodes[u].name in outcome.rebuilt}
+        for uid in done:
+            self.built_at[uid] = now
+        self.waiting -= done
+
+    def _reached(self, sources: Iterable[str]) -> set[str]:
+        reached, todo = set(), list(sources)
+        while todo:
+            for child in self.manifest.child_map.get(todo.pop(), []):
+                if child not in reached:
+                    reached.add(child)
+                    todo.append(child)
+        return reached

@@ -10,6 +10,11 @@ publish for analysts.
   dlt load id), and the lookback window's unchanged rows are not loaded again, so a
   cycle's work follows what changed, not the size of the history. A cycle with nothing
   new builds nothing and publishes nothing. The first cycle builds everything.
+* **Marts at their own rhythm.** A mart whose dbt config says how often at most to
+  build it (``freshness: build_after``, dbt's setting; the monthly cohorts and the daily
+  funnel, rebuilt whole) is left out of the cycles until that long has passed since its
+  last build, then built with the data that waited (:class:`loaders.dbt_project.BuildAfter`):
+  its cost leaves the cycles that carry sales to the marts.
 * **Tests at a rhythm.** Data tests gate the first build, any build after the source's
   shape changed and builds while a mart is held back by a failing test (a mart they
   fail is not published). Otherwise builds run the models only (``dbt run``) and the
@@ -87,6 +92,8 @@ def watch(
     try:
         with pipeline.run_lock("watch"):
             dbt = dbt_project.Session()
+            # marts whose dbt config says how often at most to build them
+            rhythm = dbt_project.BuildAfter(dbt.manifest)
             by_load_id = publish.by_load_id(dbt.manifest)
             # a DuckDB file is copied for analysts; a server warehouse is queried directly
             publishes = warehouse.is_duckdb()
@@ -126,7 +133,15 @@ def watch(
                     # marts does not wait for them
                     shape_changed = bool(result.tracked and result.tracked.changes)
                     gate = not built_once or shape_changed or _held_by_test()
-                    built = dbt.build(select, tests=gate, views=shape_changed)
+                    exclude: list[str] = []
+                    if select is not None and not gate:
+                        select, exclude = rhythm.plan(
+                            select, replica_settings.SOURCE_NAME, result.advanced)
+                    built = dbt.build(select, tests=gate, views=shape_changed,
+                                      exclude=exclude)
+                    rhythm.built(built)
+                    if exclude:
+                        stats.last["waiting"] = exclude
                     stats.builds += 1
                     stats.last["tests"] = gate
                     stats.last["build_s"] = round(time.monotonic() - t, 2)

@@ -1,3 +1,7 @@
+-- rebuilt whole, and read by the month or the day: while salesflow watch runs, built
+-- at most every 5 minutes (dbt's build_after), out of the cycles that carry sales
+{{ config(freshness={'build_after': {'count': 5, 'period': 'minute'}}) }}
+
 with
 
 orders as (
