@@ -196,3 +196,25 @@ def test_the_pool_keeps_its_newest_spares_and_deletes_a_held_one_once_free(wh, t
     assert [p for _, p in publish._pool(target)] == [newest, legacy]
     assert step(8).spare == "analytics.duckdb.spare.7"
     assert not legacy.exists() and differences(target, wh) == {}
+
+
+def test_a_whole_publication_leaves_no_earlier_version_to_start_from(wh, target):
+    """Marts rewritten without a newer load id (a full refresh, hashes under a new key)
+    are published whole: no spare from before may be refreshed key by key later."""
+    publish.publish(wh, target)
+    with Reader() as reader:
+        for step in range(1, 4):
+            if step == 3:
+                reader.open(target)  # held: a spare after this publication
+            publish.publish(wh, target, changed=load(wh, step), by_load_id=BY_KEY)
+        assert spares(target) == ["analytics.duckdb.spare.3"]
+        with duckdb.connect(str(wh)) as con:
+            con.execute("update marts.orders set amount = amount * 2")
+        daily(wh)
+        assert publish.publish(wh, target).route == "whole"
+        assert spares(target) == []  # the held one too: its reader keeps it
+        reader.open(target)
+    pub = publish.publish(wh, target, changed=load(wh, 4), by_load_id=BY_KEY)
+    assert pub.route == "copy" and differences(target, wh) == {}
+    pub = publish.publish(wh, target, changed=load(wh, 5), by_load_id=BY_KEY)
+    assert pub.in_place and differences(target, wh) == {}

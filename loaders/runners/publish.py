@@ -24,7 +24,9 @@ spare. Only when every spare is held is the current version copied instead, and 
 the marts the cycle rebuilt refreshed, the others carried over. The pool keeps the
 ``spares`` newest; older ones are deleted once no one has them open (a held one is left
 to a later publication): on disk, the pool and the current version, plus the versions
-readers hold. ``Published.route`` says how a version was made.
+readers hold. A whole publication (every mart copied: a first build, a full refresh)
+deletes the pool, held spares too (their readers keep them): a mart may have changed
+there beyond what its load ids tell. ``Published.route`` says how a version was made.
 
 A spare some publications behind has every mart refreshed, so it ends equal to a copy:
 non-refreshable marts copied whole, refreshable ones key by key from the newest load id
@@ -135,6 +137,12 @@ def publish(
     held = set(hold)
     pool = _pool(target)
     current = pool[0][0] + 1 if pool else 1  # the current version's number
+    if changed_set is None:
+        # a whole publication: the marts may have changed beyond what load ids tell (a
+        # full refresh, new hashes), no earlier version may be refreshed key by key
+        for _, spare_file in pool:
+            _delete(spare_file)  # a reader holding it keeps reading it
+        pool = []
     # from the previous version: the newest spare no one reads (updated in place, a
     # few publications behind, so every mart is brought up to date), else a copy; with
     # marts held back, always a copy (they must stay as analysts have them)
@@ -210,7 +218,7 @@ def publish(
     finally:
         con.close()
     # the version being replaced joins the spares: readers may still have it open
-    if target.exists():
+    if target.exists() and changed_set is not None:
         try:
             os.link(target, prev)
         except OSError:  # a file system without hard links: no spare, the next one copies
@@ -252,9 +260,13 @@ def _trim(target: Path, keep: int) -> None:
         if con is None:
             continue
         con.close()
-        # the log first: a database file left alone is a complete (older) version
-        _wal(path).unlink(missing_ok=True)
-        path.unlink()
+        _delete(path)
+
+
+def _delete(path: Path) -> None:
+    # the log first: a database file left alone is a complete (older) version
+    _wal(path).unlink(missing_ok=True)
+    path.unlink(missing_ok=True)
 
 
 def _wal(path: Path) -> Path:
