@@ -229,6 +229,8 @@ def test_incremental_cycles_and_their_publication_equal_a_full_rebuild(
     stats = watch(interval=0, max_cycles=4, on_cycle=between, base_url=simulator.url,
                   token=TOKEN, progress="log")
     assert stats.failures == 0 and stats.published == 4
+    # the first cycle publishes whole, the second copies it, the next ones update a spare
+    assert stats.last["published_from"].startswith("in place: analytics.duckdb.spare.")
     # a cycle's run writes no manifest, but its results are where dbt users look
     ran = json.loads((target / "run_results.json").read_text())
     assert ran["args"]["which"] == "run"
