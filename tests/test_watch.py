@@ -229,6 +229,8 @@ def test_incremental_cycles_and_their_publication_equal_a_full_rebuild(
     stats = watch(interval=0, max_cycles=4, on_cycle=between, base_url=simulator.url,
                   token=TOKEN, progress="log")
     assert stats.failures == 0 and stats.published == 4
+    # the first cycle publishes whole, the second copies it, the next ones update a spare
+    assert stats.last["published_from"].startswith("in place: analytics.duckdb.spare.")
     # a cycle's run writes no manifest, but its results are where dbt users look
     ran = json.loads((target / "run_results.json").read_text())
     assert ran["args"]["which"] == "run"
@@ -236,14 +238,17 @@ def test_incremental_cycles_and_their_publication_equal_a_full_rebuild(
     # the marts built at their own rhythm (dbt's build_after) wait with their new data
     waiting = set(stats.last["waiting"])
     assert waiting == {"customer_cohorts_monthly", "funnel_daily"}
-    # the version before the current one is updated in place unless a reader holds it
-    spare = published.with_name(published.name + ".spare")
+    # a spare version is updated in place unless readers hold every one
+    spares = [p for p in published.parent.glob(published.name + ".spare.*")
+              if p.suffix[1:].isdigit()]
     by_key = {"fct_orders": "order_id", "fct_order_items": "order_item_id"}
-    held = reader(spare, True, 60)
-    assert json.loads(held.stdout.readline())["row"]  # it has the file open
-    assert not publish.publish(warehouse, published, changed=[], by_load_id=by_key).in_place
-    held.terminate()
-    held.wait(timeout=30)
+    held = [reader(spare, True, 60) for spare in spares]
+    assert spares and all(json.loads(h.stdout.readline())["row"] for h in held)  # open
+    pub = publish.publish(warehouse, published, changed=[], by_load_id=by_key)
+    assert not pub.in_place and pub.route == "copy"
+    for h in held:
+        h.terminate()
+        h.wait(timeout=30)
     assert publish.publish(warehouse, published, changed=[], by_load_id=by_key).in_place
     rebuilt = tmp_path / "rebuilt.duckdb"
     rebuilt.write_bytes(warehouse.read_bytes())

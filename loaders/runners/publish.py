@@ -13,32 +13,45 @@ over the old one in one step (``os.replace``). Hence:
   it is closed); reconnect to see the latest. ``marts._published`` says which version a
   connection sees (when, and the cycle behind it).
 
-A new version starts from an earlier one rather than from nothing. The version before
-the current one is kept beside it (``analytics.duckdb.spare``): when no one has that
-file open (DuckDB locks a file for its readers too), it is brought up to date in place
-and renamed over the current one, which becomes the spare in turn — no copy of the file
-each cycle. When a reader still holds it, the current version is copied instead and
-only the marts the cycle rebuilt are refreshed, the others carried over. A rebuilt mart
-whose every change carries a newer dlt load id (``last_load_id``; the marts named in
-``by_load_id`` with their key: a row's, or a period's for the sales aggregates) is
-refreshed key by key: the keys with a row loaded since the newest load id that version
-holds take the warehouse's rows, and keys no longer in the warehouse are deleted — so a
-cycle publishes in proportion to what changed, not to the size of the mart. Other marts
-are copied whole. Views (``pipeline_health``, ``mart_status``) are published as tables
-frozen at publication time, refreshed by every publication.
+A new version starts from an earlier one rather than from nothing. The versions before
+the current one are kept beside it, a pool of **spares** (``analytics.duckdb.spare.<n>``,
+``n`` numbering the versions, the newest highest): the newest spare no one has open
+(DuckDB locks a file for its readers too) is brought up to date in place and renamed
+over the current version, which joins the pool in turn — no copy of the file each cycle.
+A reader keeping a connection (a BI tool's pool, an analyst's session) holds one version:
+while fewer versions are held than the pool keeps, a publication still finds a free
+spare. Only when every spare is held is the current version copied instead, and only
+the marts the cycle rebuilt refreshed, the others carried over. The pool keeps the
+``spares`` newest; older ones are deleted once no one has them open (a held one is left
+to a later publication): on disk, the pool and the current version, plus the versions
+readers hold. A whole publication (every mart copied: a first build, a full refresh)
+deletes the pool, held spares too (their readers keep them): a mart may have changed
+there beyond what its load ids tell. ``Published.route`` says how a version was made.
+
+A spare some publications behind has every mart refreshed, so it ends equal to a copy:
+non-refreshable marts copied whole, refreshable ones key by key from the newest load id
+each holds, marts gone from dbt dropped. A rebuilt mart whose every change carries a
+newer dlt load id (``last_load_id``; the marts named in ``by_load_id`` with their key: a
+row's, or a period's for the sales aggregates) is refreshed key by key: the keys with a
+row loaded since the newest load id that version holds take the warehouse's rows, and
+keys no longer in the warehouse are deleted — so a cycle publishes in proportion to what
+changed, not to the size of the mart. Other marts are copied whole. Views
+(``pipeline_health``, ``mart_status``) are published as tables frozen at publication
+time, refreshed by every publication.
 
 Marts **held back** (``hold``: a failing build or test reaches them, see
 :mod:`loaders.runners.holds`) are never taken from the warehouse: they keep the version
 analysts have (their last good one), or stay absent if they were never published. Such
-a publication starts from a copy of the current version, never from the spare (two
-versions behind, it would bring a held mart's older version back); ``marts._published``
-lists them (``held_back_tables``).
+a publication starts from a copy of the current version, never from a spare (behind,
+it would bring a held mart's older version back); ``marts._published`` lists them
+(``held_back_tables``).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import time
 from collections.abc import Iterable, Mapping
@@ -56,6 +69,7 @@ log = logging.getLogger(__name__)
 
 SCHEMA = MARTS_SCHEMA
 LOAD_ID = "last_load_id"
+SPARES = 3  # spare versions kept beside the published one
 
 
 def published_path() -> Path:
@@ -69,8 +83,19 @@ class Published:
     carried: list[str]  # carried over unchanged
     updated: dict[str, int]  # refreshed row by row: rows written
     seconds: float
-    in_place: bool = False  # brought the spare version up to date instead of a copy
+    in_place: bool = False  # brought a spare version up to date instead of a copy
     held: tuple[str, ...] = ()  # held back: left as the previous version had them
+    spare: str | None = None  # in place: the spare's file name
+    behind: int | None = None  # in place: publications that spare was behind
+    copied: bool = False  # started from a copy of the current version
+
+    @property
+    def route(self) -> str:
+        """How this version was made: from a spare (which, how far behind), a copy of
+        the current version, or from nothing (a whole publication)."""
+        if self.in_place:
+            return f"in place: {self.spare}, {self.behind} behind"
+        return "copy" if self.copied else "whole"
 
 
 def by_load_id(manifest: Any) -> dict[str, str]:
@@ -95,25 +120,40 @@ def publish(
     cycle_id: str | None = None,
     by_load_id: Mapping[str, str] | None = None,
     hold: Iterable[str] = (),
+    spares: int = SPARES,
 ) -> Published:
     """Publish the ``marts`` schema of ``warehouse`` to ``target``. ``changed``: the marts
     rebuilt since the last publication (None: all of them, copied whole). ``by_load_id``:
     mart → unique key, for the rebuilt marts that may be refreshed row by row. ``hold``:
-    marts left as the current version has them (absent if it has none)."""
+    marts left as the current version has them (absent if it has none). ``spares``:
+    spare versions kept for the next publications to update in place."""
     started = time.perf_counter()
     target = target or published_path()
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp, spare, prev = (target.with_name(f"{target.name}.{s}") for s in ("next", "spare", "prev"))
-    for stale in (tmp, tmp.with_name(tmp.name + ".wal"), prev):
+    tmp, prev = (target.with_name(f"{target.name}.{s}") for s in ("next", "prev"))
+    for stale in (tmp, _wal(tmp), prev):
         stale.unlink(missing_ok=True)
     changed_set = None if changed is None else set(changed)
     held = set(hold)
-    # from the previous version: the spare one before it when no one reads that (updated
-    # in place, two publications behind, so every mart is brought up to date), else a
-    # copy; with marts held back, always a copy (they must stay as analysts have them)
+    pool = _pool(target)
+    current = pool[0][0] + 1 if pool else 1  # the current version's number
+    if changed_set is None:
+        # a whole publication: the marts may have changed beyond what load ids tell (a
+        # full refresh, new hashes), no earlier version may be refreshed key by key
+        for _, spare_file in pool:
+            _delete(spare_file)  # a reader holding it keeps reading it
+        pool = []
+    # from the previous version: the newest spare no one reads (updated in place, a
+    # few publications behind, so every mart is brought up to date), else a copy; with
+    # marts held back, always a copy (they must stay as analysts have them)
     from_previous = (changed_set is not None or bool(held)) and target.exists()
-    con = _claim(spare) if from_previous and not held else None
-    behind, path = con is not None, spare if con is not None else tmp
+    con, spare = None, None
+    for version, candidate in pool if from_previous and not held else ():
+        con = _claim(candidate)
+        if con is not None:
+            spare = version, candidate
+            break
+    from_spare, path = spare is not None, spare[1] if spare is not None else tmp
     if con is None:
         if from_previous:
             shutil.copyfile(target, tmp)
@@ -147,7 +187,7 @@ def publish(
         refresh = sorted(
             t for t in source if t not in held and (
                 # views (pipeline_health, mart_status) say "now": refreshed every time
-                changed_set is None or behind or t in changed_set or t not in present
+                changed_set is None or from_spare or t in changed_set or t not in present
                 or t in views
             )
         )
@@ -177,18 +217,60 @@ def publish(
         con.execute("CHECKPOINT")
     finally:
         con.close()
-    # the version being replaced becomes the spare: readers may still have it open
-    if target.exists():
+    # the version being replaced joins the spares: readers may still have it open
+    if target.exists() and changed_set is not None:
         try:
             os.link(target, prev)
         except OSError:  # a file system without hard links: no spare, the next one copies
             log.info("no spare publication kept: %s cannot be linked", target)
     os.replace(path, target)
     if prev.exists():
-        os.replace(prev, spare)
+        os.replace(prev, spare_path(target, current))
+    _trim(target, spares)
     carried = sorted(set(source) - set(refresh) - held)
-    return Published(target, copy, carried, updated, time.perf_counter() - started, behind,
-                     tuple(sorted(held)))
+    return Published(
+        target, copy, carried, updated, time.perf_counter() - started, from_spare,
+        tuple(sorted(held)), spare=spare[1].name if spare else None,
+        behind=current + 1 - spare[0] if spare else None,
+        copied=from_previous and not from_spare,
+    )
+
+
+def spare_path(target: Path, version: int) -> Path:
+    """Where the spare holding version ``version`` of ``target`` is kept."""
+    return target.with_name(f"{target.name}.spare.{version}")
+
+
+def _pool(target: Path) -> list[tuple[int, Path]]:
+    """The spare versions of ``target`` with their numbers, newest first. A spare named
+    before versions were numbered (``.spare``) is the oldest."""
+    pattern = re.compile(re.escape(target.name) + r"\.spare(?:\.(\d+))?", re.ASCII)
+    spares = []
+    for path in target.parent.iterdir():
+        if number := pattern.fullmatch(path.name):
+            spares.append((int(number[1] or 0), path))
+    return sorted(spares, reverse=True)
+
+
+def _trim(target: Path, keep: int) -> None:
+    """Delete the spares beyond the ``keep`` newest that no one has open; a held one
+    is left for a later publication to delete."""
+    for _, path in _pool(target)[keep:]:
+        con = _claim(path)
+        if con is None:
+            continue
+        con.close()
+        _delete(path)
+
+
+def _delete(path: Path) -> None:
+    # the log first: a database file left alone is a complete (older) version
+    _wal(path).unlink(missing_ok=True)
+    path.unlink(missing_ok=True)
+
+
+def _wal(path: Path) -> Path:
+    return path.with_name(path.name + ".wal")
 
 
 def _claim(path: Path) -> duckdb.DuckDBPyConnection | None:

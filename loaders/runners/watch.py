@@ -166,6 +166,7 @@ def watch(
                         released.clear()
                         stats.published += 1
                         stats.last["publish_s"] = round(pub.seconds, 2)
+                        stats.last["published_from"] = pub.route
                     if gate:
                         tested_at = time.monotonic()
                     elif time.monotonic() - tested_at >= test_interval:

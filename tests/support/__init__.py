@@ -8,7 +8,8 @@ test file:
   schema (scripted evolutions) or what its API serves (drifts) while served;
 * ``warehouse``: dbt on the test's warehouse, and the last load that reconciles it;
 * ``postgres``: a throw-away PostgreSQL server;
-* ``sinks``: local receivers for notifications (HTTP and SMTP).
+* ``sinks``: local receivers for notifications (HTTP and SMTP);
+* ``readers``: analysts' processes holding a published version open.
 """
 
 from __future__ import annotations
