@@ -207,6 +207,37 @@ def environment(**values: str) -> Iterator[None]:
                 os.environ[k] = v
 
 
+@contextmanager
+def kept_open() -> Iterator[None]:
+    """Keep the DuckDB warehouse file open in this process for a block of work.
+
+    Every dlt sql client, and each step of a dlt run, opens the file afresh and closes it
+    when done: the open reads the file's catalog and the close checkpoints it, some
+    hundredths of a second each, several times a cycle. While one connection of this
+    process holds the file, DuckDB hands later connections the database already open, and
+    the checkpoint waits for the last one to close. Nothing else changes: each client
+    still commits as before, and the file is closed, checkpointed, when the block ends
+    (dbt and the publication, after a load, open it as usual). Other targets: nothing to
+    keep. A file that cannot be opened here is left for dlt to report as it would."""
+    if target_type() != "duckdb":
+        yield
+        return
+    import duckdb
+
+    path = duckdb_path()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        held = duckdb.connect(str(path))
+    except (OSError, duckdb.Error) as exc:
+        log.debug("warehouse not kept open (%s): each client opens it", exc)
+        yield
+        return
+    try:
+        yield
+    finally:
+        held.close()
+
+
 # ---------------------------------------------------------------- the dlt pipeline on it
 
 

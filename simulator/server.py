@@ -69,6 +69,10 @@ def _platform_main(
 def _bind(host: str, port: int) -> socket.socket:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    # as a production web server: the connections accepted inherit it, so a response's
+    # body is not held back (Nagle) until the client acknowledges its headers, which a
+    # client on a kept-alive connection delays by some 40 ms
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.bind((host, port))
     sock.listen(2048)
     sock.set_inheritable(True)

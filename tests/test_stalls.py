@@ -4,6 +4,7 @@ succeeds — judged from constructed histories, then through real cycles."""
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -233,13 +234,20 @@ def load(sim: Simulator) -> LoadResult:
     return pipeline.load(base_url=sim.url, token=TOKEN)
 
 
+# stalls are judged in seconds: cycles start at most this often, as watch's interval
+# paces them, however quick a cycle with nothing new is
+CYCLE_EVERY_S = 1.0
+
+
 def load_until(sim: Simulator, done: Callable[[LoadResult], bool], most: int) -> list[LoadResult]:
-    """Cycles until one is ``done``; fails after ``most``."""
+    """Cycles about a second apart until one is ``done``; fails after ``most``."""
     results: list[LoadResult] = []
     while len(results) < most:
+        started = time.monotonic()
         results.append(load(sim))
         if done(results[-1]):
             return results
+        time.sleep(max(0.0, CYCLE_EVERY_S - (time.monotonic() - started)))
     raise AssertionError(f"not done after {most} cycles: {[stalls(r) for r in results]}")
 
 

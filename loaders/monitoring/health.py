@@ -302,20 +302,32 @@ class Health:
             sql.create_dataset()
         ds = sql.fully_qualified_dataset_name()
         self.ensure_tables(sql, ds)
+        # one transaction, one row per entity in one statement: a cycle's record is
+        # written whole or not at all, and costs one commit
+        with sql.begin_transaction():
+            self._write_rows(sql, ds, cycle, opened, closed, current, entities,
+                             alarm_changes)
+
+    def _write_rows(self, sql: Any, ds: str, cycle: Cycle, opened: dict | None,
+                    closed: dict | None, current: dict | None, entities: Sequence[str],
+                    alarm_changes: alarms.AlarmChanges | None) -> None:
         sql.execute_sql(
             f"INSERT INTO {ds}.{CYCLES} (cycle_id, started_at, ended_at, outcome, message,"
             " rows_loaded, load_id) VALUES (%s, %s, %s, %s, %s, %s, %s)",
             cycle.cycle_id, iso(cycle.started_at), iso(cycle.ended_at), cycle.outcome,
             cycle.message[:1000], cycle.total, cycle.load_id,
         )
-        if family(cycle.outcome) is None:
-            for entity in _loaded(cycle, entities):
-                sql.execute_sql(
-                    f"INSERT INTO {ds}.{LOADS} (cycle_id, entity, rows_loaded,"
-                    " rows_quarantined, loaded_at) VALUES (%s, %s, %s, %s, %s)",
+        loaded = _loaded(cycle, entities) if family(cycle.outcome) is None else []
+        if loaded:
+            sql.execute_sql(
+                f"INSERT INTO {ds}.{LOADS} (cycle_id, entity, rows_loaded,"
+                " rows_quarantined, loaded_at) VALUES "
+                + ", ".join(["(%s, %s, %s, %s, %s)"] * len(loaded)),
+                *(v for entity in loaded for v in (
                     cycle.cycle_id, entity, cycle.rows.get(entity, 0),
                     cycle.quarantined.get(entity, 0), iso(cycle.ended_at),
-                )
+                )),
+            )
         if closed:
             sql.execute_sql(
                 f"UPDATE {ds}.{INCIDENTS} SET ended_at = %s, duration_seconds = %s,"

@@ -12,7 +12,9 @@ warehouse with ``SALESFLOW_TARGET``, see :mod:`loaders.warehouse`):
 
 DuckDB admits one writing process per file, so every command that writes takes the same
 lock (``<pipelines dir>/salesflow.lock``; on every target: one salesflow writer at a
-time); a second one is refused with a clear message.
+time); a second one is refused with a clear message. A cycle keeps a DuckDB file open
+from its load to its records (:func:`loaders.warehouse.kept_open`), so its many clients
+do not each open and checkpoint it; it is closed before dbt builds.
 dlt's working directory (pending load packages, state) is ``data/dlt`` unless
 ``SALESFLOW_PIPELINES_DIR`` says otherwise; ``dlt pipeline --pipelines-dir data/dlt
 salesflow_replica info`` inspects it. A package left half-normalized or half-loaded by a
@@ -186,16 +188,18 @@ def _cycle(kwargs: dict[str, Any], progress: str | None = None) -> LoadResult:
     opened or closed and notified (see :mod:`loaders.monitoring.health`)."""
     started = health.utcnow()
     pipeline = None
-    try:
-        pipeline = warehouse.dlt_pipeline(progress)
-        result = _load(kwargs, pipeline)
-    except Exception as exc:
+    # the load and its records open the warehouse many times: once is enough
+    with warehouse.kept_open():
         try:
-            _record_cycle(started, kwargs, None, exc, pipeline)
-        except Exception:  # never hide the cycle's own error behind the record's
-            log.exception("could not record the failed cycle")
-        raise
-    result.outcome = _record_cycle(started, kwargs, result, None, pipeline)
+            pipeline = warehouse.dlt_pipeline(progress)
+            result = _load(kwargs, pipeline)
+        except Exception as exc:
+            try:
+                _record_cycle(started, kwargs, None, exc, pipeline)
+            except Exception:  # never hide the cycle's own error behind the record's
+                log.exception("could not record the failed cycle")
+            raise
+        result.outcome = _record_cycle(started, kwargs, result, None, pipeline)
     return result
 
 
