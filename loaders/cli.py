@@ -299,7 +299,7 @@ def cmd_watch(args) -> int:
 
     opts = _load_options(args)
     stats = watch(interval=args.interval, max_cycles=args.cycles, test_interval=args.test_interval,
-                  on_cycle=show, **opts)
+                  test_slice_seconds=args.test_slice_seconds, on_cycle=show, **opts)
     print(f"stopped after {stats.cycles} cycle(s): {stats.builds} build(s),"
           f" {stats.published} publication(s), {stats.failures} failed cycle(s)")
     return 0
@@ -480,6 +480,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-interval", type=float, default=300.0,
                    help="seconds between runs of the data tests (they also gate the first"
                         " build and builds after a schema change)")
+    p.add_argument("--test-slice-seconds", type=float, default=1.0,
+                   help="a run of the data tests goes in slices of about this many seconds,"
+                        " one after each cycle's publication")
     p.set_defaults(func=cmd_watch)
     p = sub.add_parser("query", help="SQL on the published marts (read-only)")
     p.add_argument("sql", help="a SQL statement, or a file holding one (e.g. analyses/*.sql)")

@@ -17,6 +17,7 @@ May import: dbt, :mod:`loaders.config`, :mod:`loaders.warehouse` and :mod:`loade
 
 from __future__ import annotations
 
+import heapq
 import os
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -144,6 +145,7 @@ class Outcome:
     skipped: list[str] = field(default_factory=list)  # nodes not run (upstream failed)
     judged: list[str] = field(default_factory=list)  # every node the command covered
     tests: bool = False  # the data tests ran
+    seconds: dict[str, float] = field(default_factory=dict)  # unique id -> dbt's timing
 
 
 def outcome(result: Any, tests: bool) -> Outcome:
@@ -152,6 +154,8 @@ def outcome(result: Any, tests: bool) -> Outcome:
     for r in getattr(result.result, "results", None) or []:
         status, node = str(r.status), r.node
         out.judged.append(node.unique_id)
+        if status != "skipped":
+            out.seconds[node.unique_id] = float(getattr(r, "execution_time", 0.0) or 0.0)
         if status in ("error", "fail"):
             message = " ".join(str(r.message or status).split())[:MESSAGE_CHARS]
             out.failures.append(Failure(node.unique_id, status, message))
@@ -210,6 +214,41 @@ def exposures_reached(manifest: Any, failures: Iterable[Failure]) -> list[str]:
     for failure in failures:
         reached |= downstream(manifest, failure)
     return sorted(manifest.exposures[u].name for u in reached if u in manifest.exposures)
+
+
+def graph_order(manifest: Any) -> list[str]:
+    """Every node and source in the order of dbt's graph: each after its parents (among
+    nodes the graph leaves unordered, by unique id)."""
+    parents = {uid: set(manifest.parent_map.get(uid, ())) for uid in
+               [*manifest.sources, *manifest.nodes]}
+    waiting = {uid: len(p) for uid, p in parents.items() if p}
+    ready = sorted(uid for uid, p in parents.items() if not p)
+    heapq.heapify(ready)
+    order: list[str] = []
+    while ready:
+        uid = heapq.heappop(ready)
+        order.append(uid)
+        for child in manifest.child_map.get(uid, ()):
+            if child in waiting:
+                waiting[child] -= 1
+                if not waiting[child]:
+                    del waiting[child]
+                    heapq.heappush(ready, child)
+    return order + sorted(waiting)  # a cycle, which dbt refuses: last, as they are
+
+
+def data_tests(manifest: Any) -> dict[str, str]:
+    """The data tests (unique id -> the node each tests: the model or source it is
+    attached to, else its last parent in the graph's order)."""
+    rank = {uid: i for i, uid in enumerate(graph_order(manifest))}
+    tests = {}
+    for uid, node in manifest.nodes.items():
+        if node.resource_type != "test":
+            continue
+        attached = getattr(node, "attached_node", None)
+        parents = sorted(node.depends_on.nodes, key=lambda u: rank.get(u, len(rank)))
+        tests[uid] = attached or (parents[-1] if parents else uid)
+    return tests
 
 
 def in_scope(manifest: Any, result: Outcome) -> set[str]:
@@ -275,6 +314,11 @@ class Session:
         if select:
             args += ["--select", *select]
         return outcome(self._invoke(args), True)
+
+    def test_nodes(self, unique_ids: Sequence[str]) -> Outcome:
+        """These data tests (by unique id) only; what failed."""
+        names = sorted({self.manifest.nodes[u].name for u in unique_ids})
+        return outcome(self._invoke(["test", *NO_UNIT_TESTS, "--select", *names]), True)
 
     def _invoke(self, args: list[str]) -> Any:
         """One command on the parsed manifest, compiled afresh: dbt marks a node whose

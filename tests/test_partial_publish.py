@@ -171,3 +171,23 @@ def test_a_hold_is_released_only_by_a_run_that_can_tell():
                                    "t4", published=False)
     assert released == ["m1"] and status["m1"]["last_published_at"] is None
     assert marts.held_back(status) == {}
+
+
+def test_a_slice_releases_a_mart_only_by_running_the_test_that_holds_it():
+    failing = "test.salesflow.non_negative_m1_units"
+    other = "test.salesflow.not_null_stg_x_id"  # upstream of m1: covers it too
+    held = {"m1": marts.Hold(failing, "non_negative_m1_units (fail): 1")}
+    status, _ = marts.judge({}, ["m1", "m2"],
+                            marts.Verdict(marts.TESTS, held, {"m1"}, True,
+                                          ran=frozenset({failing})), "t1", False)
+    assert sorted(marts.held_back(status)) == ["m1"]
+    # another slice covers m1 and passes: it cannot tell about the failing test
+    status, released = marts.judge(status, ["m1", "m2"],
+                                   marts.Verdict(marts.TESTS, {}, {"m1", "m2"}, True,
+                                                 ran=frozenset({other})), "t2", False)
+    assert released == [] and sorted(marts.held_back(status)) == ["m1"]
+    # the slice holding the failing test passes: released
+    status, released = marts.judge(status, ["m1", "m2"],
+                                   marts.Verdict(marts.TESTS, {}, {"m1"}, True,
+                                                 ran=frozenset({failing})), "t3", False)
+    assert released == ["m1"] and marts.held_back(status) == {}

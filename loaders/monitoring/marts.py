@@ -9,10 +9,12 @@ is published as usual.
 
 A hold is released by the first later run that judges the mart and finds nothing wrong:
 a hold for a failing test needs its tests to run again (a build with tests, or the
-periodic test run); a hold for a model that errored needs a build. The marts' status is
-kept in the health state file (``marts``) and, for ``pipeline_health``, the
-``mart_status`` mart and analysts' file, in ``raw.mart_status`` (one row per mart,
-rewritten whole).
+periodic test run); a hold for a model that errored needs a build. A test run judges
+a mart held by a test only if that very test ran: the periodic tests run in slices, and
+a slice whose tests of the mart pass says nothing of the failing one in another slice.
+The marts' status is kept in the health state file (``marts``) and, for
+``pipeline_health``, the ``mart_status`` mart and analysts' file, in
+``raw.mart_status`` (one row per mart, rewritten whole).
 
 Pure but for :func:`ensure_table` and :func:`write`. May import: nothing of the project.
 """
@@ -51,12 +53,15 @@ class Verdict:
     tests: bool  # their data tests ran
     failures: list[str] = field(default_factory=list)  # failing nodes, described
     exposures: list[str] = field(default_factory=list)  # reading a held mart
+    # a test run's tests (dbt unique ids): only the test holding a mart can release it
+    ran: frozenset[str] | None = None
 
     def releases(self, hold: Mapping[str, Any]) -> bool:
         """Whether this run can tell that a mart held for ``hold`` is good again."""
-        return self.tests if str(hold.get("node", "")).startswith("test.") else (
-            self.kind == BUILD
-        )
+        node = str(hold.get("node", ""))
+        if not node.startswith("test."):
+            return self.kind == BUILD
+        return self.tests and (self.ran is None or node in self.ran)
 
 
 def judge(

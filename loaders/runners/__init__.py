@@ -14,6 +14,7 @@
   configured API (reach, auth, pages, fields, paging, since, deletions, counts, schema)
   with the setting to change when it fails; writes nothing;
 * ``watch`` — cycles back to back: load, build what changed, publish;
+* ``slices`` — watch's periodic data tests, one slice of about a second per cycle;
 * ``publish`` — the analysts' read-only copy of the DuckDB marts;
 * ``demo`` — the simulator, a backfill, an incremental load, dbt and the docs site.
 

@@ -48,6 +48,9 @@ def verdict(manifest: Any, result: dbt_project.Outcome, kind: str) -> marts.Verd
         tests=result.tests,
         failures=[f.describe() for f in result.failures],
         exposures=dbt_project.exposures_reached(manifest, result.failures),
+        # a test run (the periodic one runs in slices) releases a mart held by a test
+        # only if that test ran; a build with tests judges what it built, as before
+        ran=frozenset(result.judged) if kind == marts.TESTS else None,
     )
 
 

@@ -18,11 +18,16 @@ publish for analysts.
 * **Tests at a rhythm.** Data tests gate the first build, any build after the source's
   shape changed and builds while a mart is held back by a failing test (a mart they
   fail is not published). Otherwise builds run the models only (``dbt run``) and the
-  data tests run at most every ``test_interval`` seconds (default 300), after that
-  cycle's publication, so a sale's way to the marts never waits for a full-table test;
-  the marts a failing test reaches are held back from later publications until a test
-  run passes for them. Contracts are enforced by every build. Unit tests belong to
-  ``make test``.
+  data tests run at most every ``test_interval`` seconds (default 300) from the start
+  of the last run (a gated build counts as one), **in slices**
+  (:mod:`loaders.runners.slices`): once a run is due, each cycle, after its
+  publication (or with nothing new, on its own), runs the next slice of about
+  ``test_slice_seconds`` (default 1) of tests, in the graph's order, until every test
+  has run once, so a sale's way to the marts never waits for more than a slice. The
+  marts a failing test reaches are held back from later publications until a run of
+  that test passes. Contracts are enforced by every build. Unit tests belong to
+  ``make test``. The cycle's log says ``test_s`` and ``tests_slice`` (``3/9``) for a
+  slice, ``tests_done`` when it completed a run.
 * **Published atomically** (:mod:`loaders.runners.publish`) after every build:
   analysts read ``data/published/analytics.duckdb`` and are never blocked or shown a
   half-built mart. **What is good is published**: the marts a failing node reaches
@@ -61,7 +66,7 @@ from typing import Any
 from loaders import config, dbt_project, warehouse
 from loaders.monitoring import health, marts
 from loaders.replica import settings as replica_settings
-from loaders.runners import holds, pipeline, publish
+from loaders.runners import holds, pipeline, publish, slices
 
 log = logging.getLogger(__name__)
 
@@ -80,11 +85,15 @@ def watch(
     max_cycles: int | None = None,
     max_backoff: float = 60.0,
     test_interval: float = 300.0,
+    test_slice_seconds: float = 1.0,
     stop: threading.Event | None = None,
     on_cycle: Callable[[WatchStats], None] | None = None,
     **load_options: Any,
 ) -> WatchStats:
     """Run cycles until stopped (signal, ``stop`` set, or ``max_cycles`` done)."""
+    if test_slice_seconds < 0 or test_interval < 0:
+        raise ValueError(f"test_interval ({test_interval:g}) and test_slice_seconds"
+                         f" ({test_slice_seconds:g}) must be 0 or more seconds")
     stop = stop or threading.Event()
     progress = load_options.pop("progress", None)  # dlt's display, not a source option
     stats = WatchStats()
@@ -100,7 +109,9 @@ def watch(
             built_once = False
             released: set[str] = set()  # marts a test run let go, to publish next
             failures = 0
-            tested_at = time.monotonic()
+            periodic = slices.Rhythm(
+                dbt_project.data_tests(dbt.manifest), dbt_project.graph_order(dbt.manifest),
+                every=test_interval, budget=test_slice_seconds)
             while not stop.is_set() and (max_cycles is None or stats.cycles < max_cycles):
                 started = time.monotonic()
                 stats.cycles += 1
@@ -128,9 +139,8 @@ def watch(
                     t = time.monotonic()
                     # data tests gate the first build, a build after a shape change and
                     # builds while a mart is held back by a failing test (its tests must
-                    # pass to publish it again); otherwise they run at most every
-                    # test_interval seconds, after publication, so the freshness of the
-                    # marts does not wait for them
+                    # pass to publish it again); otherwise they run in slices after
+                    # publication, so the freshness of the marts does not wait for them
                     shape_changed = bool(result.tracked and result.tracked.changes)
                     gate = not built_once or shape_changed or _held_by_test()
                     exclude: list[str] = []
@@ -167,21 +177,10 @@ def watch(
                         stats.published += 1
                         stats.last["publish_s"] = round(pub.seconds, 2)
                         stats.last["published_from"] = pub.route
-                    if gate:
-                        tested_at = time.monotonic()
-                    elif time.monotonic() - tested_at >= test_interval:
-                        t = time.monotonic()
-                        # tests read whole tables: one run covers every cycle since
-                        tested = dbt.test(None)
-                        tested_at = time.monotonic()
-                        stats.last["tests"] = True
-                        stats.last["test_s"] = round(tested_at - t, 2)
-                        after = holds.record(dbt.manifest, tested, marts.TESTS,
-                                             result.last_load_id, False, pipeline.notifier())
-                        # good again without a rebuild: refreshed by the next publication
-                        released.update(after.released)
-                        if not tested.success:
-                            stats.last["tests_failed"] = True
+                    if gate:  # counts as a test run: the next is due later
+                        periodic.tested_in_build(built.seconds)
+                if built_once:  # the periodic data tests: one slice per cycle, when due
+                    _test_slice(dbt, periodic, stats, result.last_load_id, released)
                 stats.last["cycle_s"] = round(time.monotonic() - started, 2)
                 log.info("cycle %d: %s", stats.cycles, stats.last)
                 if on_cycle:
@@ -190,6 +189,33 @@ def watch(
     finally:
         restore()
     return stats
+
+
+def _test_slice(dbt: dbt_project.Session, periodic: slices.Rhythm, stats: WatchStats,
+                load_id: str | None, released: set[str]) -> None:
+    """The next slice of the periodic data tests, when a run is due or in progress, and
+    the marts' status after it (``released``: marts it let go, for the next
+    publication)."""
+    due = periodic.next_slice()
+    if due is None:
+        return
+    which = periodic.label()
+    t = time.monotonic()
+    tested = dbt.test_nodes(due)
+    complete = periodic.ran(tested.seconds)
+    stats.last["tests"] = True
+    stats.last["test_s"] = round(time.monotonic() - t, 2)
+    stats.last["tests_slice"] = which
+    if complete:
+        stats.last["tests_done"] = True
+    after = holds.record(dbt.manifest, tested, marts.TESTS, load_id, False,
+                         pipeline.notifier())
+    # good again without a rebuild: refreshed by the next publication
+    released.update(after.released)
+    if after.held:
+        stats.last["held_back"] = after.held
+    if not tested.success:
+        stats.last["tests_failed"] = True
 
 
 def _held_by_test() -> bool:
