@@ -290,8 +290,10 @@ class Session:
         args = (
             ["build", *NO_UNIT_TESTS] if tests
             # a cycle's run leaves the manifest as parsed (rewriting its megabytes of
-            # JSON each cycle cost about 0.2 s); its run_results.json is written below
-            else ["run", "--no-write-json"]
+            # JSON each cycle cost about 0.2 s); its run_results.json is written below.
+            # Nor does it list every schema's relations up front: the few it builds are
+            # looked up as needed
+            else ["run", "--no-write-json", "--no-populate-cache"]
         )
         if select:
             args += ["--select", *select]
