@@ -247,6 +247,10 @@ def _rows(spec: EntitySpec, table: pa.Table, append: bool) -> Iterator[Any]:
                 dlt.mark.make_hints(
                     table_name=(tombstones_table if append else deleted_table)(spec.name),
                     write_disposition="append",
+                    # not the entity's column hints (its deletion marker and merge
+                    # order, which mean nothing to an appended table): the log's
+                    # columns are those of its Arrow table
+                    columns={},
                 ),
                 create_table_variant=True,
             )
