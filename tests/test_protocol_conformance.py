@@ -120,7 +120,9 @@ def test_a_profile_loads_exactly_by_configuration_alone(
         store.wait_for_replica(sim_dir, timeout=20)
         faults.save(sim_dir, faults.Faults(slow_ms=150))
         try:
-            status = kill_a_load_while_it_extracts(pipelines_dir)
+            # at once: a load's steps after the extract are quick enough to finish
+            # within half a second of its start
+            status = kill_a_load_while_it_extracts(pipelines_dir, after=0.05)
         finally:
             faults.save(sim_dir, faults.Faults())
         assert status == -9, f"the load was not killed mid-run (it exited {status})"
