@@ -39,11 +39,11 @@ offset and page-number profiles count positions in commit order over the feed an
 positions superseded since (:func:`_window`), which never move while the platform
 writes. A request parameter a profile does not take is a 400 naming those it does.
 
-A page is a range of the replica's feed, records stored as served (see
-:mod:`simulator.store`), joined by SQLite (``group_concat``): serving renders nothing and
-builds no Python object per row. Drifts (:mod:`simulator.drift`) rewrite the page's
-records in the same SQL, and may add, remove or stall a listing, describe themselves in
-``/v1/schema`` and be announced.
+A page is a range of the replica's feed (see :mod:`simulator.store`): rows read in
+order through the tables' indexes, rendered and joined by SQLite (``json_object``,
+``group_concat``): serving builds no Python object per row. Drifts
+(:mod:`simulator.drift`) rewrite the page's records in the same SQL, and may add, remove
+or stall a listing, describe themselves in ``/v1/schema`` and be announced.
 
 May import ``store``, ``faults``, ``drift``, ``profiles`` and ``model``.
 """
@@ -722,10 +722,11 @@ def _page(
     """Up to ``limit`` records (rows and tombstones; ``dead`` 0 or 1: rows or tombstones
     only) in keyset order, and whether more follow.
 
-    One range scan of the entity's feed (its records as served, clustered on
-    ``(updated_at, key)``; see :mod:`simulator.store`) from the later of
-    ``updated_since`` and the cursor, the records joined into one string by SQLite: no
-    rendering and no Python object per row, however deep into the listing. It asks for
+    One range scan of the entity's feed (its rows and tombstones merged in
+    ``(updated_at, key)`` order from their indexes; see :mod:`simulator.store`) from the
+    later of
+    ``updated_since`` and the cursor, the records rendered and joined into one string
+    by SQLite: no Python object per row, however deep into the listing. It asks for
     one record more than ``limit``: if that one comes, more follow, and it is cut off;
     the last key is read from the last line served.
 
@@ -748,9 +749,10 @@ def _page(
         where.append("dead = ?")
         args.append(dead)
     record = _with_seq("record") + " AS record" if change_seq else "record"
-    columns = f"updated_at, k, dead, {record}" if plan.layers else record
+    # the order's columns selected too: the feed's rows and tombstones are then merged
+    # from their indexes (SQLite sorts the whole range otherwise)
     listing = (
-        f"SELECT {columns} FROM {store.feed_table(plan.entity)}"
+        f"SELECT updated_at, k, dead, {record} FROM {store.feed_table(plan.entity)}"
         f"{' WHERE ' + ' AND '.join(where) if where else ''}"
         " ORDER BY updated_at, k, dead LIMIT ?"
     )
@@ -829,26 +831,32 @@ def _window(
         where.append("dead = ?")
         args.append(dead)
     cond = " AND ".join(where) or "1"
-    feed = store.feed_table(plan.entity)
-    positions = (
-        f"SELECT seq, k, dead, updated_at, 0 AS gone FROM {feed} WHERE {cond}"
-        f" UNION ALL SELECT seq, k, dead, updated_at, 1 AS gone"
-        f" FROM {store.superseded_table(plan.entity)} WHERE {cond}"
+    e = plan.entity
+    # the live rows, the tombstones and the superseded positions, each from its own
+    # index; only the records in the window are rendered
+    positions = " UNION ALL ".join(
+        f"SELECT seq, k, dead, updated_at, {gone} AS gone FROM {source} WHERE {cond}"
+        for source, gone in (
+            (store.live_view(e), 0), (store.dead_view(e), 0), (store.superseded_table(e), 1),
+        )
     )
-    record = _with_seq("f.record", "w.seq") if change_seq else "f.record"
+    record = "coalesce(l.record, t.record)"
+    record = _with_seq(record, "w.seq") if change_seq else record
     listing = (
         f"SELECT w.seq AS seq, w.k AS k, w.dead AS dead, {record} AS record"
         f" FROM (SELECT * FROM ({positions}) ORDER BY seq, k, dead, gone LIMIT ? OFFSET ?)"
-        f" AS w JOIN {feed} AS f ON f.updated_at = w.updated_at AND f.k = w.k"
-        " AND f.dead = w.dead AND f.seq = w.seq"
+        f" AS w LEFT JOIN {store.live_view(e)} AS l ON w.dead = 0 AND l.k = w.k"
+        f" LEFT JOIN {store.dead_view(e)} AS t ON w.dead = 1 AND t.updated_at = w.updated_at"
+        " AND t.k = w.k"
         " WHERE w.gone = 0 ORDER BY w.seq, w.k, w.dead LIMIT ?"
     )
     con = replica.con()
     con.execute("BEGIN")
     try:
-        [(total,)] = con.execute(f"SELECT count(*) FROM ({positions})", args * 2).fetchall()
+        [(total,)] = con.execute(f"SELECT count(*) FROM ({positions})", args * 3).fetchall()
         page = _drifted_page(
-            replica, plan.layers, listing, [*args, *args, limit, offset], limit, by_seq=True
+            replica, plan.layers, listing, [*args, *args, *args, limit, offset], limit,
+            by_seq=True,
         )
     finally:
         con.execute("ROLLBACK")  # a read: the snapshot ends

@@ -20,21 +20,22 @@ Deleted rows are removed from the entity table and recorded in ``deletions``; th
 serves them as tombstones.
 
 The replica also keeps each entity's **feed** (``feed_<entity>``): every live row and
-tombstone rendered once as the API serves it (a JSON record), clustered in the listing's
-keyset order ``(updated_at, key)``. Replication maintains it in the same transaction as
-the rows (the versions a transaction replaced leave, the new ones come in); a schema
-change that alters how an entity renders rebuilds that entity's feed. So a page of the
-listing is one range scan of stored records: serving costs no rendering, as with a
-platform that keeps its API's records ready (an outbox or a serving cache) rather than
-rendering them per request. The price is disk: the replica holds every record twice,
-once in its columns and once as JSON. Each feed row also keeps the sequence number of the
-commit that wrote it (``seq``), indexed, for the listing in commit order (``since_seq``).
+tombstone rendered as the API serves it (a JSON record), in the listing's keyset order
+``(updated_at, key)`` or in commit order (``seq``, the sequence number of the commit that
+wrote it, for ``since_seq``). The feed is views, not a copy: its rows are the entity's
+table read through the table's own ``(updated_at, key)`` and ``_seq`` indexes and
+rendered by ``json_object`` as they are read, its tombstones a small table of deletions
+keyed as the listing orders them (``tomb_<entity>``), the two merged in order by SQLite.
+So the replica holds each record once and a schema change only makes the views again;
+the price is rendering each record served (in SQLite, no Python object per row) and a
+lookup from index to row.
 
-A feed entry that leaves (its row updated or deleted) leaves its position behind in
-``superseded_<entity>`` (position only, no record): in commit order the feed and these
-together only ever grow at the end, so a listing paged by offset or page number counts
-positions that never move, whatever the platform writes meanwhile (see
-:mod:`simulator.api`). The price: one small row per replaced version, kept for good.
+A row replicated over an older version leaves that version's position behind in
+``superseded_<entity>`` (position only, no record), read from the replica before the
+copy: in commit order the feed and these together only ever grow at the end, so a
+listing paged by offset or page number counts positions that never move, whatever the
+platform writes meanwhile (see :mod:`simulator.api`). The price: one small row per
+replaced version, kept for good.
 
 May import ``model`` only.
 """
@@ -308,9 +309,12 @@ def _replicate_due(con: sqlite3.Connection, lag: float) -> int:
         "SELECT ddl FROM p.txlog WHERE seq > ? AND seq <= ? AND ddl IS NOT NULL ORDER BY seq",
         (last, upto),
     ).fetchall()
+    if ddls:
+        drop_feed_views(con)
     for (ddl,) in ddls:
         for statement in json.loads(ddl):
             con.execute(statement)
+    supersede(con, last, upto)
     _copy_rows(con, last, upto)
     sync_feeds(con, last, upto)
     con.execute("UPDATE replication_state SET last_seq = ?", (upto,))
@@ -397,17 +401,30 @@ def _tombstone_sql(entity: str) -> str:
     return f"json_object('{pk}', {key}, 'updated_at', deleted_at, 'deleted_at', deleted_at)"
 
 
-def _create_feed(con: sqlite3.Connection, entity: str) -> None:
-    feed = feed_table(entity)
-    # clustered on the listing's order: a page is a contiguous range of the table
+def tomb_table(entity: str) -> str:
+    return f"tomb_{entity}"
+
+
+def live_view(entity: str) -> str:
+    return f"live_{entity}"
+
+
+def dead_view(entity: str) -> str:
+    return f"dead_{entity}"
+
+
+def _create_tombs(con: sqlite3.Connection, entity: str) -> None:
+    # an entity's tombstones keyed as the listing orders them (``deletions`` keeps keys
+    # as text, whose order is not the key's): (updated_at, key), and in commit order
     con.execute(
-        f"CREATE TABLE IF NOT EXISTS main.{feed} (updated_at TEXT NOT NULL,"
-        f" k {_key_type(entity)} NOT NULL, dead INTEGER NOT NULL, record TEXT NOT NULL,"
-        " seq INTEGER NOT NULL, PRIMARY KEY (updated_at, k, dead)) WITHOUT ROWID"
+        f"CREATE TABLE IF NOT EXISTS main.{tomb_table(entity)} (updated_at TEXT NOT NULL,"
+        f" k {_key_type(entity)} NOT NULL, seq INTEGER NOT NULL, PRIMARY KEY (updated_at, k))"
+        " WITHOUT ROWID"
     )
-    con.execute(f"CREATE INDEX IF NOT EXISTS main.ix_{feed}_k ON {feed} (k)")
-    # the listing in commit order: a range of this index, then the record by its key
-    con.execute(f"CREATE INDEX IF NOT EXISTS main.ix_{feed}_seq ON {feed} (seq, k, dead)")
+    con.execute(
+        f"CREATE INDEX IF NOT EXISTS main.ix_{tomb_table(entity)}_seq"
+        f" ON {tomb_table(entity)} (seq, k)"
+    )
 
 
 def _create_superseded(con: sqlite3.Connection, entity: str) -> None:
@@ -419,75 +436,89 @@ def _create_superseded(con: sqlite3.Connection, entity: str) -> None:
     )
 
 
-def _supersede(con: sqlite3.Connection, entity: str, lo: int, hi: int) -> None:
-    """Keep the positions of the live feed entries that the rows and deletions replicated
-    with sequence numbers in ``(lo, hi]`` replace, before they leave the feed."""
+def _create_feed(con: sqlite3.Connection, entity: str, record: str) -> None:
+    """The entity's feed as views: its rows rendered (``live_``, read through the
+    table's ``(updated_at, key)`` and ``_seq`` indexes), its tombstones rendered
+    (``dead_``), and the two merged (``feed_``) in either order."""
     pk = ENTITIES[entity].primary_key
-    changed = (
-        f"SELECT {pk} FROM main.{entity} WHERE _seq > ? AND _seq <= ?"
-        f" UNION ALL SELECT {_tombstone_key(entity)} FROM main.deletions"
-        " WHERE entity = ? AND _seq > ? AND _seq <= ?"
+    live, dead, feed = live_view(entity), dead_view(entity), feed_table(entity)
+    for view in (feed, live, dead):
+        con.execute(f"DROP VIEW IF EXISTS main.{view}")
+    con.execute(
+        f"CREATE VIEW main.{live} AS SELECT updated_at, {pk} AS k, 0 AS dead,"
+        f" {record} AS record, _seq AS seq FROM main.{entity}"
     )
     con.execute(
-        f"INSERT OR IGNORE INTO main.{superseded_table(entity)}"
-        f" SELECT seq, k, dead, updated_at FROM main.{feed_table(entity)}"
-        f" WHERE dead = 0 AND seq <= ? AND k IN ({changed})",
-        (lo, lo, hi, entity, lo, hi),
+        f"CREATE VIEW main.{dead} AS SELECT updated_at, k, 1 AS dead,"
+        f" json_object('{pk}', k, 'updated_at', updated_at, 'deleted_at', updated_at)"
+        f" AS record, seq FROM main.{tomb_table(entity)}"
     )
-
-
-def _rebuild_feed(con: sqlite3.Connection, entity: str, record: str) -> None:
-    feed, pk = feed_table(entity), ENTITIES[entity].primary_key
-    con.execute(f"DROP TABLE IF EXISTS main.{feed}")
-    _create_feed(con, entity)
     con.execute(
-        f"INSERT INTO main.{feed} SELECT updated_at, {pk}, 0, {record}, _seq"
-        f" FROM main.{entity} ORDER BY updated_at, {pk}"
+        f"CREATE VIEW main.{feed} AS SELECT updated_at, k, dead, record, seq FROM {live}"
+        f" UNION ALL SELECT updated_at, k, dead, record, seq FROM {dead}"
     )
-    if ENTITIES[entity].deletable:
-        con.execute(
-            f"INSERT OR REPLACE INTO main.{feed} SELECT deleted_at, {_tombstone_key(entity)},"
-            f" 1, {_tombstone_sql(entity)}, _seq FROM main.deletions WHERE entity = ?",
-            (entity,),
-        )
     con.execute(
         f"INSERT OR REPLACE INTO main.{FEED_SHAPES} (entity, record_sql) VALUES (?, ?)",
         (entity, record),
     )
 
 
-def _update_feed(con: sqlite3.Connection, entity: str, record: str, lo: int, hi: int) -> None:
-    """Bring the feed up to the rows and tombstones replicated with sequence numbers in
-    ``(lo, hi]``: the versions they replace (or the rows they delete) leave, they come in."""
-    feed, pk = feed_table(entity), ENTITIES[entity].primary_key
-    changed = f"SELECT {pk} FROM main.{entity} WHERE _seq > ? AND _seq <= ?"
-    deleted = (
-        f"SELECT {_tombstone_key(entity)} FROM main.deletions"
+def _changed_keys(entity: str, schema: str) -> str:
+    """The keys of ``entity`` that rows and deletions of ``schema`` with sequence numbers
+    in ``(?, ?]`` write (parameters: lo, hi, entity, lo, hi)."""
+    pk = ENTITIES[entity].primary_key
+    return (
+        f"SELECT {pk} FROM {schema}.{entity} WHERE _seq > ? AND _seq <= ?"
+        f" UNION ALL SELECT {_tombstone_key(entity)} FROM {schema}.deletions"
         " WHERE entity = ? AND _seq > ? AND _seq <= ?"
     )
-    _supersede(con, entity, lo, hi)
-    for keys, args in ((changed, (lo, hi)), (deleted, (entity, lo, hi))):
-        con.execute(f"DELETE FROM main.{feed} WHERE dead = 0 AND k IN ({keys})", args)
+
+
+def supersede(con: sqlite3.Connection, lo: int, hi: int) -> None:
+    """Keep the positions of the rows that production's rows and deletions with sequence
+    numbers in ``(lo, hi]`` replace, before they are copied over (rows being the feed's
+    live entries, the versions replaced are read from the replica's tables)."""
+    if hi <= lo:
+        return
+    for entity in ENTITIES:
+        _create_superseded(con, entity)
+        pk = ENTITIES[entity].primary_key
+        con.execute(
+            f"INSERT OR IGNORE INTO main.{superseded_table(entity)}"
+            f" SELECT _seq, {pk}, 0, updated_at FROM main.{entity}"
+            f" WHERE _seq <= ? AND {pk} IN ({_changed_keys(entity, 'p')})",
+            (lo, lo, hi, entity, lo, hi),
+        )
+
+
+def _add_tombs(con: sqlite3.Connection, entity: str, lo: int | None, hi: int | None) -> None:
+    """Key the tombstones of ``entity`` replicated in ``(lo, hi]`` (all: ``lo`` None)."""
+    where = "entity = ?"
+    args: list[object] = [entity]
+    if lo is not None:
+        where += " AND _seq > ? AND _seq <= ?"
+        args += [lo, hi]
     if ENTITIES[entity].deletable:  # the API lists tombstones of these
         con.execute(
-            f"INSERT OR REPLACE INTO main.{feed} SELECT deleted_at, {_tombstone_key(entity)},"
-            f" 1, {_tombstone_sql(entity)}, _seq FROM main.deletions"
-            " WHERE entity = ? AND _seq > ? AND _seq <= ?",
-            (entity, lo, hi),
+            f"INSERT OR REPLACE INTO main.{tomb_table(entity)}"
+            f" SELECT deleted_at, {_tombstone_key(entity)}, _seq FROM main.deletions"
+            f" WHERE {where} ORDER BY deletion_id",
+            args,
         )
-    con.execute(
-        f"INSERT OR REPLACE INTO main.{feed} SELECT updated_at, {pk}, 0, {record}, _seq"
-        f" FROM main.{entity} WHERE _seq > ? AND _seq <= ?",
-        (lo, hi),
-    )
 
 
-def _feed_has_seq(con: sqlite3.Connection, entity: str) -> bool:
-    """Whether the entity's feed keeps commit sequence numbers (a feed built before it
-    did is rebuilt)."""
-    return con.execute(
-        "SELECT 1 FROM pragma_table_info(?, 'main') WHERE name = 'seq'", (feed_table(entity),)
-    ).fetchone() is not None
+def _kind(con: sqlite3.Connection, name: str) -> str | None:
+    row = con.execute("SELECT type FROM main.sqlite_schema WHERE name = ?", (name,)).fetchone()
+    return row[0] if row else None
+
+
+def drop_feed_views(con: sqlite3.Connection) -> None:
+    """Drop the feeds' views (a schema change may not drop or rename a column a view
+    reads); :func:`sync_feeds` makes them again."""
+    for entity in ENTITIES:
+        for view in (feed_table(entity), live_view(entity), dead_view(entity)):
+            if _kind(con, view) == "view":
+                con.execute(f"DROP VIEW main.{view}")
 
 
 def sync_feeds(
@@ -495,9 +526,10 @@ def sync_feeds(
     rebuild: bool = False,
 ) -> None:
     """Keep the replica's feeds equal to its tables (inside the caller's transaction):
-    an entity whose rendering changed (a schema change, or no feed yet) is rebuilt whole;
-    the others take the rows replicated in ``(lo, hi]``. ``rebuild``: rebuild them all
-    (after the tables were written other than by replication)."""
+    the views of an entity whose rendering changed (a schema change, or no feed yet) are
+    made again; the tombstones replicated in ``(lo, hi]`` are keyed. ``rebuild``: key
+    every tombstone again (after the tables were written other than by replication).
+    A feed kept as a table of rendered records, as replicas once did, is replaced."""
     con.execute(
         f"CREATE TABLE IF NOT EXISTS main.{FEED_SHAPES} (entity TEXT PRIMARY KEY,"
         " record_sql TEXT NOT NULL)"
@@ -506,13 +538,19 @@ def sync_feeds(
     applied = applied_evolutions(con)
     for entity in ENTITIES:
         _create_superseded(con, entity)
+        kind = _kind(con, feed_table(entity))
+        if kind == "table":
+            con.execute(f"DROP TABLE main.{feed_table(entity)}")
+        fresh = kind == "table" or _kind(con, tomb_table(entity)) is None
+        _create_tombs(con, entity)
         record = record_sql(con, entity, applied)
-        if rebuild or built.get(entity) != record or not _feed_has_seq(con, entity):
-            if lo is not None and hi is not None and hi > lo and _feed_has_seq(con, entity):
-                _supersede(con, entity, lo, hi)
-            _rebuild_feed(con, entity, record)
+        if rebuild or kind != "view" or built.get(entity) != record:
+            _create_feed(con, entity, record)
+        if rebuild or fresh:
+            con.execute(f"DELETE FROM main.{tomb_table(entity)}")
+            _add_tombs(con, entity, None, None)
         elif lo is not None and hi is not None and hi > lo:
-            _update_feed(con, entity, record, lo, hi)
+            _add_tombs(con, entity, lo, hi)
 
 
 def query(directory: Path | str, sql: str, *args: object, db: str = REPLICA) -> list[tuple]:
@@ -570,8 +608,9 @@ def drop_feeds(directory: Path | str) -> None:
     con = connect(Path(directory) / REPLICA)
     try:
         con.execute("BEGIN")
+        drop_feed_views(con)
         for entity in ENTITIES:
-            con.execute(f"DROP TABLE {feed_table(entity)}")
+            con.execute(f"DROP TABLE {tomb_table(entity)}")
             con.execute(f"DROP TABLE IF EXISTS {superseded_table(entity)}")
         con.execute(f"DROP TABLE {FEED_SHAPES}")
         con.execute("COMMIT")

@@ -1,6 +1,7 @@
 """The replica's feed: the records the API serves, kept by replication. Whatever the
 platform writes (new rows, updates, deletions, schema changes), the feed kept
-transaction by transaction must equal one rendered afresh from the replica's tables."""
+transaction by transaction must equal one rendered afresh from the replica's tables.
+The replica holds each record once, in its table: the feed renders it from there."""
 
 from __future__ import annotations
 
@@ -56,3 +57,41 @@ def test_a_replica_without_feeds_gets_them_on_its_next_replication(platform_dir:
     built = store.feeds(platform_dir)
     assert built == store.feeds(platform_dir, rebuild=True)
     assert all(built[entity] for entity in ("orders", "customers", "events"))
+
+
+def test_the_replica_holds_each_record_once_and_the_positions_it_replaced(
+    platform_dir: Path,
+) -> None:
+    # no stored copy of the records: the feeds are views over the tables
+    kinds = dict(store.query(platform_dir, "SELECT name, type FROM sqlite_schema"))
+    assert all(kinds[store.feed_table(entity)] == "view" for entity in ENTITIES)
+    tables = [name for name, kind in kinds.items() if kind == "table"]
+    for table in tables:
+        columns = {r[0] for r in store.query(
+            platform_dir, "SELECT name FROM pragma_table_info(?)", table)}
+        assert "record" not in columns, table
+    # an update leaves the position of the version it replaced, read before the copy
+    before = store.query(
+        platform_dir, "SELECT _seq, order_id, 0, updated_at FROM orders ORDER BY order_id LIMIT 3"
+    )
+    with Platform(platform_dir, seed=3) as platform:
+        for _, order_id, _, _ in before:
+            platform.update("orders", order_id, status="delivered")
+        store.replicate(platform_dir)
+    superseded = store.query(
+        platform_dir, f"SELECT seq, k, dead, updated_at FROM {store.superseded_table('orders')}"
+    )
+    assert sorted(superseded) == sorted(before)
+
+
+def test_a_feed_kept_as_rendered_records_is_replaced_by_the_views(platform_dir: Path) -> None:
+    served = store.feeds(platform_dir)
+    store.drop_feeds(platform_dir)
+    store.write_replica_only(  # a replica made when feeds were tables of records
+        platform_dir,
+        "CREATE TABLE feed_orders (updated_at TEXT, k INTEGER, dead INTEGER, record TEXT,"
+        " seq INTEGER)",
+    )
+    kinds = dict(store.query(platform_dir, "SELECT name, type FROM sqlite_schema"))
+    assert kinds[store.feed_table("orders")] == "view"
+    assert store.feeds(platform_dir) == served
