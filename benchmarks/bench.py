@@ -16,7 +16,10 @@ absolute times drift on shared machines. Method, figure by figure:
 * ``load.duckdb_read_json_rows_per_s``: the same rows, dumped from the replica as NDJSON
   (the records the API serves, from the replica's feed; dump not timed), read by
   DuckDB's ``read_json`` into tables
-  of a fresh database file; ``load.ratio`` = rows_per_s / that.
+  of a fresh database file; ``load.ratio`` = rows_per_s / that. A scale with
+  ``read_json_rows`` dumps at most that many rows per entity (the first in the feed's
+  order; the dump of a whole large history would need as much disk again as the
+  replica); ``load.read_json_rows`` says how many were read.
 * ``load.baseline_dlt_dicts_rows_per_s``: what a user would write first — a dlt resource
   paging the API's JSON with dlt's RESTClient, yielding the dicts, default loader
   (``insert_values``) into DuckDB — over the first ``baseline_rows`` order items;
@@ -123,7 +126,8 @@ SCALES: dict[str, dict[str, Any]] = {
     "large": {"orders": 10_000_000, "baseline_rows": 50_000, "days": 365,
               "freshness_seconds": 660, "ideal_seconds": 180, "test_interval": 300,
               "test_slice_seconds": 1,
-              "json_parse_rows": 400_000, "json_load_orders": 100_000},
+              "json_parse_rows": 400_000, "json_load_orders": 100_000,
+              "read_json_rows": 2_000_000},
 }
 # where the envelope profile's JSON documents hold their records
 ENVELOPE_RECORDS_PATH = "data"
@@ -231,7 +235,7 @@ def backfill(work: Path, url: str, config: dict[str, str] | None = None) -> dict
             "peak_rss_mb": peak}
 
 
-def read_json_baseline(work: Path, sim_dir: Path) -> dict[str, Any]:
+def read_json_baseline(work: Path, sim_dir: Path, limit: int | None = None) -> dict[str, Any]:
     import duckdb
 
 
@@ -242,7 +246,10 @@ def read_json_baseline(work: Path, sim_dir: Path) -> dict[str, Any]:
     for entity in settings.ENDPOINTS:
         with open(nd / f"{entity}.ndjson", "w") as fh:
             # the live rows' records, as the API serves them
-            cur = con.execute(f"SELECT record FROM {store.feed_table(entity)} WHERE dead = 0")
+            cur = con.execute(
+                f"SELECT record FROM {store.feed_table(entity)} WHERE dead = 0"
+                + (f" LIMIT {int(limit)}" if limit else "")
+            )
             while batch := cur.fetchmany(100_000):
                 fh.write("\n".join(r[0] for r in batch) + "\n")
                 rows += len(batch)
@@ -601,12 +608,13 @@ def run(scale: str, out: Path) -> dict[str, Any]:
     server = Server(sim_dir, "--rate", "0")
     try:
         load = backfill(work, server.url)
-        rj = read_json_baseline(work, sim_dir)
+        rj = read_json_baseline(work, sim_dir, cfg.get("read_json_rows"))
         dicts = dicts_baseline(work, server.url, cfg["baseline_rows"])
         results["load"] = {
             "rows": load["rows"], "seconds": load["seconds"], "rows_per_s": load["rows_per_s"],
             "duckdb_read_json_rows_per_s": rj["rows_per_s"],
             "ratio": round(load["rows_per_s"] / rj["rows_per_s"], 3),
+            "read_json_rows": rj["rows"],
             "baseline_dlt_dicts_rows_per_s": dicts["rows_per_s"],
             "baseline_rows": dicts["rows"],
             "speedup_vs_baseline": round(load["rows_per_s"] / dicts["rows_per_s"], 1),

@@ -187,7 +187,13 @@ def downstream(manifest: Any, failure: Failure) -> set[str]:
         start = {attached} if attached else set(node.depends_on.nodes)
     else:
         start = {failure.unique_id}
-    reached, todo = set(start), list(start)
+    return start | descendants(manifest, start)
+
+
+def descendants(manifest: Any, start: Iterable[str]) -> set[str]:
+    """The unique ids that depend on any of ``start``, directly or not."""
+    reached: set[str] = set()
+    todo = list(start)
     while todo:
         for child in manifest.child_map.get(todo.pop(), []):
             if child not in reached:
@@ -371,7 +377,7 @@ class BuildAfter:
         tables = set(tables)
         sources = [uid for uid, s in self.manifest.sources.items()
                    if s.source_name == source and s.name in tables]
-        reached = self._reached(sources)
+        reached = descendants(self.manifest, sources)
         self.waiting |= reached & set(self.every)
         now = self.clock()
         due = {u for u in self.waiting
@@ -387,12 +393,3 @@ class BuildAfter:
         for uid in done:
             self.built_at[uid] = now
         self.waiting -= done
-
-    def _reached(self, sources: Iterable[str]) -> set[str]:
-        reached, todo = set(), list(sources)
-        while todo:
-            for child in self.manifest.child_map.get(todo.pop(), []):
-                if child not in reached:
-                    reached.add(child)
-                    todo.append(child)
-        return reached

@@ -279,6 +279,25 @@ def cursor_positions(pipe: dlt.Pipeline) -> dict[str, Any]:
     return out
 
 
+# rows per INSERT statement when many are written at once
+INSERT_BATCH = 500
+
+
+def insert_rows(sql: Any, table: str, columns: Sequence[str] | None,
+                rows: Sequence[Sequence[Any]], batch: int = INSERT_BATCH) -> None:
+    """Insert ``rows`` into ``table`` (qualified) on an open sql client: one statement
+    of many rows per ``batch`` (a statement per row would cost more than the rest of a
+    cycle's bookkeeping). ``columns`` None: every column, in the table's order."""
+    if not rows:
+        return
+    names = f" ({', '.join(columns)})" if columns else ""
+    marks = "(" + ", ".join(["%s"] * len(rows[0])) + ")"
+    for start in range(0, len(rows), batch):
+        part = rows[start:start + batch]
+        sql.execute_sql(f"INSERT INTO {table}{names} VALUES " + ", ".join([marks] * len(part)),
+                        *(v for row in part for v in row))
+
+
 def raw_tables(sql: Any) -> set[str]:
     """The tables in raw now (none before the first load), on an open sql client of the
     pipeline."""

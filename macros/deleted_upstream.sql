@@ -12,6 +12,7 @@
     {%- if not execute or this is string -%}
         {{- return(true) -}}
     {%- endif -%}
+    {%- set since = last_built_load_id() -%}
     {%- set checks = [] -%}
     {%- for source_id in upstream_sources(model.unique_id) -%}
         {%- set src = graph.sources[source_id] -%}
@@ -19,8 +20,7 @@
             {%- set log = deletion_log(src.name) -%}
             {%- if log is not none -%}
                 {%- do checks.append(
-                    "select 1 from " ~ log ~ " where _dlt_load_id >= "
-                    ~ last_built_load_id()
+                    "select 1 from " ~ log ~ " where _dlt_load_id >= " ~ since
                 ) -%}
             {%- endif -%}
         {%- endif -%}

@@ -22,7 +22,7 @@ def _profiles(entity: str, n: int, records: int) -> dict[str, FieldProfile]:
 
 
 def test_profiles_saved_in_batches_read_back_whole(warehouse: Path) -> None:
-    many = changelog.INSERT_BATCH + 7  # more than one statement's worth of rows
+    many = wh.INSERT_BATCH + 7  # more than one statement's worth of rows
     with wh.dlt_pipeline().sql_client() as sql:
         sql.create_dataset()
         ds = sql.fully_qualified_dataset_name()

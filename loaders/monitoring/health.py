@@ -35,8 +35,8 @@ run after the load is recorded by :meth:`Health.record_build`: the marts' status
 (:mod:`.marts`, current or held back) and the build's alarms, in the same state file and
 incidents table, so a failing build is one incident too.
 
-May import: :mod:`.notify`, :mod:`.alarms`, :mod:`.redact`, :mod:`.marts` and the replica
-source's errors.
+May import: :mod:`.notify`, :mod:`.alarms`, :mod:`.redact`, :mod:`.marts`,
+:mod:`loaders.warehouse` and the replica source's errors.
 """
 
 from __future__ import annotations
@@ -50,6 +50,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from loaders import warehouse
 from loaders.monitoring import alarms, marts
 from loaders.monitoring.alarms import AlarmCheck
 from loaders.monitoring.notify import Event, Notifier
@@ -319,14 +320,11 @@ class Health:
         )
         loaded = _loaded(cycle, entities) if family(cycle.outcome) is None else []
         if loaded:
-            sql.execute_sql(
-                f"INSERT INTO {ds}.{LOADS} (cycle_id, entity, rows_loaded,"
-                " rows_quarantined, loaded_at) VALUES "
-                + ", ".join(["(%s, %s, %s, %s, %s)"] * len(loaded)),
-                *(v for entity in loaded for v in (
-                    cycle.cycle_id, entity, cycle.rows.get(entity, 0),
-                    cycle.quarantined.get(entity, 0), iso(cycle.ended_at),
-                )),
+            warehouse.insert_rows(
+                sql, f"{ds}.{LOADS}",
+                ("cycle_id", "entity", "rows_loaded", "rows_quarantined", "loaded_at"),
+                [(cycle.cycle_id, entity, cycle.rows.get(entity, 0),
+                  cycle.quarantined.get(entity, 0), iso(cycle.ended_at)) for entity in loaded],
             )
         if closed:
             sql.execute_sql(

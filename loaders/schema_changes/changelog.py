@@ -26,8 +26,6 @@ CHANGELOG = "schema_changelog"
 KNOWN_VALUES = "schema_known_values"
 # how often each field of each entity carried a value in the records seen so far
 PROFILE = "schema_field_profile"
-# rows per INSERT statement when many are written at once
-INSERT_BATCH = 500
 
 # evidence columns, added to a changelog made before they existed
 _EVIDENCE = (
@@ -270,8 +268,4 @@ def save_profile(
             f"DELETE FROM {dataset}.{PROFILE} WHERE entity IN"
             f" ({', '.join(['%s'] * len(entities))})", *entities,
         )
-        for start in range(0, len(rows), INSERT_BATCH):
-            batch = rows[start:start + INSERT_BATCH]
-            marks = ", ".join(["(%s, %s, %s, %s, %s, %s, %s, %s)"] * len(batch))
-            sql.execute_sql(f"INSERT INTO {dataset}.{PROFILE} VALUES {marks}",
-                            *(v for row in batch for v in row))
+        warehouse.insert_rows(sql, f"{dataset}.{PROFILE}", None, rows)

@@ -25,6 +25,7 @@ orders as not materialized (
 ),
 
 {% if is_incremental() %}
+    {%- set since = last_built_load_id() %}
     {#- an order deleted leaves no newer row, only a count that no longer matches: the
         counts are compared over every order only when an order was deleted since the
         last build -#}
@@ -72,11 +73,11 @@ orders as not materialized (
 
         -- the customer was loaded since the last build
         select customer_id from customers
-        where load_id >= {{ last_built_load_id() }}
+        where load_id >= {{ since }}
         union
         -- one of their orders was
         select customer_id from orders
-        where last_load_id >= {{ last_built_load_id() }}
+        where last_load_id >= {{ since }}
         union
         select stale.customer_id from stale_customers as stale
 

@@ -21,18 +21,19 @@
 with
 
 {% if is_incremental() %}
+    {%- set since = last_built_load_id() %}
     changed_lines as (
 
         -- the line was (re)loaded since the last build
         select order_item_id from {{ ref('stg_replica__order_items') }}
-        where load_id >= {{ last_built_load_id() }}
+        where load_id >= {{ since }}
         union
         -- its order was
         select lines.order_item_id
         from {{ ref('stg_replica__order_items') }} as lines
         inner join {{ ref('stg_replica__orders') }} as orders
             on lines.order_id = orders.order_id
-        where orders.load_id >= {{ last_built_load_id() }}
+        where orders.load_id >= {{ since }}
         union
         -- a line takes only its product line from its product: a product loaded since
         -- the last build moves its lines only if that changed (a new price leaves every
@@ -42,7 +43,7 @@ with
         inner join {{ ref('stg_replica__products') }} as products
             on built.product_id = products.product_id
         where
-            products.load_id >= {{ last_built_load_id() }}
+            products.load_id >= {{ since }}
             and built.product_line is distinct from products.product_line
 
     ),
