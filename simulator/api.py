@@ -39,9 +39,9 @@ offset and page-number profiles count positions in commit order over the feed an
 positions superseded since (:func:`_window`), which never move while the platform
 writes. A request parameter a profile does not take is a 400 naming those it does.
 
-A page is a range of the replica's feed (see :mod:`simulator.store`): rows read in
-order through the tables' indexes, rendered and joined by SQLite (``json_object``,
-``group_concat``): serving builds no Python object per row. Drifts
+A page is a range of the replica's feed (see :mod:`simulator.store`: records stored
+rendered, or rows rendered by ``json_object`` as they are read), joined by SQLite
+(``group_concat``): serving builds no Python object per row. Drifts
 (:mod:`simulator.drift`) rewrite the page's records in the same SQL, and may add, remove
 or stall a listing, describe themselves in ``/v1/schema`` and be announced.
 
@@ -722,11 +722,10 @@ def _page(
     """Up to ``limit`` records (rows and tombstones; ``dead`` 0 or 1: rows or tombstones
     only) in keyset order, and whether more follow.
 
-    One range scan of the entity's feed (its rows and tombstones merged in
-    ``(updated_at, key)`` order from their indexes; see :mod:`simulator.store`) from the
-    later of
-    ``updated_since`` and the cursor, the records rendered and joined into one string
-    by SQLite: no Python object per row, however deep into the listing. It asks for
+    One range scan of the entity's feed (its rows and tombstones in ``(updated_at,
+    key)`` order; see :mod:`simulator.store`) from the later of ``updated_since`` and
+    the cursor, the records joined into one string by SQLite: no Python object per row,
+    however deep into the listing. It asks for
     one record more than ``limit``: if that one comes, more follow, and it is cut off;
     the last key is read from the last line served.
 

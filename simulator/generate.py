@@ -289,14 +289,18 @@ def generate(
     days: int = 90,
     chunk_orders: int = 250_000,
     clock_skew: float = 0.0,
+    feed: str = store.STORED,
 ) -> GenerationSummary:
     """Create ``production.db`` and ``replica.db`` in ``directory`` (which must not hold a
     platform yet) with ``orders`` orders over the ``days`` before ``as_of``; device clocks
-    up to ``clock_skew`` seconds ahead on a share of the events."""
+    up to ``clock_skew`` seconds ahead on a share of the events; the replica's feeds kept
+    as ``feed`` says (stored records, or views: see :mod:`simulator.store`)."""
     if orders < 1:
         raise ValueError("orders must be at least 1")
     if days < 1:
         raise ValueError("days must be at least 1")
+    if feed not in store.FEED_STORAGES:
+        raise ValueError(f"feed must be one of {', '.join(store.FEED_STORAGES)}, not {feed!r}")
     if clock_skew < 0:
         raise ValueError("clock_skew must be 0 or more seconds (how far device clocks run ahead)")
     started = time.perf_counter()
@@ -325,7 +329,7 @@ def generate(
     _write_meta(con, seed, as_of, ids, len(customers.ids))
     con.execute("COMMIT")
     _finish_production(con)
-    store.create_replica(d)
+    store.create_replica(d, feed)
     rows = {k: v for k, v in w.rows.items()}
     return GenerationSummary(d, store.iso(as_of), seed, rows, time.perf_counter() - started)
 

@@ -22,17 +22,27 @@ serves them as tombstones.
 The replica also keeps each entity's **feed** (``feed_<entity>``): every live row and
 tombstone rendered as the API serves it (a JSON record), in the listing's keyset order
 ``(updated_at, key)`` or in commit order (``seq``, the sequence number of the commit that
-wrote it, for ``since_seq``). The feed is views, not a copy: its rows are the entity's
-table read through the table's own ``(updated_at, key)`` and ``_seq`` indexes and
-rendered by ``json_object`` as they are read, its tombstones a small table of deletions
-keyed as the listing orders them (``tomb_<entity>``), the two merged in order by SQLite.
-So the replica holds each record once and a schema change only makes the views again;
-the price is rendering each record served (in SQLite, no Python object per row) and a
-lookup from index to row.
+wrote it, for ``since_seq``), with its live rows and tombstones apart as ``live_<entity>``
+and ``dead_<entity>``. The replica keeps it one of two ways (:data:`FEED_STORAGES`,
+chosen when the history is generated, recorded in ``feed_storage``):
+
+* **stored** (the default): every record rendered once, when replication writes its row,
+  kept in a table clustered on the listing's order, so a page is one range scan of
+  ready records, as with a platform that keeps its API's records ready (an outbox or a
+  serving cache). The price is disk: each record is held twice, in its columns and as
+  JSON; a schema change that alters how an entity renders rebuilds its feed.
+* **views**: the entity's table read through its own ``(updated_at, key)`` and ``_seq``
+  indexes and rendered by ``json_object`` as it is read, the tombstones a small table
+  keyed as the listing orders them (``tomb_<entity>``), the two merged in order by
+  SQLite. Each record is held once and a schema change only makes the views again; the
+  price is rendering each record served and a lookup from index to row: the way a
+  history too large for the disk twice is served.
+
+The API reads the same relations either way and serves the same bytes.
 
 A row replicated over an older version leaves that version's position behind in
 ``superseded_<entity>`` (position only, no record), read from the replica before the
-copy: in commit order the feed and these together only ever grow at the end, so a
+row is replaced: in commit order the feed and these together only ever grow at the end, so a
 listing paged by offset or page number counts positions that never move, whatever the
 platform writes meanwhile (see :mod:`simulator.api`). The price: one small row per
 replaced version, kept for good.
@@ -56,6 +66,10 @@ from simulator.model import ENTITIES, create_table_sql, fields_at
 
 PRODUCTION = "production.db"
 REPLICA = "replica.db"
+# how the replica keeps its feeds: records stored once rendered, or views over the tables
+FEED_STORAGE = "feed_storage"
+STORED, VIEWS = "stored", "views"
+FEED_STORAGES = (STORED, VIEWS)
 
 # late commits written but not committed yet (see Production.tx)
 PENDING_DDL = (
@@ -228,8 +242,9 @@ class Production:
         return [r[1] for r in self.con.execute(f"PRAGMA table_info({table})")]
 
 
-def create_replica(directory: Path | str) -> None:
-    """Start the replica as a copy of production (used after bulk generation)."""
+def create_replica(directory: Path | str, feed: str = STORED) -> None:
+    """Start the replica as a copy of production (used after bulk generation), its feeds
+    kept as ``feed`` says (:data:`FEED_STORAGES`)."""
     d = Path(directory)
     con = connect(d / PRODUCTION)
     con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -245,6 +260,7 @@ def create_replica(directory: Path | str) -> None:
     rcon.execute("CREATE TABLE IF NOT EXISTS replication_state (last_seq INTEGER NOT NULL)")
     rcon.execute("DELETE FROM replication_state")
     rcon.execute("INSERT INTO replication_state VALUES (?)", (last,))
+    set_feed_storage(rcon, feed)
     sync_feeds(rcon, rebuild=True)
     rcon.execute("COMMIT")
     rcon.execute("PRAGMA journal_mode=WAL")
@@ -314,7 +330,8 @@ def _replicate_due(con: sqlite3.Connection, lag: float) -> int:
     for (ddl,) in ddls:
         for statement in json.loads(ddl):
             con.execute(statement)
-    supersede(con, last, upto)
+    if feed_storage(con) == VIEWS:  # a stored feed keeps its own superseded positions
+        supersede(con, last, upto)
     _copy_rows(con, last, upto)
     sync_feeds(con, last, upto)
     con.execute("UPDATE replication_state SET last_seq = ?", (upto,))
@@ -346,6 +363,23 @@ def delete_sql(entity: str, record_id: str, schema: str = "main") -> tuple[str, 
 # -- the feed ---------------------------------------------------------------------------
 
 FEED_SHAPES = "feed_shapes"
+
+
+def feed_storage(con: sqlite3.Connection) -> str:
+    """How the replica on ``con`` keeps its feeds (stored when never said)."""
+    if _kind(con, FEED_STORAGE) != "table":
+        return STORED
+    row = con.execute(f"SELECT mode FROM main.{FEED_STORAGE}").fetchone()
+    return row[0] if row else STORED
+
+
+def set_feed_storage(con: sqlite3.Connection, mode: str) -> None:
+    """Say how the replica on ``con`` keeps its feeds; :func:`sync_feeds` makes them so."""
+    if mode not in FEED_STORAGES:
+        raise ValueError(f"feed storage must be one of {', '.join(FEED_STORAGES)}, not {mode!r}")
+    con.execute(f"CREATE TABLE IF NOT EXISTS main.{FEED_STORAGE} (mode TEXT NOT NULL)")
+    con.execute(f"DELETE FROM main.{FEED_STORAGE}")
+    con.execute(f"INSERT INTO main.{FEED_STORAGE} VALUES (?)", (mode,))
 
 
 def feed_table(entity: str) -> str:
@@ -436,7 +470,7 @@ def _create_superseded(con: sqlite3.Connection, entity: str) -> None:
     )
 
 
-def _create_feed(con: sqlite3.Connection, entity: str, record: str) -> None:
+def _create_feed_views(con: sqlite3.Connection, entity: str, record: str) -> None:
     """The entity's feed as views: its rows rendered (``live_``, read through the
     table's ``(updated_at, key)`` and ``_seq`` indexes), its tombstones rendered
     (``dead_``), and the two merged (``feed_``) in either order."""
@@ -521,36 +555,156 @@ def drop_feed_views(con: sqlite3.Connection) -> None:
                 con.execute(f"DROP VIEW main.{view}")
 
 
+# -- feeds stored: every record rendered once, kept in a table ---------------------------
+
+def _create_feed_table(con: sqlite3.Connection, entity: str) -> None:
+    feed = feed_table(entity)
+    # clustered on the listing's order: a page is a contiguous range of the table
+    con.execute(
+        f"CREATE TABLE IF NOT EXISTS main.{feed} (updated_at TEXT NOT NULL,"
+        f" k {_key_type(entity)} NOT NULL, dead INTEGER NOT NULL, record TEXT NOT NULL,"
+        " seq INTEGER NOT NULL, PRIMARY KEY (updated_at, k, dead)) WITHOUT ROWID"
+    )
+    con.execute(f"CREATE INDEX IF NOT EXISTS main.ix_{feed}_k ON {feed} (k)")
+    # the listing in commit order: a range of this index, then the record by its key
+    con.execute(f"CREATE INDEX IF NOT EXISTS main.ix_{feed}_seq ON {feed} (seq, k, dead)")
+
+
+def _create_stored_views(con: sqlite3.Connection, entity: str) -> None:
+    """The live rows and the tombstones of a stored feed, as the views feeds have."""
+    feed = feed_table(entity)
+    for view, dead in ((live_view(entity), 0), (dead_view(entity), 1)):
+        con.execute(f"DROP VIEW IF EXISTS main.{view}")
+        con.execute(
+            f"CREATE VIEW main.{view} AS SELECT updated_at, k, dead, record, seq"
+            f" FROM main.{feed} WHERE dead = {dead}"
+        )
+
+
+def _supersede_stored(con: sqlite3.Connection, entity: str, lo: int, hi: int) -> None:
+    """Keep the positions of the live feed entries that the rows and deletions replicated
+    with sequence numbers in ``(lo, hi]`` replace, before they leave the feed."""
+    con.execute(
+        f"INSERT OR IGNORE INTO main.{superseded_table(entity)}"
+        f" SELECT seq, k, dead, updated_at FROM main.{feed_table(entity)}"
+        f" WHERE dead = 0 AND seq <= ? AND k IN ({_changed_keys(entity, 'main')})",
+        (lo, lo, hi, entity, lo, hi),
+    )
+
+
+def _rebuild_feed(con: sqlite3.Connection, entity: str, record: str) -> None:
+    feed, pk = feed_table(entity), ENTITIES[entity].primary_key
+    for view in (feed, live_view(entity), dead_view(entity)):  # kept as views until now
+        if _kind(con, view) == "view":
+            con.execute(f"DROP VIEW main.{view}")
+    con.execute(f"DROP TABLE IF EXISTS main.{feed}")
+    con.execute(f"DROP TABLE IF EXISTS main.{tomb_table(entity)}")
+    _create_feed_table(con, entity)
+    con.execute(
+        f"INSERT INTO main.{feed} SELECT updated_at, {pk}, 0, {record}, _seq"
+        f" FROM main.{entity} ORDER BY updated_at, {pk}"
+    )
+    if ENTITIES[entity].deletable:
+        con.execute(
+            f"INSERT OR REPLACE INTO main.{feed} SELECT deleted_at, {_tombstone_key(entity)},"
+            f" 1, {_tombstone_sql(entity)}, _seq FROM main.deletions WHERE entity = ?",
+            (entity,),
+        )
+    _create_stored_views(con, entity)
+    con.execute(
+        f"INSERT OR REPLACE INTO main.{FEED_SHAPES} (entity, record_sql) VALUES (?, ?)",
+        (entity, record),
+    )
+
+
+def _update_feed(con: sqlite3.Connection, entity: str, record: str, lo: int, hi: int) -> None:
+    """Bring the feed up to the rows and tombstones replicated with sequence numbers in
+    ``(lo, hi]``: the versions they replace (or the rows they delete) leave, they come in."""
+    feed, pk = feed_table(entity), ENTITIES[entity].primary_key
+    changed = f"SELECT {pk} FROM main.{entity} WHERE _seq > ? AND _seq <= ?"
+    deleted = (
+        f"SELECT {_tombstone_key(entity)} FROM main.deletions"
+        " WHERE entity = ? AND _seq > ? AND _seq <= ?"
+    )
+    _supersede_stored(con, entity, lo, hi)
+    for keys, args in ((changed, (lo, hi)), (deleted, (entity, lo, hi))):
+        con.execute(f"DELETE FROM main.{feed} WHERE dead = 0 AND k IN ({keys})", args)
+    if ENTITIES[entity].deletable:  # the API lists tombstones of these
+        con.execute(
+            f"INSERT OR REPLACE INTO main.{feed} SELECT deleted_at, {_tombstone_key(entity)},"
+            f" 1, {_tombstone_sql(entity)}, _seq FROM main.deletions"
+            " WHERE entity = ? AND _seq > ? AND _seq <= ?",
+            (entity, lo, hi),
+        )
+    con.execute(
+        f"INSERT OR REPLACE INTO main.{feed} SELECT updated_at, {pk}, 0, {record}, _seq"
+        f" FROM main.{entity} WHERE _seq > ? AND _seq <= ?",
+        (lo, hi),
+    )
+
+
+def _sync_stored(
+    con: sqlite3.Connection, entity: str, record: str, built: str | None,
+    lo: int | None, hi: int | None, rebuild: bool,
+) -> None:
+    has_seq = _kind(con, feed_table(entity)) == "table" and con.execute(
+        "SELECT 1 FROM pragma_table_info(?, 'main') WHERE name = 'seq'", (feed_table(entity),)
+    ).fetchone() is not None  # a feed built before it kept sequence numbers is rebuilt
+    changed = lo is not None and hi is not None and hi > lo
+    if rebuild or built != record or not has_seq:
+        if changed and has_seq:
+            _supersede_stored(con, entity, lo, hi)  # type: ignore[arg-type]
+        _rebuild_feed(con, entity, record)
+        return
+    if changed:
+        _update_feed(con, entity, record, lo, hi)  # type: ignore[arg-type]
+    if _kind(con, live_view(entity)) is None:  # dropped for a schema change
+        _create_stored_views(con, entity)
+
+
+# -- feeds as views over the tables -------------------------------------------------------
+
+def _sync_views(
+    con: sqlite3.Connection, entity: str, record: str, built: str | None,
+    lo: int | None, hi: int | None, rebuild: bool,
+) -> None:
+    kind = _kind(con, feed_table(entity))
+    if kind == "table":  # stored until now
+        for view in (live_view(entity), dead_view(entity)):
+            con.execute(f"DROP VIEW IF EXISTS main.{view}")
+        con.execute(f"DROP TABLE main.{feed_table(entity)}")
+    fresh = kind == "table" or _kind(con, tomb_table(entity)) is None
+    _create_tombs(con, entity)
+    if rebuild or kind != "view" or built != record:
+        _create_feed_views(con, entity, record)
+    if rebuild or fresh:
+        con.execute(f"DELETE FROM main.{tomb_table(entity)}")
+        _add_tombs(con, entity, None, None)
+    elif lo is not None and hi is not None and hi > lo:
+        _add_tombs(con, entity, lo, hi)
+
+
 def sync_feeds(
     con: sqlite3.Connection, lo: int | None = None, hi: int | None = None,
     rebuild: bool = False,
 ) -> None:
-    """Keep the replica's feeds equal to its tables (inside the caller's transaction):
-    the views of an entity whose rendering changed (a schema change, or no feed yet) are
-    made again; the tombstones replicated in ``(lo, hi]`` are keyed. ``rebuild``: key
-    every tombstone again (after the tables were written other than by replication).
-    A feed kept as a table of rendered records, as replicas once did, is replaced."""
+    """Keep the replica's feeds equal to its tables (inside the caller's transaction), as
+    the replica's :func:`feed_storage` says. Stored: an entity whose rendering changed (a
+    schema change, or no feed yet) is rebuilt whole, the others take the rows replicated
+    in ``(lo, hi]``. Views: the views of an entity whose rendering changed are made
+    again, and the tombstones replicated in ``(lo, hi]`` are keyed. ``rebuild``: rebuild
+    them all (after the tables were written other than by replication). A feed kept the
+    other way is replaced."""
     con.execute(
         f"CREATE TABLE IF NOT EXISTS main.{FEED_SHAPES} (entity TEXT PRIMARY KEY,"
         " record_sql TEXT NOT NULL)"
     )
     built = dict(con.execute(f"SELECT entity, record_sql FROM main.{FEED_SHAPES}"))
     applied = applied_evolutions(con)
+    sync = _sync_views if feed_storage(con) == VIEWS else _sync_stored
     for entity in ENTITIES:
         _create_superseded(con, entity)
-        kind = _kind(con, feed_table(entity))
-        if kind == "table":
-            con.execute(f"DROP TABLE main.{feed_table(entity)}")
-        fresh = kind == "table" or _kind(con, tomb_table(entity)) is None
-        _create_tombs(con, entity)
-        record = record_sql(con, entity, applied)
-        if rebuild or kind != "view" or built.get(entity) != record:
-            _create_feed(con, entity, record)
-        if rebuild or fresh:
-            con.execute(f"DELETE FROM main.{tomb_table(entity)}")
-            _add_tombs(con, entity, None, None)
-        elif lo is not None and hi is not None and hi > lo:
-            _add_tombs(con, entity, lo, hi)
+        sync(con, entity, record_sql(con, entity, applied), built.get(entity), lo, hi, rebuild)
 
 
 def query(directory: Path | str, sql: str, *args: object, db: str = REPLICA) -> list[tuple]:
@@ -610,7 +764,10 @@ def drop_feeds(directory: Path | str) -> None:
         con.execute("BEGIN")
         drop_feed_views(con)
         for entity in ENTITIES:
-            con.execute(f"DROP TABLE {tomb_table(entity)}")
+            for view in (live_view(entity), dead_view(entity)):
+                con.execute(f"DROP VIEW IF EXISTS {view}")
+            con.execute(f"DROP TABLE IF EXISTS {feed_table(entity)}")
+            con.execute(f"DROP TABLE IF EXISTS {tomb_table(entity)}")
             con.execute(f"DROP TABLE IF EXISTS {superseded_table(entity)}")
         con.execute(f"DROP TABLE {FEED_SHAPES}")
         con.execute("COMMIT")
