@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import time
 from collections.abc import Iterator
 from contextlib import closing
@@ -15,6 +16,7 @@ import pytest
 
 from simulator import store
 from simulator.generate import generate
+from simulator.platform import Platform
 from simulator.server import SERVER_FILE
 from tests.support import AS_OF
 from tests.support.simulator import Simulator, start_simulator
@@ -148,3 +150,30 @@ def test_sigterm_stops_cleanly(platform_dir: Path) -> None:
     # on the way out the replica caught up with everything production committed
     assert production_seq(platform_dir) > 1
     assert replica_seq(platform_dir) == production_seq(platform_dir)
+
+
+def test_a_busy_replica_delays_replication_and_the_platform_goes_on(
+    platform_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # another writer holds the replica past the busy timeout for a few ticks: the platform
+    # keeps writing and the replica catches up once it is free
+    busy = {"ticks": 3}
+    replicate = store.replicate
+
+    def held(directory: Path, lag: float = 0.0, con: object = None) -> int:
+        if busy["ticks"]:
+            busy["ticks"] -= 1
+            raise sqlite3.OperationalError("database is locked")
+        return replicate(directory, lag, con=con)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(store, "replicate", held)
+    with Platform(platform_dir, seed=2) as platform:
+        platform.run(rate=50, tick_seconds=0.05, duration=1.0)
+    assert busy["ticks"] == 0
+    assert replica_seq(platform_dir) == production_seq(platform_dir)
+    # anything else replication raises still stops the platform
+    monkeypatch.setattr(store, "replicate", lambda *a, **k: (_ for _ in ()).throw(
+        sqlite3.OperationalError("no such table: orders")))
+    with Platform(platform_dir, seed=2) as platform, \
+            pytest.raises(sqlite3.OperationalError, match="no such table"):
+        platform.run(rate=50, tick_seconds=0.05, duration=0.3)
