@@ -474,7 +474,8 @@ def freshness(work: Path, url: str, seconds: float, *, label: str, reader: bool,
     """Freshness of the published marts with ``salesflow watch`` in its own process
     (see the module docstring); ``reader``: an analyst process holds the published
     file for the whole window; ``need_test_run``: the window must contain a run of
-    the periodic data tests."""
+    the periodic data tests (said on stderr when it does not; the results' check fails
+    it)."""
     import duckdb
 
     published = work / "published" / "analytics.duckdb"
@@ -552,8 +553,10 @@ def freshness(work: Path, url: str, seconds: float, *, label: str, reader: bool,
     test_runs = sum(1 for c in cycles_done[1:] if c.get("tests_done"))
     test_slices = [c["test_s"] for c in cycles_done[1:] if "test_s" in c]
     if need_test_run and not test_runs:
-        raise RuntimeError(f"no periodic data test run completed in the {seconds:g} s window"
-                           f" ({label}; tests every {test_interval:g} s): see {log_path}")
+        # recorded, not raised: the run's other figures stand, and the results' check
+        # (benchmarks/check.py) fails a window without a test run
+        print(f"no periodic data test run completed in the {seconds:g} s window ({label};"
+              f" tests every {test_interval:g} s): see {log_path}", file=sys.stderr)
     if reader and analyst is None:
         raise RuntimeError("the analyst never started")
     if not latencies:
