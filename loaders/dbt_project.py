@@ -32,6 +32,8 @@ from loaders.config import PROJECT_ROOT
 
 # the schema the public marts build into: what analysts may read, and what is published
 MARTS_SCHEMA = "marts"
+# the rows incremental marts removed, a table per mart (dbt macro removed_log)
+REMOVED_SCHEMA = "removed"
 
 # unit tests check the models' logic on fixed inputs: they belong to `make test`, not to
 # every cycle (and those of incremental marts need the built model to exist)

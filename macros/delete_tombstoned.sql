@@ -1,12 +1,13 @@
 {% macro delete_tombstoned(column, entity, source_key=none) %}
     {#- The pre-hook of an incremental mart whose rows go with a replica record: deletes
         this model's rows whose `column` holds the key (`source_key`, default `column`)
-        of an `entity` record deleted since the last build. A merge removes a deleted
-        record's row from raw, so the rows to delete are read from the entity's deletion
-        log (`deletion_log`), those a load at or after `last_built_load_id()` wrote:
-        its newest blocks, not a comparison of whole tables. A pre-hook, so the load ids
-        the build is about to add do not hide an earlier deletion; renders to nothing on
-        a first or full build, or while nothing was ever deleted. -#}
+        of an `entity` record deleted since the last build, and records them in the
+        model's removed log (`remove_rows`). A merge removes a
+        deleted record's row from raw, so the rows to delete are read from the entity's
+        deletion log (`deletion_log`), those a load at or after `last_built_load_id()`
+        wrote: its newest blocks, not a comparison of whole tables. A pre-hook, so the
+        load ids the build is about to add do not hide an earlier deletion; renders to
+        nothing on a first or full build, or while nothing was ever deleted. -#}
     {%- if not is_incremental() -%}
         {{- return('') -}}
     {%- endif -%}
@@ -14,12 +15,14 @@
     {%- if log is none -%}
         {{- return('') -}}
     {%- endif -%}
-    delete from {{ this }}
-    where {{ column }} in (
-        select deleted.{{ source_key or column }}
-        from {{ log }} as deleted
-        where deleted._dlt_load_id >= {{ last_built_load_id() }}
-    )
+    {%- set key = 'deleted.' ~ (source_key or column) -%}
+    {{ remove_rows(
+        column,
+        "select " ~ key ~ " as key, max(deleted._dlt_load_id) as removed_load_id"
+        ~ " from " ~ log ~ " as deleted"
+        ~ " where deleted._dlt_load_id >= " ~ last_built_load_id()
+        ~ " group by " ~ key,
+    ) }}
 {%- endmacro %}
 
 

@@ -207,12 +207,36 @@ def test_incremental_cycles_and_their_publication_equal_a_full_rebuild(
 ):
     """Cycles with new orders, updates, product price changes and deletions, built
     incrementally by load id and published key by key, end where a rebuild from
-    scratch of the same raw data does."""
+    scratch of the same raw data does; what the deletions removed reaches analysts'
+    copy through the marts' removed logs, never a comparison of whole tables."""
+    swept: list[str] = []
+    emptied: list[str] = []
 
     def between(stats) -> None:
+        swept.extend(stats.last.get("published_swept", []))
         with Platform(simulator.dir, seed=stats.cycles) as platform:
             platform.tick(40)
-            for entity in ("orders", "order_items", "customers"):
+            if stats.cycles in (2, 3):
+                # every order of an hour cancelled, then of another deleted: the hour
+                # has no sale left and leaves the sales marts
+                [(hour,)] = store.query(
+                    simulator.dir, "SELECT substr(ordered_at, 1, 13) FROM orders"
+                    " ORDER BY ordered_at LIMIT 1 OFFSET ?", 50 * stats.cycles,
+                    db=store.PRODUCTION,
+                )
+                orders = [oid for (oid,) in store.query(
+                    simulator.dir, "SELECT order_id FROM orders"
+                    " WHERE substr(ordered_at, 1, 13) = ?", hour, db=store.PRODUCTION,
+                )]
+                if stats.cycles == 2:
+                    for oid in orders:
+                        platform.update("orders", oid, status="cancelled")
+                else:
+                    platform.delete_records("orders", orders)
+                emptied.append(hour.replace("T", " ") + ":00:00")
+            # the cancellations' load, and the one before, delete nothing: a build
+            # looking for what a deletion took away would not look then
+            for entity in ("orders", "order_items", "customers") if stats.cycles > 2 else ():
                 key = ENDPOINTS[entity]["primary_key"]
                 [(victim,)] = store.query(
                     simulator.dir,
@@ -226,9 +250,10 @@ def test_incremental_cycles_and_their_publication_equal_a_full_rebuild(
     target = tmp_path / "target"
     monkeypatch.setenv("DBT_TARGET_PATH", str(target))
     # with dlt's progress display, as `salesflow watch --progress log` runs
-    stats = watch(interval=0, max_cycles=4, on_cycle=between, base_url=simulator.url,
+    stats = watch(interval=0, max_cycles=5, on_cycle=between, base_url=simulator.url,
                   token=TOKEN, progress="log")
-    assert stats.failures == 0 and stats.published == 4
+    assert stats.failures == 0 and stats.published == 5
+    assert swept == []
     # the first cycle publishes whole, the second copies it, the next ones update a spare
     assert stats.last["published_from"].startswith("in place: analytics.duckdb.spare.")
     # a cycle's run writes no manifest, but its results are where dbt users look
@@ -265,6 +290,14 @@ def test_incremental_cycles_and_their_publication_equal_a_full_rebuild(
         db = con.execute("select current_database()").fetchone()[0]
         marts = _marts(con, "rebuilt")
         assert marts == _marts(con, db) == _marts(con, "wh")
+        assert len(emptied) == 2
+        for hour in emptied:  # the day has other hours: the comparison below says it
+            for version in (db, "wh"):
+                [(rows,)] = con.execute(
+                    f"select count(*) from {version}.marts.product_sales_hourly"
+                    " where sales_hour = cast(? as timestamp)", [hour]
+                ).fetchall()
+                assert rows == 0, f"{hour} still in {version}.product_sales_hourly"
         for table, columns in marts.items():
             cols = ", ".join(columns)
             pairs = [("wh", "rebuilt"), ("rebuilt", "wh")]

@@ -34,10 +34,12 @@ each holds, marts gone from dbt dropped. A rebuilt mart whose every change carri
 newer dlt load id (``last_load_id``; the marts named in ``by_load_id`` with their key: a
 row's, or a period's for the sales aggregates) is refreshed key by key: the keys with a
 row loaded since the newest load id that version holds take the warehouse's rows, and
-keys no longer in the warehouse are deleted — so a cycle publishes in proportion to what
-changed, not to the size of the mart. Other marts are copied whole. Views
-(``pipeline_health``, ``mart_status``) are published as tables frozen at publication
-time, refreshed by every publication.
+keys the mart removed since (its log ``removed.<mart>__removed``) are deleted — so a
+cycle publishes in proportion to what changed, not to the size of the mart (keys gone
+some other way are found by comparing whole tables, only when the row counts differ:
+``Published.swept``). Other marts are copied whole. Views (``pipeline_health``,
+``mart_status``) are published as tables frozen at publication time, refreshed by every
+publication.
 
 Marts **held back** (``hold``: a failing build or test reaches them, see
 :mod:`loaders.runners.holds`) are never taken from the warehouse: they keep the version
@@ -62,7 +64,7 @@ from typing import Any
 
 import duckdb
 
-from loaders.dbt_project import MARTS_SCHEMA
+from loaders.dbt_project import MARTS_SCHEMA, REMOVED_SCHEMA
 from loaders.warehouse import quote_identifier, quote_literal
 
 log = logging.getLogger(__name__)
@@ -88,6 +90,9 @@ class Published:
     spare: str | None = None  # in place: the spare's file name
     behind: int | None = None  # in place: publications that spare was behind
     copied: bool = False  # started from a copy of the current version
+    # refreshed row by row, but keys gone from them were found by comparing whole
+    # tables (no removed log told them)
+    swept: tuple[str, ...] = ()
 
     @property
     def route(self) -> str:
@@ -203,7 +208,9 @@ def publish(
                 f"CREATE OR REPLACE TABLE {db}.{SCHEMA}.{quote_identifier(t)} AS"
                 f" SELECT * FROM wh.{SCHEMA}.{quote_identifier(t)}"
             )
-        updated = {t: _refresh_rows(con, db, t, key) for t, key in by_rows.items()}
+        refreshed = {t: _refresh_rows(con, db, t, key) for t, key in by_rows.items()}
+        updated = {t: written for t, (written, _) in refreshed.items()}
+        swept = tuple(sorted(t for t, (_, whole) in refreshed.items() if whole))
         for t in present - source - held - {"_published"}:  # a mart gone from dbt
             con.execute(f"DROP TABLE {db}.{SCHEMA}.{quote_identifier(t)}")
         con.execute(
@@ -232,7 +239,7 @@ def publish(
         target, copy, carried, updated, time.perf_counter() - started, from_spare,
         tuple(sorted(held)), spare=spare[1].name if spare else None,
         behind=current + 1 - spare[0] if spare else None,
-        copied=from_previous and not from_spare,
+        copied=from_previous and not from_spare, swept=swept,
     )
 
 
@@ -315,18 +322,32 @@ def _refreshable(con: duckdb.DuckDBPyConnection, db: str, table: str, key: str) 
     return key in names and LOAD_ID in names and mine == shape(f"wh.{SCHEMA}.{quoted}")
 
 
-def _refresh_rows(con: duckdb.DuckDBPyConnection, db: str, table: str, key: str) -> int:
+def _refresh_rows(
+    con: duckdb.DuckDBPyConnection, db: str, table: str, key: str
+) -> tuple[int, bool]:
     """Bring the previous version of ``table`` up to the warehouse's: every ``key`` with
-    a row loaded since the newest load id published (a row's key, or a period's) is
-    replaced by the warehouse's rows of that key; keys gone from the warehouse are
-    deleted — looked for only when the row counts say some are. Returns rows written."""
+    a row loaded since the newest load id published (a row's key, or a period's), or
+    removed since (the mart's removed log, ``removed.<mart>__removed``), is replaced by the
+    warehouse's rows of that key, if any. Keys gone from the warehouse some other way
+    are deleted too, looked for only when the row counts say some are (a version older
+    than the log keeps). Returns rows written, and whether that comparison ran."""
     quoted = quote_identifier(table)
     mine, theirs = f"{db}.{SCHEMA}.{quoted}", f"wh.{SCHEMA}.{quoted}"
     k, lid = quote_identifier(key), quote_identifier(LOAD_ID)
     since = _scalar(con, f"SELECT coalesce(max({lid}), '') FROM {mine}")
+    changed = f"SELECT {k} FROM {theirs} WHERE {lid} >= $since"
+    removed = f"{table}__removed"
+    if con.execute(
+        "SELECT 1 FROM duckdb_tables() WHERE database_name = 'wh' AND schema_name = ?"
+        " AND table_name = ?", [REMOVED_SCHEMA, removed],
+    ).fetchone():
+        changed += (
+            f" UNION SELECT {k} FROM wh.{REMOVED_SCHEMA}.{quote_identifier(removed)}"
+            " WHERE removed_load_id >= $since"
+        )
     con.execute(
-        f"CREATE OR REPLACE TEMP TABLE _changed AS SELECT DISTINCT {k} FROM {theirs}"
-        f" WHERE {lid} >= ?", [since],
+        f"CREATE OR REPLACE TEMP TABLE _changed AS SELECT DISTINCT {k} FROM ({changed})",
+        {"since": since},
     )
     con.execute(f"DELETE FROM {mine} WHERE {k} IN (SELECT {k} FROM _changed)")
     written = _scalar(
@@ -341,4 +362,4 @@ def _refresh_rows(con: duckdb.DuckDBPyConnection, db: str, table: str, key: str)
     if count_mine != count_theirs:
         con.execute(f"DELETE FROM {mine} WHERE {k} NOT IN (SELECT {k} FROM {theirs})")
     con.execute("DROP TABLE _changed")
-    return written
+    return written, count_mine != count_theirs

@@ -177,6 +177,8 @@ def watch(
                         stats.published += 1
                         stats.last["publish_s"] = round(pub.seconds, 2)
                         stats.last["published_from"] = pub.route
+                        if pub.swept:
+                            stats.last["published_swept"] = list(pub.swept)
                     if gate:  # counts as a test run: the next is due later
                         periodic.tested_in_build(built.seconds)
                 if built_once:  # the periodic data tests: one slice per cycle, when due

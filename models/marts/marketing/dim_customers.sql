@@ -5,8 +5,13 @@
         unique_key='customer_id',
         on_schema_change='append_new_columns',
         pre_hook=["{{ delete_tombstoned('customer_id', 'customers') }}"],
+        post_hook=["{{ removed_log_table() }}"],
     )
 }}
+
+-- the incremental branch also reads the orders removed from fct_orders, declared here
+-- since dbt parses only the full branch:
+-- depends_on: {{ source('removed', 'fct_orders__removed') }}
 
 with
 
@@ -26,48 +31,13 @@ orders as not materialized (
 
 {% if is_incremental() %}
     {%- set since = last_built_load_id() %}
-    {#- an order deleted leaves no newer row, only a count that no longer matches: the
-        counts are compared over every order only when an order was deleted since the
-        last build -#}
-    {% if deleted_upstream(only=['orders']) %}
-    order_counts as (
+    removed_orders as (
 
-        select
-            customer_id,
-            count(*) as lifetime_orders
-        from orders
-        where not is_cancelled
-        group by customer_id
+        -- an order of theirs was removed (deleted upstream): it left no newer row
+        -- behind, only a count that no longer matches
+        {{ removed_since('fct_orders', since) }}
 
     ),
-
-    stale_customers as (
-
-        -- an order of theirs was deleted: it left no newer row, only a count that no
-        -- longer matches; stamped with the newest load of the input
-        select
-            built.customer_id,
-            greatest(
-                (select max(customers.load_id) from customers),
-                (select max(orders.last_load_id) from orders)
-            ) as newest_load_id
-        from {{ this }} as built
-        left join order_counts as current_counts
-            on built.customer_id = current_counts.customer_id
-        where built.lifetime_orders != coalesce(current_counts.lifetime_orders, 0)
-
-    ),
-    {% else %}
-    stale_customers as (
-
-        select
-            customer_id,
-            cast(null as varchar) as newest_load_id
-        from {{ this }}
-        where false
-
-    ),
-    {% endif %}
 
     customers_to_build as (
 
@@ -79,7 +49,7 @@ orders as not materialized (
         select customer_id from orders
         where last_load_id >= {{ since }}
         union
-        select stale.customer_id from stale_customers as stale
+        select removed.customer_id from removed_orders as removed
 
     ),
 {% endif %}
@@ -137,15 +107,16 @@ final as (
         selected_customers.created_at,
         customer_orders.first_order_at,
         customer_orders.last_order_at,
-        -- a stale customer takes the newest load, so that analysts' copy takes it
+        -- a customer who lost an order takes the load of its removal, so that
+        -- analysts' copy takes it
         greatest(
             selected_customers.load_id,
             customer_orders.last_load_id,
             {% if is_incremental() -%}
                 (
-                    select stale.newest_load_id
-                    from stale_customers as stale
-                    where stale.customer_id = selected_customers.customer_id
+                    select max(removed.removed_load_id)
+                    from removed_orders as removed
+                    where removed.customer_id = selected_customers.customer_id
                 )
             {%- else -%}
                 cast(null as varchar)

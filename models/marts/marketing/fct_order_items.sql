@@ -4,10 +4,12 @@
         incremental_strategy='delete+insert',
         unique_key='order_item_id',
         on_schema_change='append_new_columns',
+        meta={'removed_columns': ['ordered_at']},
         pre_hook=[
             "{{ delete_tombstoned('order_item_id', 'order_items') }}",
             "{{ delete_tombstoned('order_id', 'orders') }}",
         ],
+        post_hook=["{{ removed_log_table() }}"],
     )
 }}
 

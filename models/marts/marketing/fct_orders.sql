@@ -4,7 +4,9 @@
         incremental_strategy='delete+insert',
         unique_key='order_id',
         on_schema_change='append_new_columns',
+        meta={'removed_columns': ['customer_id']},
         pre_hook=["{{ delete_tombstoned('order_id', 'orders') }}"],
+        post_hook=["{{ removed_log_table() }}"],
     )
 }}
 

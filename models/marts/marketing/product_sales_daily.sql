@@ -5,11 +5,16 @@
         unique_key='sales_date',
         on_schema_change='append_new_columns',
         pre_hook=[
-            "{{ delete_gone('sales_date', ref('product_sales_hourly'),"
-            " upstream_key='cast(kept.sales_hour as date)') }}",
+            "{{ rebuild_periods('sales_date', 'product_sales_hourly',"
+            " 'cast(sales_hour as date)') }}",
         ],
+        post_hook=["{{ removed_log_table() }}"],
     )
 }}
+
+-- the incremental branch also reads the hours removed from product_sales_hourly,
+-- declared here since dbt parses only the full branch:
+-- depends_on: {{ source('removed', 'product_sales_hourly__removed') }}
 
 with
 
@@ -23,21 +28,10 @@ hourly as (
 ),
 
 {% if is_incremental() %}
-    stale_days as (
-
-        -- an hour deleted leaves no newer row behind, only units that no longer match
-        -- what was built
-        {{ stale_periods('sales_date', 'hourly', 'units') }}
-
-    ),
-
     days_to_build as (
 
-        -- a day with an hour rebuilt since the last build
-        select sales_date from hourly
-        where last_load_id >= {{ last_built_load_id() }}
-        union
-        select stale.sales_date from stale_days as stale
+        -- a day with an hour rebuilt or removed since the last build
+        {{ changed_periods('sales_date', 'product_sales_hourly', 'cast(sales_hour as date)') }}
 
     ),
 {% endif %}
@@ -82,14 +76,15 @@ final as (
         cast(revenue_usd as decimal(18, 2)) as revenue_usd,
         sales_date,
         last_source_updated_at,
-        -- a stale day takes the newest load, so that analysts' copy takes it
+        -- a rebuilt day takes the newest load behind its change, so that analysts'
+        -- copy takes it
         greatest(
             last_load_id,
             {% if is_incremental() -%}
                 (
-                    select stale.newest_load_id
-                    from stale_days as stale
-                    where stale.sales_date = aggregated.sales_date
+                    select build.newest_load_id
+                    from days_to_build as build
+                    where build.sales_date = aggregated.sales_date
                 )
             {%- else -%}
                 cast(null as varchar)

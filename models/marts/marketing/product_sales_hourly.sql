@@ -5,12 +5,16 @@
         unique_key='sales_hour',
         on_schema_change='append_new_columns',
         pre_hook=[
-            "{{ delete_gone('sales_hour', ref('fct_order_items'),"
-            " upstream_key=\"date_trunc('hour', kept.ordered_at)\","
-            " upstream_where='not kept.is_cancelled') }}",
+            "{{ rebuild_periods('sales_hour', 'fct_order_items',"
+            " \"date_trunc('hour', ordered_at)\") }}",
         ],
+        post_hook=["{{ removed_log_table() }}"],
     )
 }}
+
+-- the incremental branch also reads the lines removed from fct_order_items, declared
+-- here since dbt parses only the full branch:
+-- depends_on: {{ source('removed', 'fct_order_items__removed') }}
 
 with
 
@@ -24,21 +28,11 @@ order_items as (
 ),
 
 {% if is_incremental() %}
-    stale_hours as (
-
-        -- a line deleted or cancelled leaves no newer row behind, only units that no
-        -- longer match what was built
-        {{ stale_periods('sales_hour', 'order_items', 'quantity', 'not is_cancelled') }}
-
-    ),
-
     hours_to_build as (
 
-        -- an hour with a line (cancelled ones too) loaded since the last build
-        select sales_hour from order_items
-        where last_load_id >= {{ last_built_load_id() }}
-        union
-        select stale.sales_hour from stale_hours as stale
+        -- an hour with a line (cancelled ones too) loaded since the last build, or a
+        -- line removed since (deleted upstream: it left no newer row behind)
+        {{ changed_periods('sales_hour', 'fct_order_items', "date_trunc('hour', ordered_at)") }}
 
     ),
 {% endif %}
@@ -89,14 +83,15 @@ final as (
         cast(revenue_usd as decimal(18, 2)) as revenue_usd,
         sales_hour,
         last_source_updated_at,
-        -- a stale hour takes the newest load, so that analysts' copy takes it
+        -- a rebuilt hour takes the newest load behind its change (a cancelled or
+        -- removed line's too), so that analysts' copy takes it
         greatest(
             last_load_id,
             {% if is_incremental() -%}
                 (
-                    select stale.newest_load_id
-                    from stale_hours as stale
-                    where stale.sales_hour = aggregated.sales_hour
+                    select build.newest_load_id
+                    from hours_to_build as build
+                    where build.sales_hour = aggregated.sales_hour
                 )
             {%- else -%}
                 cast(null as varchar)
