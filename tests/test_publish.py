@@ -218,3 +218,21 @@ def test_a_whole_publication_leaves_no_earlier_version_to_start_from(wh, target)
     assert pub.route == "copy" and differences(target, wh) == {}
     pub = publish.publish(wh, target, changed=load(wh, 5), by_load_id=BY_KEY)
     assert pub.in_place and differences(target, wh) == {}
+
+
+def test_a_publication_is_bounded_in_memory(wh, target, monkeypatch):
+    """The publisher's DuckDB spills past its limit instead of taking most of the
+    machine's memory (its default) to copy a large mart; checked on the connection it
+    writes the new version with."""
+    monkeypatch.setattr(publish, "MEMORY_LIMIT", "300MiB")
+    seen: list[str] = []
+    connect = publish._connect
+
+    def spying(path: Path) -> duckdb.DuckDBPyConnection:
+        con = connect(path)
+        seen.append(con.execute("select current_setting('memory_limit')").fetchone()[0])
+        return con
+
+    monkeypatch.setattr(publish, "_connect", spying)
+    publish.publish(wh, target)
+    assert seen == ["300.0 MiB"]

@@ -72,6 +72,9 @@ log = logging.getLogger(__name__)
 SCHEMA = MARTS_SCHEMA
 LOAD_ID = "last_load_id"
 SPARES = 3  # spare versions kept beside the published one
+# bounded like the loader's and dbt's DuckDB: copying a large mart whole spills to disk
+# instead of growing the process (DuckDB's default is most of the machine's memory)
+MEMORY_LIMIT = os.environ.get("SALESFLOW_PUBLISH_MEMORY_LIMIT", "500MB")
 
 
 def published_path() -> Path:
@@ -162,7 +165,7 @@ def publish(
     if con is None:
         if from_previous:
             shutil.copyfile(target, tmp)
-        con = duckdb.connect(str(tmp))
+        con = _connect(tmp)
     try:
         con.execute(f"ATTACH {quote_literal(str(warehouse))} AS wh (READ_ONLY)")
         db = quote_identifier(_scalar(con, "select current_database()"))
@@ -296,9 +299,13 @@ def _claim(path: Path) -> duckdb.DuckDBPyConnection | None:
         except OSError:
             continue
     try:
-        return duckdb.connect(str(path))
+        return _connect(path)
     except duckdb.Error:  # locked by a reader in another process
         return None
+
+
+def _connect(path: Path) -> duckdb.DuckDBPyConnection:
+    return duckdb.connect(str(path), config={"memory_limit": MEMORY_LIMIT})
 
 
 def _scalar(con: duckdb.DuckDBPyConnection, sql: str) -> Any:
