@@ -476,8 +476,7 @@ def _create_feed_views(con: sqlite3.Connection, entity: str, record: str) -> Non
     (``dead_``), and the two merged (``feed_``) in either order."""
     pk = ENTITIES[entity].primary_key
     live, dead, feed = live_view(entity), dead_view(entity), feed_table(entity)
-    for view in (feed, live, dead):
-        con.execute(f"DROP VIEW IF EXISTS main.{view}")
+    _drop_views(con, entity)
     con.execute(
         f"CREATE VIEW main.{live} AS SELECT updated_at, {pk} AS k, 0 AS dead,"
         f" {record} AS record, _seq AS seq FROM main.{entity}"
@@ -550,9 +549,15 @@ def drop_feed_views(con: sqlite3.Connection) -> None:
     """Drop the feeds' views (a schema change may not drop or rename a column a view
     reads); :func:`sync_feeds` makes them again."""
     for entity in ENTITIES:
-        for view in (feed_table(entity), live_view(entity), dead_view(entity)):
-            if _kind(con, view) == "view":
-                con.execute(f"DROP VIEW main.{view}")
+        _drop_views(con, entity)
+
+
+def _drop_views(con: sqlite3.Connection, entity: str) -> None:
+    """Drop the entity's feed views: ``live_``, ``dead_``, and ``feed_`` when it is
+    one (a stored feed's table stays)."""
+    for view in (feed_table(entity), live_view(entity), dead_view(entity)):
+        if _kind(con, view) == "view":
+            con.execute(f"DROP VIEW main.{view}")
 
 
 # -- feeds stored: every record rendered once, kept in a table ---------------------------
@@ -573,8 +578,8 @@ def _create_feed_table(con: sqlite3.Connection, entity: str) -> None:
 def _create_stored_views(con: sqlite3.Connection, entity: str) -> None:
     """The live rows and the tombstones of a stored feed, as the views feeds have."""
     feed = feed_table(entity)
+    _drop_views(con, entity)
     for view, dead in ((live_view(entity), 0), (dead_view(entity), 1)):
-        con.execute(f"DROP VIEW IF EXISTS main.{view}")
         con.execute(
             f"CREATE VIEW main.{view} AS SELECT updated_at, k, dead, record, seq"
             f" FROM main.{feed} WHERE dead = {dead}"
@@ -594,9 +599,7 @@ def _supersede_stored(con: sqlite3.Connection, entity: str, lo: int, hi: int) ->
 
 def _rebuild_feed(con: sqlite3.Connection, entity: str, record: str) -> None:
     feed, pk = feed_table(entity), ENTITIES[entity].primary_key
-    for view in (feed, live_view(entity), dead_view(entity)):  # kept as views until now
-        if _kind(con, view) == "view":
-            con.execute(f"DROP VIEW main.{view}")
+    _drop_views(con, entity)  # kept as views until now, or a stored feed's views
     con.execute(f"DROP TABLE IF EXISTS main.{feed}")
     con.execute(f"DROP TABLE IF EXISTS main.{tomb_table(entity)}")
     _create_feed_table(con, entity)
@@ -645,19 +648,18 @@ def _update_feed(con: sqlite3.Connection, entity: str, record: str, lo: int, hi:
 
 def _sync_stored(
     con: sqlite3.Connection, entity: str, record: str, built: str | None,
-    lo: int | None, hi: int | None, rebuild: bool,
+    span: tuple[int, int] | None, rebuild: bool,
 ) -> None:
     has_seq = _kind(con, feed_table(entity)) == "table" and con.execute(
         "SELECT 1 FROM pragma_table_info(?, 'main') WHERE name = 'seq'", (feed_table(entity),)
     ).fetchone() is not None  # a feed built before it kept sequence numbers is rebuilt
-    changed = lo is not None and hi is not None and hi > lo
     if rebuild or built != record or not has_seq:
-        if changed and has_seq:
-            _supersede_stored(con, entity, lo, hi)  # type: ignore[arg-type]
+        if span and has_seq:
+            _supersede_stored(con, entity, *span)
         _rebuild_feed(con, entity, record)
         return
-    if changed:
-        _update_feed(con, entity, record, lo, hi)  # type: ignore[arg-type]
+    if span:
+        _update_feed(con, entity, record, *span)
     if _kind(con, live_view(entity)) is None:  # dropped for a schema change
         _create_stored_views(con, entity)
 
@@ -666,12 +668,11 @@ def _sync_stored(
 
 def _sync_views(
     con: sqlite3.Connection, entity: str, record: str, built: str | None,
-    lo: int | None, hi: int | None, rebuild: bool,
+    span: tuple[int, int] | None, rebuild: bool,
 ) -> None:
     kind = _kind(con, feed_table(entity))
     if kind == "table":  # stored until now
-        for view in (live_view(entity), dead_view(entity)):
-            con.execute(f"DROP VIEW IF EXISTS main.{view}")
+        _drop_views(con, entity)
         con.execute(f"DROP TABLE main.{feed_table(entity)}")
     fresh = kind == "table" or _kind(con, tomb_table(entity)) is None
     _create_tombs(con, entity)
@@ -680,8 +681,8 @@ def _sync_views(
     if rebuild or fresh:
         con.execute(f"DELETE FROM main.{tomb_table(entity)}")
         _add_tombs(con, entity, None, None)
-    elif lo is not None and hi is not None and hi > lo:
-        _add_tombs(con, entity, lo, hi)
+    elif span:
+        _add_tombs(con, entity, *span)
 
 
 def sync_feeds(
@@ -702,9 +703,11 @@ def sync_feeds(
     built = dict(con.execute(f"SELECT entity, record_sql FROM main.{FEED_SHAPES}"))
     applied = applied_evolutions(con)
     sync = _sync_views if feed_storage(con) == VIEWS else _sync_stored
+    # the rows replicated since the last sync, if any
+    span = (lo, hi) if lo is not None and hi is not None and hi > lo else None
     for entity in ENTITIES:
         _create_superseded(con, entity)
-        sync(con, entity, record_sql(con, entity, applied), built.get(entity), lo, hi, rebuild)
+        sync(con, entity, record_sql(con, entity, applied), built.get(entity), span, rebuild)
 
 
 def query(directory: Path | str, sql: str, *args: object, db: str = REPLICA) -> list[tuple]:
@@ -764,8 +767,6 @@ def drop_feeds(directory: Path | str) -> None:
         con.execute("BEGIN")
         drop_feed_views(con)
         for entity in ENTITIES:
-            for view in (live_view(entity), dead_view(entity)):
-                con.execute(f"DROP VIEW IF EXISTS {view}")
             con.execute(f"DROP TABLE IF EXISTS {feed_table(entity)}")
             con.execute(f"DROP TABLE IF EXISTS {tomb_table(entity)}")
             con.execute(f"DROP TABLE IF EXISTS {superseded_table(entity)}")
