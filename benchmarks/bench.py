@@ -470,10 +470,10 @@ def _cycle_lines(log: Path) -> list[dict[str, Any]]:
 
 def freshness(work: Path, url: str, seconds: float, *, label: str, reader: bool,
               test_interval: float, test_slice_seconds: float,
-              need_test_run: bool) -> dict[str, Any]:
+              expect_test_run: bool) -> dict[str, Any]:
     """Freshness of the published marts with ``salesflow watch`` in its own process
     (see the module docstring); ``reader``: an analyst process holds the published
-    file for the whole window; ``need_test_run``: the window must contain a run of
+    file for the whole window; ``expect_test_run``: the window must contain a run of
     the periodic data tests (said on stderr when it does not; the results' check fails
     it)."""
     import duckdb
@@ -552,7 +552,7 @@ def freshness(work: Path, url: str, seconds: float, *, label: str, reader: bool,
     # says so
     test_runs = sum(1 for c in cycles_done[1:] if c.get("tests_done"))
     test_slices = [c["test_s"] for c in cycles_done[1:] if "test_s" in c]
-    if need_test_run and not test_runs:
+    if expect_test_run and not test_runs:
         # recorded, not raised: the run's other figures stand, and the results' check
         # (benchmarks/check.py) fails a window without a test run
         print(f"no periodic data test run completed in the {seconds:g} s window ({label};"
@@ -647,7 +647,7 @@ def run(scale: str, out: Path) -> dict[str, Any]:
             results[name] = freshness(work, live.url, seconds, label=name, reader=reader,
                                       test_interval=cfg["test_interval"],
                                       test_slice_seconds=cfg["test_slice_seconds"],
-                                      need_test_run=reader)
+                                      expect_test_run=reader)
             results[name]["conditions"] = conditions(lag, reader, seconds)
         finally:
             live.stop()
