@@ -2,12 +2,12 @@
     {#- The pre-hook of an incremental mart whose rows go with a replica record: deletes
         this model's rows whose `column` holds the key (`source_key`, default `column`)
         of an `entity` record deleted since the last build, and records them in the
-        model's removed log (`remove_rows`). A merge removes a
-        deleted record's row from raw, so the rows to delete are read from the entity's
-        deletion log (`deletion_log`), those a load at or after `last_built_load_id()`
-        wrote: its newest blocks, not a comparison of whole tables. A pre-hook, so the
-        load ids the build is about to add do not hide an earlier deletion; renders to
-        nothing on a first or full build, or while nothing was ever deleted. -#}
+        model's removed log (`remove_rows`). A merge removes a deleted record's row from
+        raw, so the rows to delete are read from the entity's deletion log
+        (`deletion_log`), those a load at or after `last_built_load_id()` wrote: its
+        newest blocks, not a comparison of whole tables. A pre-hook, so the load ids the
+        build is about to add do not hide an earlier deletion; renders to nothing on a
+        first or full build, or while nothing was ever deleted. -#}
     {%- if not is_incremental() -%}
         {{- return('') -}}
     {%- endif -%}
