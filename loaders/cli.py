@@ -299,7 +299,8 @@ def cmd_watch(args) -> int:
 
     opts = _load_options(args)
     stats = watch(interval=args.interval, max_cycles=args.cycles, test_interval=args.test_interval,
-                  test_slice_seconds=args.test_slice_seconds, on_cycle=show, **opts)
+                  test_slice_seconds=args.test_slice_seconds,
+                  test_whole_interval=args.test_whole_interval, on_cycle=show, **opts)
     print(f"stopped after {stats.cycles} cycle(s): {stats.builds} build(s),"
           f" {stats.published} publication(s), {stats.failures} failed cycle(s)")
     return 0
@@ -483,6 +484,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-slice-seconds", type=float, default=1.0,
                    help="a run of the data tests goes in slices of about this many seconds,"
                         " one after each cycle's publication")
+    p.add_argument("--test-whole-interval", type=float, default=86400.0,
+                   help="seconds between runs of the data tests over every row (the others"
+                        " read the rows loaded since the last run that passed)")
     p.set_defaults(func=cmd_watch)
     p = sub.add_parser("query", help="SQL on the published marts (read-only)")
     p.add_argument("sql", help="a SQL statement, or a file holding one (e.g. analyses/*.sql)")

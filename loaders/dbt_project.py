@@ -18,6 +18,7 @@ May import: dbt, :mod:`loaders.config`, :mod:`loaders.warehouse` and :mod:`loade
 from __future__ import annotations
 
 import heapq
+import json
 import os
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -38,6 +39,8 @@ REMOVED_SCHEMA = "removed"
 # unit tests check the models' logic on fixed inputs: they belong to `make test`, not to
 # every cycle (and those of incremental marts need the built model to exist)
 NO_UNIT_TESTS = ("--exclude-resource-type", "unit_test")
+# the var naming the load after which a test run reads rows (macros/tested_rows.sql)
+TESTS_SINCE_VAR = "salesflow_tests_since"
 
 
 def target_dir(project_root: Path = PROJECT_ROOT) -> Path:
@@ -325,10 +328,14 @@ class Session:
             args += ["--select", *select]
         return outcome(self._invoke(args), True)
 
-    def test_nodes(self, unique_ids: Sequence[str]) -> Outcome:
-        """These data tests (by unique id) only; what failed."""
+    def test_nodes(self, unique_ids: Sequence[str], since: str | None = None) -> Outcome:
+        """These data tests (by unique id) only; what failed. ``since``: a load id, the
+        tests that can read only the rows loaded after it do (macro
+        ``get_where_subquery``)."""
         names = sorted({self.manifest.nodes[u].name for u in unique_ids})
-        return outcome(self._invoke(["test", *NO_UNIT_TESTS, "--select", *names]), True)
+        scope = ["--vars", json.dumps({TESTS_SINCE_VAR: since})] if since else []
+        return outcome(
+            self._invoke(["test", *NO_UNIT_TESTS, *scope, "--select", *names]), True)
 
     def _invoke(self, args: list[str]) -> Any:
         """One command on the parsed manifest, compiled afresh: dbt marks a node whose

@@ -12,6 +12,7 @@ import pytest
 
 from loaders import config, dbt_project
 from loaders.monitoring import health, marts
+from loaders.runners import pipeline
 from loaders.runners.slices import DataTest, Rhythm, in_graph_order, plan
 from loaders.runners.watch import watch
 from tests.support import TOKEN
@@ -89,6 +90,81 @@ def test_a_run_goes_slice_by_slice_and_the_next_is_due_after_its_start():
     # a build with tests in the middle of a run: the run goes on
     rhythm.tested_in_build({})
     assert rhythm.ran({}) is False and rhythm.next_slice() == ["t.c"]
+
+
+def test_a_run_reads_the_loads_after_the_last_that_passed_and_is_whole_now_and_then():
+    clock = Clock()
+    rhythm = Rhythm({"t.a": "m.a", "t.b": "m.b"}, ["m.a", "m.b"], every=60, budget=10.0,
+                    whole=1000, clock=clock)
+    # nothing is known to have passed yet: the first run is whole
+    clock.now += 60
+    assert rhythm.next_slice("100.1") == ["t.a", "t.b"] and rhythm.since is None
+    assert rhythm.ran({}) is True
+    clock.now += 60
+    assert rhythm.next_slice("100.5") and rhythm.since == "100.1"
+    # a slice that failed: what it covered is unknown, the next run is whole
+    assert rhythm.ran({}, passed=False) is True
+    clock.now += 60
+    assert rhythm.next_slice("100.9") and rhythm.since is None
+    assert rhythm.ran({}) is True
+    clock.now += 60
+    assert rhythm.next_slice("101.0") and rhythm.since == "100.9"
+    assert rhythm.ran({}) is True
+    # a day after the last whole run (here 1000 s), the next is whole again
+    clock.now += 1000
+    assert rhythm.next_slice("102.0") and rhythm.since is None
+    assert rhythm.ran({}) is True
+    # a build of some nodes whose tests passed counts as a run, covers nothing new;
+    # a whole build that passed covers every row it read
+    rhythm.tested_in_build({}, "103.0", passed=False)
+    clock.now += 60
+    assert rhythm.next_slice("103.5") and rhythm.since == "102.0"
+    assert rhythm.ran({}) is True
+    rhythm.tested_in_build({}, "104.0", passed=True)
+    clock.now += 60
+    assert rhythm.next_slice("105.0") and rhythm.since == "104.0"
+
+
+def test_tests_since_a_load_read_the_rows_loaded_after_it(simulator, warehouse, tmp_path,
+                                                          monkeypatch):
+    """With ``since``, a row test reads only rows loaded after that load and ``unique``
+    every row of a key a newer row holds; a test of a node without ``meta.load_column``,
+    and a run without ``since``, read everything."""
+    monkeypatch.setenv("DBT_TARGET_PATH", str(tmp_path / "target"))
+    pipeline.load(base_url=simulator.url, token=TOKEN)
+    session = dbt_project.Session()
+    assert session.build(None, tests=True).success
+    tests = dbt_project.data_tests(session.manifest)
+
+    def test_of(name: str) -> str:
+        [uid] = [u for u in tests if session.manifest.nodes[u].name == name]
+        return uid
+
+    not_null = test_of("not_null_stg_replica__order_items_order_id")
+    unique = test_of("unique_stg_replica__order_items_order_item_id")
+    with duckdb.connect(str(warehouse)) as con:
+        [(old, newest)] = con.execute(
+            "select min(_dlt_load_id), max(_dlt_load_id) from raw.order_items").fetchall()
+        # an old row broken in place keeps its load
+        con.execute("update raw.order_items set order_id = null where order_item_id ="
+                    " (select min(order_item_id) from raw.order_items)")
+    assert session.test_nodes([not_null], since=newest).success
+    assert not session.test_nodes([not_null], since=None).success
+    assert not session.test_nodes([not_null], since=str(float(old) - 1)).success
+    with duckdb.connect(str(warehouse)) as con:
+        con.execute("update raw.order_items set order_id = 1 where order_id is null")
+        # a newer row with an old row's key: a duplicate the new rows bring
+        con.execute("insert into raw.order_items select * replace"
+                    " ('9999999999.0' as _dlt_load_id) from raw.order_items"
+                    " where order_item_id = (select max(order_item_id) from raw.order_items)")
+    assert not session.test_nodes([unique], since=newest).success
+    assert session.test_nodes([not_null], since=newest).success
+    with duckdb.connect(str(warehouse)) as con:
+        con.execute("update raw.order_items set _dlt_load_id = ? where _dlt_load_id ="
+                    " '9999999999.0'", [old])
+    # the duplicate is old now: only a whole run finds it
+    assert session.test_nodes([unique], since=newest).success
+    assert not session.test_nodes([unique], since=None).success
 
 
 def test_a_project_without_data_tests_never_runs_any():

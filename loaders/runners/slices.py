@@ -16,6 +16,13 @@ that runs its tests, watch's gate, counts as a run and starts the wait again).
 * **In the graph's order.** Tests of upstream nodes first; a node's tests go into one
   slice together unless they alone exceed the budget. A failing staging test is then
   found before the tests of the marts built from it.
+* **New rows only.** A run reads only the rows loaded after the load at the start of
+  the last run whose every test passed (``since``: the tests of the nodes whose
+  ``meta.load_column`` names that load, see the macro ``get_where_subquery``), so its
+  cost follows the change, not the history. A run is whole (``since`` None) when no
+  run has passed since watch started or since the last failure, and every ``whole``
+  seconds (rows loaded by a package completed out of order, parents deleted under
+  old rows). Watch's first build tests everything and counts as a whole run.
 * **Holds per slice.** Each slice is judged on its own
   (:func:`loaders.runners.holds.record`): a failing test holds back the marts it
   reaches, and a mart held by a test is released only by a run of that test
@@ -87,19 +94,27 @@ class Rhythm:
 
     ``tests``: every data test (unique id -> the node it tests), ``graph``: the graph's
     order (unique ids, parents first), ``every``: seconds from a run's start to the
-    next's, ``budget``: seconds per slice."""
+    next's, ``budget``: seconds per slice, ``whole``: seconds from a whole run's start
+    to the next whole run's."""
 
     def __init__(self, tests: Mapping[str, str], graph: Sequence[str], every: float,
-                 budget: float, clock: Callable[[], float] = time.monotonic) -> None:
+                 budget: float, whole: float = 86400.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.tests = dict(tests)
         self.graph = list(graph)
         self.every = every
         self.budget = budget
+        self.whole = whole
         self.clock = clock
         self.seconds: dict[str, float] = {}  # unique id -> at its last run
         self.slices: list[list[str]] = []  # the run in progress (empty: none)
         self.done = 0  # slices of it run
         self.started_at = clock()
+        self.covered: str | None = None  # every row up to this load passed (None: unknown)
+        self.whole_at = clock()  # when the last whole run started
+        self.since: str | None = None  # the run in progress reads loads after this
+        self._upto: str | None = None  # the newest load when it started
+        self._passed = True  # every slice of it so far
 
     @property
     def running(self) -> bool:
@@ -109,20 +124,29 @@ class Rhythm:
         """Durations of tests that just ran (unique id -> seconds; other nodes ignored)."""
         self.seconds.update({u: s for u, s in seconds.items() if u in self.tests})
 
-    def tested_in_build(self, seconds: Mapping[str, float]) -> None:
+    def tested_in_build(self, seconds: Mapping[str, float], load_id: str | None = None,
+                        passed: bool = False) -> None:
         """A build ran its data tests: it counts as a run (the wait starts again); a run
-        in progress goes on."""
+        in progress goes on. A build of every node whose tests ``passed`` covers every
+        row up to ``load_id`` (the newest load it read) as a whole run."""
         self.timed(seconds)
         self.started_at = self.clock()
+        if passed and load_id:
+            self.covered, self.whole_at = load_id, self.started_at
 
-    def next_slice(self) -> list[str] | None:
-        """The tests of the next slice (unique ids), starting a run when one is due;
-        None when none is."""
+    def next_slice(self, load_id: str | None = None) -> list[str] | None:
+        """The tests of the next slice (unique ids), starting a run when one is due
+        (``load_id``: the newest load then); None when none is."""
         if not self.slices:
             now = self.clock()
             if now - self.started_at < self.every:
                 return None
             self.started_at = now
+            whole = self.covered is None or now - self.whole_at >= self.whole
+            self.since = None if whole else self.covered
+            if whole:
+                self.whole_at = now
+            self._upto, self._passed = load_id, True
             ordered = in_graph_order(
                 (DataTest(u, n, self.seconds.get(u)) for u, n in self.tests.items()),
                 self.graph)
@@ -136,11 +160,15 @@ class Rhythm:
         """Which slice of how many is next, while a run is in progress."""
         return f"{self.done + 1}/{len(self.slices)}"
 
-    def ran(self, seconds: Mapping[str, float]) -> bool:
-        """The next slice ran (its tests' durations); whether that completed the run."""
+    def ran(self, seconds: Mapping[str, float], passed: bool = True) -> bool:
+        """The next slice ran (its tests' durations, whether they all ``passed``);
+        whether that completed the run. A run that passed covers the rows up to the
+        newest load at its start; one that failed leaves the next run whole."""
         self.timed(seconds)
+        self._passed = self._passed and passed
         self.done += 1
         if self.done < len(self.slices):
             return False
         self.slices, self.done = [], 0
+        self.covered = self._upto if self._passed else None
         return True

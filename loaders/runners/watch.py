@@ -23,11 +23,14 @@ publish for analysts.
   (:mod:`loaders.runners.slices`): once a run is due, each cycle, after its
   publication (or with nothing new, on its own), runs the next slice of about
   ``test_slice_seconds`` (default 1) of tests, in the graph's order, until every test
-  has run once, so a sale's way to the marts never waits for more than a slice. The
+  has run once, so a sale's way to the marts never waits for more than a slice. A run
+  reads only the rows loaded since the last run that passed, a whole run every
+  ``test_whole_interval`` seconds (default a day) and after a failure. The
   marts a failing test reaches are held back from later publications until a run of
   that test passes. Contracts are enforced by every build. Unit tests belong to
   ``make test``. The cycle's log says ``test_s`` and ``tests_slice`` (``3/9``) for a
-  slice, ``tests_done`` when it completed a run.
+  slice, ``tests_since`` (the load after which it read), ``tests_done`` when it
+  completed a run.
 * **Published atomically** (:mod:`loaders.runners.publish`) after every build:
   analysts read ``data/published/analytics.duckdb`` and are never blocked or shown a
   half-built mart. **What is good is published**: the marts a failing node reaches
@@ -86,14 +89,16 @@ def watch(
     max_backoff: float = 60.0,
     test_interval: float = 300.0,
     test_slice_seconds: float = 1.0,
+    test_whole_interval: float = 86400.0,
     stop: threading.Event | None = None,
     on_cycle: Callable[[WatchStats], None] | None = None,
     **load_options: Any,
 ) -> WatchStats:
     """Run cycles until stopped (signal, ``stop`` set, or ``max_cycles`` done)."""
-    if test_slice_seconds < 0 or test_interval < 0:
-        raise ValueError(f"test_interval ({test_interval:g}) and test_slice_seconds"
-                         f" ({test_slice_seconds:g}) must be 0 or more seconds")
+    if min(test_slice_seconds, test_interval, test_whole_interval) < 0:
+        raise ValueError(f"test_interval ({test_interval:g}), test_slice_seconds"
+                         f" ({test_slice_seconds:g}) and test_whole_interval"
+                         f" ({test_whole_interval:g}) must be 0 or more seconds")
     stop = stop or threading.Event()
     progress = load_options.pop("progress", None)  # dlt's display, not a source option
     stats = WatchStats()
@@ -111,7 +116,8 @@ def watch(
             failures = 0
             periodic = slices.Rhythm(
                 dbt_project.data_tests(dbt.manifest), dbt_project.graph_order(dbt.manifest),
-                every=test_interval, budget=test_slice_seconds)
+                every=test_interval, budget=test_slice_seconds, whole=test_whole_interval)
+            newest: str | None = None  # the newest load this watch made
             while not stop.is_set() and (max_cycles is None or stats.cycles < max_cycles):
                 started = time.monotonic()
                 stats.cycles += 1
@@ -128,6 +134,7 @@ def watch(
                     stop.wait(wait)
                     continue
                 failures = 0
+                newest = result.last_load_id or newest
                 stats.last = {"outcome": result.outcome, "rows": result.total_new,
                               "load_s": round(result.seconds, 2)}
                 if result.advanced or not built_once:
@@ -180,9 +187,10 @@ def watch(
                         if pub.swept:
                             stats.last["published_swept"] = list(pub.swept)
                     if gate:  # counts as a test run: the next is due later
-                        periodic.tested_in_build(built.seconds)
+                        periodic.tested_in_build(built.seconds, newest,
+                                                 select is None and built.success)
                 if built_once:  # the periodic data tests: one slice per cycle, when due
-                    _test_slice(dbt, periodic, stats, result.last_load_id, released)
+                    _test_slice(dbt, periodic, stats, newest, released)
                 stats.last["cycle_s"] = round(time.monotonic() - started, 2)
                 log.info("cycle %d: %s", stats.cycles, stats.last)
                 if on_cycle:
@@ -198,16 +206,18 @@ def _test_slice(dbt: dbt_project.Session, periodic: slices.Rhythm, stats: WatchS
     """The next slice of the periodic data tests, when a run is due or in progress, and
     the marts' status after it (``released``: marts it let go, for the next
     publication)."""
-    due = periodic.next_slice()
+    due = periodic.next_slice(load_id)
     if due is None:
         return
     which = periodic.label()
     t = time.monotonic()
-    tested = dbt.test_nodes(due)
-    complete = periodic.ran(tested.seconds)
+    tested = dbt.test_nodes(due, since=periodic.since)
+    complete = periodic.ran(tested.seconds, tested.success)
     stats.last["tests"] = True
     stats.last["test_s"] = round(time.monotonic() - t, 2)
     stats.last["tests_slice"] = which
+    if periodic.since:
+        stats.last["tests_since"] = periodic.since
     if complete:
         stats.last["tests_done"] = True
     after = holds.record(dbt.manifest, tested, marts.TESTS, load_id, False,
