@@ -301,3 +301,38 @@ def test_the_first_loads_start_the_clocks_of_rereads_and_reconciliation(
     assert counts == []
     assert state["reconciled_at"] and state["reread_at"]
     assert_reconciled(platform_dir, warehouse)
+
+
+def test_a_deferred_reconciliation_runs_after_the_cycle_and_its_gap_is_raised_next(
+    platform_dir: Path, warehouse: Path, monkeypatch
+) -> None:
+    """watch's way: the cycle leaves the counts to after its publication; what they find
+    is raised, and repaired, by the next cycle."""
+    _late_row_settings(monkeypatch, reread=0, window=30, reconcile=0.01)
+    sim = start_simulator(platform_dir)
+    options = {"base_url": sim.url, "token": TOKEN, "lookback_seconds": LOOKBACK}
+    try:
+        def cycle() -> pipeline.LoadResult:
+            result = pipeline.cycle(defer_counts=True, **options)
+            time.sleep(0.05)  # the reconciliation is due again
+            return result
+
+        cycle()
+        _insert_late_orders(platform_dir, range(9001, 9004), minutes=10)
+        store.wait_for_replica(platform_dir)
+        cycle()  # behind the lookback: not loaded, the counts left for later
+        assert _notices(warehouse, "count_gap") == []
+        assert "orders" in pipeline.reconcile_counts(**options)
+        assert _notices(warehouse, "count_gap") == []
+        assert pipeline.reconcile_counts(**options) == []  # nothing pending any more
+        repair = cycle()  # raises the gap, and re-reads orders from the start date
+        [opened] = _notices(warehouse, "count_gap")
+        assert opened["title"] == "orders: 3 record(s) upstream missing from raw"
+        assert repair.rows.get("orders") == 3
+        assert "orders" in pipeline.reconcile_counts(**options)  # the repair checked
+        cycle()
+        kinds = [n["kind"] for n in _notices(warehouse, "count_gap")]
+        assert kinds == ["count_gap", "recovery"]
+    finally:
+        sim.stop()
+    assert_reconciled(platform_dir, warehouse)

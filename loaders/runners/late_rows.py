@@ -12,7 +12,10 @@ those entities. For the others, two slower defences:
   which drops the rows it reads again unchanged (:class:`loaders.replica.Reread`): only
   what was missed or changed loads. A commit up to the window late is caught within the
   interval.
-* **Count reconciliation.** Every ``reconcile_interval_seconds``, after the load, per
+* **Count reconciliation.** Every ``reconcile_interval_seconds``, after the load (a
+  runner that cycles defers it past the cycle's publication, :func:`reconcile_pending`,
+  and its findings are raised by the next cycle: over a long history the API's count
+  can take many seconds, and no sale should wait for it), per
   entity: the API's count of live records updated before ``T`` (raw's newest cursor minus
   the lookback, so rows still in flight do not count) against raw's rows with a cursor
   before ``T``. More upstream than in raw is a gap, however late its rows committed: it
@@ -23,9 +26,9 @@ those entities. For the others, two slower defences:
   (404) is not reconciled, said once in the log (asked again if the API's address
   changes).
 
-The times of the last re-read and reconciliation and the entities to repair are kept in
-``late_rows.json`` in the pipelines directory, written after a load succeeds: a failed
-cycle leaves them due.
+The times of the last re-read and reconciliation, the entities to repair and a deferred
+reconciliation's entities and findings are kept in ``late_rows.json`` in the pipelines
+directory, written after a load succeeds: a failed cycle leaves them due.
 
 May import: :mod:`loaders.config`, :mod:`loaders.warehouse`, the replica source and the
 monitoring's alarms.
@@ -37,7 +40,7 @@ import json
 import logging
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -58,6 +61,8 @@ log = logging.getLogger(__name__)
 
 KIND = "count_gap"
 STATE_FILE = "late_rows.json"
+PENDING = "reconcile"  # state key: the entities a deferred reconciliation is to judge
+FOUND = "reconciled"  # state key: what it found, for the next cycle to raise
 
 
 @dataclass
@@ -176,24 +181,63 @@ def plan(
 def after_load(
     pipeline: dlt.Pipeline, api: Api, declared: dict[str, Any],
     entities: Any, lookback: float, late: Plan, alarms: AlarmCheck, now: datetime,
+    defer: bool = False,
 ) -> None:
     """After a successful load: remember the re-read, reconcile the counts when due (and
     the entities just repaired), raise a ``count_gap`` alarm for each gap and plan its
-    repair."""
+    repair. With ``defer``, the entities to reconcile are kept for
+    :func:`reconcile_pending` instead; what an earlier deferred reconciliation found is
+    raised now."""
     s = config.late_row_settings()
     state = dict(late.state)
     if late.reread_due:
         state["reread_at"] = now.isoformat()
     state["repair"] = [e for e in state.get("repair", []) if e not in late.repairs]
+    earlier = state.pop(FOUND, None)
+    if isinstance(earlier, dict):
+        alarms.add(KIND, [Condition(**c) for c in earlier.get("conditions", [])],
+                   entities=earlier.get("judged", []))
     due = _due(state, "reconciled_at", s.reconcile_interval, now)
     check = _by_time(declared, entities) if due else list(late.repairs)
     if check and state.get("no_counts") != api.base_url:
-        found, judged = reconcile(pipeline, api, declared, check, lookback, state)
-        alarms.add(KIND, found, entities=judged)
-        state["repair"] = sorted({*state["repair"], *(c.entity for c in found if c.entity)})
         if due:
             state["reconciled_at"] = now.isoformat()
+        if defer:
+            state[PENDING] = sorted({*state.get(PENDING, []), *check})
+        else:
+            found, judged = reconcile(pipeline, api, declared, check, lookback, state)
+            alarms.add(KIND, found, entities=judged)
+            state["repair"] = sorted({*state["repair"],
+                                      *(c.entity for c in found if c.entity)})
     _write_state(state)
+
+
+def pending() -> bool:
+    """Whether a deferring load left a reconciliation to do."""
+    return bool(_read_state().get(PENDING))
+
+
+def reconcile_pending(
+    pipeline: dlt.Pipeline, api: Api, declared: dict[str, Any], lookback: float,
+) -> list[str]:
+    """The reconciliation a deferring load left (see :func:`after_load`): its gaps are
+    kept for the next cycle to raise, their repairs planned. Returns the entities
+    judged (none: nothing was pending)."""
+    state = _read_state()
+    check = [e for e in state.get(PENDING, []) if e in declared]
+    if not check:
+        return []
+    found, judged = reconcile(pipeline, api, declared, check, lookback, state)
+    state.pop(PENDING, None)
+    kept = state.get(FOUND)
+    earlier: dict[str, Any] = kept if isinstance(kept, dict) else {}
+    state[FOUND] = {
+        "conditions": [*earlier.get("conditions", []), *(asdict(c) for c in found)],
+        "judged": sorted({*earlier.get("judged", []), *judged}),
+    }
+    state["repair"] = sorted({*state.get("repair", []), *(c.entity for c in found if c.entity)})
+    _write_state(state)
+    return judged
 
 
 def reconcile(
