@@ -316,7 +316,9 @@ def test_late_commits_and_clock_skew_never_hold_the_sales_marts_back(
 ):
     """With commits landing late and device clocks ahead (as the demo and the benchmark
     play them), every cycle with new data publishes fresh sales marts, the periodic data
-    tests pass, nothing is notified, and raw reconciles with the platform."""
+    tests pass (reading the rows loaded since the last run), nothing is notified, the
+    counts are reconciled beside the cycles, and raw reconciles with the platform."""
+    monkeypatch.setenv("SOURCES__REPLICA__RECONCILE_INTERVAL_SECONDS", "5")
     sim_dir = tmp_path / "skewed"
     generate(sim_dir, orders=300, seed=11, as_of=AS_OF, days=30,
              clock_skew=model.REAL_WORLD_CLOCK_SKEW_S)
@@ -345,6 +347,8 @@ def test_late_commits_and_clock_skew_never_hold_the_sales_marts_back(
         assert "product_sales_hourly" in c["refreshed"] and not c["held"], cycles
     assert sum(1 for c in cycles if c.get("test_s") is not None) >= 2, cycles
     assert not any(c.get("tests_failed") for c in cycles), cycles
+    assert any(c.get("tests_since") for c in cycles), cycles
+    assert any(c.get("reconciled") for c in cycles), cycles
     with duckdb.connect(str(warehouse), read_only=True) as con:
         skewed = con.execute(
             "select count(*) from staging.stg_replica__events where is_clock_skewed"

@@ -13,9 +13,10 @@ those entities. For the others, two slower defences:
   what was missed or changed loads. A commit up to the window late is caught within the
   interval.
 * **Count reconciliation.** Every ``reconcile_interval_seconds``, after the load (a
-  runner that cycles defers it past the cycle's publication, :func:`reconcile_pending`,
-  and its findings are raised by the next cycle: over a long history the API's count
-  can take many seconds, and no sale should wait for it), per
+  runner that cycles defers it past the cycle's publication and asks the API in a
+  thread, :class:`Reconciliation`, whose findings the next cycle after it raises: over
+  a long history the API's count can take many seconds, and no sale should wait for
+  it), per
   entity: the API's count of live records updated before ``T`` (raw's newest cursor minus
   the lookback, so rows still in flight do not count) against raw's rows with a cursor
   before ``T``. More upstream than in raw is a gap, however late its rows committed: it
@@ -39,6 +40,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
@@ -186,7 +188,7 @@ def after_load(
     """After a successful load: remember the re-read, reconcile the counts when due (and
     the entities just repaired), raise a ``count_gap`` alarm for each gap and plan its
     repair. With ``defer``, the entities to reconcile are kept for
-    :func:`reconcile_pending` instead; what an earlier deferred reconciliation found is
+    :class:`Reconciliation` instead; what an earlier deferred reconciliation found is
     raised now."""
     s = config.late_row_settings()
     state = dict(late.state)
@@ -217,27 +219,85 @@ def pending() -> bool:
     return bool(_read_state().get(PENDING))
 
 
-def reconcile_pending(
-    pipeline: dlt.Pipeline, api: Api, declared: dict[str, Any], lookback: float,
-) -> list[str]:
-    """The reconciliation a deferring load left (see :func:`after_load`): its gaps are
-    kept for the next cycle to raise, their repairs planned. Returns the entities
-    judged (none: nothing was pending)."""
-    state = _read_state()
-    check = [e for e in state.get(PENDING, []) if e in declared]
-    if not check:
-        return []
-    found, judged = reconcile(pipeline, api, declared, check, lookback, state)
-    state.pop(PENDING, None)
-    kept = state.get(FOUND)
-    earlier: dict[str, Any] = kept if isinstance(kept, dict) else {}
-    state[FOUND] = {
-        "conditions": [*earlier.get("conditions", []), *(asdict(c) for c in found)],
-        "judged": sorted({*earlier.get("judged", []), *judged}),
-    }
-    state["repair"] = sorted({*state.get("repair", []), *(c.entity for c in found if c.entity)})
-    _write_state(state)
-    return judged
+# how long a deferred reconciliation waits for one count: it holds up no cycle, and an
+# API counting years of records may take long
+COUNT_TIMEOUT = 300.0
+
+
+@dataclass
+class RawCount:
+    """Raw's side of one entity's reconciliation, taken before the API is asked."""
+
+    name: str
+    path: str
+    before: datetime
+    in_raw: int
+
+
+class Reconciliation:
+    """The reconciliation a deferring load left (see :func:`after_load`), under way:
+    raw's counts taken at once (:meth:`start`, on the caller's connection), the API's
+    asked in a thread of its own, so that no cycle waits for them; :meth:`finish`, once
+    :meth:`done`, keeps the gaps for the next cycle to raise and plans their repairs.
+    Raw is counted before the API, as inline: a record updated in between leaves the
+    API's count, never raw's alone, so no gap is made up."""
+
+    def __init__(self, api: Api, counts: list[RawCount]) -> None:
+        self.api = api
+        self.counts = counts
+        self.answers: dict[str, int | None | ReplicaError] = {}
+        self._thread = threading.Thread(target=self._ask, name="reconcile", daemon=True)
+
+    @classmethod
+    def start(cls, pipeline: dlt.Pipeline, api: Api, declared: dict[str, Any],
+              lookback: float) -> Reconciliation | None:
+        """The pending reconciliation started (None: nothing pending)."""
+        check = [e for e in _read_state().get(PENDING, []) if e in declared]
+        if not check:
+            return None
+        with pipeline.sql_client() as sql:
+            counts = [RawCount(name, ep["path"], before, n)
+                      for name, ep, before, n in _raw_counts(sql, declared, check, lookback)]
+        out = cls(api, counts)
+        out._thread.start()
+        return out
+
+    def _ask(self) -> None:
+        for c in self.counts:
+            try:
+                self.answers[c.name] = fetch_live_count(
+                    self.api, c.path, c.before, timeout=COUNT_TIMEOUT)
+            except ReplicaError as exc:
+                self.answers[c.name] = exc
+            except Exception as exc:  # noqa: BLE001 - said by finish, never lost in a thread
+                self.answers[c.name] = ReplicaError(f"{type(exc).__name__}: {exc}")
+
+    def done(self) -> bool:
+        return not self._thread.is_alive()
+
+    def finish(self) -> list[str]:
+        """Once done: the gaps kept for the next cycle, their repairs planned, nothing
+        pending any more. Returns the entities judged."""
+        self._thread.join()
+        state = _read_state()
+        found, judged = _judge(
+            self.api, [(c.name, c.path, c.before, c.in_raw, self.answers.get(c.name))
+                       for c in self.counts], state)
+        left = [e for e in state.get(PENDING, []) if e not in {c.name for c in self.counts}]
+        if left:  # asked for by cycles since it started
+            state[PENDING] = left
+        else:
+            state.pop(PENDING, None)
+        kept = state.get(FOUND)
+        earlier: dict[str, Any] = kept if isinstance(kept, dict) else {}
+        state[FOUND] = {
+            "conditions": [*earlier.get("conditions", []), *(asdict(c) for c in found)],
+            "judged": sorted({*earlier.get("judged", []), *judged}),
+        }
+        state["repair"] = sorted({*state.get("repair", []),
+                                  *(c.entity for c in found if c.entity)})
+        _write_state(state)
+        return judged
 
 
 def reconcile(
@@ -246,38 +306,63 @@ def reconcile(
 ) -> tuple[list[Condition], list[str]]:
     """The gaps found in ``check`` and the entities judged. An API without counts marks
     ``state`` so that it is not asked again (said once)."""
+    asked: list[tuple[str, str, datetime, int, int | None | ReplicaError]] = []
+    with pipeline.sql_client() as sql:
+        for name, ep, before, in_raw in _raw_counts(sql, declared, check, lookback):
+            try:
+                upstream: int | None | ReplicaError = fetch_live_count(api, ep["path"], before)
+            except ReplicaError as exc:
+                upstream = exc
+            asked.append((name, ep["path"], before, in_raw, upstream))
+            if upstream is None:
+                break  # no counts: the others are not asked
+    return _judge(api, asked, state)
+
+
+def _raw_counts(
+    sql: Any, declared: dict[str, Any], check: list[str], lookback: float,
+) -> Iterator[tuple[str, replica_settings.Endpoint, datetime, int]]:
+    """Per entity of ``check`` raw holds rows of: its endpoint, the time before which
+    rows are counted (raw's newest cursor minus the lookback) and raw's count."""
+    for name, ep, newest in _loaded(sql, declared, check):
+        before = newest - timedelta(seconds=lookback)
+        cursor = sql.escape_column_name(replica_settings.cursor_of(ep))
+        in_raw = _scalar(
+            sql, f"select count(*) from {sql.make_qualified_table_name(name)}"
+            f" where {cursor} < %s", before,
+        )
+        yield name, ep, before, int(in_raw or 0)
+
+
+def _judge(
+    api: Api, asked: list[tuple[str, str, datetime, int, int | None | ReplicaError]],
+    state: dict[str, Any],
+) -> tuple[list[Condition], list[str]]:
+    """The gaps in ``asked`` (entity, path, before, raw's count, the API's answer) and
+    the entities judged; an API without counts marks ``state`` (said once)."""
     found: list[Condition] = []
     judged: list[str] = []
-    with pipeline.sql_client() as sql:
-        for name, ep, newest in _loaded(sql, declared, check):
-            before = newest - timedelta(seconds=lookback)
-            cursor = sql.escape_column_name(replica_settings.cursor_of(ep))
-            in_raw = _scalar(
-                sql, f"select count(*) from {sql.make_qualified_table_name(name)}"
-                f" where {cursor} < %s", before,
+    for name, path, before, in_raw, upstream in asked:
+        if isinstance(upstream, ReplicaError):
+            log.warning("%s: counts not reconciled this cycle: %s", name, upstream)
+            continue
+        if upstream is None:
+            where = (
+                f"{api.count_path.replace('{path}', path.strip('/'))} answers 404"
+                if api.count_path else 'sources.replica.count_path = ""'
             )
-            try:
-                upstream = fetch_live_count(api, ep["path"], before)
-            except ReplicaError as exc:
-                log.warning("%s: counts not reconciled this cycle: %s", name, exc)
-                continue
-            if upstream is None:
-                where = (
-                    f"{api.count_path.replace('{path}', ep['path'].strip('/'))} answers 404"
-                    if api.count_path else 'sources.replica.count_path = ""'
-                )
-                log.warning(
-                    "the replica API serves no record counts (%s): counts are not"
-                    " reconciled; rows committed later than the lookback are caught only by"
-                    " wide re-reads", where,
-                )
-                state["no_counts"] = api.base_url
-                return found, judged
-            judged.append(name)
-            if upstream > in_raw:
-                found.append(_gap(name, upstream, in_raw, before))
-                log.warning("%s: %d live records upstream updated before %s, %d in raw",
-                            name, upstream, before.isoformat(), in_raw)
+            log.warning(
+                "the replica API serves no record counts (%s): counts are not"
+                " reconciled; rows committed later than the lookback are caught only by"
+                " wide re-reads", where,
+            )
+            state["no_counts"] = api.base_url
+            break
+        judged.append(name)
+        if upstream > in_raw:
+            found.append(_gap(name, upstream, in_raw, before))
+            log.warning("%s: %d live records upstream updated before %s, %d in raw",
+                        name, upstream, before.isoformat(), in_raw)
     return found, judged
 
 

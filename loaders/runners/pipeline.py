@@ -173,29 +173,9 @@ def cycle(progress: str | None = None, defer_counts: bool = False,
           **options: Any) -> LoadResult:
     """One load recorded as a cycle, for a runner that holds the run lock already
     (options as for :func:`load`). ``defer_counts``: a count reconciliation due is left
-    for :func:`reconcile_counts`, which the runner calls once the cycle's rows are
+    for :func:`start_reconciliation`, which the runner calls once the cycle's rows are
     published."""
     return _cycle(_source_kwargs(**options), progress, defer_counts)
-
-
-def reconcile_counts(**options: Any) -> list[str]:
-    """The count reconciliation a deferring cycle left (options as for :func:`load`):
-    its gaps are raised by the next cycle. Never raises: a problem is logged and the
-    reconciliation stays pending. Returns the entities judged."""
-    kwargs = _source_kwargs(**options)
-    try:
-        if not late_rows.pending():
-            return []
-        with warehouse.kept_open():
-            return late_rows.reconcile_pending(
-                warehouse.dlt_pipeline(),
-                config.api_connection(kwargs.get("base_url"), kwargs.get("token")),
-                config.endpoints(kwargs.get("endpoints")),
-                config.lookback_seconds(kwargs.get("lookback_seconds")),
-            )
-    except Exception as exc:  # the next cycle's load must not wait on a count
-        log.error("counts not reconciled: %s: %s", type(exc).__name__, exc)
-        return []
 
 
 def load(progress: str | None = None, **options: Any) -> LoadResult:
@@ -204,6 +184,36 @@ def load(progress: str | None = None, **options: Any) -> LoadResult:
     subclasses with a clear message for auth and reachability problems."""
     with run_lock("load"):
         return cycle(progress, **options)
+
+
+def start_reconciliation(**options: Any) -> late_rows.Reconciliation | None:
+    """The count reconciliation a deferring cycle left, started: raw counted now, the
+    API asked in a thread (options as for :func:`load`); None when none is pending or
+    it cannot start (logged: it stays pending)."""
+    kwargs = _source_kwargs(**options)
+    try:
+        if not late_rows.pending():
+            return None
+        with warehouse.kept_open():
+            return late_rows.Reconciliation.start(
+                warehouse.dlt_pipeline(),
+                config.api_connection(kwargs.get("base_url"), kwargs.get("token")),
+                config.endpoints(kwargs.get("endpoints")),
+                config.lookback_seconds(kwargs.get("lookback_seconds")),
+            )
+    except Exception as exc:  # the next cycle's load must not wait on a count
+        log.error("counts not reconciled: %s: %s", type(exc).__name__, exc)
+        return None
+
+
+def finish_reconciliation(reconciliation: late_rows.Reconciliation) -> list[str]:
+    """A started reconciliation's findings kept for the next cycle to raise; the
+    entities judged (none when it failed: logged, it stays pending)."""
+    try:
+        return reconciliation.finish()
+    except Exception as exc:
+        log.error("counts not reconciled: %s: %s", type(exc).__name__, exc)
+        return []
 
 
 def _cycle(kwargs: dict[str, Any], progress: str | None = None,

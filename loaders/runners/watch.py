@@ -31,10 +31,11 @@ publish for analysts.
   ``make test``. The cycle's log says ``test_s`` and ``tests_slice`` (``3/9``) for a
   slice, ``tests_since`` (the load after which it read), ``tests_done`` when it
   completed a run.
-* **Counts after publication.** A count reconciliation due
-  (:mod:`loaders.runners.late_rows`) runs after the cycle's publication and slice, not
-  inside its load; a gap it finds is raised and repaired by the next cycle
-  (``reconcile_s`` in the cycle's log).
+* **Counts beside the cycles.** A count reconciliation due
+  (:mod:`loaders.runners.late_rows`) starts after the cycle's publication and slice,
+  not inside its load: raw is counted then (``reconcile_s`` in the cycle's log), the
+  API's counts are asked in a thread while the cycles go on, and the first cycle after
+  they answered (``reconciled``: the entities judged) raises a gap and repairs it.
 * **Published atomically** (:mod:`loaders.runners.publish`) after every build:
   analysts read ``data/published/analytics.duckdb`` and are never blocked or shown a
   half-built mart. **What is good is published**: the marts a failing node reaches
@@ -73,7 +74,7 @@ from typing import Any
 from loaders import config, dbt_project, warehouse
 from loaders.monitoring import health, marts
 from loaders.replica import settings as replica_settings
-from loaders.runners import holds, pipeline, publish, slices
+from loaders.runners import holds, late_rows, pipeline, publish, slices
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +123,7 @@ def watch(
                 dbt_project.data_tests(dbt.manifest), dbt_project.graph_order(dbt.manifest),
                 every=test_interval, budget=test_slice_seconds, whole=test_whole_interval)
             newest: str | None = None  # the newest load this watch made
+            reconciling: late_rows.Reconciliation | None = None  # the API's counts asked
             while not stop.is_set() and (max_cycles is None or stats.cycles < max_cycles):
                 started = time.monotonic()
                 stats.cycles += 1
@@ -195,10 +197,16 @@ def watch(
                                                  select is None and built.success)
                 if built_once:  # the periodic data tests: one slice per cycle, when due
                     _test_slice(dbt, periodic, stats, newest, released)
-                # a count reconciliation due, once the cycle's rows are published
-                t = time.monotonic()
-                if pipeline.reconcile_counts(**load_options):
-                    stats.last["reconcile_s"] = round(time.monotonic() - t, 2)
+                # a count reconciliation due, once the cycle's rows are published: raw
+                # counted here, the API asked in a thread, judged once it answered
+                if reconciling is not None and reconciling.done():
+                    stats.last["reconciled"] = pipeline.finish_reconciliation(reconciling)
+                    reconciling = None
+                if reconciling is None:
+                    t = time.monotonic()
+                    reconciling = pipeline.start_reconciliation(**load_options)
+                    if reconciling is not None:
+                        stats.last["reconcile_s"] = round(time.monotonic() - t, 2)
                 stats.last["cycle_s"] = round(time.monotonic() - started, 2)
                 log.info("cycle %d: %s", stats.cycles, stats.last)
                 if on_cycle:
