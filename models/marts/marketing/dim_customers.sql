@@ -39,26 +39,29 @@ orders as not materialized (
 
     ),
 
-    customers_to_build as (
-
+    {%- set customers_to_build -%}
         -- the customer was loaded since the last build
-        select customer_id from customers
-        where load_id >= {{ since }}
+        select changed.customer_id as key
+        from {{ ref('stg_replica__customers') }} as changed
+        where changed.load_id >= {{ since }}
         union
         -- one of their orders was
-        select customer_id from orders
-        where last_load_id >= {{ since }}
+        select changed.customer_id as key
+        from {{ ref('fct_orders') }} as changed
+        where changed.last_load_id >= {{ since }}
         union
-        select removed.customer_id from removed_orders as removed
-
-    ),
+        -- or removed
+        select removed.customer_id as key
+        from ({{ removed_since('fct_orders', since) }}) as removed
+    {%- endset %}
+    {%- set to_build = keys_to_build('customer_id', customers_to_build) %}
 {% endif %}
 
 selected_customers as (
 
     select * from customers
     {% if is_incremental() %}
-        where customer_id in (select build.customer_id from customers_to_build as build)
+        where {{ to_build }}
     {% endif %}
 
 ),
@@ -67,7 +70,7 @@ selected_orders as (
 
     select * from orders
     {% if is_incremental() %}
-        where customer_id in (select build.customer_id from customers_to_build as build)
+        where {{ to_build }}
     {% endif %}
 
 ),

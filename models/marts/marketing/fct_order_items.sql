@@ -24,14 +24,14 @@ with
 
 {% if is_incremental() %}
     {%- set since = last_built_load_id() %}
-    changed_lines as (
-
+    {%- set changed_lines -%}
         -- the line was (re)loaded since the last build
-        select order_item_id from {{ ref('stg_replica__order_items') }}
-        where load_id >= {{ since }}
+        select changed.order_item_id as key
+        from {{ ref('stg_replica__order_items') }} as changed
+        where changed.load_id >= {{ since }}
         union
         -- its order was
-        select lines.order_item_id
+        select lines.order_item_id as key
         from {{ ref('stg_replica__order_items') }} as lines
         inner join {{ ref('stg_replica__orders') }} as orders
             on lines.order_id = orders.order_id
@@ -40,23 +40,18 @@ with
         -- a line takes only its product line from its product: a product loaded since
         -- the last build moves its lines only if that changed (a new price leaves every
         -- line of the product's history as it is)
-        select built.order_item_id
+        select built.order_item_id as key
         from {{ this }} as built
         inner join {{ ref('stg_replica__products') }} as products
             on built.product_id = products.product_id
         where
             products.load_id >= {{ since }}
             and built.product_line is distinct from products.product_line
-
-    ),
-
+    {%- endset %}
     changed_order_items as (
 
         select * from {{ ref('stg_replica__order_items') }}
-        where
-            order_item_id in (
-                select changed.order_item_id from changed_lines as changed
-            )
+        where {{ keys_to_build('order_item_id', changed_lines) }}
 
     ),
 

@@ -17,24 +17,18 @@ events as not materialized (
 
 ),
 
-{% if is_incremental() %}
-    sessions_to_build as (
-
-        -- sessions with an event loaded since the last build (events arrive late)
-        select distinct session_id
-        from events
-        where load_id >= {{ last_built_load_id() }}
-
-    ),
-{% endif %}
-
 selected_events as (
 
     -- all events of the sessions to build, selected before aggregating: an
-    -- incremental build rolls up those sessions only
+    -- incremental build rolls up those sessions only, those with an event loaded
+    -- since the last build (events arrive late)
     select * from events
     {% if is_incremental() %}
-        where session_id in (select build.session_id from sessions_to_build as build)
+        where {{ keys_to_build(
+            'session_id',
+            'select changed.session_id as key from ' ~ ref('stg_replica__events')
+            ~ ' as changed where changed.load_id >= ' ~ last_built_load_id()
+        ) }}
     {% endif %}
 
 ),

@@ -28,10 +28,11 @@ hourly as (
 ),
 
 {% if is_incremental() %}
+    {%- set days = changed_periods('sales_date', 'product_sales_hourly', 'cast(sales_hour as date)') %}
     days_to_build as (
 
         -- a day with an hour rebuilt or removed since the last build
-        {{ changed_periods('sales_date', 'product_sales_hourly', 'cast(sales_hour as date)') }}
+        {{ days }}
 
     ),
 {% endif %}
@@ -40,7 +41,11 @@ selected_hours as (
 
     select * from hourly
     {% if is_incremental() %}
-        where sales_date in (select build.sales_date from days_to_build as build)
+        where {{ keys_to_build(
+            'sales_date',
+            'select periods.sales_date as key from (' ~ days ~ ') as periods',
+            bounds=('sales_hour', 'interval 1 day'),
+        ) }}
     {% endif %}
 
 ),

@@ -28,11 +28,12 @@ order_items as (
 ),
 
 {% if is_incremental() %}
+    {%- set hours = changed_periods('sales_hour', 'fct_order_items', "date_trunc('hour', ordered_at)") %}
     hours_to_build as (
 
         -- an hour with a line (cancelled ones too) loaded since the last build, or a
         -- line removed since (deleted upstream: it left no newer row behind)
-        {{ changed_periods('sales_hour', 'fct_order_items', "date_trunc('hour', ordered_at)") }}
+        {{ hours }}
 
     ),
 {% endif %}
@@ -41,7 +42,11 @@ selected_items as (
 
     select * from order_items
     {% if is_incremental() %}
-        where sales_hour in (select build.sales_hour from hours_to_build as build)
+        where {{ keys_to_build(
+            'sales_hour',
+            'select periods.sales_hour as key from (' ~ hours ~ ') as periods',
+            bounds=('ordered_at', 'interval 1 hour'),
+        ) }}
     {% endif %}
 
 ),
