@@ -1,15 +1,14 @@
-{% macro removed_log(relation=none) %}
-    {#- Where the incremental mart `relation` (default: this model) records the rows it
+{% macro removed_log() %}
+    {#- Where this incremental mart records the rows it
         removes: `<mart>__removed` in schema `removed` (source `removed`), one row
         per row removed, with the mart's unique key, the columns the marts built from it
         group by, and `removed_load_id` (the dlt load behind the removal). Marts built
         from it read it to find what a removal took from their totals, and analysts' copy
         to delete those keys, each from the rows at or after its own newest load id:
         never a comparison of whole tables. -#}
-    {%- set relation = relation or this -%}
     {{- return(api.Relation.create(
-        database=relation.database, schema=removed_schema(),
-        identifier=relation.identifier ~ '__removed'
+        database=this.database, schema=removed_schema(),
+        identifier=this.identifier ~ '__removed'
     )) -}}
 {%- endmacro %}
 
@@ -75,16 +74,21 @@
     where removed_load_id < '{{ "%.6f" | format(newest | float - 7 * 86400) }}';
     {%- endif %}
 
+    {#- the keys read once, written in as constants where they can be (keys_to_build) #}
+    {%- set removed = keys_to_build(column, 'select named.key from (' ~ named ~ ') as named') %}
+    {%- if removed | trim != 'false' %}
+
     insert into {{ log }} ({{ columns | join(', ') }}, removed_load_id)
     select distinct
         {% for c in columns %}built.{{ c }}, {% endfor -%}
         named.removed_load_id
-    from {{ this }} as built
+    from (select * from {{ this }} where {{ removed }}) as built
     inner join ({{ named }}) as named
         on built.{{ column }} = named.key;
 
     delete from {{ this }}
-    where {{ column }} in (select named.key from ({{ named }}) as named)
+    where {{ removed }}
+    {%- endif -%}
 {%- endmacro %}
 
 
