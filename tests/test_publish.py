@@ -236,3 +236,22 @@ def test_a_publication_is_bounded_in_memory(wh, target, monkeypatch):
     monkeypatch.setattr(publish, "_connect", spying)
     publish.publish(wh, target)
     assert seen == ["300.0 MiB"]
+
+
+def test_a_mart_mostly_changed_is_copied_whole_a_little_changed_key_by_key(
+    wh, target, monkeypatch
+):
+    """Past ``WHOLE_SHARE`` of its keys changed (a backfill's last load rebuilt), a mart
+    refreshable key by key is copied whole: deleting most of a large mart in one
+    transaction holds every deleted row in memory."""
+    publish.publish(wh, target)
+    pub = publish.publish(wh, target, changed=load(wh, 1), by_load_id=BY_KEY)
+    assert "orders" in pub.updated and "orders" not in pub.tables
+    monkeypatch.setattr(publish, "SMALL_KEYS", 5)  # the fixture's mart is small
+    with duckdb.connect(str(wh)) as con:
+        con.execute("update marts.orders set amount = amount + 1, last_load_id = '0002'"
+                    " where order_id <= 30")
+    daily(wh)
+    pub = publish.publish(wh, target, changed=["orders", "daily"], by_load_id=BY_KEY)
+    assert "orders" in pub.tables and "orders" not in pub.updated and pub.swept == ()
+    assert differences(target, wh) == {}

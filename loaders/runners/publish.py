@@ -35,9 +35,11 @@ newer dlt load id (``last_load_id``; the marts named in ``by_load_id`` with thei
 row's, or a period's for the sales aggregates) is refreshed key by key: the keys with a
 row loaded since the newest load id that version holds take the warehouse's rows, and
 keys the mart removed since (its log ``removed.<mart>__removed``) are deleted — so a
-cycle publishes in proportion to what changed, not to the size of the mart (keys gone
-some other way are found by comparing whole tables, only when the row counts differ:
-``Published.swept``). Other marts are copied whole. Views (``pipeline_health``,
+cycle publishes in proportion to what changed, not to the size of the mart. Such a mart
+is copied whole when much of it changed (``WHOLE_SHARE`` of its keys or ``WHOLE_KEYS``:
+a large delete in one transaction holds every deleted row in memory). Keys gone some
+other way are found by comparing whole tables, only when the row counts differ
+(``Published.swept``). Other marts are copied whole. Views (``pipeline_health``,
 ``mart_status``) are published as tables frozen at publication time, refreshed by every
 publication.
 
@@ -72,6 +74,11 @@ log = logging.getLogger(__name__)
 SCHEMA = MARTS_SCHEMA
 LOAD_ID = "last_load_id"
 SPARES = 3  # spare versions kept beside the published one
+# a mart refreshable key by key is copied whole when more than this share of its keys,
+# or more than WHOLE_KEYS of them, changed since the version being brought up to date;
+# never below SMALL_KEYS changed keys
+WHOLE_SHARE, WHOLE_KEYS, SMALL_KEYS = 0.2, 1_000_000, 10_000
+BY_KEY, WHOLE, SWEPT = "by key", "whole", "swept"  # how a mart was refreshed
 # bounded like the loader's and dbt's DuckDB: copying a large mart whole spills to disk
 # instead of growing the process (DuckDB's default is most of the machine's memory)
 MEMORY_LIMIT = os.environ.get("SALESFLOW_PUBLISH_MEMORY_LIMIT", "500MB")
@@ -212,8 +219,9 @@ def publish(
                 f" SELECT * FROM wh.{SCHEMA}.{quote_identifier(t)}"
             )
         refreshed = {t: _refresh_rows(con, db, t, key) for t, key in by_rows.items()}
-        updated = {t: written for t, (written, _) in refreshed.items()}
-        swept = tuple(sorted(t for t, (_, whole) in refreshed.items() if whole))
+        updated = {t: written for t, (written, how) in refreshed.items() if how != WHOLE}
+        copy += [t for t, (_, how) in refreshed.items() if how == WHOLE]
+        swept = tuple(sorted(t for t, (_, how) in refreshed.items() if how == SWEPT))
         for t in present - source - held - {"_published"}:  # a mart gone from dbt
             con.execute(f"DROP TABLE {db}.{SCHEMA}.{quote_identifier(t)}")
         con.execute(
@@ -331,13 +339,15 @@ def _refreshable(con: duckdb.DuckDBPyConnection, db: str, table: str, key: str) 
 
 def _refresh_rows(
     con: duckdb.DuckDBPyConnection, db: str, table: str, key: str
-) -> tuple[int, bool]:
+) -> tuple[int, str]:
     """Bring the previous version of ``table`` up to the warehouse's: every ``key`` with
     a row loaded since the newest load id published (a row's key, or a period's), or
     removed since (the mart's removed log, ``removed.<mart>__removed``), is replaced by the
-    warehouse's rows of that key, if any. Keys gone from the warehouse some other way
-    are deleted too, looked for only when the row counts say some are (a version older
-    than the log keeps). Returns rows written, and whether that comparison ran."""
+    warehouse's rows of that key, if any; when much of the mart changed (``WHOLE_*``)
+    it is copied whole instead. Keys gone from the warehouse some other way are deleted
+    too, looked for only when the row counts say some are (a version older than the log
+    keeps). Returns rows written, and how (``BY_KEY``, ``WHOLE``, ``SWEPT``: that
+    comparison ran)."""
     quoted = quote_identifier(table)
     mine, theirs = f"{db}.{SCHEMA}.{quoted}", f"wh.{SCHEMA}.{quoted}"
     k, lid = quote_identifier(key), quote_identifier(LOAD_ID)
@@ -356,17 +366,28 @@ def _refresh_rows(
         f"CREATE OR REPLACE TEMP TABLE _changed AS SELECT DISTINCT {k} FROM ({changed})",
         {"since": since},
     )
+    count_theirs = _scalar(con, f"SELECT count(*) FROM {theirs}")
+    keys = _scalar(con, "SELECT count(*) FROM _changed")
+    if keys > SMALL_KEYS and (keys > WHOLE_SHARE * count_theirs or keys > WHOLE_KEYS):
+        # most of the mart changed (a backfill's last load, a rebuilt history): a copy
+        # is cheaper, and deleting millions of rows in one transaction would hold
+        # them all in memory
+        _copy(con, mine, theirs)
+        con.execute("DROP TABLE _changed")
+        return count_theirs, WHOLE
     con.execute(f"DELETE FROM {mine} WHERE {k} IN (SELECT {k} FROM _changed)")
     written = _scalar(
         con, f"INSERT INTO {mine} BY NAME SELECT * FROM {theirs}"
         f" WHERE {k} IN (SELECT {k} FROM _changed)"
     )
-    # every key of the warehouse is now here (unchanged ones were already): a count
-    # above the warehouse's means keys it no longer has
-    count_mine, count_theirs = (
-        _scalar(con, f"SELECT count(*) FROM {rel}") for rel in (mine, theirs)
-    )
-    if count_mine != count_theirs:
-        con.execute(f"DELETE FROM {mine} WHERE {k} NOT IN (SELECT {k} FROM {theirs})")
     con.execute("DROP TABLE _changed")
-    return written, count_mine != count_theirs
+    # every key of the warehouse is now here (unchanged ones were already): a count
+    # above the warehouse's means keys it no longer has, which no log named
+    if _scalar(con, f"SELECT count(*) FROM {mine}") != count_theirs:
+        con.execute(f"DELETE FROM {mine} WHERE {k} NOT IN (SELECT {k} FROM {theirs})")
+        return written, SWEPT
+    return written, BY_KEY
+
+
+def _copy(con: duckdb.DuckDBPyConnection, mine: str, theirs: str) -> None:
+    con.execute(f"CREATE OR REPLACE TABLE {mine} AS SELECT * FROM {theirs}")
