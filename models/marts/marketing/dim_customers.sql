@@ -15,8 +15,8 @@
 
 with
 
--- not materialized: read again by the incremental filter, DuckDB would otherwise
--- copy the whole input once per build
+-- not materialized: the incremental filter below is pushed into the input's scan,
+-- which DuckDB would otherwise copy whole once per build
 customers as not materialized (
 
     select * from {{ ref('stg_replica__customers') }}
