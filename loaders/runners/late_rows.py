@@ -281,7 +281,8 @@ class Reconciliation:
         self._thread.join()
         state = _read_state()
         found, judged = _judge(
-            self.api, [(c.name, c.path, c.before, c.in_raw, self.answers.get(c.name))
+            self.api, [(c.name, c.path, c.before, c.in_raw,
+                        self.answers.get(c.name, ReplicaError("the count was not asked")))
                        for c in self.counts], state)
         left = [e for e in state.get(PENDING, []) if e not in {c.name for c in self.counts}]
         if left:  # asked for by cycles since it started
