@@ -214,10 +214,8 @@ def publish(
         copy = [t for t in refresh if t not in by_rows]
         con.execute("BEGIN")
         for t in copy:
-            con.execute(
-                f"CREATE OR REPLACE TABLE {db}.{SCHEMA}.{quote_identifier(t)} AS"
-                f" SELECT * FROM wh.{SCHEMA}.{quote_identifier(t)}"
-            )
+            _copy(con, f"{db}.{SCHEMA}.{quote_identifier(t)}",
+                  f"wh.{SCHEMA}.{quote_identifier(t)}")
         refreshed = {t: _refresh_rows(con, db, t, key) for t, key in by_rows.items()}
         updated = {t: written for t, (written, how) in refreshed.items() if how != WHOLE}
         copy += [t for t, (_, how) in refreshed.items() if how == WHOLE]
