@@ -1,8 +1,8 @@
 {% macro get_where_subquery(relation) -%}
     {#- What a generic data test reads of the node it tests (dbt's own macro, extended).
         dbt's `where` config applies as in dbt. Besides, when the run is given the var
-        `salesflow_tests_since` (a dlt load id) and the tested node names the column
-        holding the load that wrote each row (`meta.load_column`), a test whose verdict
+        `salesflow_tests_since` (a dlt load id) and the tested node has a column
+        holding the load that last changed each row (`load_column()`), a test whose verdict
         on a row depends on that row alone (`row_tests()`) reads only the rows loaded
         after that load, and `unique` reads only the keys such a row holds (with every
         row holding them, new or old). salesflow's periodic data tests pass the load at
@@ -38,13 +38,13 @@
 {% macro tested_since_filter(relation, since) %}
     {#- The condition restricting the test being compiled to what loaded after `since`
         ('' when it cannot be restricted: a singular test, a test of another kind, a
-        node without `meta.load_column`). -#}
+        node without a load column). -#}
     {%- set test = model.get('test_metadata') if model is mapping else none -%}
-    {%- set attached = model.get('attached_node') if model is mapping else none -%}
-    {%- if not test or not attached or attached not in graph.nodes -%}
+    {%- set tested = tested_node() -%}
+    {%- if not test or tested is none -%}
         {%- do return('') -%}
     {%- endif -%}
-    {%- set column = (graph.nodes[attached].get('config', {}).get('meta', {}) or {}).get('load_column') -%}
+    {%- set column = load_column(tested) -%}
     {%- if not column -%}
         {%- do return('') -%}
     {%- endif -%}
@@ -56,4 +56,41 @@
         {%- do return(key ~ ' in (select ' ~ key ~ ' from ' ~ relation ~ ' where ' ~ newer ~ ')') -%}
     {%- endif -%}
     {%- do return('') -%}
+{%- endmacro %}
+
+
+{% macro load_column(node) %}
+    {#- The column of `node` (a graph node) holding the load that last changed each row:
+        its `meta.load_column`, else `last_load_id` on an incremental mart built by load
+        (doc block incremental_by_load: one `unique_key` and a `last_load_id` column,
+        which every change to a row makes newer; analysts' copy is refreshed from it
+        too), else none. -#}
+    {%- set config = node.get('config', {}) or {} -%}
+    {#- a source's table inherits its source's meta -#}
+    {%- set given = (config.get('meta', {}) or {}).get('load_column')
+        or (node.get('meta', {}) or {}).get('load_column')
+        or (node.get('source_meta', {}) or {}).get('load_column') -%}
+    {%- if given -%}
+        {%- do return(given) -%}
+    {%- elif config.get('materialized') == 'incremental'
+        and config.get('unique_key') is string
+        and 'last_load_id' in (node.get('columns', {}) or {}) -%}
+        {%- do return('last_load_id') -%}
+    {%- endif -%}
+    {%- do return(none) -%}
+{%- endmacro %}
+
+
+{% macro tested_node() %}
+    {#- The graph node the test being compiled tests: the model, seed or snapshot it is
+        attached to, else the one source it reads (none when it reads several). -#}
+    {%- set attached = model.get('attached_node') if model is mapping else none -%}
+    {%- if attached and attached in graph.nodes -%}
+        {%- do return(graph.nodes[attached]) -%}
+    {%- endif -%}
+    {%- set sources = [] -%}
+    {%- for uid in (model.get('depends_on', {}) or {}).get('nodes', []) if model is mapping -%}
+        {%- if uid in graph.sources -%}{%- do sources.append(graph.sources[uid]) -%}{%- endif -%}
+    {%- endfor -%}
+    {%- do return(sources[0] if sources | length == 1 else none) -%}
 {%- endmacro %}

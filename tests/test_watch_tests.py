@@ -128,8 +128,10 @@ def test_a_run_reads_the_loads_after_the_last_that_passed_and_is_whole_now_and_t
 def test_tests_since_a_load_read_the_rows_loaded_after_it(simulator, warehouse, tmp_path,
                                                           monkeypatch):
     """With ``since``, a row test reads only rows loaded after that load and ``unique``
-    every row of a key a newer row holds; a test of a node without ``meta.load_column``,
-    and a run without ``since``, read everything."""
+    every row of a key a newer row holds, on raw and staging (``meta.load_column``) and
+    on an incremental mart (its ``last_load_id``); a singular test reads what it says;
+    a test of a node without a load column, and a run without ``since``, read
+    everything."""
     monkeypatch.setenv("DBT_TARGET_PATH", str(tmp_path / "target"))
     pipeline.load(base_url=simulator.url, token=TOKEN)
     session = dbt_project.Session()
@@ -142,6 +144,8 @@ def test_tests_since_a_load_read_the_rows_loaded_after_it(simulator, warehouse, 
 
     not_null = test_of("not_null_stg_replica__order_items_order_id")
     unique = test_of("unique_stg_replica__order_items_order_item_id")
+    raw_unique = test_of("source_unique_replica_order_items_order_item_id")
+    lines_add_up = test_of("stg_replica__order_items__lines_add_up_to_orders")
     with duckdb.connect(str(warehouse)) as con:
         [(old, newest)] = con.execute(
             "select min(_dlt_load_id), max(_dlt_load_id) from raw.order_items").fetchall()
@@ -158,13 +162,45 @@ def test_tests_since_a_load_read_the_rows_loaded_after_it(simulator, warehouse, 
                     " ('9999999999.0' as _dlt_load_id) from raw.order_items"
                     " where order_item_id = (select max(order_item_id) from raw.order_items)")
     assert not session.test_nodes([unique], since=newest).success
+    assert not session.test_nodes([raw_unique], since=newest).success
     assert session.test_nodes([not_null], since=newest).success
     with duckdb.connect(str(warehouse)) as con:
         con.execute("update raw.order_items set _dlt_load_id = ? where _dlt_load_id ="
                     " '9999999999.0'", [old])
     # the duplicate is old now: only a whole run finds it
-    assert session.test_nodes([unique], since=newest).success
+    assert session.test_nodes([unique, raw_unique], since=newest).success
     assert not session.test_nodes([unique], since=None).success
+    assert not session.test_nodes([raw_unique], since=None).success
+
+    # a singular test reads the orders whose order or a line of it loaded since
+    with duckdb.connect(str(warehouse)) as con:
+        # the duplicate goes (the last row written)
+        con.execute("delete from raw.order_items where rowid ="
+                    " (select max(rowid) from raw.order_items)")
+        con.execute("update raw.orders set subtotal_cents = subtotal_cents + 1 where"
+                    " order_id = (select min(order_id) from raw.order_items)")
+    assert session.test_nodes([lines_add_up], since=newest).success
+    assert not session.test_nodes([lines_add_up], since=None).success
+    with duckdb.connect(str(warehouse)) as con:
+        con.execute("update raw.order_items set _dlt_load_id = '9999999999.0' where"
+                    " order_item_id = (select min(order_item_id) from raw.order_items where"
+                    " order_id = (select min(order_id) from raw.order_items))")
+    assert not session.test_nodes([lines_add_up], since=newest).success
+
+    # an incremental mart built by load reads by its last_load_id, a table mart whole
+    customers = test_of("unique_dim_customers_customer_id")
+    cohorts = test_of("unique_customer_cohorts_monthly_customer_cohort_monthly_id")
+    with duckdb.connect(str(warehouse)) as con:
+        for mart in ("dim_customers", "customer_cohorts_monthly"):
+            # an old row again, as an old row: one key twice
+            con.execute(f"insert into marts.{mart} select * from marts.{mart} limit 1")
+    assert session.test_nodes([customers], since=newest).success
+    assert not session.test_nodes([customers], since=None).success
+    assert not session.test_nodes([cohorts], since=newest).success
+    with duckdb.connect(str(warehouse)) as con:
+        con.execute("insert into marts.dim_customers select * replace"
+                    " ('9999999999.0' as last_load_id) from marts.dim_customers limit 1")
+    assert not session.test_nodes([customers], since=newest).success
 
 
 def test_a_project_without_data_tests_never_runs_any():
@@ -217,9 +253,11 @@ def published(tmp_path: Path, warehouse: Path, monkeypatch: pytest.MonkeyPatch) 
 
 
 TARGET_MART = "product_sales_daily"  # no mart depends on it
-# one row without its date fails one data test of the mart (not_null), in one slice
+# one row without its date fails one data test of the mart (not_null), in one slice;
+# written as a newer load would write it (the periodic runs read the rows of newer loads)
 FIRST_ROW = f"select min({TARGET_MART}_id) from marts.{TARGET_MART}"
-SET_DATE = f"update marts.{TARGET_MART} set sales_date = ? where {TARGET_MART}_id = ?"
+SET_DATE = (f"update marts.{TARGET_MART} set sales_date = ?, last_load_id = '9999999999.0'"
+            f" where {TARGET_MART}_id = ?")
 
 
 def test_a_failing_test_in_one_slice_holds_its_mart_until_that_slice_passes(

@@ -17,8 +17,8 @@ that runs its tests, watch's gate, counts as a run and starts the wait again).
   slice together unless they alone exceed the budget. A failing staging test is then
   found before the tests of the marts built from it.
 * **New rows only.** A run reads only the rows loaded after the load at the start of
-  the last run whose every test passed (``since``: the tests of the nodes whose
-  ``meta.load_column`` names that load, see the macro ``get_where_subquery``), so its
+  the last run whose every test passed (``since``: the tests of the nodes with a
+  column holding that load, see the macros ``get_where_subquery`` and ``load_column``), so its
   cost follows the change, not the history. A run is whole (``since`` None) when no
   run has passed since watch started or since the last failure, and every ``whole``
   seconds (rows loaded by a package completed out of order, parents deleted under

@@ -1,5 +1,20 @@
--- an order's lines add up to its subtotal less its discount (amounts in its currency)
+-- an order's lines add up to its subtotal less its discount (amounts in its currency);
+-- watch's periodic runs read the orders with the order or a line loaded since their
+-- last passing run (var salesflow_tests_since, see the macro get_where_subquery)
+{%- set since = var('salesflow_tests_since', '') %}
 with
+
+{% if since -%}
+    changed as (
+
+        select order_id from {{ ref('stg_replica__orders') }}
+        where load_id > '{{ since }}'
+        union
+        select order_id from {{ ref('stg_replica__order_items') }}
+        where load_id > '{{ since }}'
+
+    ),
+{%- endif %}
 
 lines as (
 
@@ -7,6 +22,9 @@ lines as (
         order_id,
         sum(net_amount) as net_amount
     from {{ ref('stg_replica__order_items') }}
+    {% if since -%}
+        where order_id in (select changed.order_id from changed)
+    {%- endif %}
     group by order_id
 
 ),
@@ -14,6 +32,9 @@ lines as (
 orders as (
 
     select * from {{ ref('stg_replica__orders') }}
+    {% if since -%}
+        where order_id in (select changed.order_id from changed)
+    {%- endif %}
 
 )
 
