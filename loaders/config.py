@@ -372,19 +372,25 @@ class LateRowSettings:
     time (see :mod:`loaders.runners.late_rows`); an interval of 0 turns one off."""
 
     reread_interval: float = 600.0  # a wide re-read this often ...
-    reread_window: float = 3600.0  # ... from this far before the cursor
+    reread_window: float = 3600.0  # ... from this far before the cursor ...
+    reread_pages: int = 2  # ... at most this many pages a watch cycle (0: in one cycle)
     reconcile_interval: float = 600.0  # counts reconciled this often
 
 
 def late_row_settings() -> LateRowSettings:
-    """``[sources.replica]`` ``reread_interval_seconds``, ``reread_window_seconds`` and
-    ``reconcile_interval_seconds`` over :class:`LateRowSettings`'s defaults. A bad value
-    is a ValueError naming the setting."""
+    """``[sources.replica]`` ``reread_interval_seconds``, ``reread_window_seconds``,
+    ``reread_pages_per_cycle`` and ``reconcile_interval_seconds`` over
+    :class:`LateRowSettings`'s defaults. A bad value is a ValueError naming the setting."""
     d = LateRowSettings()
+    pages = _number("sources.replica", "reread_pages_per_cycle", d.reread_pages, 0)
+    if pages != int(pages):
+        raise ValueError(f"sources.replica.reread_pages_per_cycle must be a whole number,"
+                         f" got {pages:g}")
     return LateRowSettings(
         reread_interval=_number("sources.replica", "reread_interval_seconds",
                                 d.reread_interval, 0),
         reread_window=_number("sources.replica", "reread_window_seconds", d.reread_window, 0),
+        reread_pages=int(pages),
         reconcile_interval=_number("sources.replica", "reconcile_interval_seconds",
                                    d.reconcile_interval, 0),
     )

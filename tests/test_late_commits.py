@@ -9,13 +9,18 @@ import json
 import logging
 import threading
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from types import SimpleNamespace
 
+import pyarrow as pa
 import pytest
 
 from benchmarks.oracle import assert_reconciled
+from loaders import config
+from loaders.replica import Reread, _walk
 from loaders.replica.errors import ReplicaError
+from loaders.replica.protocol import Listing
 from loaders.replica.settings import ENDPOINTS
 from loaders.runners import late_rows, pipeline
 from simulator import store
@@ -341,3 +346,82 @@ def test_a_deferred_reconciliation_runs_after_the_cycle_and_its_gap_is_raised_ne
     finally:
         sim.stop()
     assert_reconciled(platform_dir, warehouse)
+
+
+def test_a_cycling_runner_walks_a_wide_reread_in_steps_and_loses_no_late_commit(
+    platform_dir: Path, warehouse: Path, monkeypatch
+) -> None:
+    """In a runner that cycles, a wide re-read reads its window a few pages a cycle,
+    from where it got to: no cycle reads the whole window, nothing read again unchanged
+    loads, and a commit late by less than the window loads once the walk reaches it."""
+    # the window covers the whole (small) history, read two pages of 100 a cycle
+    _late_row_settings(monkeypatch, reread=0.01, window=60 * 86400, reconcile=0)
+    monkeypatch.setenv("SOURCES__REPLICA__REREAD_PAGES_PER_CYCLE", "2")
+    options = {"lookback_seconds": LOOKBACK, "page_size": 100}
+    state_file = warehouse.parent / "dlt" / late_rows.STATE_FILE
+    sim = start_simulator(platform_dir)
+    try:
+        pipeline.load(base_url=sim.url, token=TOKEN, **options)  # starts the clock
+        _insert_late_orders(platform_dir, range(9001, 9004), minutes=10)
+        store.wait_for_replica(platform_dir)
+        time.sleep(0.05)  # a re-read is due
+        walked: list[dict] = []
+        loaded: list[int] = []
+        with pipeline.run_lock("watch"):
+            for _ in range(60):
+                result = pipeline.cycle(defer_counts=True, base_url=sim.url, token=TOKEN,
+                                        **options)
+                loaded.append(result.rows.get("orders", 0))
+                walking = json.loads(state_file.read_text()).get(late_rows.WALK)
+                if not walking:
+                    break
+                walked.append(walking)
+    finally:
+        sim.stop()
+    assert len(walked) >= 3, walked  # steps, not one cycle
+    events = [w["events"] for w in walked if w.get("events")]
+    assert events == sorted(events) and len(set(events)) == len(events), walked
+    # the late orders, 10 minutes behind the newest, load when the walk gets there
+    assert sum(loaded) == 3 and loaded[0] == 0, loaded
+    assert_reconciled(platform_dir, warehouse)
+
+
+T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+
+
+def _walked(pages: list[list[int]], limit: int, lookback_start: int) -> tuple[Reread, int]:
+    """A walk over parsed pages whose cursors are ``pages`` (minutes after T0): the walk,
+    and how many pages it read."""
+    def page(minutes: list[int]) -> SimpleNamespace:
+        stamps = [T0 + timedelta(minutes=m) for m in minutes]
+        return SimpleNamespace(table=pa.table(
+            {"updated_at": pa.array(stamps, pa.timestamp("us", tz="UTC"))}))
+
+    def listed(params, since):
+        yield from (page(p) for p in pages)
+
+    walk = Reread(1.0, pa.array([], pa.string()), since=T0, pages=limit)
+    read = list(_walk(walk, listed, lambda parsed: [parsed], "updated_at",
+                      T0 + timedelta(minutes=lookback_start), Listing(), 100))
+    return walk, len(read)
+
+
+def test_a_walk_stops_after_its_pages_in_cursor_order_and_reads_on_otherwise():
+    in_order = [[0, 1], [2, 3], [4, 5], [6, 7]]
+    walk, read = _walked(in_order, limit=2, lookback_start=60)
+    assert read == 2 and not walk.finished and walk.reached == T0 + timedelta(minutes=3)
+    # a page from the lookback's start on: the usual listing reads the rest
+    walk, read = _walked(in_order, limit=0, lookback_start=4)
+    assert read == 3 and walk.finished
+    walk, read = _walked(in_order, limit=0, lookback_start=60)
+    assert read == 4 and walk.finished and walk.reached == T0 + timedelta(minutes=7)
+    # pages out of cursor order: where it got to says nothing of what it has not read
+    walk, read = _walked([[0, 5], [2, 3], [6, 7], [8, 9]], limit=2, lookback_start=60)
+    assert read == 4 and walk.finished
+
+
+@pytest.mark.parametrize("value", ["-1", "2.5", "many"])
+def test_a_bad_reread_page_count_is_an_error_naming_it(monkeypatch, value) -> None:
+    monkeypatch.setenv("SOURCES__REPLICA__REREAD_PAGES_PER_CYCLE", value)
+    with pytest.raises(ValueError, match="reread_pages_per_cycle"):
+        config.late_row_settings()

@@ -44,7 +44,8 @@ outside this package: every other part of ``loaders`` may use it.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Generator, Iterable, Iterator, Sequence
+from contextlib import closing
 from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -140,6 +141,7 @@ def _entity_resource(
     listing = listing or api.listing
     # read by a commit sequence: no lookback; else the lookback, or this cycle's re-read
     lag = 0.0 if spec.sequence else reread.seconds if reread else lookback_seconds
+    walk = reread if reread is not None and reread.since is not None else None
 
     def pages(
         cursor: dlt.sources.incremental[Any] = dlt.sources.incremental(
@@ -164,6 +166,10 @@ def _entity_resource(
             }
         else:
             asked = _as_datetime(cursor.start_value or first_start)
+            if walk is not None and cursor.start_value is not None:
+                # the walk reads the re-read's window (dlt's start is the last cursor less
+                # the walk's lag): the listing from the lookback
+                asked += timedelta(seconds=lag - lookback_seconds)
             params = {listing.since_param: listing.since_value(asked)}
             since = listing.since_requested(asked)
         params.update(listing.page_params(page_size))
@@ -181,33 +187,43 @@ def _entity_resource(
         def checked(number: int, response: Response) -> None:
             check_page_type(spec, number, response, listing)
 
-        try:
+        def listed(params: dict[str, Any], since: datetime | None) -> Generator[ParsedPage]:
             responses = read_pages(api, listing, spec.path, params, checked, spec.name,
                                    page_size)
             # pages are fetched and parsed in threads of their own, each ahead of the
             # next step, so dlt writing one page overlaps parsing the next
-            for parsed in prefetch(_parsed(spec, prefetch(responses), since, listing.since_param)):
-                if observations is not None:
-                    observations.add(spec.name, parsed.seen)
-                if parsed.quarantined:
-                    yield dlt.mark.with_hints(
-                        _sequence_slot(spec, quarantine_table(parsed.quarantined, spec.cursor)),
-                        dlt.mark.make_hints(
-                            table_name=settings.QUARANTINE_TABLE,
-                            # a bad record read again (lookback) is kept once
-                            write_disposition={
-                                "disposition": "merge", "strategy": "delete-insert"
-                            },
-                            primary_key=[QUARANTINE_KEY],
-                            merge_key=[],
-                        ),
-                        create_table_variant=True,
-                    )
-                if parsed.table is not None:
-                    table = window.drop_seen(parsed.table) if window else parsed.table
-                    if spec.deletions_path:
-                        newest.see(parsed.table[spec.cursor])
-                    yield from _rows(spec, table, append)
+            return prefetch(_parsed(spec, prefetch(responses), since, listing.since_param))
+
+        def taken(parsed: ParsedPage) -> Iterator[Any]:
+            """What dlt gets of a page: its quarantined records, its rows not read before."""
+            if observations is not None:
+                observations.add(spec.name, parsed.seen)
+            if parsed.quarantined:
+                yield dlt.mark.with_hints(
+                    _sequence_slot(spec, quarantine_table(parsed.quarantined, spec.cursor)),
+                    dlt.mark.make_hints(
+                        table_name=settings.QUARANTINE_TABLE,
+                        # a bad record read again (lookback) is kept once
+                        write_disposition={
+                            "disposition": "merge", "strategy": "delete-insert"
+                        },
+                        primary_key=[QUARANTINE_KEY],
+                        merge_key=[],
+                    ),
+                    create_table_variant=True,
+                )
+            if parsed.table is not None:
+                table = window.drop_seen(parsed.table) if window else parsed.table
+                if spec.deletions_path:
+                    newest.see(parsed.table[spec.cursor])
+                yield from _rows(spec, table, append)
+
+        try:
+            if walk is not None and not spec.sequence:
+                yield from _walk(walk, listed, taken, spec.cursor, asked, listing, page_size)
+            with closing(listed(params, since)) as parsed_pages:
+                for parsed in parsed_pages:
+                    yield from taken(parsed)
             if spec.deletions_path:
                 # after the listing: a record listed and then deleted is deleted
                 yield from _deletions(api, spec, listing, page_size, first_start, lag,
@@ -229,6 +245,42 @@ def _entity_resource(
             ) from None
 
     return dlt.resource(pages, **resource_hints(spec, append), parallelized=True)
+
+
+def _walk(
+    walk: Reread, listed: Any, taken: Any, cursor: str, lookback_start: datetime,
+    listing: Listing, page_size: int,
+) -> Iterator[Any]:
+    """A re-read's walk (see :class:`~.lookback.Reread`): the listing from ``walk.since``,
+    its pages through ``taken`` (``listed(params, since)`` lists), until ``walk.pages``
+    pages were read (when they came in cursor order and got past ``since``), a page
+    starts at or after
+    ``lookback_start`` (the usual listing reads on from there) or the listing ends. One
+    vectorised min and max per page; ``walk.reached`` and ``walk.finished`` are set once
+    the walk stopped without an error."""
+    assert walk.since is not None
+    params = {listing.since_param: listing.since_value(walk.since),
+              **listing.page_params(page_size)}
+    read, newest, in_order, finished = 0, None, True, True
+    with closing(listed(params, listing.since_requested(walk.since))) as pages:
+        for parsed in pages:
+            yield from taken(parsed)
+            read += 1
+            if parsed.table is not None and parsed.table.num_rows:
+                column = pc.cast(parsed.table[cursor], pa.timestamp("us", tz="UTC"))
+                first, last = pc.min(column).as_py(), pc.max(column).as_py()
+                if first is not None:
+                    in_order = in_order and (newest is None or first >= newest)
+                    newest = last if newest is None else max(newest, last)
+                    if in_order and first >= lookback_start:
+                        break
+            # stops on a page count only once it moved on (many rows of one cursor
+            # value: on to the next value) and only in cursor order
+            if (walk.pages and read >= walk.pages and in_order and newest is not None
+                    and newest > walk.since):
+                finished = False
+                break
+    walk.reached, walk.finished = newest, finished
 
 
 def _rows(spec: EntitySpec, table: pa.Table, append: bool) -> Iterator[Any]:

@@ -11,7 +11,7 @@ import logging
 import math
 import queue
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable
 from typing import Any, TypedDict, TypeVar
 
 import requests
@@ -60,7 +60,7 @@ class Announcement(TypedDict, total=False):
 _DONE = object()
 
 
-def prefetch(pages: Iterable[Any], depth: int = 2) -> Iterator[Any]:
+def prefetch(pages: Iterable[Any], depth: int = 2) -> Generator[Any]:
     """Iterate ``pages`` in a background thread, ``depth`` items ahead, so the next one is
     being made (a request in flight, a page parsed: both release the GIL) while the
     consumer works on the current one. Errors surface in the consumer; closing the

@@ -6,21 +6,34 @@ May import: pyarrow, and this package's ``pages`` (nothing else of the project).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
 
-@dataclass(frozen=True)
+@dataclass
 class Reread:
-    """One cycle's wider re-read of an entity: requests start ``seconds`` before the last
-    cursor instead of the lookback, and ``versions`` (``"<key>@<cursor µs>"`` of the rows
-    raw holds in that window, read from the warehouse by the caller) are rows not to load
-    again: only what was missed or changed loads."""
+    """One cycle's wider re-read of an entity: rows up to ``seconds`` before the last
+    cursor are let through instead of the lookback's, and ``versions``
+    (``"<key>@<cursor µs>"`` of the rows raw holds in that window, read from the
+    warehouse by the caller) are rows not to load again: only what was missed or
+    changed loads.
+
+    Without ``since``, requests start ``seconds`` before the last cursor. With it, the
+    re-read is a walk: a listing of its own from ``since``, of at most ``pages`` pages
+    (0: to the end), before the usual one from the lookback; the source says where it
+    got to (``reached``: the newest cursor it read) and whether it is done
+    (``finished``: the listing ended, reached the lookback's start, or turned out not
+    to be in cursor order, and was then read to its end)."""
 
     seconds: float
     versions: pa.Array
+    since: datetime | None = None
+    pages: int = 0
+    reached: datetime | None = None
+    finished: bool = False
 
 
 def versions(key: pa.Array, cursor: pa.Array) -> pa.Array:

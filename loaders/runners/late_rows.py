@@ -6,12 +6,15 @@ and would never load. Where the API offers a commit sequence the endpoint declar
 the listing is read by it (see :mod:`loaders.replica.settings`); nothing here applies to
 those entities. For the others, two slower defences:
 
-* **Wide re-reads.** Every ``reread_interval_seconds``, a cycle reads each entity from
-  ``reread_window_seconds`` before its cursor instead of the lookback. Raw's versions in
-  that window (key and cursor: one query per entity, straight into Arrow) go to the source,
-  which drops the rows it reads again unchanged (:class:`loaders.replica.Reread`): only
-  what was missed or changed loads. A commit up to the window late is caught within the
-  interval.
+* **Wide re-reads.** Every ``reread_interval_seconds``, each entity is read again from
+  ``reread_window_seconds`` before its cursor: a walk, a listing of its own before the
+  usual one. Raw's versions from where it starts (key and cursor: one query per entity,
+  straight into Arrow) go to the source, which drops the rows it reads again unchanged
+  (:class:`loaders.replica.Reread`): only what was missed or changed loads. A load walks
+  the whole window; a runner that cycles (``watch``) walks ``reread_pages_per_cycle``
+  pages a cycle, on from where the last cycle got to (kept in the state below), so no
+  cycle's new rows wait for an hour of history read again. A commit up to the window
+  late is caught within the interval (plus the cycles of the walk).
 * **Count reconciliation.** Every ``reconcile_interval_seconds``, after the load (a
   runner that cycles defers it past the cycle's publication and asks the API in a
   thread, :class:`Reconciliation`, whose findings the next cycle after it raises: over
@@ -27,9 +30,10 @@ those entities. For the others, two slower defences:
   (404) is not reconciled, said once in the log (asked again if the API's address
   changes).
 
-The times of the last re-read and reconciliation, the entities to repair and a deferred
-reconciliation's entities and findings are kept in ``late_rows.json`` in the pipelines
-directory, written after a load succeeds: a failed cycle leaves them due.
+The times of the last re-read and reconciliation, where each walk got to, the entities
+to repair and a deferred reconciliation's entities and findings are kept in
+``late_rows.json`` in the pipelines directory, written after a load succeeds: a failed
+cycle leaves them due (and a walk where it was).
 
 May import: :mod:`loaders.config`, :mod:`loaders.warehouse`, the replica source and the
 monitoring's alarms.
@@ -65,6 +69,8 @@ KIND = "count_gap"
 STATE_FILE = "late_rows.json"
 PENDING = "reconcile"  # state key: the entities a deferred reconciliation is to judge
 FOUND = "reconciled"  # state key: what it found, for the next cycle to raise
+WALK = "rereading"  # state key: entity -> where its wide re-read got to (None: its start)
+DONE = "done"  # an entity's walk in this cycle's plan that is over
 
 
 @dataclass
@@ -72,7 +78,8 @@ class Plan:
     """This cycle's re-reads, and what to do after the load."""
 
     rereads: dict[str, Reread] = field(default_factory=dict)
-    reread_due: bool = False
+    reread_due: bool = False  # a wide re-read starts
+    walking: dict[str, str | None] = field(default_factory=dict)  # entity -> reached
     repairs: list[str] = field(default_factory=list)  # entities re-read from the start
     state: dict[str, Any] = field(default_factory=dict)
 
@@ -123,10 +130,12 @@ def _by_time(declared: dict[str, Any], entities: Any) -> list[str]:
 
 
 def _raw_versions(
-    sql: Any, ep: replica_settings.Endpoint, table: str, since: datetime | None
+    sql: Any, ep: replica_settings.Endpoint, table: str, since: datetime | None,
+    limit: int | None = None,
 ) -> pa.Array:
     """``"<key>@<cursor µs>"`` of raw's rows of ``table`` with a cursor at or after
-    ``since`` (all of them: None), read as Arrow."""
+    ``since`` (all of them: None), the first ``limit`` by cursor (None: all), read as
+    Arrow."""
     key = sql.escape_column_name(ep["primary_key"])
     cursor = sql.escape_column_name(replica_settings.cursor_of(ep))
     query = f"select {key} as k, {cursor} as c from {sql.make_qualified_table_name(table)}"
@@ -134,6 +143,8 @@ def _raw_versions(
     if since is not None:
         query += f" where {cursor} >= %s"
         args = (since,)
+    if limit is not None:
+        query += f" order by {cursor} limit {int(limit)}"
     with sql.execute_query(query, *args) as cur:
         # DuckDB hands Arrow over natively (dlt's helper for it predates DuckDB 2's
         # name for it); other warehouses through dlt's
@@ -147,17 +158,28 @@ def _raw_versions(
 
 def plan(
     pipeline: dlt.Pipeline, declared: dict[str, Any], entities: Any, start_date: str,
-    appended: list[str], now: datetime,
+    appended: list[str], now: datetime, lookback: float, spread: bool = False,
+    page_size: int = 20000,
 ) -> Plan:
-    """The re-reads of this cycle: every entity read by time when a wide re-read is due,
-    and the entities a gap was found in from the start. None before an entity's first
-    load (nothing to re-read) or in it (``appended``)."""
+    """The re-reads of this cycle: the entities a gap was found in, from the start; the
+    others read by time walk the window of a wide re-read from where they got to (a
+    walk starts for each when one is due and none is under way), in one cycle, or with
+    ``spread`` (a runner that cycles) in steps of ``reread_pages_per_cycle`` pages.
+    None before an entity's first load (nothing to re-read) or in it (``appended``)."""
     s = config.late_row_settings()
     state = _read_state()
-    out = Plan(state=state, reread_due=_due(state, "reread_at", s.reread_interval, now))
+    kept = state.get(WALK)
     candidates = [e for e in _by_time(declared, entities) if e not in appended]
+    walking: dict[str, str | None] = {
+        e: at for e, at in (kept.items() if isinstance(kept, dict) else ())
+        if e in candidates}
+    out = Plan(state=state, reread_due=not walking and _due(
+        state, "reread_at", s.reread_interval, now))
+    if out.reread_due:
+        walking = dict.fromkeys(candidates)  # each from its window's start
     repairs = [e for e in state.get("repair", []) if e in candidates]
-    wide = candidates if out.reread_due else repairs
+    wide = sorted({*walking, *repairs})
+    out.walking = walking
     if not wide:
         return out
     start = datetime.fromisoformat(start_date.replace("Z", "+00:00"))
@@ -165,17 +187,29 @@ def plan(
         for name, ep, newest in _loaded(sql, declared, wide):
             if name in repairs:
                 seconds = (newest - start).total_seconds() + 1
-                since = None
-            else:
-                seconds = s.reread_window
-                since = newest - timedelta(seconds=seconds)
-            out.rereads[name] = Reread(seconds, _raw_versions(sql, ep, name, since))
-            if name in repairs:
+                out.rereads[name] = Reread(seconds, _raw_versions(sql, ep, name, None))
                 out.repairs.append(name)
+                continue
+            at = walking[name]
+            since = (datetime.fromisoformat(at) if at
+                     else newest - timedelta(seconds=s.reread_window))
+            if since >= newest - timedelta(seconds=lookback):
+                walking[name] = DONE  # the lookback reads the rest
+                continue
+            pages = s.reread_pages if spread else 0
+            out.rereads[name] = Reread(
+                # what dlt lets through: from the walk's start, with a lookback to spare
+                # (its last cursor may be a deletion's, past raw's newest)
+                (newest - since).total_seconds() + lookback + 1,
+                # a step's rows (at most its pages, twice over for raw's own): their
+                # versions are raw's first rows from the walk's start
+                _raw_versions(sql, ep, name, since,
+                              limit=2 * pages * page_size if pages else None),
+                since=since, pages=pages)
     if out.rereads:
         log.info(
             "re-reading %s (%s)", ", ".join(sorted(out.rereads)),
-            "repairs" if not out.reread_due else f"every {s.reread_interval:g} s",
+            "repairs" if not walking else f"every {s.reread_interval:g} s",
         )
     return out
 
@@ -194,6 +228,17 @@ def after_load(
     state = dict(late.state)
     if late.reread_due:
         state["reread_at"] = now.isoformat()
+    walking = dict(late.walking)
+    for name, walk in late.rereads.items():
+        if name not in walking or walk.since is None:
+            continue
+        if walk.finished:
+            walking[name] = DONE
+        elif walk.reached is not None:
+            walking[name] = walk.reached.isoformat()
+    # an entity not loaded yet has nothing to walk; one whose endpoint failed walks on
+    state[WALK] = {e: at for e, at in walking.items() if at != DONE
+                   and (e in late.rereads or at is not None)}
     state["repair"] = [e for e in state.get("repair", []) if e not in late.repairs]
     earlier = state.pop(FOUND, None)
     if isinstance(earlier, dict):

@@ -398,6 +398,11 @@ def _load(kwargs: dict[str, Any], pipeline: dlt.Pipeline,
             kwargs.get("start_date") or dlt.config.get("sources.replica.start_date")
             or "2000-01-01T00:00:00Z",
             [r.table for r in appended], observed_at,
+            config.lookback_seconds(kwargs.get("lookback_seconds")),
+            # a runner that cycles walks a wide re-read in steps, a cycle each
+            spread=defer_counts,
+            page_size=int(kwargs.get("page_size")
+                          or dlt.config.get("sources.replica.page_size") or 20000),
         )
         # the source and the repairs read the same endpoint declarations
         source = replica_source(
