@@ -386,6 +386,43 @@ def test_a_cycling_runner_walks_a_wide_reread_in_steps_and_loses_no_late_commit(
     assert_reconciled(platform_dir, warehouse)
 
 
+
+def test_a_walk_past_a_deletion_newer_than_raw_still_loads_what_it_reads(
+    platform_dir: Path, warehouse: Path, monkeypatch
+) -> None:
+    """dlt's last cursor can be a deletion's, newer than any row raw holds (its row is
+    gone): the walk's rows are still let through from its start, and a commit late by
+    weeks, inside the window, loads."""
+    _late_row_settings(monkeypatch, reread=0.01, window=60 * 86400, reconcile=0)
+    monkeypatch.setenv("SOURCES__REPLICA__REREAD_PAGES_PER_CYCLE", "2")
+    options = {"lookback_seconds": LOOKBACK, "page_size": 100}
+    state_file = warehouse.parent / "dlt" / late_rows.STATE_FILE
+    sim = start_simulator(platform_dir)
+    try:
+        pipeline.load(base_url=sim.url, token=TOKEN, **options)
+        # deleted now, weeks after the generated history's newest row
+        [(key,)] = store.query(platform_dir, "SELECT min(order_id) FROM orders")
+        with Platform(platform_dir) as platform:
+            platform.delete_records("orders", [key])
+        store.wait_for_replica(platform_dir)
+        pipeline.load(base_url=sim.url, token=TOKEN, **options)
+        _insert_late_orders(platform_dir, range(9001, 9004), minutes=40 * 1440)
+        store.wait_for_replica(platform_dir)
+        time.sleep(0.05)  # a re-read is due
+        loaded = 0
+        with pipeline.run_lock("watch"):
+            for _ in range(60):
+                result = pipeline.cycle(defer_counts=True, base_url=sim.url, token=TOKEN,
+                                        **options)
+                loaded += result.rows.get("orders", 0)
+                if not json.loads(state_file.read_text()).get(late_rows.WALK):
+                    break
+    finally:
+        sim.stop()
+    assert loaded == 3
+    assert_reconciled(platform_dir, warehouse)
+
+
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
 
 

@@ -56,7 +56,7 @@ import pyarrow as pa
 
 from loaders import config, warehouse
 from loaders.monitoring.alarms import AlarmCheck, Condition
-from loaders.replica import Reread
+from loaders.replica import Reread, deleted_table
 from loaders.replica import settings as replica_settings
 from loaders.replica.client import fetch_live_count
 from loaders.replica.errors import ReplicaError
@@ -198,9 +198,9 @@ def plan(
                 continue
             pages = s.reread_pages if spread else 0
             out.rereads[name] = Reread(
-                # what dlt lets through: from the walk's start, with a lookback to spare
-                # (its last cursor may be a deletion's, past raw's newest)
-                (newest - since).total_seconds() + lookback + 1,
+                # what dlt lets through: from the walk's start, counted back from dlt's
+                # last cursor (a deletion's may be past raw's newest), a lookback to spare
+                (_newest_known(sql, ep, name, newest) - since).total_seconds() + lookback + 1,
                 # a step's rows (at most its pages, twice over for raw's own): their
                 # versions are raw's first rows from the walk's start
                 _raw_versions(sql, ep, name, since,
@@ -425,6 +425,17 @@ def _loaded(
         newest = _scalar(sql, f"select max({cursor}) from {sql.make_qualified_table_name(name)}")
         if newest is not None:
             yield name, ep, newest
+
+
+def _newest_known(sql: Any, ep: replica_settings.Endpoint, name: str, newest: Any) -> Any:
+    """The newest cursor the loader has read of entity ``name``: raw's ``newest``, or a
+    later deletion's from its deletion log (its row is gone from raw)."""
+    log_table = deleted_table(name)
+    if log_table not in warehouse.raw_tables(sql):
+        return newest
+    cursor = sql.escape_column_name(replica_settings.cursor_of(ep))
+    deleted = _scalar(sql, f"select max({cursor}) from {sql.make_qualified_table_name(log_table)}")
+    return max(newest, deleted) if deleted is not None else newest
 
 
 def _scalar(sql: Any, query: str, *args: Any) -> Any:
