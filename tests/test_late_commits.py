@@ -348,36 +348,49 @@ def test_a_deferred_reconciliation_runs_after_the_cycle_and_its_gap_is_raised_ne
     assert_reconciled(platform_dir, warehouse)
 
 
+# a wide re-read due at once, its window the whole (small) history, two pages of 100 a cycle
+WALK_OPTIONS = {"lookback_seconds": LOOKBACK, "page_size": 100}
+
+
+def _walk_settings(monkeypatch) -> None:
+    _late_row_settings(monkeypatch, reread=0.01, window=60 * 86400, reconcile=0)
+    monkeypatch.setenv("SOURCES__REPLICA__REREAD_PAGES_PER_CYCLE", "2")
+
+
+def _walk_cycles(url: str, warehouse: Path) -> list[tuple[int, dict]]:
+    """watch's cycles (run lock held, re-reads spread) until a wide re-read's walk is
+    over: per cycle, the orders it loaded and where each walk got to."""
+    state_file = warehouse.parent / "dlt" / late_rows.STATE_FILE
+    out: list[tuple[int, dict]] = []
+    with pipeline.run_lock("watch"):
+        for _ in range(60):
+            result = pipeline.cycle(defer_counts=True, base_url=url, token=TOKEN,
+                                    **WALK_OPTIONS)
+            walking = json.loads(state_file.read_text()).get(late_rows.WALK) or {}
+            out.append((result.rows.get("orders", 0), walking))
+            if not walking:
+                return out
+    raise AssertionError(f"the walk did not end in 60 cycles: {out}")
+
+
 def test_a_cycling_runner_walks_a_wide_reread_in_steps_and_loses_no_late_commit(
     platform_dir: Path, warehouse: Path, monkeypatch
 ) -> None:
     """In a runner that cycles, a wide re-read reads its window a few pages a cycle,
     from where it got to: no cycle reads the whole window, nothing read again unchanged
     loads, and a commit late by less than the window loads once the walk reaches it."""
-    # the window covers the whole (small) history, read two pages of 100 a cycle
-    _late_row_settings(monkeypatch, reread=0.01, window=60 * 86400, reconcile=0)
-    monkeypatch.setenv("SOURCES__REPLICA__REREAD_PAGES_PER_CYCLE", "2")
-    options = {"lookback_seconds": LOOKBACK, "page_size": 100}
-    state_file = warehouse.parent / "dlt" / late_rows.STATE_FILE
+    _walk_settings(monkeypatch)
     sim = start_simulator(platform_dir)
     try:
-        pipeline.load(base_url=sim.url, token=TOKEN, **options)  # starts the clock
+        pipeline.load(base_url=sim.url, token=TOKEN, **WALK_OPTIONS)  # starts the clock
         _insert_late_orders(platform_dir, range(9001, 9004), minutes=10)
         store.wait_for_replica(platform_dir)
         time.sleep(0.05)  # a re-read is due
-        walked: list[dict] = []
-        loaded: list[int] = []
-        with pipeline.run_lock("watch"):
-            for _ in range(60):
-                result = pipeline.cycle(defer_counts=True, base_url=sim.url, token=TOKEN,
-                                        **options)
-                loaded.append(result.rows.get("orders", 0))
-                walking = json.loads(state_file.read_text()).get(late_rows.WALK)
-                if not walking:
-                    break
-                walked.append(walking)
+        cycles = _walk_cycles(sim.url, warehouse)
     finally:
         sim.stop()
+    loaded = [n for n, _ in cycles]
+    walked = [w for _, w in cycles if w]
     assert len(walked) >= 3, walked  # steps, not one cycle
     events = [w["events"] for w in walked if w.get("events")]
     assert events == sorted(events) and len(set(events)) == len(events), walked
@@ -386,40 +399,29 @@ def test_a_cycling_runner_walks_a_wide_reread_in_steps_and_loses_no_late_commit(
     assert_reconciled(platform_dir, warehouse)
 
 
-
 def test_a_walk_past_a_deletion_newer_than_raw_still_loads_what_it_reads(
     platform_dir: Path, warehouse: Path, monkeypatch
 ) -> None:
     """dlt's last cursor can be a deletion's, newer than any row raw holds (its row is
     gone): the walk's rows are still let through from its start, and a commit late by
     weeks, inside the window, loads."""
-    _late_row_settings(monkeypatch, reread=0.01, window=60 * 86400, reconcile=0)
-    monkeypatch.setenv("SOURCES__REPLICA__REREAD_PAGES_PER_CYCLE", "2")
-    options = {"lookback_seconds": LOOKBACK, "page_size": 100}
-    state_file = warehouse.parent / "dlt" / late_rows.STATE_FILE
+    _walk_settings(monkeypatch)
     sim = start_simulator(platform_dir)
     try:
-        pipeline.load(base_url=sim.url, token=TOKEN, **options)
+        pipeline.load(base_url=sim.url, token=TOKEN, **WALK_OPTIONS)
         # deleted now, weeks after the generated history's newest row
         [(key,)] = store.query(platform_dir, "SELECT min(order_id) FROM orders")
         with Platform(platform_dir) as platform:
             platform.delete_records("orders", [key])
         store.wait_for_replica(platform_dir)
-        pipeline.load(base_url=sim.url, token=TOKEN, **options)
+        pipeline.load(base_url=sim.url, token=TOKEN, **WALK_OPTIONS)
         _insert_late_orders(platform_dir, range(9001, 9004), minutes=40 * 1440)
         store.wait_for_replica(platform_dir)
         time.sleep(0.05)  # a re-read is due
-        loaded = 0
-        with pipeline.run_lock("watch"):
-            for _ in range(60):
-                result = pipeline.cycle(defer_counts=True, base_url=sim.url, token=TOKEN,
-                                        **options)
-                loaded += result.rows.get("orders", 0)
-                if not json.loads(state_file.read_text()).get(late_rows.WALK):
-                    break
+        cycles = _walk_cycles(sim.url, warehouse)
     finally:
         sim.stop()
-    assert loaded == 3
+    assert sum(n for n, _ in cycles) == 3, cycles
     assert_reconciled(platform_dir, warehouse)
 
 
