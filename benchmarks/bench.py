@@ -71,7 +71,12 @@ absolute times drift on shared machines. Method, figure by figure:
   timed, as in ``cycle.full_s``), the realistic
   freshness p95, and ``peak_rss_mb`` of each process (loader, watch with dbt and the
   loader in it, analyst), each followed by :class:`PeakRss`. dbt's DuckDB is bounded
-  (``SALESFLOW_DBT_MEMORY_LIMIT`` in ``profiles.yml``) like the loader's.
+  (``SALESFLOW_DBT_MEMORY_LIMIT`` in ``profiles.yml``) like the loader's. At the large
+  scale, ``steady_cycle_ratio``: the realistic run's ``freshness.cycle_mean_s`` (what a
+  cycle of watch costs once up, test slices and re-reads included; ``cycle_p50_s`` and
+  ``cycle_parts_mean_s`` beside it) over the default scale's, read from
+  ``benchmarks/results.json`` (run ``make bench`` first, at the same commit:
+  ``commit`` in both files says which).
 * ``feed`` / ``simulator_bytes``: how the simulated replica keeps the records it serves
   (``simulator.store``: stored at smoke and default scale; views at large scale, where
   a stored copy of every record would not fit the disk; rendering as it serves costs
@@ -87,6 +92,7 @@ import os
 import platform as host
 import secrets
 import shutil
+import statistics
 import subprocess
 import sys
 import threading
@@ -145,7 +151,7 @@ GOALS = {"load.ratio": 0.30, "memory.peak_rss_mb": 1024, "cycle.delta_ratio": 0.
          "freshness.reader_errors": 0, "scale.peak_rss_mb.loader": 2048,
          "scale.peak_rss_mb.watch": 2048}
 # at 10M orders of history, the realistic freshness p95 may be longer
-LARGE_GOALS = {"scale.freshness_p95_s": 10}
+LARGE_GOALS = {"scale.freshness_p95_s": 10, "scale.steady_cycle_ratio": 1.5}
 
 
 class Server:
@@ -562,6 +568,7 @@ def freshness(work: Path, url: str, seconds: float, *, label: str, reader: bool,
     if not latencies:
         raise RuntimeError("no sale reached the published marts while measuring freshness")
     latencies.sort()
+    steady = [c for c in cycles_done[1:] if "cycle_s" in c]  # after the start-up build
 
     def pick(q: float) -> float:
         return round(latencies[min(len(latencies) - 1, int(len(latencies) * q))], 2)
@@ -572,6 +579,7 @@ def freshness(work: Path, url: str, seconds: float, *, label: str, reader: bool,
                "periodic_test_runs": test_runs,
                "periodic_test_slices": len(test_slices),
                "test_slice_max_s": max(test_slices, default=None),
+               **steady_cycles(steady),
                # a watch process started on a warehouse already built: to its first publication
                "restart_publish_s": first_publish_s,
                "watch_peak_rss_mb": watch_peak}
@@ -581,6 +589,35 @@ def freshness(work: Path, url: str, seconds: float, *, label: str, reader: bool,
                         "reader_first_error": reader_result.get("first_error"),
                         "reader_peak_rss_mb": analyst_rss.stop() if analyst_rss else None})
     return figures
+
+
+def steady_cycles(cycles: list[dict[str, Any]]) -> dict[str, Any]:
+    """What watch's cycles cost once it is up: ``cycle_mean_s`` (every cycle, test
+    slices and re-reads included: the cost of keeping up), ``cycle_p50_s``,
+    ``cycle_max_s``, and ``cycle_parts_mean_s``, each part's seconds per cycle (load,
+    build, publication, test slice; 0 in a cycle without it)."""
+    if not cycles:
+        return {"cycle_mean_s": None, "cycle_p50_s": None, "cycle_max_s": None,
+                "cycle_parts_mean_s": None}
+    spent = sorted(c["cycle_s"] for c in cycles)
+    parts = {part: round(sum(c.get(f"{part}_s", 0.0) for c in cycles) / len(cycles), 3)
+             for part in ("load", "build", "publish", "test")}
+    return {"cycle_mean_s": round(statistics.fmean(spent), 3),
+            "cycle_p50_s": spent[len(spent) // 2], "cycle_max_s": spent[-1],
+            "cycle_parts_mean_s": parts}
+
+
+def steady_cycle_ratio(results: dict[str, Any], reference: Path) -> dict[str, Any]:
+    """A steady-state cycle at this scale against the default scale's (1M orders), from
+    ``reference``, the default scale's results: ``cycle_mean_s`` of both realistic runs;
+    the reference's commit is shown beside it, as both must be measured at one commit."""
+    ref = json.loads(reference.read_text()) if reference.exists() else {}
+    base = (ref.get("freshness") or {}).get("cycle_mean_s")
+    mine = results["freshness"].get("cycle_mean_s")
+    return {"steady_cycle_ratio": round(mine / base, 2) if base and mine else None,
+            "steady_cycle_reference": {"file": str(reference.relative_to(ROOT)),
+                                       "commit": ref.get("commit"),
+                                       "cycle_mean_s": base}}
 
 
 def conditions(lag: float, reader: bool, seconds: float) -> dict[str, Any]:
@@ -600,6 +637,18 @@ def machine() -> dict[str, Any]:
     return {"cores": os.cpu_count(), "memory_mb": mem, "python": host.python_version(),
             "duckdb": duckdb.__version__, "dlt": dlt.__version__,
             "dbt": dbt.version.__version__, "platform": host.platform()}
+
+
+def commit() -> str | None:
+    """The commit measured, ``+`` when the work tree differs from it."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True,
+                              check=True).stdout.strip()
+    try:
+        head = git("rev-parse", "--short=12", "HEAD")
+        return head + ("+" if git("status", "--porcelain", "--untracked-files=no") else "")
+    except (OSError, subprocess.CalledProcessError):
+        return None
 
 
 def run(scale: str, out: Path) -> dict[str, Any]:
@@ -665,7 +714,11 @@ def run(scale: str, out: Path) -> dict[str, Any]:
             "analyst": fresh.get("reader_peak_rss_mb"),
         },
     }
+    if scale == "large":
+        results[f"scale_{scale}"].update(
+            steady_cycle_ratio(results, ROOT / "benchmarks" / "results.json"))
     results["machine"] = machine()
+    results["commit"] = commit()
     results["measured_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")
@@ -697,6 +750,8 @@ def table(results: dict[str, Any]) -> str:
         ("freshness.p99_s", results["freshness"]["p99_s"]),
         ("freshness.max_s", results["freshness"]["max_s"]),
         ("freshness.periodic_test_runs", results["freshness"]["periodic_test_runs"]),
+        ("freshness.cycle_mean_s", results["freshness"]["cycle_mean_s"]),
+        ("freshness.cycle_p50_s", results["freshness"]["cycle_p50_s"]),
         ("freshness.reader_queries", results["freshness"]["reader_queries"]),
         ("freshness.reader_errors", results["freshness"]["reader_errors"]),
         ("freshness_ideal.p50_s", results["freshness_ideal"]["p50_s"]),
@@ -707,6 +762,8 @@ def table(results: dict[str, Any]) -> str:
         ("scale.backfill_s", at_scale["backfill_s"]),
         ("scale.first_publish_s", at_scale["first_publish_s"]),
         ("scale.freshness_p95_s", at_scale["freshness_p95_s"]),
+        *((("scale.steady_cycle_ratio", at_scale["steady_cycle_ratio"]),)
+          if "steady_cycle_ratio" in at_scale else ()),
         *((f"scale.peak_rss_mb.{k}", v) for k, v in at_scale["peak_rss_mb"].items()),
     ]
     goals = {**GOALS, **(LARGE_GOALS if results["scale"] == "large" else {})}

@@ -18,7 +18,7 @@ REQUIRED = {
     "memory": ["peak_rss_mb"],
     "cycle": ["full_s", "delta_1pct_s", "noop_s", "delta_ratio", "noop_ratio"],
     "freshness": ["p50_s", "p95_s", "p99_s", "max_s", "periodic_test_runs",
-                  "reader_queries", "reader_errors"],
+                  "reader_queries", "reader_errors", "cycle_mean_s", "cycle_p50_s"],
     "freshness_ideal": ["p50_s", "p95_s", "p99_s", "max_s"],
     "json": ["parse_rows", "parse_ndjson_rows_per_s", "parse_json_rows_per_s", "parse_ratio"],
     "machine": ["cores", "memory_mb", "python", "duckdb", "dlt", "dbt"],
@@ -87,6 +87,10 @@ def _realistic(results: dict) -> list[str]:
     for process in PROCESSES:
         if not (isinstance(peaks.get(process), int) and peaks[process] > 0):
             out.append(f"{name}.peak_rss_mb.{process} is missing: {peaks.get(process)!r}")
+    ratio = at_scale.get("steady_cycle_ratio")
+    if results.get("scale") == "large" and not (isinstance(ratio, int | float) and ratio > 0):
+        out.append(f"{name}.steady_cycle_ratio is missing ({ratio!r}): run the default"
+                   " scale first, its cycle is the reference")
     return out
 
 

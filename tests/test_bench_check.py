@@ -4,6 +4,8 @@ import json
 
 import pytest
 
+from benchmarks import bench
+from benchmarks.bench import steady_cycle_ratio, steady_cycles
 from benchmarks.check import (
     JSON_LOAD,
     PROCESSES,
@@ -65,12 +67,39 @@ def test_a_missing_or_negative_figure_fails():
         (lambda r: r["scale_default"]["peak_rss_mb"].pop("watch"),
          "scale_default.peak_rss_mb.watch is missing"),
         (lambda r: r.update(scale="large"), "scale_large.orders is missing"),
+        (lambda r: r.update(scale="large"), "scale_large.steady_cycle_ratio is missing"),
+        (lambda r: r["freshness"].pop("cycle_mean_s"), "missing freshness.cycle_mean_s"),
     ],
 )
 def test_realistic_freshness_and_scale_figures_are_required(change, says):
     r = complete()
     change(r)
     assert any(says in p for p in problems(r)), problems(r)
+
+
+def test_steady_cycle_figures_count_every_cycle_and_its_parts():
+    cycles = [{"cycle_s": 1.0, "load_s": 0.4, "build_s": 0.5},
+              {"cycle_s": 3.0, "load_s": 0.4, "build_s": 0.5, "test_s": 2.0},
+              {"cycle_s": 2.0, "load_s": 0.6, "build_s": 1.0, "publish_s": 0.3}]
+    figures = steady_cycles(cycles)
+    assert figures["cycle_mean_s"] == 2.0
+    assert figures["cycle_p50_s"] == 2.0
+    assert figures["cycle_max_s"] == 3.0
+    assert figures["cycle_parts_mean_s"] == {"load": 0.467, "build": 0.667, "publish": 0.1,
+                                             "test": 0.667}
+    assert steady_cycles([])["cycle_mean_s"] is None
+
+
+def test_the_large_scale_cycle_is_compared_with_the_default_scale(tmp_path, monkeypatch):
+    monkeypatch.setattr(bench, "ROOT", tmp_path)
+    reference = tmp_path / "results.json"
+    large = {"freshness": {"cycle_mean_s": 3.0}}
+    assert steady_cycle_ratio(large, reference)["steady_cycle_ratio"] is None
+    reference.write_text(json.dumps({"commit": "abc", "freshness": {"cycle_mean_s": 2.0}}))
+    compared = steady_cycle_ratio(large, reference)
+    assert compared["steady_cycle_ratio"] == 1.5
+    assert compared["steady_cycle_reference"] == {"file": "results.json", "commit": "abc",
+                                                  "cycle_mean_s": 2.0}
 
 
 def test_a_missing_json_figure_fails():
