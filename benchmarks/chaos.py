@@ -116,7 +116,7 @@ SCALES: dict[str, dict[str, Any]] = {
               "reconcile_after_crashes": False, "evolutions_together": True, "drifts": 2,
               "watch_kills": 10},
     "default": {"orders": 20_000, "days": 30, "kills": 30, "complete_every": 10, "rate": 20,
-                "page_size": 5000, "rounds": 3, "outage_s": 15, "seed": 42,
+                "page_size": 5000, "rounds": 5, "outage_s": 15, "seed": 42,
                 "reconcile_after_crashes": True, "evolutions_together": False, "drifts": 4,
                 "watch_kills": 10},
 }
