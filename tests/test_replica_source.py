@@ -204,6 +204,37 @@ def test_late_committed_row_is_caught_once_by_the_lookback(platform_dir, warehou
     assert status == [("returned",)]
 
 
+def test_the_lookback_window_is_saved_compactly_and_read_back_whole():
+    """The window kept in dlt's state (offsets from its newest cursor) drops exactly the
+    versions it saw; a window saved with whole timestamps, as before, still does."""
+    import pyarrow as pa
+
+    from loaders.replica.lookback import LookbackWindow
+
+    def page(keys: list, us: list) -> pa.Table:
+        return pa.table({"id": pa.array(keys, pa.int64()),
+                         "updated_at": pa.array(us, pa.timestamp("us", tz="UTC"))})
+
+    state: dict = {}
+    first = LookbackWindow(state, "id", "updated_at", lookback=10)
+    first.drop_seen(page([1, 2, 3, 4], [1_000_000, 5_000_000, 12_000_000, 12_000_000]))
+    first.save()
+    saved = state[LookbackWindow.STATE_KEY]
+    assert saved["until"] == 12_000_000
+    # key 1 (11 s before the newest) fell out of the window; the rest are offsets
+    assert sorted(saved["before"].split(",")) == ["2@7000000", "3@0", "4@0"]
+    again = LookbackWindow(state, "id", "updated_at", lookback=10)
+    kept = again.drop_seen(page([1, 2, 3, 4, 5], [1_000_000, 5_000_000, 12_000_000,
+                                                  13_000_000, 12_500_000]))
+    # seen versions drop; a changed version (4) and a new row (5) load
+    assert kept["id"].to_pylist() == [1, 4, 5]
+    old_style = {LookbackWindow.STATE_KEY: {"until": 12_000_000,
+                                            "rows": "2@5000000,3@12000000"}}
+    read = LookbackWindow(old_style, "id", "updated_at", lookback=10)
+    kept = read.drop_seen(page([2, 3, 4], [5_000_000, 12_000_000, 12_000_000]))
+    assert kept["id"].to_pylist() == [4]
+
+
 def test_late_committed_row_is_missed_without_lookback(platform_dir, warehouse):
     """The reason the lookback exists: without it the late row is never seen."""
     sim = start_simulator(platform_dir)
