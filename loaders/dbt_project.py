@@ -41,6 +41,10 @@ REMOVED_SCHEMA = "removed"
 NO_UNIT_TESTS = ("--exclude-resource-type", "unit_test")
 # the var naming the load after which a test run reads rows (macros/tested_rows.sql)
 TESTS_SINCE_VAR = "salesflow_tests_since"
+# a parsed session's commands (watch's cycles) write info, not debug, to logs/dbt.log:
+# the SQL of every statement of every cycle cost several percent of a cycle's dbt time
+# and rotated the log away within minutes; DBT_LOG_LEVEL_FILE=debug brings it back
+SESSION_FILE_LOG_LEVEL = "info"
 
 
 def target_dir(project_root: Path = PROJECT_ROOT) -> Path:
@@ -348,6 +352,8 @@ class Session:
                 node.extra_ctes = []
                 node.compiled = False
                 node._pre_injected_sql = None
+        if "DBT_LOG_LEVEL_FILE" not in os.environ:
+            args = [*args, "--log-level-file", SESSION_FILE_LOG_LEVEL]
         result = invoke(args, self.runner)
         if result.exception is not None:
             raise result.exception

@@ -1,6 +1,7 @@
 """The fixed costs a cycle no longer pays, each with what must stay true: the field
 profiles written in one statement read back whole, the warehouse kept open for a cycle
-is closed after it, and the simulated API answers on a socket without Nagle's delay."""
+is closed after it, the simulated API answers on a socket without Nagle's delay, and
+dbt's statements are logged to the file only when asked for."""
 
 from __future__ import annotations
 
@@ -66,3 +67,28 @@ def test_simulated_api_socket_sends_without_delay() -> None:
         assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
     finally:
         sock.close()
+
+
+def test_session_commands_log_info_to_the_file_unless_told(monkeypatch) -> None:
+    from loaders import dbt_project
+
+    sent: list[list[str]] = []
+
+    class Done:
+        exception = None
+
+    def fake_invoke(args, runner=None, project_root=None):
+        sent.append(list(args))
+        return Done()
+
+    monkeypatch.setattr(dbt_project, "invoke", fake_invoke)
+    session = object.__new__(dbt_project.Session)
+    session.manifest = type("Manifest", (), {"nodes": {}})()
+    session.runner = None
+    monkeypatch.delenv("DBT_LOG_LEVEL_FILE", raising=False)
+    session._invoke(["run", "--select", "fct_orders"])
+    assert sent[-1][-2:] == ["--log-level-file", "info"]
+    # a user asking for the statements gets them: dbt reads the variable itself
+    monkeypatch.setenv("DBT_LOG_LEVEL_FILE", "debug")
+    session._invoke(["run", "--select", "fct_orders"])
+    assert "--log-level-file" not in sent[-1]
