@@ -9,17 +9,48 @@
         as a literal: a constant filter lets the warehouse skip the history by each
         block's min/max (raw tables are appended in load order), where a subquery is
         only known while the query runs and every row is read. A unit test's `this` is
-        a fixture in the query itself: there the subquery is kept. -#}
+        a fixture in the query itself: there the subquery is kept.
+
+        Reading it is itself a scan of the model's column, several per build (the
+        model, its pre-hooks), which grows with the history. On DuckDB the newest load
+        id is first looked for among recent ones (`recent_load_id_bounds()`: a load id
+        at or after each bound), a filter the scan skips the older blocks by; the first
+        bound with a row gives the maximum of every row, since all older rows are
+        below it. None found, the whole column is read. -#}
     {%- if execute and this is not string -%}
-        {%- set newest = run_query(
-            "select coalesce(max(built." ~ built_column ~ "), '') from " ~ this
-            ~ " as built"
-        ).columns[0].values()[0] -%}
-        '{{ newest | replace("'", "''") }}'
+        {%- set found = namespace(newest=none) -%}
+        {%- set bounds = recent_load_id_bounds() if target.type == 'duckdb' else [] -%}
+        {%- for bound in bounds + [none] -%}
+            {%- if found.newest is none -%}
+                {%- set newest = run_query(
+                    "select max(built." ~ built_column ~ ") from " ~ this ~ " as built"
+                    ~ ("" if bound is none else
+                       " where built." ~ built_column ~ " >= '" ~ bound ~ "'")
+                ).columns[0].values()[0] -%}
+                {%- if newest is not none or bound is none -%}
+                    {%- set found.newest = newest or '' -%}
+                {%- endif -%}
+            {%- endif -%}
+        {%- endfor -%}
+        '{{ found.newest | replace("'", "''") }}'
     {%- else -%}
         (
             select coalesce(max(built.{{ built_column }}), '')
             from {{ this }} as built
         )
     {%- endif -%}
+{%- endmacro %}
+
+
+{% macro recent_load_id_bounds() %}
+    {#- Load ids (epoch seconds as text, as dlt writes them) ten minutes, a day and a
+        week before now: the recent ranges an incremental model's newest built load is
+        looked for in first (`last_built_load_id`). A clock that moved only makes a
+        range come up empty, and the next is tried. -#}
+    {%- set now = modules.datetime.datetime.now(modules.pytz.utc) -%}
+    {%- set bounds = [] -%}
+    {%- for seconds in [600, 86400, 7 * 86400] -%}
+        {%- do bounds.append("%.6f" | format(now.timestamp() - seconds)) -%}
+    {%- endfor -%}
+    {{- return(bounds) -}}
 {%- endmacro %}
