@@ -255,3 +255,18 @@ def test_a_mart_mostly_changed_is_copied_whole_a_little_changed_key_by_key(
     pub = publish.publish(wh, target, changed=["orders", "daily"], by_load_id=BY_KEY)
     assert "orders" in pub.tables and "orders" not in pub.updated and pub.swept == ()
     assert differences(target, wh) == {}
+
+
+@pytest.mark.parametrize("age_s", [None, 60, 2 * 86400, 30 * 86400])
+def test_a_versions_newest_load_is_found_however_old_it_is(tmp_path, age_s):
+    """Looked for among recent load ids first, then over the whole column: exact for a
+    minute-old, days-old or month-old newest load; '' for a mart without rows."""
+    import time
+
+    newest = "" if age_s is None else f"{time.time() - age_s:.6f}"
+    with duckdb.connect(str(tmp_path / "v.duckdb")) as con:
+        con.execute("create table t (last_load_id varchar)")
+        if newest:
+            older = [f"{float(newest) - s:.6f}" for s in (1, 3600, 40 * 86400)]
+            con.execute("insert into t select unnest(?)", [[*older, newest, *older]])
+        assert publish._newest_load_id(con, "t") == newest

@@ -314,9 +314,9 @@ def _connect(path: Path) -> duckdb.DuckDBPyConnection:
     return duckdb.connect(str(path), config={"memory_limit": MEMORY_LIMIT})
 
 
-def _scalar(con: duckdb.DuckDBPyConnection, sql: str) -> Any:
+def _scalar(con: duckdb.DuckDBPyConnection, sql: str, params: list[Any] | None = None) -> Any:
     """The one value a statement answers."""
-    row = con.execute(sql).fetchone()
+    row = con.execute(sql, params).fetchone()
     if row is None:
         raise RuntimeError(f"no row from: {sql}")
     return row[0]
@@ -349,7 +349,7 @@ def _refresh_rows(
     quoted = quote_identifier(table)
     mine, theirs = f"{db}.{SCHEMA}.{quoted}", f"wh.{SCHEMA}.{quoted}"
     k, lid = quote_identifier(key), quote_identifier(LOAD_ID)
-    since = _scalar(con, f"SELECT coalesce(max({lid}), '') FROM {mine}")
+    since = _newest_load_id(con, mine)
     changed = f"SELECT {k} FROM {theirs} WHERE {lid} >= $since"
     removed = f"{table}__removed"
     if con.execute(
@@ -385,6 +385,26 @@ def _refresh_rows(
         con.execute(f"DELETE FROM {mine} WHERE {k} NOT IN (SELECT {k} FROM {theirs})")
         return written, SWEPT
     return written, BY_KEY
+
+
+# how far back a version's newest load id is looked for first, in seconds (load ids are
+# epoch seconds as text): a filter the scan skips older blocks by (as dbt's macro
+# recent_load_id_bounds does for the marts themselves)
+RECENT_LOADS_S = (600, 86400, 7 * 86400)
+
+
+def _newest_load_id(con: duckdb.DuckDBPyConnection, table: str) -> str:
+    """The newest load id in ``table`` ('' when none): looked for among recent load ids
+    first, the first range with a row holding the maximum, then over the whole column
+    (a scan that grows with the mart, once per mart and publication otherwise)."""
+    lid = quote_identifier(LOAD_ID)
+    now = time.time()
+    for seconds in RECENT_LOADS_S:
+        newest = _scalar(con, f"SELECT max({lid}) FROM {table} WHERE {lid} >= ?",
+                         [f"{now - seconds:.6f}"])
+        if newest is not None:
+            return str(newest)
+    return str(_scalar(con, f"SELECT coalesce(max({lid}), '') FROM {table}"))
 
 
 def _copy(con: duckdb.DuckDBPyConnection, mine: str, theirs: str) -> None:
