@@ -133,7 +133,7 @@ def test_staging_absorbs_every_schema_evolution(simulator, warehouse, tmp_path):
 def test_the_newest_built_load_is_found_however_old_it_is(simulator, warehouse, tmp_path, age_s):
     """An incremental mart resumes from the newest load id it holds, looked for first
     among recent loads (a scan that skips older blocks), then through the whole column:
-    an hour-old, days-old or month-old build is found exactly, an empty mart gives ''."""
+    a minute-old, days-old or month-old build is found exactly, an empty mart gives ''."""
     import time
 
     pipeline.load(base_url=simulator.url, token=simulator.token)
