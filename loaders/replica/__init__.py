@@ -11,7 +11,9 @@ state, each tombstone carrying the newest version known so the merge and the inc
 never put it behind the record it deletes. Requests start ``lookback_seconds`` before
 the last cursor seen, so rows committed late are caught; rows read again unchanged are
 dropped before loading (:mod:`~loaders.replica.lookback`), so a cycle loads only what is
-new or changed. A row committed later than the lookback is caught two ways: where the
+new or changed; a window read moments ago is not read again while nothing is listed past
+it (``lookback_recheck_seconds``), so a run of idle cycles does not re-read the last burst
+of changes every time. A row committed later than the lookback is caught two ways: where the
 API offers a commit sequence (an endpoint's ``sequence``), the listing is read by it
 instead (no lookback: nothing committed later has a smaller one); otherwise the caller
 asks, now and then, for a wider re-read of an entity (``rereads``: how far back, and the
@@ -44,10 +46,11 @@ outside this package: every other part of ``loaders`` may use it.
 from __future__ import annotations
 
 import logging
-from collections.abc import Generator, Iterable, Iterator, Sequence
+import time
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from contextlib import closing
 from dataclasses import replace
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import dlt
@@ -136,6 +139,7 @@ def _entity_resource(
     failures: EndpointFailures | None = None,
     reread: Reread | None = None,
     listing: Listing | None = None,
+    lookback_recheck_seconds: float = 0.0,
 ):
     first_start = _as_datetime(start_date)  # a bad start date fails here, not mid-load
     listing = listing or api.listing
@@ -221,15 +225,27 @@ def _entity_resource(
         try:
             if walk is not None and not spec.sequence:
                 yield from _walk(walk, listed, taken, spec.cursor, asked, listing, page_size)
-            with closing(listed(params, since)) as parsed_pages:
-                for parsed in parsed_pages:
-                    yield from taken(parsed)
+            # nothing listed past the last cursor and the window read whole moments ago:
+            # reading it again would only find a commit of the last moments, which the
+            # next read of the window finds (a cycle with new rows, or once it is older
+            # than lookback_recheck_seconds); the window stays as it was
+            skipped = (
+                window is not None and window.drop and reread is None
+                and window.until is not None
+                and window.read_within(lookback_recheck_seconds, time.time())
+                and not _listed_past(api, spec, listing, window.until, checked)
+            )
+            if not skipped:
+                read_at = time.time()
+                with closing(listed(params, since)) as parsed_pages:
+                    for parsed in parsed_pages:
+                        yield from taken(parsed)
             if spec.deletions_path:
                 # after the listing: a record listed and then deleted is deleted
                 yield from _deletions(api, spec, listing, page_size, first_start, lag,
                                       newest, append)
-            if window:
-                window.save()
+            if window and not skipped:
+                window.save(read_at)
         except HTTPError as exc:
             error = api_error(exc.response, api.base_url)
             if error is None:
@@ -245,6 +261,32 @@ def _entity_resource(
             ) from None
 
     return dlt.resource(pages, **resource_hints(spec, append), parallelized=True)
+
+
+# records per page of the request that asks whether anything is listed past the cursor
+PROBE_PAGE_SIZE = 100
+
+
+def _listed_past(
+    api: Api, spec: EntitySpec, listing: Listing, last_us: int,
+    checked: Callable[[int, Response], None],
+) -> bool:
+    """Whether the listing holds anything with a cursor past ``last_us`` (the newest
+    cursor read, µs since the epoch), asked from just after it in small pages until one
+    holds a record (a positional listing may serve empty pages before its end). A
+    listing whose parameter cannot say so finer than that answers the last rows read
+    again: yes."""
+    after = datetime.fromtimestamp(0, timezone.utc) + timedelta(microseconds=last_us + 1)
+    params: dict[str, Any] = {listing.since_param: listing.since_value(after),
+                              **listing.page_params(PROBE_PAGE_SIZE)}
+    pages = read_pages(api, listing, spec.path, params, checked, spec.name, PROBE_PAGE_SIZE)
+    with closing(pages):
+        for page in pages:
+            parsed = parse_page(spec, page.records, listing.since_requested(after),
+                                listing.since_param)
+            if parsed.quarantined or (parsed.table is not None and parsed.table.num_rows):
+                return True
+    return False
 
 
 def _walk(
@@ -525,6 +567,7 @@ def replica_source(
     page_size: int = 20000,
     start_date: str = "2000-01-01T00:00:00Z",
     lookback_seconds: float = 30.0,
+    lookback_recheck_seconds: float = 5.0,
     endpoints: dict[str, settings.Endpoint] | None = None,
     entities: Sequence[str] | None = None,
     known_types: dict[str, dict[str, str]] | None = None,
@@ -551,13 +594,19 @@ def replica_source(
     like (see :mod:`.observe`). ``failures`` collects the entities whose endpoint failed
     on its own (see :mod:`.failures`): the others load; without it, any failure fails
     the load. ``rereads``: entities read this cycle from further back than the lookback
-    (see :class:`~.lookback.Reread`). ``api``: how the API is spoken (see
+    (see :class:`~.lookback.Reread`). ``lookback_recheck_seconds``: a lookback window read
+    whole less than this long ago is not read again while the API lists nothing past it
+    (one request of one record says so): a commit landing in it in those moments is read
+    by the next read of the window (0: every load reads it). ``api``: how the API is spoken (see
     :mod:`.protocol`; default: today's protocol at ``base_url`` with ``token``)."""
     if not base_url.startswith(("http://", "https://")):
         raise ReplicaError(f"base_url must be an http(s) URL, got {base_url!r}")
     api = api or api_from_settings(base_url, token, {})
     if not 1 <= page_size <= 1_000_000:
         raise ReplicaError(f"page_size must be between 1 and 1000000, got {page_size}")
+    if not 0 <= lookback_recheck_seconds < float("inf"):
+        raise ReplicaError("lookback_recheck_seconds must be 0 or more seconds, got"
+                           f" {lookback_recheck_seconds!r}")
     declared = dict(endpoints or settings.ENDPOINTS)
     unknown = set(entities or ()) - set(declared)
     if unknown:
@@ -589,6 +638,7 @@ def replica_source(
             failures=failures,
             reread=(rereads or {}).get(name),
             listing=api.listing_for(ep),
+            lookback_recheck_seconds=lookback_recheck_seconds,
         )
         resource.apply_hints(schema_contract=contracts.get(name))
         resources.append(resource)

@@ -57,7 +57,9 @@ class LookbackWindow:
     cursor are checked (the first pages of a cycle); a backfill checks none. When the
     API's schema describes the entity differently from raw (a new field, a new type), rows
     read again are loaded anyway: existing rows served in the new shape are how the
-    change reaches the warehouse, since their cursor did not move."""
+    change reaches the warehouse, since their cursor did not move. The state also says
+    when a listing last read the window whole (:meth:`read_within`): the source skips
+    re-reading a window it read moments ago when the API lists nothing past it."""
 
     STATE_KEY = "lookback_window"
 
@@ -70,9 +72,16 @@ class LookbackWindow:
         self.lookback_us = int(lookback * 1_000_000)
         saved = state.get(self.STATE_KEY) or {}
         self.until: int | None = saved.get("until")
+        # when (epoch seconds, this machine's clock) a listing last read the window whole
+        self.read_at: float | None = saved.get(READ_AT_FIELD)
         self.seen = _read_window(saved)
         self.recent: list[pa.Table] = []
         self.newest: int | None = self.until
+
+    def read_within(self, seconds: float, now: float) -> bool:
+        """Whether a listing read the window whole (committed) less than ``seconds``
+        before ``now``: re-reading it now would find only what committed since."""
+        return seconds > 0 and self.read_at is not None and 0 <= now - self.read_at < seconds
 
     def also_seen(self, versions: pa.Array) -> None:
         """Rows loaded already (``"<key>@<cursor µs>"``, e.g. raw's, for a re-read
@@ -130,10 +139,14 @@ class LookbackWindow:
             keep.append(pa.table({"key": key, "us": us}))
         self.recent = keep
 
-    def save(self) -> None:
+    def save(self, now: float) -> None:
         """Store the rows of the last ``lookback`` seconds seen in this cycle (read again
-        or new); without any new row the previous window stays as it was."""
+        or new), read whole at ``now``; without any new row the previous window stays as
+        it was, read again at ``now``."""
         if not self.recent or self.newest is None:
+            saved = self.state.get(self.STATE_KEY)
+            if saved:
+                saved[READ_AT_FIELD] = now
             return
         horizon = self.newest - self.lookback_us
         window = pa.concat_tables(self.recent)
@@ -141,6 +154,7 @@ class LookbackWindow:
         before = pc.subtract(pa.scalar(self.newest, pa.int64()), window["us"])
         self.state[self.STATE_KEY] = {
             "until": self.newest, WINDOW_FIELD: _one_string(_join(window["key"], before)),
+            READ_AT_FIELD: now,
         }
 
 
@@ -151,6 +165,7 @@ class LookbackWindow:
 # timestamps (``"<key>@<cursor µs>"``), and is still read.
 WINDOW_FIELD = "before"
 ABSOLUTE_FIELD = "rows"
+READ_AT_FIELD = "read_at"
 
 
 def _join(key: pa.Array, us: pa.Array) -> pa.Array:
