@@ -183,6 +183,18 @@ def commit_late_update(platform_dir: Path) -> None:
     store.replicate(platform_dir)
 
 
+def _returned(warehouse: Path) -> bool:
+    """Whether raw holds the late update of the first order (its return)."""
+    raw = duckdb.connect(str(warehouse), read_only=True)
+    try:
+        return raw.execute(
+            "select status from raw.orders"
+            " where order_id = (select min(order_id) from raw.orders)"
+        ).fetchall() == [("returned",)]
+    finally:
+        raw.close()
+
+
 def test_late_committed_row_is_caught_once_by_the_lookback(platform_dir, warehouse):
     # every load reads the window (no recheck interval)
     options = {"lookback_seconds": 3600, "lookback_recheck_seconds": 0}
@@ -199,22 +211,7 @@ def test_late_committed_row_is_caught_once_by_the_lookback(platform_dir, warehou
     assert late.rows.get("orders") == 1 and late.advanced == ["orders"]
     assert again.total == 0 and again.advanced == []
     assert_reconciled(platform_dir, warehouse)
-    raw = duckdb.connect(str(warehouse), read_only=True)
-    status = raw.execute(
-        "select status from raw.orders where order_id = (select min(order_id) from raw.orders)"
-    ).fetchall()
-    assert status == [("returned",)]
-
-
-def _returned(warehouse: Path) -> bool:
-    raw = duckdb.connect(str(warehouse), read_only=True)
-    try:
-        return raw.execute(
-            "select status from raw.orders"
-            " where order_id = (select min(order_id) from raw.orders)"
-        ).fetchall() == [("returned",)]
-    finally:
-        raw.close()
+    assert _returned(warehouse)
 
 
 def test_a_window_read_moments_ago_is_read_again_only_with_news_or_when_due(
@@ -291,11 +288,7 @@ def test_late_committed_row_is_missed_without_lookback(platform_dir, warehouse):
         pipeline.load(base_url=sim.url, token=TOKEN, lookback_seconds=0)
     finally:
         sim.stop()
-    raw = duckdb.connect(str(warehouse), read_only=True)
-    status = raw.execute(
-        "select status from raw.orders where order_id = (select min(order_id) from raw.orders)"
-    ).fetchall()
-    assert status != [("returned",)]
+    assert not _returned(warehouse)
 
 
 def test_load_killed_mid_way_is_completed_by_the_next_run(tmp_path, warehouse):
