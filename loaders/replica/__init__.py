@@ -594,10 +594,11 @@ def replica_source(
     like (see :mod:`.observe`). ``failures`` collects the entities whose endpoint failed
     on its own (see :mod:`.failures`): the others load; without it, any failure fails
     the load. ``rereads``: entities read this cycle from further back than the lookback
-    (see :class:`~.lookback.Reread`). ``lookback_recheck_seconds``: a lookback window read
-    whole less than this long ago is not read again while the API lists nothing past it
-    (one request of one record says so): a commit landing in it in those moments is read
-    by the next read of the window (0: every load reads it). ``api``: how the API is spoken (see
+    (see :class:`~.lookback.Reread`). ``lookback_recheck_seconds``: a lookback window
+    read whole less than this long ago is not read again while the API lists nothing
+    past it (a small page asked from past the cursor says so): a commit landing in it in
+    those moments is read by the next read of the window (0: every load reads it).
+    ``api``: how the API is spoken (see
     :mod:`.protocol`; default: today's protocol at ``base_url`` with ``token``)."""
     if not base_url.startswith(("http://", "https://")):
         raise ReplicaError(f"base_url must be an http(s) URL, got {base_url!r}")
