@@ -50,7 +50,7 @@ import time
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from contextlib import closing
 from dataclasses import replace
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import Any
 
 import dlt
@@ -92,7 +92,13 @@ from loaders.replica.pages import (
     parse_page,
     quarantine_table,
 )
-from loaders.replica.protocol import Api, Listing, api_from_settings, read_pages
+from loaders.replica.protocol import (
+    Api,
+    Listing,
+    api_from_settings,
+    from_microseconds,
+    read_pages,
+)
 
 log = logging.getLogger(__name__)
 
@@ -276,14 +282,13 @@ def _listed_past(
     holds a record (a positional listing may serve empty pages before its end). A
     listing whose parameter cannot say so finer than that answers the last rows read
     again: yes."""
-    after = datetime.fromtimestamp(0, timezone.utc) + timedelta(microseconds=last_us + 1)
+    after = from_microseconds(last_us + 1)
     params: dict[str, Any] = {listing.since_param: listing.since_value(after),
                               **listing.page_params(PROBE_PAGE_SIZE)}
     pages = read_pages(api, listing, spec.path, params, checked, spec.name, PROBE_PAGE_SIZE)
     with closing(pages):
-        for page in pages:
-            parsed = parse_page(spec, page.records, listing.since_requested(after),
-                                listing.since_param)
+        for parsed in _parsed(spec, pages, listing.since_requested(after),
+                              listing.since_param):
             if parsed.quarantined or (parsed.table is not None and parsed.table.num_rows):
                 return True
     return False

@@ -76,6 +76,11 @@ DEFAULT_PAGINATOR: Mapping[str, Any] = MappingProxyType({
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
+def from_microseconds(us: int) -> datetime:
+    """A cursor kept as microseconds since the epoch, as a UTC time."""
+    return _EPOCH + timedelta(microseconds=us)
+
+
 def _frozen(value: Mapping[str, Any]) -> Mapping[str, Any]:
     return MappingProxyType(dict(value))
 
