@@ -63,6 +63,18 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def staged_rows(path: Path) -> dict[str, int]:
+    """Rows per data table of dlt's staging dataset, which every merge goes through."""
+    with duckdb.connect(str(path), read_only=True) as con:
+        tables = [r[0] for r in con.execute(
+            "select table_name from duckdb_tables() where schema_name = ?"
+            " and table_name not like '\\_dlt%' escape '\\'",
+            [f"{settings.DATASET_NAME}_staging"]).fetchall()]
+        return {t: con.execute(
+            f'select count(*) from "{settings.DATASET_NAME}_staging"."{t}"').fetchone()[0]
+            for t in tables}
+
+
 def change_an_order(sim_dir: Path, status: str) -> int:
     """Update the most recently changed order in production, replicated at once."""
     [(order_id,)] = store.query(
@@ -95,6 +107,10 @@ def test_reads_and_cycles_run_again_change_nothing(simulator, warehouse):
     feeds = [f"source:{settings.SOURCE_NAME}.orders+"]
     changed, ok = pipeline.run_cycle(select=feeds, base_url=simulator.url, token=TOKEN)
     assert ok and changed.rows.get("orders") == 1 and changed.advanced == ["orders"]
+    # the change was merged through dlt's staging tables, emptied once it was loaded:
+    # the file keeps no second copy of a load
+    staged = staged_rows(warehouse)
+    assert "orders" in staged and not any(staged.values()), staged
     after_change = mart_checksums(warehouse)
     assert after_change != built, "the return reached the marts"
     rerun, ok = pipeline.run_cycle(select=feeds, base_url=simulator.url, token=TOKEN)
