@@ -277,6 +277,14 @@ def test_the_lookback_window_is_saved_compactly_and_read_back_whole():
     read = LookbackWindow(old_style, "id", "updated_at", lookback=10)
     kept = read.drop_seen(page([2, 3, 4], [5_000_000, 12_000_000, 12_000_000]))
     assert kept["id"].to_pylist() == [4]
+    # the saved window is decoded only once a page reaches back into it: a cycle that
+    # skips reading it again (or reads only rows past it) does not pay for it
+    unread = {LookbackWindow.STATE_KEY: {"until": 12_000_000, "before": "2@x"}}
+    skipped = LookbackWindow(unread, "id", "updated_at", lookback=10)
+    assert skipped.until == 12_000_000
+    assert skipped.drop_seen(page([6], [13_000_000]))["id"].to_pylist() == [6]
+    with pytest.raises(pa.ArrowInvalid):
+        skipped.drop_seen(page([2], [5_000_000]))
 
 
 def test_late_committed_row_is_missed_without_lookback(platform_dir, warehouse):

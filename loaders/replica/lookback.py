@@ -74,9 +74,22 @@ class LookbackWindow:
         self.until: int | None = saved.get("until")
         # when (epoch seconds, this machine's clock) a listing last read the window whole
         self.read_at: float | None = saved.get(READ_AT_FIELD)
-        self.seen = _read_window(saved)
+        self._saved, self._seen = saved, None  # decoded when first needed (seen)
         self.recent: list[pa.Table] = []
         self.newest: int | None = self.until
+
+    @property
+    def seen(self) -> pa.Array:
+        """The versions (``"<key>@<cursor µs>"``) of the rows of the window: decoded from
+        the state only when a page reaches back into it (a cycle that does not read the
+        window again pays nothing for it)."""
+        if self._seen is None:
+            self._seen = _read_window(self._saved)
+        return self._seen
+
+    @seen.setter
+    def seen(self, versions: pa.Array) -> None:
+        self._seen = versions
 
     def read_within(self, seconds: float, now: float) -> bool:
         """Whether a listing read the window whole (committed) less than ``seconds``
@@ -114,10 +127,10 @@ class LookbackWindow:
         if cursor_us is None or table.num_rows == 0:
             return table
         self._remember(table, cursor_us)
-        if not self.drop or self.until is None or len(self.seen) == 0:
+        if not self.drop or self.until is None:
             return table
         earlier = pc.less_equal(cursor_us, self.until)
-        if not pc.any(earlier).as_py():
+        if not pc.any(earlier).as_py() or len(self.seen) == 0:
             return table
         keys = self._keys(table[self.key], cursor_us)
         seen = pc.and_(earlier, pc.is_in(keys, value_set=self.seen))
