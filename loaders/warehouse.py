@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -208,34 +209,89 @@ def environment(**values: str) -> Iterator[None]:
 
 
 @contextmanager
-def kept_open() -> Iterator[None]:
+def kept_open() -> Iterator[Any]:
     """Keep the DuckDB warehouse file open in this process for a block of work.
 
     Every dlt sql client, and each step of a dlt run, opens the file afresh and closes it
     when done: the open reads the file's catalog and the close checkpoints it, some
     hundredths of a second each, several times a cycle. While one connection of this
-    process holds the file, DuckDB hands later connections the database already open, and
-    the checkpoint waits for the last one to close. Nothing else changes: each client
-    still commits as before, and the file is closed, checkpointed, when the block ends
-    (dbt and the publication, after a load, open it as usual). Other targets: nothing to
-    keep. A file that cannot be opened here is left for dlt to report as it would."""
+    process holds the file, DuckDB hands later connections (dlt's, dbt's) the database
+    already open, and the checkpoint waits for the last one to close (a block that
+    spans many writes checkpoints between them: :func:`checkpoint_held`). Nothing else
+    changes: each client still commits as before, and the file is closed,
+    checkpointed, when the outermost block ends. Yields the holding connection (None when
+    nothing is held: another target, or a file that cannot be opened here, left for dlt
+    to report as it would); :func:`held` answers it inside the block too."""
     if target_type() != "duckdb":
-        yield
+        yield None
+        return
+    path = duckdb_path().absolute()
+    if path in _HELD:  # an outer block holds it already
+        yield _HELD[path]
         return
     import duckdb
 
-    path = duckdb_path()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        held = duckdb.connect(str(path))
+        conn = duckdb.connect(str(path))
     except (OSError, duckdb.Error) as exc:
         log.debug("warehouse not kept open (%s): each client opens it", exc)
-        yield
+        yield None
         return
+    _HELD[path] = conn
     try:
-        yield
+        yield conn
     finally:
-        held.close()
+        del _HELD[path]
+        conn.close()
+
+
+_HELD: dict[Path, Any] = {}  # the connections kept_open holds, by file
+
+# the write-ahead log's size (MB) past which a held warehouse is checkpointed between
+# cycles (:func:`checkpoint_held`): DuckDB's own threshold does not fire while the
+# connections of a cycle share the database, and the log would grow without end
+CHECKPOINT_WAL_MB = 32
+
+
+def checkpoint_held(min_bytes: int | None = None) -> float | None:
+    """Checkpoint the warehouse :func:`kept_open` holds once its write-ahead log has
+    grown past ``min_bytes`` (default ``SALESFLOW_CHECKPOINT_WAL_MB``, 32 MB): seconds it
+    took, or None when not due (nothing held, a short log) or refused (logged; the file
+    is checkpointed when closed). Rows still in the log stay in memory uncompressed, and
+    a crash replays them on the next open: the log is kept short."""
+    conn = held()
+    if conn is None:
+        return None
+    if min_bytes is None:
+        setting = os.environ.get("SALESFLOW_CHECKPOINT_WAL_MB", str(CHECKPOINT_WAL_MB))
+        try:
+            min_bytes = int(float(setting) * 2**20)
+        except ValueError:
+            raise ValueError(f"SALESFLOW_CHECKPOINT_WAL_MB must be a number of MB, got"
+                             f" {setting!r}") from None
+    wal = duckdb_path().with_name(duckdb_path().name + ".wal")
+    try:
+        if wal.stat().st_size < min_bytes:
+            return None
+    except FileNotFoundError:
+        return None
+    import duckdb
+
+    started = time.perf_counter()
+    try:
+        conn.execute("CHECKPOINT")
+    except duckdb.Error as exc:
+        log.warning("warehouse not checkpointed (%s): it will be when closed", exc)
+        return None
+    return time.perf_counter() - started
+
+
+def held() -> Any:
+    """The connection :func:`kept_open` holds the DuckDB warehouse with, or None: work
+    that would open the file as another database (an ``ATTACH``, which DuckDB refuses for
+    a file this process has open) goes through it instead."""
+    return _HELD.get(duckdb_path().absolute()) if target_type() == "duckdb" else None
 
 
 # ---------------------------------------------------------------- the dlt pipeline on it

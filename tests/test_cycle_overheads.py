@@ -12,6 +12,7 @@ import duckdb
 import pytest
 
 from loaders import warehouse as wh
+from loaders.runners import publish
 from loaders.schema_changes import changelog
 from loaders.schema_changes.changelog import FieldProfile
 from simulator.server import _bind
@@ -59,6 +60,60 @@ def test_a_warehouse_that_cannot_be_kept_open_is_left_to_dlt(warehouse: Path) ->
     refused = pytest.raises(Exception, match="(?i)database|directory|open")
     with wh.kept_open(), refused, wh.dlt_pipeline().sql_client() as sql:
         sql.execute_sql("SELECT 1")
+
+
+def test_blocks_within_a_held_warehouse_share_its_connection(warehouse: Path) -> None:
+    assert wh.held() is None
+    with wh.kept_open() as outer:
+        with wh.kept_open() as inner:  # a cycle's own block inside watch's
+            assert inner is outer is wh.held()
+        assert wh.held() is outer  # the inner block's end closes nothing
+        outer.execute("CREATE TABLE t AS SELECT 1 AS one")
+    assert wh.held() is None
+    with duckdb.connect(str(warehouse), read_only=True) as conn:
+        assert conn.execute("SELECT one FROM t").fetchall() == [(1,)]
+
+
+def test_a_held_warehouse_is_checkpointed_once_its_log_grows(warehouse: Path) -> None:
+    log = warehouse.with_name(warehouse.name + ".wal")
+    assert wh.checkpoint_held(min_bytes=1) is None  # nothing held
+    with wh.kept_open() as conn:
+        conn.execute("CREATE TABLE big AS SELECT range AS n, md5(range::varchar) AS h"
+                     " FROM range(200000)")
+        grown = log.stat().st_size
+        assert grown > 0
+        assert wh.checkpoint_held(min_bytes=grown + 1) is None  # not due: left alone
+        assert log.stat().st_size == grown
+        assert wh.checkpoint_held(min_bytes=grown) is not None
+        assert not log.exists() or log.stat().st_size < grown
+        assert conn.execute("SELECT count(*) FROM big").fetchone() == (200000,)
+
+
+def test_a_publication_goes_through_the_held_warehouse(warehouse: Path,
+                                                       tmp_path: Path) -> None:
+    target = tmp_path / "published" / "analytics.duckdb"
+    key = {"orders": "order_id"}
+    with wh.kept_open() as conn:
+        conn.execute("CREATE SCHEMA marts")
+        conn.execute("CREATE TABLE marts.orders AS SELECT range AS order_id,"
+                     " '1' AS last_load_id FROM range(5)")
+        # the warehouse cannot be attached while this process holds it
+        with pytest.raises(duckdb.Error):
+            publish.publish(warehouse, target)
+        first = publish.publish(warehouse, target, through=conn)
+        for n in (2, 3, 4):
+            conn.execute(f"INSERT INTO marts.orders SELECT range, '{n}'"
+                         f" FROM range({n}0, {n}3)")
+            last = publish.publish(warehouse, target, changed=["orders"], by_load_id=key,
+                                   through=conn)
+        # nothing of the publication is left attached to the warehouse's connection
+        assert conn.execute("SELECT count(*) FROM duckdb_databases()"
+                            " WHERE database_name = ?", [publish.VERSION]).fetchone() == (0,)
+        expected = conn.execute("SELECT * FROM marts.orders ORDER BY 1").fetchall()
+    assert first.route == "whole" and last.route.startswith("in place")
+    assert "orders" in last.updated  # refreshed key by key, not copied whole
+    with duckdb.connect(str(target), read_only=True) as published:
+        assert published.execute("SELECT * FROM marts.orders ORDER BY 1").fetchall() == expected
 
 
 def test_simulated_api_socket_sends_without_delay() -> None:

@@ -18,6 +18,7 @@ from loaders import cli, dbt_project, pii
 from loaders.replica.settings import ENDPOINTS
 from loaders.runners import pipeline, publish
 from loaders.runners.watch import watch
+from loaders.warehouse import held as warehouse_held
 from simulator import faults, model, store
 from simulator.faults import Faults
 from simulator.generate import generate
@@ -211,9 +212,11 @@ def test_incremental_cycles_and_their_publication_equal_a_full_rebuild(
     copy through the marts' removed logs, never a comparison of whole tables."""
     swept: list[str] = []
     emptied: list[str] = []
+    held: list[bool] = []
 
     def between(stats) -> None:
         swept.extend(stats.last.get("published_swept", []))
+        held.append(warehouse_held() is not None)
         with Platform(simulator.dir, seed=stats.cycles) as platform:
             platform.tick(40)
             if stats.cycles in (2, 3):
@@ -254,6 +257,9 @@ def test_incremental_cycles_and_their_publication_equal_a_full_rebuild(
                   token=TOKEN, progress="log")
     assert stats.failures == 0 and stats.published == 5
     assert swept == []
+    # cycles back to back keep the warehouse open (published through its connection),
+    # and watch lets go of it when it ends
+    assert held == [True] * 5 and warehouse_held() is None
     # the first cycle publishes whole, the second copies it, the next ones update a spare
     assert stats.last["published_from"].startswith("in place: analytics.duckdb.spare.")
     # a cycle's run writes no manifest, but its results are where dbt users look

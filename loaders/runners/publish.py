@@ -13,6 +13,11 @@ over the old one in one step (``os.replace``). Hence:
   it is closed); reconnect to see the latest. ``marts._published`` says which version a
   connection sees (when, and the cycle behind it).
 
+The version being written is opened with the warehouse attached read-only; when this
+process holds the warehouse open (``watch``, :func:`loaders.warehouse.kept_open`), DuckDB
+refuses that attachment, and the version is attached to the warehouse's connection
+instead (``through``): the same statements, from the other side.
+
 A new version starts from an earlier one rather than from nothing. The versions before
 the current one are kept beside it, a pool of **spares** (``analytics.duckdb.spare.<n>``,
 ``n`` numbering the versions, the newest highest): the newest spare no one has open
@@ -136,12 +141,16 @@ def publish(
     by_load_id: Mapping[str, str] | None = None,
     hold: Iterable[str] = (),
     spares: int = SPARES,
+    through: duckdb.DuckDBPyConnection | None = None,
 ) -> Published:
     """Publish the ``marts`` schema of ``warehouse`` to ``target``. ``changed``: the marts
     rebuilt since the last publication (None: all of them, copied whole). ``by_load_id``:
     mart → unique key, for the rebuilt marts that may be refreshed row by row. ``hold``:
     marts left as the current version has them (absent if it has none). ``spares``:
-    spare versions kept for the next publications to update in place."""
+    spare versions kept for the next publications to update in place. ``through``: a
+    connection of this process that holds ``warehouse`` open (DuckDB refuses to attach a
+    file this process has open as another database): the new version is attached to it
+    instead, and the marts copied from there."""
     started = time.perf_counter()
     target = target or published_path()
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -162,33 +171,33 @@ def publish(
     # few publications behind, so every mart is brought up to date), else a copy; with
     # marts held back, always a copy (they must stay as analysts have them)
     from_previous = (changed_set is not None or bool(held)) and target.exists()
-    con, spare = None, None
+    opened, spare = None, None
     for version, candidate in pool if from_previous and not held else ():
-        con = _claim(candidate)
-        if con is not None:
+        opened = _claim(candidate, warehouse, through)
+        if opened is not None:
             spare = version, candidate
             break
     from_spare, path = spare is not None, spare[1] if spare is not None else tmp
-    if con is None:
+    if opened is None:
         if from_previous:
             shutil.copyfile(target, tmp)
-        con = _connect(tmp)
+        opened = _open(tmp, warehouse, through)
+    con, wh = opened
     try:
-        con.execute(f"ATTACH {quote_literal(str(warehouse))} AS wh (READ_ONLY)")
         db = quote_identifier(_scalar(con, "select current_database()"))
         con.execute(f"CREATE SCHEMA IF NOT EXISTS {db}.{SCHEMA}")
         views = {
             r[0]
             for r in con.execute(
-                "select view_name from duckdb_views() where database_name = 'wh'"
-                " and schema_name = ?", [SCHEMA],
+                "select view_name from duckdb_views() where database_name = ?"
+                " and schema_name = ?", [wh, SCHEMA],
             ).fetchall()
         }
         source = views | {
             r[0]
             for r in con.execute(
-                "select table_name from duckdb_tables() where database_name = 'wh'"
-                " and schema_name = ?", [SCHEMA],
+                "select table_name from duckdb_tables() where database_name = ?"
+                " and schema_name = ?", [wh, SCHEMA],
             ).fetchall()
         }
         present = {
@@ -209,14 +218,14 @@ def publish(
         by_rows = {
             t: key for t, key in (by_load_id or {}).items()
             if changed_set is not None and t in refresh and t in present
-            and _refreshable(con, db, t, key)
+            and _refreshable(con, db, wh, t, key)
         }
         copy = [t for t in refresh if t not in by_rows]
         con.execute("BEGIN")
         for t in copy:
             _copy(con, f"{db}.{SCHEMA}.{quote_identifier(t)}",
-                  f"wh.{SCHEMA}.{quote_identifier(t)}")
-        refreshed = {t: _refresh_rows(con, db, t, key) for t, key in by_rows.items()}
+                  f"{quote_identifier(wh)}.{SCHEMA}.{quote_identifier(t)}")
+        refreshed = {t: _refresh_rows(con, db, wh, t, key) for t, key in by_rows.items()}
         updated = {t: written for t, (written, how) in refreshed.items() if how != WHOLE}
         copy += [t for t, (_, how) in refreshed.items() if how == WHOLE]
         swept = tuple(sorted(t for t, (_, how) in refreshed.items() if how == SWEPT))
@@ -229,10 +238,11 @@ def publish(
             [datetime.now(timezone.utc), cycle_id, refresh, sorted(held)],
         )
         con.execute("COMMIT")
-        con.execute("DETACH wh")
-        con.execute("CHECKPOINT")
+        _finish(con, wh, through)
     finally:
         con.close()
+        if through is not None:  # a version left attached by a failure
+            through.execute(f"DETACH DATABASE IF EXISTS {VERSION}")
     # the version being replaced joins the spares: readers may still have it open
     if target.exists() and changed_set is not None:
         try:
@@ -272,10 +282,12 @@ def _trim(target: Path, keep: int) -> None:
     """Delete the spares beyond the ``keep`` newest that no one has open; a held one
     is left for a later publication to delete."""
     for _, path in _pool(target)[keep:]:
-        con = _claim(path)
-        if con is None:
+        if not _unopened_here(path):
             continue
-        con.close()
+        try:
+            _connect(path).close()
+        except duckdb.Error:  # locked by a reader in another process
+            continue
         _delete(path)
 
 
@@ -289,25 +301,72 @@ def _wal(path: Path) -> Path:
     return path.with_name(path.name + ".wal")
 
 
-def _claim(path: Path) -> duckdb.DuckDBPyConnection | None:
-    """A writable connection to ``path`` when no one has that file open: DuckDB locks a
-    file for its readers too (an analyst may still be reading that version), and a
-    connection of this process is looked for among its open files. None otherwise."""
+def _claim(path: Path, warehouse: Path,
+           through: duckdb.DuckDBPyConnection | None) -> Opened | None:
+    """``path`` opened for writing (see :func:`_open`) when no one has that file open:
+    DuckDB locks a file for its readers too (an analyst may still be reading that
+    version). None otherwise."""
+    if not _unopened_here(path):
+        return None
+    try:
+        return _open(path, warehouse, through)
+    except duckdb.Error:  # locked by a reader in another process
+        return None
+
+
+def _unopened_here(path: Path) -> bool:
+    """``path`` exists and no connection of this process has it open (DuckDB would hand
+    it the database already open, or refuse to attach it)."""
     fds = Path("/proc/self/fd")
     if not path.exists() or not fds.is_dir():
-        return None
+        return False
     file = path.stat()
     for fd in fds.iterdir():
         try:
             opened = fd.stat()
             if (opened.st_dev, opened.st_ino) == (file.st_dev, file.st_ino):
-                return None
+                return False
         except OSError:
             continue
+    return True
+
+
+# the new version's name in a connection that holds the warehouse (``through``)
+VERSION = "published_version"
+
+
+Opened = tuple[duckdb.DuckDBPyConnection, str]
+
+
+def _open(path: Path, warehouse: Path, through: duckdb.DuckDBPyConnection | None) -> Opened:
+    """A connection whose current database is the version at ``path``, with the
+    warehouse readable beside it, and the warehouse's name there: the file opened and
+    the warehouse attached read-only as ``wh``, or, ``through`` a connection holding the
+    warehouse, the file attached to a connection of it (the warehouse keeps its name)."""
+    con = _connect(path) if through is None else through.cursor()
     try:
-        return _connect(path)
-    except duckdb.Error:  # locked by a reader in another process
-        return None
+        if through is None:
+            con.execute(f"ATTACH {quote_literal(str(warehouse))} AS wh (READ_ONLY)")
+            return con, "wh"
+        source = str(_scalar(con, "select current_database()"))
+        con.execute(f"ATTACH {quote_literal(str(path))} AS {VERSION}")
+        con.execute(f"USE {VERSION}")
+        return con, source
+    except BaseException:
+        con.close()
+        raise
+
+
+def _finish(con: duckdb.DuckDBPyConnection, source: str, through: Any) -> None:
+    """Write the version out whole (checkpointed, no log beside it) and let go of the
+    warehouse, or of the version (``through``: attached to the warehouse's connection)."""
+    if through is None:
+        con.execute("DETACH wh")
+        con.execute("CHECKPOINT")
+        return
+    con.execute(f"USE {quote_identifier(source)}")
+    con.execute(f"CHECKPOINT {VERSION}")
+    con.execute(f"DETACH {VERSION}")
 
 
 def _connect(path: Path) -> duckdb.DuckDBPyConnection:
@@ -322,7 +381,8 @@ def _scalar(con: duckdb.DuckDBPyConnection, sql: str, params: list[Any] | None =
     return row[0]
 
 
-def _refreshable(con: duckdb.DuckDBPyConnection, db: str, table: str, key: str) -> bool:
+def _refreshable(con: duckdb.DuckDBPyConnection, db: str, wh: str, table: str,
+                 key: str) -> bool:
     """The previous version can be refreshed key by key: same columns and types as in
     the warehouse (a mart whose shape changed is copied whole), with the key and the
     load id among them."""
@@ -332,11 +392,12 @@ def _refreshable(con: duckdb.DuckDBPyConnection, db: str, table: str, key: str) 
     quoted = quote_identifier(table)
     mine = shape(f"{db}.{SCHEMA}.{quoted}")
     names = {name for name, _ in mine}
-    return key in names and LOAD_ID in names and mine == shape(f"wh.{SCHEMA}.{quoted}")
+    return (key in names and LOAD_ID in names
+            and mine == shape(f"{quote_identifier(wh)}.{SCHEMA}.{quoted}"))
 
 
 def _refresh_rows(
-    con: duckdb.DuckDBPyConnection, db: str, table: str, key: str
+    con: duckdb.DuckDBPyConnection, db: str, wh: str, table: str, key: str
 ) -> tuple[int, str]:
     """Bring the previous version of ``table`` up to the warehouse's: every ``key`` with
     a row loaded since the newest load id published (a row's key, or a period's), or
@@ -347,17 +408,18 @@ def _refresh_rows(
     keeps). Returns rows written, and how (``BY_KEY``, ``WHOLE``, ``SWEPT``: that
     comparison ran)."""
     quoted = quote_identifier(table)
-    mine, theirs = f"{db}.{SCHEMA}.{quoted}", f"wh.{SCHEMA}.{quoted}"
+    source = quote_identifier(wh)
+    mine, theirs = f"{db}.{SCHEMA}.{quoted}", f"{source}.{SCHEMA}.{quoted}"
     k, lid = quote_identifier(key), quote_identifier(LOAD_ID)
     since = _newest_load_id(con, mine)
     changed = f"SELECT {k} FROM {theirs} WHERE {lid} >= $since"
     removed = f"{table}__removed"
     if con.execute(
-        "SELECT 1 FROM duckdb_tables() WHERE database_name = 'wh' AND schema_name = ?"
-        " AND table_name = ?", [REMOVED_SCHEMA, removed],
+        "SELECT 1 FROM duckdb_tables() WHERE database_name = ? AND schema_name = ?"
+        " AND table_name = ?", [wh, REMOVED_SCHEMA, removed],
     ).fetchone():
         changed += (
-            f" UNION SELECT {k} FROM wh.{REMOVED_SCHEMA}.{quote_identifier(removed)}"
+            f" UNION SELECT {k} FROM {source}.{REMOVED_SCHEMA}.{quote_identifier(removed)}"
             " WHERE removed_load_id >= $since"
         )
     con.execute(

@@ -36,6 +36,12 @@ publish for analysts.
   not inside its load: raw is counted then (``reconcile_s`` in the cycle's log), the
   API's counts are asked in a thread while the cycles go on, and the first cycle after
   they answered (``reconciled``: the entities judged) raises a gap and repairs it.
+* **The warehouse kept open.** While cycles follow one another, the DuckDB file stays
+  open (:func:`loaders.warehouse.kept_open`): the load, dbt and the publication share
+  one database instead of each opening the file and checkpointing it on closing. It is
+  checkpointed between cycles once its log has grown (``checkpoint_s`` in the cycle's
+  log), and closed before a wait of ``RELEASE_WAIT_S`` or more (an idle watch, a
+  back-off) and after a failed cycle, so other processes can read it then.
 * **Published atomically** (:mod:`loaders.runners.publish`) after every build:
   analysts read ``data/published/analytics.duckdb`` and are never blocked or shown a
   half-built mart. **What is good is published**: the marts a failing node reaches
@@ -62,6 +68,7 @@ publish for analysts.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -77,6 +84,12 @@ from loaders.replica import settings as replica_settings
 from loaders.runners import holds, late_rows, pipeline, publish, slices
 
 log = logging.getLogger(__name__)
+
+
+# watch lets go of the warehouse file (closed: checkpointed, readable by other processes)
+# before a wait between cycles at least this long; cycles that follow one another at once
+# keep it open
+RELEASE_WAIT_S = 1.0
 
 
 @dataclass
@@ -108,8 +121,9 @@ def watch(
     progress = load_options.pop("progress", None)  # dlt's display, not a source option
     stats = WatchStats()
     restore = _install_signals(stop)
+    holding = contextlib.ExitStack()
     try:
-        with pipeline.run_lock("watch"):
+        with pipeline.run_lock("watch"), holding:
             dbt = dbt_project.Session()
             # marts whose dbt config says how often at most to build them
             rhythm = dbt_project.BuildAfter(dbt.manifest)
@@ -127,6 +141,8 @@ def watch(
             while not stop.is_set() and (max_cycles is None or stats.cycles < max_cycles):
                 started = time.monotonic()
                 stats.cycles += 1
+                if warehouse.held() is None:  # let go before the last wait
+                    holding.enter_context(warehouse.kept_open())
                 try:
                     result = pipeline.cycle(progress, defer_counts=True, **load_options)
                 except Exception as exc:  # recorded and notified by the cycle itself
@@ -135,6 +151,7 @@ def watch(
                     stats.last = {"outcome": "failed", "error": str(exc)}
                     wait = min(interval * 2**failures, max_backoff)
                     log.warning("cycle failed (%s); next attempt in %.0f s", exc, wait)
+                    holding.close()  # the next attempt opens the warehouse afresh
                     if on_cycle:
                         on_cycle(stats)
                     stop.wait(wait)
@@ -185,6 +202,7 @@ def watch(
                             cycle_id=result.last_load_id,
                             by_load_id=by_load_id,
                             hold=judged.held,
+                            through=warehouse.held(),
                         )
                         released.clear()
                         stats.published += 1
@@ -207,11 +225,17 @@ def watch(
                     reconciling = pipeline.start_reconciliation(**load_options)
                     if reconciling is not None:
                         stats.last["reconcile_s"] = round(time.monotonic() - t, 2)
+                checkpointed = warehouse.checkpoint_held()
+                if checkpointed is not None:
+                    stats.last["checkpoint_s"] = round(checkpointed, 2)
                 stats.last["cycle_s"] = round(time.monotonic() - started, 2)
                 log.info("cycle %d: %s", stats.cycles, stats.last)
                 if on_cycle:
                     on_cycle(stats)
-                stop.wait(max(0.0, interval - (time.monotonic() - started)))
+                wait = max(0.0, interval - (time.monotonic() - started))
+                if wait >= RELEASE_WAIT_S:
+                    holding.close()
+                stop.wait(wait)
     finally:
         restore()
     return stats
