@@ -100,7 +100,12 @@ def test_a_publication_goes_through_the_held_warehouse(warehouse: Path,
         # the warehouse cannot be attached while this process holds it
         with pytest.raises(duckdb.Error):
             publish.publish(warehouse, target)
+        conn.execute("SET memory_limit = '100MB'")  # a load's, lower than publishing's
         first = publish.publish(warehouse, target, through=conn)
+        # the publication ran under its own limit, not the load's
+        assert conn.execute("SELECT current_setting('memory_limit')").fetchone() == (
+            duckdb.connect(":memory:", config={"memory_limit": publish.MEMORY_LIMIT})
+            .execute("SELECT current_setting('memory_limit')").fetchone())
         for n in (2, 3, 4):
             conn.execute(f"INSERT INTO marts.orders SELECT range, '{n}'"
                          f" FROM range({n}0, {n}3)")

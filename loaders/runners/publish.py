@@ -85,8 +85,10 @@ SPARES = 3  # spare versions kept beside the published one
 WHOLE_SHARE, WHOLE_KEYS, SMALL_KEYS = 0.2, 1_000_000, 10_000
 BY_KEY, WHOLE, SWEPT = "by key", "whole", "swept"  # how a mart was refreshed
 # bounded like the loader's and dbt's DuckDB: copying a large mart whole spills to disk
-# instead of growing the process (DuckDB's default is most of the machine's memory)
-MEMORY_LIMIT = os.environ.get("SALESFLOW_PUBLISH_MEMORY_LIMIT", "500MB")
+# instead of growing the process (DuckDB's default is most of the machine's memory). As
+# much as dbt's builds get: a publication through the warehouse's database (``through``)
+# shares it with the warehouse's cached blocks and the rows not yet checkpointed
+MEMORY_LIMIT = os.environ.get("SALESFLOW_PUBLISH_MEMORY_LIMIT", "1GB")
 
 
 def published_path() -> Path:
@@ -349,6 +351,9 @@ def _open(path: Path, warehouse: Path, through: duckdb.DuckDBPyConnection | None
             con.execute(f"ATTACH {quote_literal(str(warehouse))} AS wh (READ_ONLY)")
             return con, "wh"
         source = str(_scalar(con, "select current_database()"))
+        # the database's limit is the last client's (a load's is lower): the
+        # publication's own, as when it opens the version itself
+        con.execute(f"SET memory_limit = {quote_literal(MEMORY_LIMIT)}")
         con.execute(f"ATTACH {quote_literal(str(path))} AS {VERSION}")
         con.execute(f"USE {VERSION}")
         return con, source
