@@ -4,7 +4,7 @@
         of an `entity` record deleted since the last build, and records them in the
         model's removed log (`remove_rows`). A merge removes a deleted record's row from
         raw, so the rows to delete are read from the entity's deletion log
-        (`deletion_log`), those a load at or after `last_built_load_id()` wrote: its
+        (`deletion_log`), those a load at or after `build_from_load_id()` wrote: its
         newest blocks, not a comparison of whole tables. A pre-hook, so the load ids the
         build is about to add do not hide an earlier deletion; renders to nothing on a
         first or full build, or while nothing was ever deleted. -#}
@@ -20,7 +20,7 @@
         column,
         "select " ~ key ~ " as key, max(deleted._dlt_load_id) as removed_load_id"
         ~ " from " ~ log ~ " as deleted"
-        ~ " where deleted._dlt_load_id >= " ~ last_built_load_id()
+        ~ " where deleted._dlt_load_id >= " ~ build_from_load_id()
         ~ " group by " ~ key,
     ) }}
 {%- endmacro %}

@@ -117,9 +117,9 @@
     {#- One select: the `period`s (`period_of`, an expression on columns that `input`
         and its removed log share) that a sales aggregate rebuilds, each with
         `newest_load_id`, the newest load behind the change: those with a row of `input`
-        written at or after this model's last built load, and those a row was removed
+        written by a load this build takes (`build_from_load_id`), and those a row was removed
         from since (a deletion upstream leaves no newer row behind). -#}
-    {%- set since = last_built_load_id() -%}
+    {%- set since = build_from_load_id() -%}
     select
         {{ period }},
         max(newest_load_id) as newest_load_id

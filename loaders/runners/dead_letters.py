@@ -571,23 +571,26 @@ def replay(
     with runner.run_lock("quarantine replay" + (" --dry-run" if dry_run else "")):
         if _no_warehouse():
             return ReplayReport([], dry_run=dry_run)
-        pipe = warehouse.dlt_pipeline()
-        if not dry_run:
-            runner.complete_interrupted(pipe)
-        with pipe.sql_client() as sql:
-            held = (_held(sql, "entity = %s" if entity else "", *([entity] if entity else []))
-                    if _has_quarantine(sql) else [])
-            if not held:
-                return ReplayReport([], dry_run=dry_run)
-            api = config.api_connection(base_url, token)
-            entity_specs = specs(pipe, {h.entity for h in held}, api)
-            sorted_out = _sort_all(sql, held, entity_specs)
-        report = ReplayReport([_counted(s) for s in sorted_out.values()], dry_run=dry_run)
-        if dry_run:
+        # held for the whole load, as every load is: no build (another process) sees
+        # it half done
+        with warehouse.kept_open():
+            pipe = warehouse.dlt_pipeline()
+            if not dry_run:
+                runner.complete_interrupted(pipe)
+            with pipe.sql_client() as sql:
+                held = (_held(sql, "entity = %s" if entity else "", *([entity] if entity else []))
+                        if _has_quarantine(sql) else [])
+                if not held:
+                    return ReplayReport([], dry_run=dry_run)
+                api = config.api_connection(base_url, token)
+                entity_specs = specs(pipe, {h.entity for h in held}, api)
+                sorted_out = _sort_all(sql, held, entity_specs)
+            report = ReplayReport([_counted(s) for s in sorted_out.values()], dry_run=dry_run)
+            if dry_run:
+                return report
+            report.load_id = _load(pipe, sorted_out, entity_specs)
+            _settle(pipe, held, sorted_out, report.load_id)
             return report
-        report.load_id = _load(pipe, sorted_out, entity_specs)
-        _settle(pipe, held, sorted_out, report.load_id)
-        return report
 
 
 def _counted(done: Sorted) -> EntityReplay:

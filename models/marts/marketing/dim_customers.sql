@@ -30,7 +30,7 @@ orders as not materialized (
 ),
 
 {% if is_incremental() %}
-    {%- set since = last_built_load_id() %}
+    {%- set since = build_from_load_id() %}
     removed_orders as (
 
         -- an order of theirs was removed (deleted upstream): it left no newer row

@@ -23,7 +23,7 @@
 with
 
 {% if is_incremental() %}
-    {%- set since = last_built_load_id() %}
+    {%- set since = build_from_load_id() %}
     {%- set changed_lines -%}
         -- the line was (re)loaded since the last build
         select changed.order_item_id as key

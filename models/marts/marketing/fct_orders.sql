@@ -17,7 +17,7 @@ orders as (
     select * from {{ ref('stg_replica__orders') }}
     {% if is_incremental() %}
         -- rows (re)loaded since the last build
-        where load_id >= {{ last_built_load_id() }}
+        where load_id >= {{ build_from_load_id() }}
     {% endif %}
 
 ),

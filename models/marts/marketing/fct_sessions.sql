@@ -27,7 +27,7 @@ selected_events as (
         where {{ keys_to_build(
             'session_id',
             'select changed.session_id as key from ' ~ ref('stg_replica__events')
-            ~ ' as changed where changed.load_id >= ' ~ last_built_load_id()
+            ~ ' as changed where changed.load_id >= ' ~ build_from_load_id()
         ) }}
     {% endif %}
 
