@@ -38,7 +38,7 @@ non-refreshable marts copied whole, refreshable ones key by key from the newest 
 each holds, marts gone from dbt dropped. A rebuilt mart whose every change carries a
 newer dlt load id (``last_load_id``; the marts named in ``by_load_id`` with their key: a
 row's, or a period's for the sales aggregates) is refreshed key by key: the keys with a
-row loaded since the newest load id that version holds take the warehouse's rows, and
+row loaded after the newest load id that version holds take the warehouse's rows, and
 keys the mart removed since (its log ``removed.<mart>__removed``) are deleted — so a
 cycle publishes in proportion to what changed, not to the size of the mart. Such a mart
 is copied whole when much of it changed (``WHOLE_SHARE`` of its keys or ``WHOLE_KEYS``:
@@ -405,7 +405,7 @@ def _refresh_rows(
     con: duckdb.DuckDBPyConnection, db: str, wh: str, table: str, key: str
 ) -> tuple[int, str]:
     """Bring the previous version of ``table`` up to the warehouse's: every ``key`` with
-    a row loaded since the newest load id published (a row's key, or a period's), or
+    a row loaded after the newest load id published (a row's key, or a period's), or
     removed since (the mart's removed log, ``removed.<mart>__removed``), is replaced by the
     warehouse's rows of that key, if any; when much of the mart changed (``WHOLE_*``)
     it is copied whole instead. Keys gone from the warehouse some other way are deleted
@@ -416,8 +416,10 @@ def _refresh_rows(
     source = quote_identifier(wh)
     mine, theirs = f"{db}.{SCHEMA}.{quoted}", f"{source}.{SCHEMA}.{quoted}"
     k, lid = quote_identifier(key), quote_identifier(LOAD_ID)
+    # loads after the newest one the version holds: that one was built whole before
+    # the version was published (a DuckDB file: no build sees a load half done)
     since = _newest_load_id(con, mine)
-    changed = f"SELECT {k} FROM {theirs} WHERE {lid} >= $since"
+    changed = f"SELECT {k} FROM {theirs} WHERE {lid} > $since"
     removed = f"{table}__removed"
     if con.execute(
         "SELECT 1 FROM duckdb_tables() WHERE database_name = ? AND schema_name = ?"
@@ -425,7 +427,7 @@ def _refresh_rows(
     ).fetchone():
         changed += (
             f" UNION SELECT {k} FROM {source}.{REMOVED_SCHEMA}.{quote_identifier(removed)}"
-            " WHERE removed_load_id >= $since"
+            " WHERE removed_load_id > $since"
         )
     con.execute(
         f"CREATE OR REPLACE TEMP TABLE _changed AS SELECT DISTINCT {k} FROM ({changed})",
