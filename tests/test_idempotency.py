@@ -119,7 +119,6 @@ def test_reads_and_cycles_run_again_change_nothing(simulator, warehouse):
     assert_reconciled(simulator.dir, warehouse)
 
 
-
 def test_a_build_does_not_read_the_newest_built_load_again(simulator, warehouse):
     """On DuckDB the loader holds the file for the whole of a load, so no build sees one
     half done: an incremental build takes the loads after the newest one it built, not
@@ -146,6 +145,7 @@ def test_a_build_does_not_read_the_newest_built_load_again(simulator, warehouse)
             f"select order_id, order_status from {MARTS}.fct_orders where order_id in (?, ?)",
             [probed, changed_id]).fetchall())
     assert built == {probed: status, changed_id: "returned"}, built
+
 
 @dataclass
 class Checkpoint:

@@ -266,6 +266,7 @@ def test_a_refresh_takes_the_loads_after_the_versions_newest(wh, target):
     assert pub.updated["orders"] == 2, pub.updated  # the new order and the changed one
     assert differences(target, wh) == {}
 
+
 @pytest.mark.parametrize("age_s", [None, 60, 2 * 86400, 30 * 86400])
 def test_a_versions_newest_load_is_found_however_old_it_is(tmp_path, age_s):
     """Looked for among recent load ids first, then over the whole column: exact for a
