@@ -22,9 +22,11 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -260,6 +262,47 @@ def checkpoint_held(min_bytes: int | None = None) -> float | None:
     took, or None when not due (nothing held, a short log) or refused (logged; the file
     is checkpointed when closed). Rows still in the log stay in memory uncompressed, and
     a crash replays them on the next open: the log is kept short."""
+    conn = _checkpoint_due(min_bytes)
+    return None if conn is None else _checkpoint(conn)
+
+
+@dataclass
+class Checkpointing:
+    """What :func:`checkpoint_alongside` did: seconds the checkpoint took, None when
+    none was due or it was refused (logged)."""
+
+    seconds: float | None = None
+
+
+@contextmanager
+def checkpoint_alongside(min_bytes: int | None = None) -> Iterator[Checkpointing]:
+    """:func:`checkpoint_held`, run in a thread while the block runs. A checkpoint
+    compresses the log's rows on one core; work that only reads the warehouse and writes
+    elsewhere (a publication) goes on beside it on another, and a write to the warehouse
+    waits for it. The block's end waits for the checkpoint: the holding connection is
+    not let go with it running."""
+    done = Checkpointing()
+    conn = _checkpoint_due(min_bytes)
+    if conn is None:
+        yield done
+        return
+    cursor = conn.cursor()
+
+    def run() -> None:
+        done.seconds = _checkpoint(cursor)
+
+    thread = threading.Thread(target=run, name="warehouse-checkpoint", daemon=True)
+    thread.start()
+    try:
+        yield done
+    finally:
+        thread.join()
+        cursor.close()
+
+
+def _checkpoint_due(min_bytes: int | None) -> Any:
+    """The held connection when its warehouse's log has grown past ``min_bytes`` (see
+    :func:`checkpoint_held`), else None."""
     conn = held()
     if conn is None:
         return None
@@ -276,6 +319,10 @@ def checkpoint_held(min_bytes: int | None = None) -> float | None:
             return None
     except FileNotFoundError:
         return None
+    return conn
+
+
+def _checkpoint(conn: Any) -> float | None:
     import duckdb
 
     started = time.perf_counter()

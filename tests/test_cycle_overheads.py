@@ -6,6 +6,7 @@ dbt's statements are logged to the file only when asked for."""
 from __future__ import annotations
 
 import socket
+import time
 from pathlib import Path
 
 import duckdb
@@ -87,6 +88,35 @@ def test_a_held_warehouse_is_checkpointed_once_its_log_grows(warehouse: Path) ->
         assert wh.checkpoint_held(min_bytes=grown) is not None
         assert not log.exists() or log.stat().st_size < grown
         assert conn.execute("SELECT count(*) FROM big").fetchone() == (200000,)
+
+
+def test_a_checkpoint_alongside_runs_while_its_block_does(warehouse: Path,
+                                                          tmp_path: Path) -> None:
+    log = warehouse.with_name(warehouse.name + ".wal")
+    with wh.kept_open() as conn:
+        conn.execute("CREATE TABLE big AS SELECT range AS n, md5(range::varchar) AS h"
+                     " FROM range(200000)")
+        grown = log.stat().st_size
+        with wh.checkpoint_alongside(min_bytes=grown + 1) as not_due:
+            assert log.stat().st_size == grown  # not due: nothing runs
+        assert not_due.seconds is None
+        other = tmp_path / "other.duckdb"
+        with wh.checkpoint_alongside(min_bytes=grown) as done:
+            # the block reads the warehouse and writes another file meanwhile, and
+            # sees the log written out before it ends
+            reading = conn.cursor()
+            reading.execute(f"ATTACH '{other}' AS other")
+            reading.execute("CREATE TABLE other.copied AS SELECT * FROM big")
+            reading.execute("DETACH other")
+            reading.close()
+            deadline = time.monotonic() + 30
+            while log.exists() and log.stat().st_size >= grown:
+                assert time.monotonic() < deadline, "the log was not written out"
+                time.sleep(0.01)
+        assert done.seconds is not None
+        assert conn.execute("SELECT count(*) FROM big").fetchone() == (200000,)
+    with duckdb.connect(str(other), read_only=True) as copy:
+        assert copy.execute("SELECT count(*) FROM copied").fetchone() == (200000,)
 
 
 def test_a_publication_goes_through_the_held_warehouse(warehouse: Path,

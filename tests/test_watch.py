@@ -213,10 +213,12 @@ def test_incremental_cycles_and_their_publication_equal_a_full_rebuild(
     swept: list[str] = []
     emptied: list[str] = []
     held: list[bool] = []
+    checkpointed: list[bool] = []
 
     def between(stats) -> None:
         swept.extend(stats.last.get("published_swept", []))
         held.append(warehouse_held() is not None)
+        checkpointed.append("checkpoint_s" in stats.last)
         with Platform(simulator.dir, seed=stats.cycles) as platform:
             platform.tick(40)
             if stats.cycles in (2, 3):
@@ -252,11 +254,14 @@ def test_incremental_cycles_and_their_publication_equal_a_full_rebuild(
 
     target = tmp_path / "target"
     monkeypatch.setenv("DBT_TARGET_PATH", str(target))
+    # every cycle's log written out, each while its marts are published
+    monkeypatch.setenv("SALESFLOW_CHECKPOINT_WAL_MB", "0")
     # with dlt's progress display, as `salesflow watch --progress log` runs
     stats = watch(interval=0, max_cycles=5, on_cycle=between, base_url=simulator.url,
                   token=TOKEN, progress="log")
     assert stats.failures == 0 and stats.published == 5
     assert swept == []
+    assert checkpointed == [True] * 5
     # cycles back to back keep the warehouse open (published through its connection),
     # and watch lets go of it when it ends
     assert held == [True] * 5 and warehouse_held() is None

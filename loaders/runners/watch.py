@@ -38,10 +38,12 @@ publish for analysts.
   they answered (``reconciled``: the entities judged) raises a gap and repairs it.
 * **The warehouse kept open.** While cycles follow one another, the DuckDB file stays
   open (:func:`loaders.warehouse.kept_open`): the load, dbt and the publication share
-  one database instead of each opening the file and checkpointing it on closing. It is
-  checkpointed between cycles once its log has grown (``checkpoint_s`` in the cycle's
-  log), and closed before a wait of ``RELEASE_WAIT_S`` or more (an idle watch, a
-  back-off) and after a failed cycle, so other processes can read it then.
+  one database instead of each opening the file and checkpointing it on closing. Once
+  its log has grown it is checkpointed in a thread while the marts are published (a
+  checkpoint compresses on one core, the publication reads the warehouse and writes
+  another file; ``checkpoint_s`` in the cycle's log), and closed before a wait of
+  ``RELEASE_WAIT_S`` or more (an idle watch, a back-off) and after a failed cycle, so
+  other processes can read it then.
 * **Published atomically** (:mod:`loaders.runners.publish`) after every build:
   analysts read ``data/published/analytics.duckdb`` and are never blocked or shown a
   half-built mart. **What is good is published**: the marts a failing node reaches
@@ -195,15 +197,20 @@ def watch(
                     if judged.held:
                         stats.last["held_back"] = judged.held
                     if publishes:
-                        pub = publish.publish(
-                            warehouse.duckdb_path(),
-                            changed=None if select is None
-                            else {*built.rebuilt, *judged.released, *released},
-                            cycle_id=result.last_load_id,
-                            by_load_id=by_load_id,
-                            hold=judged.held,
-                            through=warehouse.held(),
-                        )
+                        # the cycle's writes to the warehouse are done: its log is
+                        # checkpointed on one core while the marts are published
+                        with warehouse.checkpoint_alongside() as checkpointing:
+                            pub = publish.publish(
+                                warehouse.duckdb_path(),
+                                changed=None if select is None
+                                else {*built.rebuilt, *judged.released, *released},
+                                cycle_id=result.last_load_id,
+                                by_load_id=by_load_id,
+                                hold=judged.held,
+                                through=warehouse.held(),
+                            )
+                        if checkpointing.seconds is not None:
+                            stats.last["checkpoint_s"] = round(checkpointing.seconds, 2)
                         released.clear()
                         stats.published += 1
                         stats.last["publish_s"] = round(pub.seconds, 2)
@@ -225,7 +232,7 @@ def watch(
                     reconciling = pipeline.start_reconciliation(**load_options)
                     if reconciling is not None:
                         stats.last["reconcile_s"] = round(time.monotonic() - t, 2)
-                checkpointed = warehouse.checkpoint_held()
+                checkpointed = warehouse.checkpoint_held()  # a log grown since (or no publication)
                 if checkpointed is not None:
                     stats.last["checkpoint_s"] = round(checkpointed, 2)
                 stats.last["cycle_s"] = round(time.monotonic() - started, 2)
