@@ -39,12 +39,16 @@ absolute times drift on shared machines. Method, figure by figure:
   parsed once before; parse not timed) after the backfill: the first builds every model
   over all data; then a few incremental cycles, each on a small change (a tenth of the
   delta), so the measured cycles are those of a pipeline in steady state, not the first
-  one after the backfill; then 1% of the rows new or changed on the platform (new
-  orders with their lines and events, plus the platform's own updates), rebuilt
-  selectively; then nothing new. Each includes load, build and publication; the
-  periodic data tests are kept out (they run on their own rhythm, after publication,
-  and show in the freshness runs). Ratios to full. ``cycle.delta_models``: the slowest
-  models of the delta cycle with their seconds, from dbt's ``run_results.json``.
+  one after the backfill; then ``DELTA_SAMPLES`` cycles each on 1% of the rows new or
+  changed on the platform (new orders with their lines and events, plus the platform's
+  own updates), rebuilt selectively; then ``NOOP_SAMPLES`` with nothing new. The
+  delta and no-op figures are the means of their cycles (each listed under
+  ``*_samples_s``): one cycle varies by tenths of a second with what falls in it (a
+  checkpoint of the log, a collection), and the mean counts such costs at their share.
+  Each includes load, build and publication; the periodic data tests are kept out
+  (they run on their own rhythm, after publication, and show in the freshness runs).
+  Ratios to full. ``cycle.delta_models``: the slowest models of the last delta cycle
+  with their seconds, from dbt's ``run_results.json``.
 * ``freshness.*`` (the headline): ``salesflow watch`` in its own process (1 s interval,
   data tests every ``test_interval`` seconds in slices of ``test_slice_seconds``, as
   configured for watch) while the simulator writes 50 orders/s on top of the scale's
@@ -408,6 +412,9 @@ def json_load(work: Path, orders: int, days: int) -> dict[str, Any]:
 WARM_CYCLES = 3
 # the slowest models of the delta cycle reported (cycle.delta_models)
 SLOWEST_MODELS = 8
+# 1% delta and no-op cycles measured, one after another (their means are reported)
+DELTA_SAMPLES = 3
+NOOP_SAMPLES = 3
 
 
 def _change(sim_dir: Path, orders: int, seed: int) -> None:
@@ -434,7 +441,7 @@ def _slowest_models(run_results: Path, top: int) -> list[dict[str, Any]]:
 def cycles(work: Path, sim_dir: Path, url: str, total_rows: int) -> dict[str, Any]:
     """Full, steady-state 1% delta and no-op cycles of watch (see the module docstring)."""
     timings: list[dict[str, Any]] = []
-    delta_cycle = WARM_CYCLES + 2
+    last_delta = WARM_CYCLES + 1 + DELTA_SAMPLES  # the cycles: full, warm, deltas, no-ops
     slowest: list[dict[str, Any]] = []
     # ~10 rows per order (lines, events, session): 1% of all rows as new orders
     one_percent = max(1, total_rows // 1000)
@@ -443,22 +450,27 @@ def cycles(work: Path, sim_dir: Path, url: str, total_rows: int) -> dict[str, An
         timings.append(dict(stats.last))
         if stats.cycles <= WARM_CYCLES:  # a warm-up change: a tenth of the delta
             _change(sim_dir, max(1, one_percent // 10), seed=100 + stats.cycles)
-        elif stats.cycles == WARM_CYCLES + 1:
-            _change(sim_dir, one_percent, seed=5)
-        elif stats.cycles == delta_cycle:
+        elif stats.cycles < last_delta:
+            _change(sim_dir, one_percent, seed=4 + stats.cycles - WARM_CYCLES)
+        elif stats.cycles == last_delta:
             slowest.extend(_slowest_models(target_dir() / "run_results.json",
                                            SLOWEST_MODELS))
 
     with environment(**_env(work)):
         # the periodic data tests are kept out of cycles measured one by one: they run on
         # their own rhythm, after publication (their cost shows in the freshness runs)
-        watch(interval=0, max_cycles=delta_cycle + 1, test_interval=float("inf"),
+        watch(interval=0, max_cycles=last_delta + NOOP_SAMPLES, test_interval=float("inf"),
               on_cycle=between, base_url=url, token=TOKEN)
-    if len(timings) != delta_cycle + 1 or any("publish_s" not in t for t in timings[:-1]):
+    if (len(timings) != last_delta + NOOP_SAMPLES
+            or any("publish_s" not in t for t in timings[:last_delta])):
         raise RuntimeError(f"a measured cycle built or published nothing: {timings}")
-    full, delta, noop = (timings[i]["cycle_s"] for i in (0, delta_cycle - 1, delta_cycle))
+    full = timings[0]["cycle_s"]
+    deltas = [t["cycle_s"] for t in timings[last_delta - DELTA_SAMPLES:last_delta]]
+    noops = [t["cycle_s"] for t in timings[last_delta:]]
+    delta, noop = round(statistics.mean(deltas), 2), round(statistics.mean(noops), 2)
     return {"full_s": full, "delta_1pct_s": delta, "noop_s": noop,
             "delta_ratio": round(delta / full, 3), "noop_ratio": round(noop / full, 3),
+            "delta_samples_s": deltas, "noop_samples_s": noops,
             "warm_cycles": WARM_CYCLES, "delta_models": slowest, "detail": timings}
 
 
