@@ -41,7 +41,8 @@ absolute times drift on shared machines. Method, figure by figure:
   delta), so the measured cycles are those of a pipeline in steady state, not the first
   one after the backfill; then ``DELTA_SAMPLES`` cycles each on 1% of the rows new or
   changed on the platform (new orders with their lines and events, plus the platform's
-  own updates), rebuilt selectively; then ``NOOP_SAMPLES`` with nothing new. The
+  own updates), rebuilt selectively, each after small ones; then ``NOOP_SAMPLES``
+  with nothing new. The
   delta and no-op figures are the means of their cycles (each listed under
   ``*_samples_s``): one cycle varies by tenths of a second with what falls in it (a
   checkpoint of the log, a collection), and the mean counts such costs at their share.
@@ -412,9 +413,11 @@ def json_load(work: Path, orders: int, days: int) -> dict[str, Any]:
 WARM_CYCLES = 3
 # the slowest models of the delta cycle reported (cycle.delta_models)
 SLOWEST_MODELS = 8
-# 1% delta and no-op cycles measured, one after another (their means are reported)
+# 1% delta and no-op cycles measured (their means are reported), and the small cycles
+# run between two deltas
 DELTA_SAMPLES = 3
 NOOP_SAMPLES = 3
+WARMS_BETWEEN = 2
 
 
 def _change(sim_dir: Path, orders: int, seed: int) -> None:
@@ -440,38 +443,48 @@ def _slowest_models(run_results: Path, top: int) -> list[dict[str, Any]]:
 
 def cycles(work: Path, sim_dir: Path, url: str, total_rows: int) -> dict[str, Any]:
     """Full, steady-state 1% delta and no-op cycles of watch (see the module docstring)."""
+    # what each cycle after the full one loads: every 1% change comes after small ones,
+    # as the first does (back to back, a change would also carry the one before: the
+    # spare version refreshed is two publications behind, the lookback window re-read)
+    plan = (["warm"] * WARM_CYCLES
+            + (["delta"] + ["warm"] * WARMS_BETWEEN) * (DELTA_SAMPLES - 1)
+            + ["delta"] + ["noop"] * NOOP_SAMPLES)
     timings: list[dict[str, Any]] = []
-    last_delta = WARM_CYCLES + 1 + DELTA_SAMPLES  # the cycles: full, warm, deltas, no-ops
     slowest: list[dict[str, Any]] = []
     # ~10 rows per order (lines, events, session): 1% of all rows as new orders
     one_percent = max(1, total_rows // 1000)
 
     def between(stats) -> None:
         timings.append(dict(stats.last))
-        if stats.cycles <= WARM_CYCLES:  # a warm-up change: a tenth of the delta
+        if stats.cycles >= 2 and plan[stats.cycles - 2] == "delta":
+            slowest[:] = _slowest_models(target_dir() / "run_results.json",
+                                         SLOWEST_MODELS)
+        upcoming = plan[stats.cycles - 1] if stats.cycles <= len(plan) else None
+        if upcoming == "warm":  # a warm-up change: a tenth of the delta
             _change(sim_dir, max(1, one_percent // 10), seed=100 + stats.cycles)
-        elif stats.cycles < last_delta:
-            _change(sim_dir, one_percent, seed=4 + stats.cycles - WARM_CYCLES)
-        elif stats.cycles == last_delta:
-            slowest.extend(_slowest_models(target_dir() / "run_results.json",
-                                           SLOWEST_MODELS))
+        elif upcoming == "delta":
+            _change(sim_dir, one_percent, seed=5 + stats.cycles)
 
     with environment(**_env(work)):
         # the periodic data tests are kept out of cycles measured one by one: they run on
         # their own rhythm, after publication (their cost shows in the freshness runs)
-        watch(interval=0, max_cycles=last_delta + NOOP_SAMPLES, test_interval=float("inf"),
+        watch(interval=0, max_cycles=1 + len(plan), test_interval=float("inf"),
               on_cycle=between, base_url=url, token=TOKEN)
-    if (len(timings) != last_delta + NOOP_SAMPLES
-            or any("publish_s" not in t for t in timings[:last_delta])):
+    kinds = ["full", *plan]
+    if len(timings) != len(kinds):
+        raise RuntimeError(f"watch ran {len(timings)} cycles, not {len(kinds)}: {timings}")
+    run = list(zip(kinds, timings, strict=True))
+    if any("publish_s" not in t for k, t in run if k != "noop"):
         raise RuntimeError(f"a measured cycle built or published nothing: {timings}")
     full = timings[0]["cycle_s"]
-    deltas = [t["cycle_s"] for t in timings[last_delta - DELTA_SAMPLES:last_delta]]
-    noops = [t["cycle_s"] for t in timings[last_delta:]]
+    deltas = [t["cycle_s"] for k, t in run if k == "delta"]
+    noops = [t["cycle_s"] for k, t in run if k == "noop"]
     delta, noop = round(statistics.mean(deltas), 2), round(statistics.mean(noops), 2)
     return {"full_s": full, "delta_1pct_s": delta, "noop_s": noop,
             "delta_ratio": round(delta / full, 3), "noop_ratio": round(noop / full, 3),
             "delta_samples_s": deltas, "noop_samples_s": noops,
-            "warm_cycles": WARM_CYCLES, "delta_models": slowest, "detail": timings}
+            "warm_cycles": WARM_CYCLES, "delta_models": slowest,
+            "detail": [{"kind": k, **t} for k, t in run]}
 
 
 def _cycle_lines(log: Path) -> list[dict[str, Any]]:
