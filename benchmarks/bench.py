@@ -42,10 +42,10 @@ absolute times drift on shared machines. Method, figure by figure:
   one after the backfill; then ``DELTA_SAMPLES`` cycles each on 1% of the rows new or
   changed on the platform (new orders with their lines and events, plus the platform's
   own updates), rebuilt selectively, each after small ones; then ``NOOP_SAMPLES``
-  with nothing new. The
-  delta and no-op figures are the means of their cycles (each listed under
-  ``*_samples_s``): one cycle varies by tenths of a second with what falls in it (a
-  checkpoint of the log, a collection), and the mean counts such costs at their share.
+  with nothing new. The delta and no-op figures are the means of their cycles (each
+  listed under ``*_samples_s``): one cycle varies by tenths of a second with what
+  falls in it (a checkpoint of the log, a collection), and the mean counts such costs
+  at their share.
   Each includes load, build and publication; the periodic data tests are kept out
   (they run on their own rhythm, after publication, and show in the freshness runs).
   Ratios to full. ``cycle.delta_models``: the slowest models of the last delta cycle
