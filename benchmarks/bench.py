@@ -45,11 +45,10 @@ absolute times drift on shared machines. Method, figure by figure:
   with nothing new. The delta and no-op figures are the means of their cycles (each
   listed under ``*_samples_s``): one cycle varies by tenths of a second with what
   falls in it (a checkpoint of the log, a collection), and the mean counts such costs
-  at their share.
-  Each includes load, build and publication; the periodic data tests are kept out
-  (they run on their own rhythm, after publication, and show in the freshness runs).
-  Ratios to full. ``cycle.delta_models``: the slowest models of the last delta cycle
-  with their seconds, from dbt's ``run_results.json``.
+  at their share. Each includes load, build and publication; the periodic data tests
+  are kept out (they run on their own rhythm, after publication, and show in the
+  freshness runs). Ratios to full. ``cycle.delta_models``: the slowest models of the
+  last delta cycle with their seconds, from dbt's ``run_results.json``.
 * ``freshness.*`` (the headline): ``salesflow watch`` in its own process (1 s interval,
   data tests every ``test_interval`` seconds in slices of ``test_slice_seconds``, as
   configured for watch) while the simulator writes 50 orders/s on top of the scale's
