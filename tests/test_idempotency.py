@@ -190,7 +190,7 @@ def test_every_state_checkpoint_resumes_to_an_exact_copy(platform_dir, warehouse
     assert cursors == sorted(cursors) and cursors[0] < cursors[-1], "traffic moved the cursor"
     for c in checkpoints:
         window = c.states["orders"].get(LookbackWindow.STATE_KEY)
-        assert window and window["before"], "the lookback window is kept with the cursor"
+        assert window and window["until"], "the lookback window is kept with the cursor"
 
     replica_rows = sum(len(v) for v in replica_versions(platform_dir).values())
     quiet = start_simulator(platform_dir)

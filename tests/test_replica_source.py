@@ -248,43 +248,54 @@ def test_a_window_read_moments_ago_is_read_again_only_with_news_or_when_due(
     assert_reconciled(platform_dir, warehouse)
 
 
-def test_the_lookback_window_is_saved_compactly_and_read_back_whole():
-    """The window kept in dlt's state (offsets from its newest cursor) drops exactly the
-    versions it saw; a window saved with whole timestamps, as before, still does."""
+def test_the_lookback_window_is_kept_beside_the_state_once_its_load_commits(tmp_path):
+    """The window's rows are kept in a file, not in dlt's state: written only when the
+    caller says its load committed, used only by the state that names it, and each page
+    drops exactly the versions seen."""
     import pyarrow as pa
 
-    from loaders.replica.lookback import LookbackWindow
+    from loaders.replica.lookback import LookbackWindow, WindowFiles
 
     def page(keys: list, us: list) -> pa.Table:
         return pa.table({"id": pa.array(keys, pa.int64()),
                          "updated_at": pa.array(us, pa.timestamp("us", tz="UTC"))})
 
+    files = WindowFiles(tmp_path / "windows")
     state: dict = {}
-    first = LookbackWindow(state, "id", "updated_at", lookback=10)
+    first = LookbackWindow(state, "id", "updated_at", lookback=10, files=files,
+                           entity="orders")
     first.drop_seen(page([1, 2, 3, 4], [1_000_000, 5_000_000, 12_000_000, 12_000_000]))
     first.save(0.0)
     saved = state[LookbackWindow.STATE_KEY]
-    assert saved["until"] == 12_000_000
-    # key 1 (11 s before the newest) fell out of the window; the rest are offsets
-    assert sorted(saved["before"].split(",")) == ["2@7000000", "3@0", "4@0"]
-    again = LookbackWindow(state, "id", "updated_at", lookback=10)
-    kept = again.drop_seen(page([1, 2, 3, 4, 5], [1_000_000, 5_000_000, 12_000_000,
-                                                  13_000_000, 12_500_000]))
-    # seen versions drop; a changed version (4) and a new row (5) load
-    assert kept["id"].to_pylist() == [1, 4, 5]
-    old_style = {LookbackWindow.STATE_KEY: {"until": 12_000_000,
-                                            "rows": "2@5000000,3@12000000"}}
-    read = LookbackWindow(old_style, "id", "updated_at", lookback=10)
-    kept = read.drop_seen(page([2, 3, 4], [5_000_000, 12_000_000, 12_000_000]))
-    assert kept["id"].to_pylist() == [4]
-    # the saved window is decoded only once a page reaches back into it: a cycle that
-    # skips reading it again (or reads only rows past it) does not pay for it
-    unread = {LookbackWindow.STATE_KEY: {"until": 12_000_000, "before": "2@x"}}
-    skipped = LookbackWindow(unread, "id", "updated_at", lookback=10)
-    assert skipped.until == 12_000_000
-    assert skipped.drop_seen(page([6], [13_000_000]))["id"].to_pylist() == [6]
-    with pytest.raises(pa.ArrowInvalid):
-        skipped.drop_seen(page([2], [5_000_000]))
+    assert saved == {"until": 12_000_000, "read_at": 0.0}, "no rows in dlt's state"
+    # not committed yet (the load has not): nothing is dropped on a re-read
+    early = LookbackWindow(state, "id", "updated_at", lookback=10, files=WindowFiles(
+        tmp_path / "windows"), entity="orders")
+    assert early.drop_seen(page([2, 3], [5_000_000, 12_000_000]))["id"].to_pylist() == [2, 3]
+    files.commit()
+    # key 1 (11 s before the newest) fell out of the window
+    kept = files.read("orders", 12_000_000)
+    assert kept is not None
+    assert sorted(zip(kept["key"].to_pylist(), kept["us"].to_pylist(), strict=True)) == [
+        ("2", 5_000_000), ("3", 12_000_000), ("4", 12_000_000)]
+    again = LookbackWindow(state, "id", "updated_at", lookback=10, files=files,
+                           entity="orders")
+    kept_rows = again.drop_seen(page([1, 2, 3, 4, 5], [1_000_000, 5_000_000, 12_000_000,
+                                                       13_000_000, 12_500_000]))
+    # seen versions drop; a changed version (4) and a new row (5) load; 1 is not in
+    # the window any more and loads
+    assert kept_rows["id"].to_pylist() == [1, 4, 5]
+    # a state naming another window (a load that did not commit, a state restored):
+    # the file is not used, every row read again loads
+    other = {LookbackWindow.STATE_KEY: {"until": 11_000_000}}
+    stale = LookbackWindow(other, "id", "updated_at", lookback=10, files=files,
+                           entity="orders")
+    assert stale.drop_seen(page([2, 3], [5_000_000, 12_000_000]))["id"].to_pylist() == [2, 3]
+    # another entity's window is its own
+    assert files.read("customers", 12_000_000) is None
+    # a file cut short is no window
+    (tmp_path / "windows" / "orders.arrow").write_bytes(b"ARROW1")
+    assert files.read("orders", 12_000_000) is None
 
 
 def test_late_committed_row_is_missed_without_lookback(platform_dir, warehouse):

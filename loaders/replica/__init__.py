@@ -81,7 +81,7 @@ from loaders.replica.failures import (
     isolable,
     page_failure,
 )
-from loaders.replica.lookback import LookbackWindow, Reread
+from loaders.replica.lookback import LookbackWindow, Reread, WindowFiles
 from loaders.replica.observe import Observations
 from loaders.replica.pages import (
     QUARANTINE_KEY,
@@ -146,6 +146,7 @@ def _entity_resource(
     reread: Reread | None = None,
     listing: Listing | None = None,
     lookback_recheck_seconds: float = 0.0,
+    windows: WindowFiles | None = None,
 ):
     first_start = _as_datetime(start_date)  # a bad start date fails here, not mid-load
     listing = listing or api.listing
@@ -187,7 +188,8 @@ def _entity_resource(
         # changed
         window = (
             LookbackWindow(dlt.current.resource_state(), spec.primary_key, spec.cursor,
-                           lookback_seconds, drop=not spec.reshaped)
+                           lookback_seconds, drop=not spec.reshaped, files=windows,
+                           entity=spec.name)
             if lag else None
         )
         if window is not None and reread is not None:
@@ -584,6 +586,7 @@ def replica_source(
     failures: EndpointFailures | None = None,
     rereads: dict[str, Reread] | None = None,
     api: Api | None = None,
+    windows: WindowFiles | None = None,
 ) -> Any:
     """All entities of the replica API (or just ``entities``), as incremental resources.
 
@@ -604,7 +607,10 @@ def replica_source(
     past it (a small page asked from past the cursor says so): a commit landing in it in
     those moments is read by the next read of the window (0: every load reads it).
     ``api``: how the API is spoken (see
-    :mod:`.protocol`; default: today's protocol at ``base_url`` with ``token``)."""
+    :mod:`.protocol`; default: today's protocol at ``base_url`` with ``token``).
+    ``windows``: where the lookback windows' rows are kept between loads; the caller
+    commits them once the load has (see :class:`~.lookback.WindowFiles`; without it,
+    rows read again in the lookback load again and the merge deduplicates them)."""
     if not base_url.startswith(("http://", "https://")):
         raise ReplicaError(f"base_url must be an http(s) URL, got {base_url!r}")
     api = api or api_from_settings(base_url, token, {})
@@ -645,6 +651,7 @@ def replica_source(
             reread=(rereads or {}).get(name),
             listing=api.listing_for(ep),
             lookback_recheck_seconds=lookback_recheck_seconds,
+            windows=windows,
         )
         resource.apply_hints(schema_contract=contracts.get(name))
         resources.append(resource)

@@ -5,8 +5,11 @@ May import: pyarrow, and this package's ``pages`` (nothing else of the project).
 
 from __future__ import annotations
 
+import hashlib
+import os
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -51,45 +54,55 @@ class LookbackWindow:
     committed late. A row read again with the same key and cursor value is the same
     version (the platform moves the cursor on every write), so it is dropped before
     dlt sees it: a cycle loads only rows that are new or changed, and their dlt load id
-    says so to the incremental models downstream. Kept in the resource's dlt state —
-    committed with the load package, like the cursor — as ``"<key>@<cursor µs>"`` for
-    the rows of the last ``lookback`` seconds. Only pages that reach back before the last
-    cursor are checked (the first pages of a cycle); a backfill checks none. When the
-    API's schema describes the entity differently from raw (a new field, a new type), rows
-    read again are loaded anyway: existing rows served in the new shape are how the
-    change reaches the warehouse, since their cursor did not move. The state also says
-    when a listing last read the window whole (:meth:`read_within`): the source skips
-    re-reading a window it read moments ago when the API lists nothing past it."""
+    says so to the incremental models downstream. Only pages that reach back before the
+    last cursor are checked (the first pages of a cycle), each against the window's rows
+    of its own cursor range; a backfill checks none. When the API's schema describes the
+    entity differently from raw (a new field, a new type), rows read again are loaded
+    anyway: existing rows served in the new shape are how the change reaches the
+    warehouse, since their cursor did not move.
+
+    The resource's dlt state (committed with the load package, like the cursor) holds
+    the window's newest cursor (``until``) and when a listing last read it whole
+    (:meth:`read_within`: the source skips re-reading a window it read moments ago when
+    the API lists nothing past it). The window's rows themselves, one per row of the
+    last ``lookback`` seconds (a burst of changes puts hundreds of thousands there), are
+    kept beside the pipeline by :class:`WindowFiles`, not in the state, which dlt hashes
+    several times and compresses with every load."""
 
     STATE_KEY = "lookback_window"
 
     def __init__(
-        self, state: dict[str, Any], key: str, cursor: str, lookback: float, drop: bool = True
+        self, state: dict[str, Any], key: str, cursor: str, lookback: float,
+        drop: bool = True, files: WindowFiles | None = None, entity: str = "",
     ):
         """``drop=False``: remember the window but load every row (the entity's shape
-        changed upstream: rows read again carry it into the warehouse)."""
+        changed upstream: rows read again carry it into the warehouse). ``files``: where
+        the windows are kept between loads (none: every row read again loads again, the
+        merge deduplicating it); ``entity`` names this one there."""
         self.state, self.key, self.cursor, self.drop = state, key, cursor, drop
+        self.files, self.entity = files, entity
         self.lookback_us = int(lookback * 1_000_000)
         saved = state.get(self.STATE_KEY) or {}
         self.until: int | None = saved.get("until")
         # when (epoch seconds, this machine's clock) a listing last read the window whole
         self.read_at: float | None = saved.get(READ_AT_FIELD)
-        self._saved, self._seen = saved, None  # decoded when first needed (seen)
+        self._seen: pa.Table | None = None  # read when first needed (seen)
         self.recent: list[pa.Table] = []
         self.newest: int | None = self.until
 
     @property
-    def seen(self) -> pa.Array:
-        """The versions (``"<key>@<cursor µs>"``) of the rows of the window: decoded from
-        the state only when a page reaches back into it (a cycle that does not read the
-        window again pays nothing for it)."""
+    def seen(self) -> pa.Table:
+        """The rows of the window (``key`` as text, ``us``: cursor µs): read only when a
+        page reaches back into it (a cycle that does not read the window again pays
+        nothing for it). A window not kept, or kept for another ``until`` than the
+        state's (a load that did not commit, a state restored), is empty: its rows load
+        again, and the merge keeps one of each."""
         if self._seen is None:
-            self._seen = _read_window(self._saved)
+            kept = None
+            if self.files is not None and self.until is not None:
+                kept = self.files.read(self.entity, self.until)
+            self._seen = kept if kept is not None else _window([], [])
         return self._seen
-
-    @seen.setter
-    def seen(self, versions: pa.Array) -> None:
-        self._seen = versions
 
     def read_within(self, seconds: float, now: float) -> bool:
         """Whether a listing read the window whole (committed) less than ``seconds``
@@ -103,12 +116,11 @@ class LookbackWindow:
             return
         if isinstance(versions, pa.ChunkedArray):
             versions = versions.combine_chunks()
-        us = pc.cast(
-            pc.list_element(pc.split_pattern(versions, "@", reverse=True, max_splits=1), 1),
-            pa.int64(),
-        )
+        parts = pc.split_pattern(pc.cast(versions, pa.string()), "@", reverse=True,
+                                 max_splits=1)
+        us = pc.cast(pc.list_element(parts, 1), pa.int64())
         newest = pc.max(us).as_py()
-        self.seen = pa.concat_arrays([self.seen, pc.cast(versions, pa.string())])
+        self._seen = pa.concat_tables([self.seen, _window(pc.list_element(parts, 0), us)])
         self.until = newest if self.until is None else max(self.until, newest)
 
     def _cursor_us(self, table: pa.Table) -> pa.Array | None:
@@ -116,9 +128,6 @@ class LookbackWindow:
         if col is None or not pa.types.is_timestamp(col.type):
             return None  # no typed cursor: nothing to compare, every row loads
         return pc.cast(pc.cast(col, pa.timestamp("us", tz="UTC")), pa.int64())
-
-    def _keys(self, key: pa.Array, cursor_us: pa.Array) -> pa.Array:
-        return _join(pc.cast(key, pa.string()), cursor_us)
 
     def drop_seen(self, table: pa.Table) -> pa.Table:
         """``table`` without the rows already loaded; remembers the page for the next
@@ -130,11 +139,21 @@ class LookbackWindow:
         if not self.drop or self.until is None:
             return table
         earlier = pc.less_equal(cursor_us, self.until)
-        if not pc.any(earlier).as_py() or len(self.seen) == 0:
+        if not pc.any(earlier).as_py():
             return table
-        keys = self._keys(table[self.key], cursor_us)
-        seen = pc.and_(earlier, pc.is_in(keys, value_set=self.seen))
-        return table.filter(pc.invert(pc.fill_null(seen, False)))
+        seen = self.seen
+        if seen.num_rows == 0:
+            return table
+        # the window's rows of this page's cursor range only: a page is checked against
+        # what it can match, not the whole window (a hash set built per page)
+        low, high = pc.min_max(cursor_us).values()
+        near = seen.filter(pc.and_(pc.greater_equal(seen["us"], low),
+                                   pc.less_equal(seen["us"], high)))
+        if near.num_rows == 0:
+            return table
+        keys = _join(pc.cast(table[self.key], pa.string()), cursor_us)
+        hit = pc.is_in(keys, value_set=_join(near["key"], near["us"]))
+        return table.filter(pc.invert(pc.fill_null(pc.and_(earlier, hit), False)))
 
     def _remember(self, table: pa.Table, cursor_us: pa.Array) -> None:
         newest = pc.max(cursor_us).as_py()
@@ -147,13 +166,12 @@ class LookbackWindow:
         recent = pc.greater_equal(cursor_us, horizon)
         if pc.any(recent).as_py():
             # keys of the recent rows only: in a backfill, a few of each page
-            us = cursor_us.filter(recent)
-            key = pc.cast(table[self.key].filter(recent), pa.string())
-            keep.append(pa.table({"key": key, "us": us}))
+            keep.append(_window(pc.cast(table[self.key].filter(recent), pa.string()),
+                                cursor_us.filter(recent)))
         self.recent = keep
 
     def save(self, now: float) -> None:
-        """Store the rows of the last ``lookback`` seconds seen in this cycle (read again
+        """Keep the rows of the last ``lookback`` seconds seen in this cycle (read again
         or new), read whole at ``now``; without any new row the previous window stays as
         it was, read again at ``now``."""
         if not self.recent or self.newest is None:
@@ -164,51 +182,72 @@ class LookbackWindow:
         horizon = self.newest - self.lookback_us
         window = pa.concat_tables(self.recent)
         window = window.filter(pc.greater_equal(window["us"], horizon))
-        before = pc.subtract(pa.scalar(self.newest, pa.int64()), window["us"])
-        self.state[self.STATE_KEY] = {
-            "until": self.newest, WINDOW_FIELD: _one_string(_join(window["key"], before)),
-            READ_AT_FIELD: now,
-        }
+        # the state's window as a whole: an older state's row list is dropped with it
+        self.state[self.STATE_KEY] = {"until": self.newest, READ_AT_FIELD: now}
+        if self.files is not None:
+            self.files.stage(self.entity, self.newest, window)
 
 
-# The window in the resource's state: one string (dlt decodes its state often, and
-# compresses it with every load), ``"<key>@<µs before until>"`` joined by commas. Offsets
-# from ``until`` instead of whole timestamps: a third shorter, and dlt's compression of
-# the state, slow on long repeated digits, several times faster. ``rows`` held whole
-# timestamps (``"<key>@<cursor µs>"``), and is still read.
-WINDOW_FIELD = "before"
-ABSOLUTE_FIELD = "rows"
+class WindowFiles:
+    """The lookback windows' rows between loads: an Arrow file per entity in
+    ``directory`` (beside the pipeline's own files), naming the ``until`` of the window
+    it holds. A cycle's windows are staged as its listings end and written by
+    :meth:`commit` only once the load that read them has committed: a window never
+    names rows the warehouse does not hold. One left behind (a run stopped between the
+    load and the commit) names an older ``until`` than the state and is not used."""
+
+    SUFFIX = ".arrow"
+
+    def __init__(self, directory: Path):
+        self.directory = Path(directory)
+        self.staged: dict[str, tuple[int, pa.Table]] = {}
+
+    def _path(self, entity: str) -> Path:
+        safe = entity if entity.replace("_", "").replace("-", "").isalnum() else (
+            hashlib.sha256(entity.encode()).hexdigest()[:32])
+        return self.directory / f"{safe}{self.SUFFIX}"
+
+    def read(self, entity: str, until: int) -> pa.Table | None:
+        """The window kept for ``entity`` if it is the one ending at ``until``."""
+        path = self._path(entity)
+        try:
+            with pa.memory_map(str(path)) as source:
+                reader = pa.ipc.open_file(source)
+                meta = reader.schema.metadata or {}
+                if meta.get(b"until") != str(until).encode() or meta.get(
+                        b"entity") != entity.encode():
+                    return None
+                return reader.read_all()
+        except (FileNotFoundError, pa.ArrowInvalid):
+            return None  # none kept, or cut short: the rows load again
+
+    def stage(self, entity: str, until: int, window: pa.Table) -> None:
+        self.staged[entity] = (until, window)
+
+    def commit(self) -> None:
+        """Write the staged windows (each whole, then moved into place)."""
+        if not self.staged:
+            return
+        self.directory.mkdir(parents=True, exist_ok=True)
+        for entity, (until, window) in self.staged.items():
+            path = self._path(entity)
+            meta = {b"until": str(until).encode(), b"entity": entity.encode()}
+            table = window.replace_schema_metadata(meta)
+            partial = path.with_suffix(".partial")
+            with pa.OSFile(str(partial), "wb") as sink, pa.ipc.new_file(
+                    sink, table.schema) as writer:
+                writer.write_table(table)
+            os.replace(partial, path)
+        self.staged.clear()
+
+
 READ_AT_FIELD = "read_at"
+
+
+def _window(key: Any, us: Any) -> pa.Table:
+    return pa.table({"key": pa.array(key, pa.string()) if isinstance(key, list) else key,
+                     "us": pa.array(us, pa.int64()) if isinstance(us, list) else us})
 
 
 def _join(key: pa.Array, us: pa.Array) -> pa.Array:
     return pc.binary_join_element_wise(key, pc.cast(us, pa.string()), "@")
-
-
-def _one_string(items: pa.Array | pa.ChunkedArray) -> str:
-    if isinstance(items, pa.ChunkedArray):
-        items = items.combine_chunks()
-    if len(items) == 0:
-        return ""
-    listed = pa.ListArray.from_arrays(pa.array([0, len(items)], pa.int32()), items)
-    return str(pc.binary_join(listed, ",")[0].as_py())
-
-
-def _split(text: str) -> pa.Array:
-    if not text:
-        return pa.array([], pa.string())
-    return pc.split_pattern(pa.array([text], pa.string()), ",")[0].values
-
-
-def _read_window(saved: dict[str, Any]) -> pa.Array:
-    """The versions (``"<key>@<cursor µs>"``) a saved window holds."""
-    if WINDOW_FIELD in saved and saved.get("until") is not None:
-        items = _split(saved[WINDOW_FIELD] or "")
-        parts = pc.split_pattern(items, "@", reverse=True, max_splits=1)
-        before = pc.cast(pc.list_element(parts, 1), pa.int64())
-        us = pc.subtract(pa.scalar(saved["until"], pa.int64()), before)
-        return _join(pc.list_element(parts, 0), us)
-    rows = saved.get(ABSOLUTE_FIELD) or ""
-    if isinstance(rows, str):
-        return _split(rows)
-    return pa.array(list(rows), pa.string())

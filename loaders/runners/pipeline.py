@@ -53,6 +53,7 @@ from loaders.replica import settings as replica_settings
 from loaders.replica.client import fetch_api_schema, fetch_replication_lag
 from loaders.replica.errors import ReplicaError
 from loaders.replica.failures import EndpointFailure, EndpointFailures
+from loaders.replica.lookback import WindowFiles
 from loaders.replica.observe import Observations
 from loaders.replica.pages import type_changes
 from loaders.replica.protocol import Api
@@ -63,6 +64,8 @@ from loaders.schema_changes.declared import Announced, all_announcements, report
 log = logging.getLogger(__name__)
 
 QUARANTINE = replica_settings.QUARANTINE_TABLE
+# beside the pipeline's own files: the lookback windows' rows between loads
+LOOKBACK_DIR = "lookback_windows"
 
 
 class AlreadyRunning(RuntimeError):
@@ -391,6 +394,7 @@ def _load(kwargs: dict[str, Any], pipeline: dlt.Pipeline,
             if first_loads.supported(pipeline) else []
         )
         mappings = config.field_mapping(kwargs.get("field_mapping"))
+        windows = WindowFiles(Path(pipeline.working_dir) / LOOKBACK_DIR)
         observations = Observations()
         failures = EndpointFailures()
         late = late_rows.plan(
@@ -415,10 +419,12 @@ def _load(kwargs: dict[str, Any], pipeline: dlt.Pipeline,
             observations=observations,
             failures=failures,
             rereads=late.rereads,
+            windows=windows,
         )
         first_loads.mark(config.pipelines_dir(), appended)
         held_before = quarantine.held_before(pipeline)
         info = pipeline.run(source, loader_file_format=warehouse.loader_file_format())
+        windows.commit()  # the load committed: the windows it read are kept
         first_loads.repair_pending(pipeline, config.pipelines_dir())
     except PipelineStepFailed as exc:
         cause = root_cause(exc)
