@@ -20,6 +20,7 @@ from benchmarks.oracle import assert_reconciled
 from loaders import config
 from loaders.replica import Reread, _walk
 from loaders.replica.errors import ReplicaError
+from loaders.replica.lookback import no_versions
 from loaders.replica.protocol import Listing
 from loaders.replica.settings import ENDPOINTS
 from loaders.runners import late_rows, pipeline
@@ -439,7 +440,7 @@ def _walked(pages: list[list[int]], limit: int, lookback_start: int) -> tuple[Re
     def listed(params, since):
         yield from (page(p) for p in pages)
 
-    walk = Reread(1.0, pa.array([], pa.string()), since=T0, pages=limit)
+    walk = Reread(1.0, no_versions(), since=T0, pages=limit)
     read = list(_walk(walk, listed, lambda parsed: [parsed], "updated_at",
                       T0 + timedelta(minutes=lookback_start), Listing(), 100))
     return walk, len(read)

@@ -19,10 +19,9 @@ import pyarrow.compute as pc
 @dataclass
 class Reread:
     """One cycle's wider re-read of an entity: rows up to ``seconds`` before the last
-    cursor are let through instead of the lookback's, and ``versions``
-    (``"<key>@<cursor µs>"`` of the rows raw holds in that window, read from the
-    warehouse by the caller) are rows not to load again: only what was missed or
-    changed loads.
+    cursor are let through instead of the lookback's, and ``versions`` (see
+    :func:`versions`: the rows raw holds in that window, read from the warehouse by the
+    caller) are rows not to load again: only what was missed or changed loads.
 
     Without ``since``, requests start ``seconds`` before the last cursor. With it, the
     re-read is a walk: a listing of its own from ``since``, of at most ``pages`` pages
@@ -32,18 +31,24 @@ class Reread:
     to be in cursor order, and was then read to its end)."""
 
     seconds: float
-    versions: pa.Array
+    versions: pa.Table
     since: datetime | None = None
     pages: int = 0
     reached: datetime | None = None
     finished: bool = False
 
 
-def versions(key: pa.Array, cursor: pa.Array) -> pa.Array:
-    """``"<key>@<cursor µs>"`` of rows (``cursor`` a timestamp): what identifies a
-    version of a record in the window."""
+def versions(key: pa.Array, cursor: pa.Array) -> pa.Table:
+    """The versions of rows (``cursor`` a timestamp), as the window holds them: ``key``
+    as text, ``us`` the cursor in µs. A key and its cursor identify a version of a
+    record."""
     us = pc.cast(pc.cast(cursor, pa.timestamp("us", tz="UTC")), pa.int64())
-    return pc.binary_join_element_wise(pc.cast(key, pa.string()), pc.cast(us, pa.string()), "@")
+    return pa.table({"key": pc.cast(key, pa.string()), "us": us})
+
+
+def no_versions() -> pa.Table:
+    """No rows (see :func:`versions`)."""
+    return pa.table({"key": pa.array([], pa.string()), "us": pa.array([], pa.int64())})
 
 
 class LookbackWindow:
@@ -101,7 +106,7 @@ class LookbackWindow:
             kept = None
             if self.files is not None and self.until is not None:
                 kept = self.files.read(self.entity, self.until)
-            self._seen = kept if kept is not None else _window([], [])
+            self._seen = kept if kept is not None else no_versions()
         return self._seen
 
     def read_within(self, seconds: float, now: float) -> bool:
@@ -109,18 +114,13 @@ class LookbackWindow:
         before ``now``: re-reading it now would find only what committed since."""
         return seconds > 0 and self.read_at is not None and 0 <= now - self.read_at < seconds
 
-    def also_seen(self, versions: pa.Array) -> None:
-        """Rows loaded already (``"<key>@<cursor µs>"``, e.g. raw's, for a re-read
-        reaching back past the window) are dropped too when read again."""
-        if len(versions) == 0:
+    def also_seen(self, versions: pa.Table) -> None:
+        """Rows loaded already (see :func:`versions`; e.g. raw's, for a re-read reaching
+        back past the window) are dropped too when read again."""
+        if versions.num_rows == 0:
             return
-        if isinstance(versions, pa.ChunkedArray):
-            versions = versions.combine_chunks()
-        parts = pc.split_pattern(pc.cast(versions, pa.string()), "@", reverse=True,
-                                 max_splits=1)
-        us = pc.cast(pc.list_element(parts, 1), pa.int64())
-        newest = pc.max(us).as_py()
-        self._seen = pa.concat_tables([self.seen, _window(pc.list_element(parts, 0), us)])
+        newest = pc.max(versions["us"]).as_py()
+        self._seen = pa.concat_tables([self.seen, versions])
         self.until = newest if self.until is None else max(self.until, newest)
 
     def _cursor_us(self, table: pa.Table) -> pa.Array | None:
@@ -166,8 +166,8 @@ class LookbackWindow:
         recent = pc.greater_equal(cursor_us, horizon)
         if pc.any(recent).as_py():
             # keys of the recent rows only: in a backfill, a few of each page
-            keep.append(_window(pc.cast(table[self.key].filter(recent), pa.string()),
-                                cursor_us.filter(recent)))
+            key = pc.cast(table[self.key].filter(recent), pa.string())
+            keep.append(pa.table({"key": key, "us": cursor_us.filter(recent)}))
         self.recent = keep
 
     def save(self, now: float) -> None:
@@ -242,11 +242,6 @@ class WindowFiles:
 
 
 READ_AT_FIELD = "read_at"
-
-
-def _window(key: Any, us: Any) -> pa.Table:
-    return pa.table({"key": pa.array(key, pa.string()) if isinstance(key, list) else key,
-                     "us": pa.array(us, pa.int64()) if isinstance(us, list) else us})
 
 
 def _join(key: pa.Array, us: pa.Array) -> pa.Array:

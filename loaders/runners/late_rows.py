@@ -60,7 +60,7 @@ from loaders.replica import Reread, deleted_table
 from loaders.replica import settings as replica_settings
 from loaders.replica.client import fetch_live_count
 from loaders.replica.errors import ReplicaError
-from loaders.replica.lookback import versions
+from loaders.replica.lookback import no_versions, versions
 from loaders.replica.protocol import Api
 
 log = logging.getLogger(__name__)
@@ -132,10 +132,10 @@ def _by_time(declared: dict[str, Any], entities: Any) -> list[str]:
 def _raw_versions(
     sql: Any, ep: replica_settings.Endpoint, table: str, since: datetime | None,
     limit: int | None = None,
-) -> pa.Array:
-    """``"<key>@<cursor µs>"`` of raw's rows of ``table`` with a cursor at or after
-    ``since`` (all of them: None), the first ``limit`` by cursor (None: all), read as
-    Arrow."""
+) -> pa.Table:
+    """The versions (:func:`~loaders.replica.lookback.versions`) of raw's rows of
+    ``table`` with a cursor at or after ``since`` (all of them: None), the first
+    ``limit`` by cursor (None: all), read as Arrow."""
     key = sql.escape_column_name(ep["primary_key"])
     cursor = sql.escape_column_name(replica_settings.cursor_of(ep))
     query = f"select {key} as k, {cursor} as c from {sql.make_qualified_table_name(table)}"
@@ -152,7 +152,7 @@ def _raw_versions(
         rows = native.to_arrow_table() if native is not None and hasattr(
             native, "to_arrow_table") else cur.arrow()
     if rows is None or rows.num_rows == 0:
-        return pa.array([], pa.string())
+        return no_versions()
     return versions(rows["k"], rows["c"])
 
 
