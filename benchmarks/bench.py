@@ -41,7 +41,10 @@ absolute times drift on shared machines. Method, figure by figure:
   delta), so the measured cycles are those of a pipeline in steady state, not the first
   one after the backfill; then ``DELTA_SAMPLES`` cycles each on 1% of the rows new or
   changed on the platform (new orders with their lines and events, plus the platform's
-  own updates), rebuilt selectively, each after small ones; then ``NOOP_SAMPLES``
+  own updates), rebuilt selectively, each after small ones and once the one before has
+  left the lookback window (``lookback_seconds`` later: back to back, a cycle would
+  read the changes before it again, and each sample would measure another thing);
+  then ``NOOP_SAMPLES``
   with nothing new. The delta and no-op figures are the means of their cycles (each
   listed under ``*_samples_s``): one cycle varies by tenths of a second with what
   falls in it (a checkpoint of the log, a collection), and the mean counts such costs
@@ -106,6 +109,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from loaders import config
 from loaders.dbt_project import target_dir
 from loaders.replica import entity_spec, settings
 from loaders.replica.client import fetch_api_schema
@@ -443,8 +447,9 @@ def _slowest_models(run_results: Path, top: int) -> list[dict[str, Any]]:
 def cycles(work: Path, sim_dir: Path, url: str, total_rows: int) -> dict[str, Any]:
     """Full, steady-state 1% delta and no-op cycles of watch (see the module docstring)."""
     # what each cycle after the full one loads: every 1% change comes after small ones,
-    # as the first does (back to back, a change would also carry the one before: the
-    # spare version refreshed is two publications behind, the lookback window re-read)
+    # as the first does, and once the change before it has left the lookback window
+    # (back to back, a change would also carry the ones before: their rows read again
+    # by the lookback, the spare version refreshed two publications behind)
     plan = (["warm"] * WARM_CYCLES
             + (["delta"] + ["warm"] * WARMS_BETWEEN) * (DELTA_SAMPLES - 1)
             + ["delta"] + ["noop"] * NOOP_SAMPLES)
@@ -453,17 +458,25 @@ def cycles(work: Path, sim_dir: Path, url: str, total_rows: int) -> dict[str, An
     slowest: list[dict[str, Any]] = []
     # ~10 rows per order (lines, events, session): 1% of all rows as new orders
     one_percent = max(1, total_rows // 1000)
+    # the platform stamps a change's rows with its clock as they are written: a change
+    # has left the lookback window once that long has passed since it was made
+    apart = config.lookback_seconds() + 1
+    changed_at = [0.0]
 
     def between(stats) -> None:
         timings.append(dict(stats.last))
+        done = plan[stats.cycles - 2] if stats.cycles >= 2 else "full"
         if stats.cycles - 2 == last_delta:  # dbt's results of the last 1% change
             slowest[:] = _slowest_models(target_dir() / "run_results.json",
                                          SLOWEST_MODELS)
+        elif done == "delta":
+            time.sleep(max(0.0, changed_at[0] + apart - time.monotonic()))
         upcoming = plan[stats.cycles - 1] if stats.cycles <= len(plan) else None
         if upcoming == "warm":  # a warm-up change: a tenth of the delta
             _change(sim_dir, max(1, one_percent // 10), seed=100 + stats.cycles)
         elif upcoming == "delta":
             _change(sim_dir, one_percent, seed=5 + stats.cycles)
+            changed_at[0] = time.monotonic()
 
     with environment(**_env(work)):
         # the periodic data tests are kept out of cycles measured one by one: they run on
