@@ -45,7 +45,9 @@ absolute times drift on shared machines. Method, figure by figure:
   left the lookback window (``lookback_seconds`` later: back to back, a cycle would
   read the changes before it again, and each sample would measure another thing);
   then ``NOOP_SAMPLES``
-  with nothing new. The delta and no-op figures are the means of their cycles (each
+  with nothing new, once the last change has left the window too (inside it, a cycle
+  with nothing new still reads the change again and measures that).
+  The delta and no-op figures are the means of their cycles (each
   listed under ``*_samples_s``): one cycle varies by tenths of a second with what
   falls in it (a checkpoint of the log, a collection), and the mean counts such costs
   at their share. Each includes load, build and publication; the periodic data tests
@@ -469,7 +471,7 @@ def cycles(work: Path, sim_dir: Path, url: str, total_rows: int) -> dict[str, An
         if stats.cycles - 2 == last_delta:  # dbt's results of the last 1% change
             slowest[:] = _slowest_models(target_dir() / "run_results.json",
                                          SLOWEST_MODELS)
-        elif done == "delta":
+        if done == "delta":  # the next change, or the no-ops, once it left the window
             time.sleep(max(0.0, changed_at[0] + apart - time.monotonic()))
         upcoming = plan[stats.cycles - 1] if stats.cycles <= len(plan) else None
         if upcoming == "warm":  # a warm-up change: a tenth of the delta
