@@ -26,7 +26,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -219,7 +219,8 @@ def kept_open() -> Iterator[Any]:
     hundredths of a second each, several times a cycle. While one connection of this
     process holds the file, DuckDB hands later connections (dlt's, dbt's) the database
     already open, and the checkpoint waits for the last one to close (a block that
-    spans many writes checkpoints between them: :func:`checkpoint_held`). Nothing else
+    spans many writes checkpoints between them: :func:`checkpoint_held`,
+    :func:`checkpoint_behind`). Nothing else
     changes: each client still commits as before, and the file is closed,
     checkpointed, when the outermost block ends. Yields the holding connection (None when
     nothing is held: another target, or a file that cannot be opened here, left for dlt
@@ -245,6 +246,9 @@ def kept_open() -> Iterator[Any]:
         yield conn
     finally:
         del _HELD[path]
+        running = _CHECKPOINTS.pop(path, None)
+        if running is not None:  # not let go with a checkpoint running on it
+            running.wait()
         conn.close()
 
 
@@ -268,36 +272,50 @@ def checkpoint_held(min_bytes: int | None = None) -> float | None:
 
 @dataclass
 class Checkpointing:
-    """What :func:`checkpoint_alongside` did: seconds the checkpoint took, None when
-    none was due or it was refused (logged)."""
+    """A checkpoint :func:`checkpoint_behind` started: ``seconds`` it took once done
+    (None while it runs, when none was due, or when refused: logged)."""
 
     seconds: float | None = None
+    thread: threading.Thread | None = field(default=None, repr=False)
+
+    @property
+    def running(self) -> bool:
+        return self.thread is not None and self.thread.is_alive()
+
+    def wait(self) -> None:
+        if self.thread is not None:
+            self.thread.join()
 
 
-@contextmanager
-def checkpoint_alongside(min_bytes: int | None = None) -> Iterator[Checkpointing]:
-    """:func:`checkpoint_held`, run in a thread while the block runs. A checkpoint
-    compresses the log's rows on one core; work that only reads the warehouse and writes
-    elsewhere (a publication) goes on beside it on another, and a write to the warehouse
-    waits for it. The block's end waits for the checkpoint: the holding connection is
-    not let go with it running."""
-    done = Checkpointing()
+def checkpoint_behind(min_bytes: int | None = None) -> Checkpointing:
+    """:func:`checkpoint_held`, in a thread that outlives the call. A checkpoint
+    compresses the log's rows on one core; what only reads the warehouse or works
+    elsewhere (a publication, the data tests, the next cycle's reading of the API) goes
+    on beside it, and a write to the warehouse waits in DuckDB for it to end. None is
+    started while one runs; the holding connection is let go (:func:`kept_open`'s end)
+    only once it is done."""
+    path = duckdb_path().absolute()
+    if path in _CHECKPOINTS and _CHECKPOINTS[path].running:
+        return Checkpointing()
     conn = _checkpoint_due(min_bytes)
     if conn is None:
-        yield done
-        return
+        return Checkpointing()
     cursor = conn.cursor()
+    done = Checkpointing()
 
     def run() -> None:
-        done.seconds = _checkpoint(cursor)
+        try:
+            done.seconds = _checkpoint(cursor)
+        finally:
+            cursor.close()
 
-    thread = threading.Thread(target=run, name="warehouse-checkpoint", daemon=True)
-    thread.start()
-    try:
-        yield done
-    finally:
-        thread.join()
-        cursor.close()
+    done.thread = threading.Thread(target=run, name="warehouse-checkpoint", daemon=True)
+    _CHECKPOINTS[path] = done
+    done.thread.start()
+    return done
+
+
+_CHECKPOINTS: dict[Path, Checkpointing] = {}  # the last one started, by file
 
 
 def _checkpoint_due(min_bytes: int | None) -> Any:

@@ -6,7 +6,6 @@ dbt's statements are logged to the file only when asked for."""
 from __future__ import annotations
 
 import socket
-import time
 from pathlib import Path
 
 import duckdb
@@ -90,33 +89,47 @@ def test_a_held_warehouse_is_checkpointed_once_its_log_grows(warehouse: Path) ->
         assert conn.execute("SELECT count(*) FROM big").fetchone() == (200000,)
 
 
-def test_a_checkpoint_alongside_runs_while_its_block_does(warehouse: Path,
-                                                          tmp_path: Path) -> None:
+def test_a_checkpoint_behind_runs_past_its_call(warehouse: Path, tmp_path: Path) -> None:
     log = warehouse.with_name(warehouse.name + ".wal")
     with wh.kept_open() as conn:
         conn.execute("CREATE TABLE big AS SELECT range AS n, md5(range::varchar) AS h"
                      " FROM range(200000)")
         grown = log.stat().st_size
-        with wh.checkpoint_alongside(min_bytes=grown + 1) as not_due:
-            assert log.stat().st_size == grown  # not due: nothing runs
-        assert not_due.seconds is None
+        not_due = wh.checkpoint_behind(min_bytes=grown + 1)
+        assert not not_due.running and not_due.seconds is None
+        assert log.stat().st_size == grown  # not due: nothing runs
+        done = wh.checkpoint_behind(min_bytes=grown)
+        # the warehouse is read, another file written and the warehouse written
+        # meanwhile (DuckDB has the write wait for the checkpoint)
         other = tmp_path / "other.duckdb"
-        with wh.checkpoint_alongside(min_bytes=grown) as done:
-            # the block reads the warehouse and writes another file meanwhile, and
-            # sees the log written out before it ends
-            reading = conn.cursor()
-            reading.execute(f"ATTACH '{other}' AS other")
-            reading.execute("CREATE TABLE other.copied AS SELECT * FROM big")
-            reading.execute("DETACH other")
-            reading.close()
-            deadline = time.monotonic() + 30
-            while log.exists() and log.stat().st_size >= grown:
-                assert time.monotonic() < deadline, "the log was not written out"
-                time.sleep(0.01)
-        assert done.seconds is not None
-        assert conn.execute("SELECT count(*) FROM big").fetchone() == (200000,)
+        working = conn.cursor()
+        working.execute(f"ATTACH '{other}' AS other")
+        working.execute("CREATE TABLE other.copied AS SELECT * FROM big")
+        working.execute("DETACH other")
+        working.execute("INSERT INTO big VALUES (-1, 'after')")
+        working.close()
+        done.wait()
+        assert done.seconds is not None and not done.running
+        assert conn.execute("SELECT count(*) FROM big").fetchone() == (200001,)
     with duckdb.connect(str(other), read_only=True) as copy:
         assert copy.execute("SELECT count(*) FROM copied").fetchone() == (200000,)
+
+
+def test_a_held_warehouse_is_let_go_once_its_checkpoint_is_done(warehouse: Path) -> None:
+    log = warehouse.with_name(warehouse.name + ".wal")
+    with wh.kept_open() as conn:
+        for part in range(20):  # a log that takes a while to write out
+            conn.execute(f"INSERT INTO big SELECT range, md5(range::varchar) FROM"
+                         f" range({part} * 50000, {part + 1} * 50000)" if part else
+                         "CREATE TABLE big AS SELECT range AS n, md5(range::varchar) AS h"
+                         " FROM range(50000)")
+        done = wh.checkpoint_behind(min_bytes=log.stat().st_size)
+        assert done.thread is not None
+    # the block's end waited for it before closing the file
+    assert not done.running and done.seconds is not None
+    assert not log.exists() or log.stat().st_size == 0
+    with duckdb.connect(str(warehouse), read_only=True) as conn:
+        assert conn.execute("SELECT count(*) FROM big").fetchone() == (1_000_000,)
 
 
 def test_a_publication_goes_through_the_held_warehouse(warehouse: Path,

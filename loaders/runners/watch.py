@@ -39,9 +39,11 @@ publish for analysts.
 * **The warehouse kept open.** While cycles follow one another, the DuckDB file stays
   open (:func:`loaders.warehouse.kept_open`): the load, dbt and the publication share
   one database instead of each opening the file and checkpointing it on closing. Once
-  its log has grown it is checkpointed in a thread while the marts are published (a
-  checkpoint compresses on one core, the publication reads the warehouse and writes
-  another file; ``checkpoint_s`` in the cycle's log), and closed before a wait of
+  its log has grown it is checkpointed in a thread once the marts are published, on
+  past the cycle's end (a checkpoint compresses on one core: off the sales' path, it
+  runs beside the data tests' slice and the next cycle's reading of the API, whose first
+  write to the warehouse waits for it; ``checkpoint_s`` in the log of the cycle it
+  ended in, ``checkpointing`` when it runs on past one), and closed before a wait of
   ``RELEASE_WAIT_S`` or more (an idle watch, a back-off) and after a failed cycle, so
   other processes can read it then.
 * **Published atomically** (:mod:`loaders.runners.publish`) after every build:
@@ -140,6 +142,7 @@ def watch(
                 every=test_interval, budget=test_slice_seconds, whole=test_whole_interval)
             newest: str | None = None  # the newest load this watch made
             reconciling: late_rows.Reconciliation | None = None  # the API's counts asked
+            checkpointing = warehouse.Checkpointing()  # the last checkpoint started
             while not stop.is_set() and (max_cycles is None or stats.cycles < max_cycles):
                 started = time.monotonic()
                 stats.cycles += 1
@@ -197,26 +200,24 @@ def watch(
                     if judged.held:
                         stats.last["held_back"] = judged.held
                     if publishes:
-                        # the cycle's writes to the warehouse are done: its log is
-                        # checkpointed on one core while the marts are published
-                        with warehouse.checkpoint_alongside() as checkpointing:
-                            pub = publish.publish(
-                                warehouse.duckdb_path(),
-                                changed=None if select is None
-                                else {*built.rebuilt, *judged.released, *released},
-                                cycle_id=result.last_load_id,
-                                by_load_id=by_load_id,
-                                hold=judged.held,
-                                through=warehouse.held(),
-                            )
-                        if checkpointing.seconds is not None:
-                            stats.last["checkpoint_s"] = round(checkpointing.seconds, 2)
+                        pub = publish.publish(
+                            warehouse.duckdb_path(),
+                            changed=None if select is None
+                            else {*built.rebuilt, *judged.released, *released},
+                            cycle_id=result.last_load_id,
+                            by_load_id=by_load_id,
+                            hold=judged.held,
+                            through=warehouse.held(),
+                        )
                         released.clear()
                         stats.published += 1
                         stats.last["publish_s"] = round(pub.seconds, 2)
                         stats.last["published_from"] = pub.route
                         if pub.swept:
                             stats.last["published_swept"] = list(pub.swept)
+                    # the cycle's writes to the warehouse are done and its marts out:
+                    # its log is checkpointed on one core, past the cycle's end
+                    checkpointing = _checkpoint(checkpointing, stats)
                     if gate:  # counts as a test run: the next is due later
                         periodic.tested_in_build(built.seconds, newest,
                                                  select is None and built.success)
@@ -232,9 +233,11 @@ def watch(
                     reconciling = pipeline.start_reconciliation(**load_options)
                     if reconciling is not None:
                         stats.last["reconcile_s"] = round(time.monotonic() - t, 2)
-                checkpointed = warehouse.checkpoint_held()  # a log grown since (or no publication)
-                if checkpointed is not None:
-                    stats.last["checkpoint_s"] = round(checkpointed, 2)
+                # a log grown since (or nothing built): checkpointed past the cycle's
+                # end, beside the next one's reading of the API
+                checkpointing = _checkpoint(checkpointing, stats)
+                if checkpointing.running:
+                    stats.last["checkpointing"] = True
                 stats.last["cycle_s"] = round(time.monotonic() - started, 2)
                 log.info("cycle %d: %s", stats.cycles, stats.last)
                 if on_cycle:
@@ -246,6 +249,18 @@ def watch(
     finally:
         restore()
     return stats
+
+
+def _checkpoint(last: warehouse.Checkpointing,
+                stats: WatchStats) -> warehouse.Checkpointing:
+    """A checkpoint of the warehouse's log started when due and none runs
+    (:func:`loaders.warehouse.checkpoint_behind`); the one before, once done, reported
+    (``checkpoint_s``) in the cycle it ended in."""
+    if last.running:
+        return last
+    if last.seconds is not None:
+        stats.last["checkpoint_s"] = round(last.seconds, 2)
+    return warehouse.checkpoint_behind()
 
 
 def _test_slice(dbt: dbt_project.Session, periodic: slices.Rhythm, stats: WatchStats,
