@@ -42,8 +42,8 @@ publish for analysts.
   its log has grown it is checkpointed in a thread once the marts are published, on
   past the cycle's end (a checkpoint compresses on one core: off the sales' path, it
   runs beside the data tests' slice and the next cycle's reading of the API, whose first
-  write to the warehouse waits for it; ``checkpoint_s`` in the log of the cycle it
-  ended in, ``checkpointing`` when it runs on past one), and closed before a wait of
+  write to the warehouse waits for it; ``checkpoint_s`` in the log of the first cycle
+  to end after it, ``checkpointing`` in one it runs on past), and closed before a wait of
   ``RELEASE_WAIT_S`` or more (an idle watch, a back-off) and after a failed cycle, so
   other processes can read it then.
 * **Published atomically** (:mod:`loaders.runners.publish`) after every build:
@@ -255,7 +255,7 @@ def _checkpoint(last: warehouse.Checkpointing,
                 stats: WatchStats) -> warehouse.Checkpointing:
     """A checkpoint of the warehouse's log started when due and none runs
     (:func:`loaders.warehouse.checkpoint_behind`); the one before, once done, reported
-    (``checkpoint_s``) in the cycle it ended in."""
+    (``checkpoint_s``) in the first cycle to end after it."""
     if last.running:
         return last
     if last.seconds is not None:
