@@ -219,8 +219,7 @@ def kept_open() -> Iterator[Any]:
     hundredths of a second each, several times a cycle. While one connection of this
     process holds the file, DuckDB hands later connections (dlt's, dbt's) the database
     already open, and the checkpoint waits for the last one to close (a block that
-    spans many writes checkpoints between them: :func:`checkpoint_held`,
-    :func:`checkpoint_behind`). Nothing else
+    spans many writes checkpoints between them: :func:`checkpoint_behind`). Nothing else
     changes: each client still commits as before, and the file is closed,
     checkpointed, when the outermost block ends. Yields the holding connection (None when
     nothing is held: another target, or a file that cannot be opened here, left for dlt
@@ -255,19 +254,9 @@ def kept_open() -> Iterator[Any]:
 _HELD: dict[Path, Any] = {}  # the connections kept_open holds, by file
 
 # the write-ahead log's size (MB) past which a held warehouse is checkpointed between
-# cycles (:func:`checkpoint_held`): DuckDB's own threshold does not fire while the
+# cycles (:func:`checkpoint_behind`): DuckDB's own threshold does not fire while the
 # connections of a cycle share the database, and the log would grow without end
 CHECKPOINT_WAL_MB = 32
-
-
-def checkpoint_held(min_bytes: int | None = None) -> float | None:
-    """Checkpoint the warehouse :func:`kept_open` holds once its write-ahead log has
-    grown past ``min_bytes`` (default ``SALESFLOW_CHECKPOINT_WAL_MB``, 32 MB): seconds it
-    took, or None when not due (nothing held, a short log) or refused (logged; the file
-    is checkpointed when closed). Rows still in the log stay in memory uncompressed, and
-    a crash replays them on the next open: the log is kept short."""
-    conn = _checkpoint_due(min_bytes)
-    return None if conn is None else _checkpoint(conn)
 
 
 @dataclass
@@ -288,12 +277,16 @@ class Checkpointing:
 
 
 def checkpoint_behind(min_bytes: int | None = None) -> Checkpointing:
-    """:func:`checkpoint_held`, in a thread that outlives the call. A checkpoint
-    compresses the log's rows on one core; what only reads the warehouse or works
-    elsewhere (a publication, the data tests, the next cycle's reading of the API) goes
-    on beside it, and a write to the warehouse waits in DuckDB for it to end. None is
-    started while one runs; the holding connection is let go (:func:`kept_open`'s end)
-    only once it is done."""
+    """Checkpoint the warehouse :func:`kept_open` holds once its write-ahead log has
+    grown past ``min_bytes`` (default ``SALESFLOW_CHECKPOINT_WAL_MB``, 32 MB), in a
+    thread that outlives the call. Rows still in the log stay in memory uncompressed,
+    and a crash replays them on the next open: the log is kept short. Nothing is started
+    when not due (nothing held, a short log) or while one runs; a refused checkpoint is
+    logged (the file is checkpointed when closed). A checkpoint compresses the log's
+    rows on one core; what only reads the warehouse or works elsewhere (a publication,
+    the data tests, the next cycle's reading of the API) goes on beside it, and a write
+    to the warehouse waits in DuckDB for it to end. The holding connection is let go
+    (:func:`kept_open`'s end) only once it is done."""
     path = duckdb_path().absolute()
     if path in _CHECKPOINTS and _CHECKPOINTS[path].running:
         return Checkpointing()
@@ -320,7 +313,7 @@ _CHECKPOINTS: dict[Path, Checkpointing] = {}  # the last one started, by file
 
 def _checkpoint_due(min_bytes: int | None) -> Any:
     """The held connection when its warehouse's log has grown past ``min_bytes`` (see
-    :func:`checkpoint_held`), else None."""
+    :func:`checkpoint_behind`), else None."""
     conn = held()
     if conn is None:
         return None

@@ -76,15 +76,19 @@ def test_blocks_within_a_held_warehouse_share_its_connection(warehouse: Path) ->
 
 def test_a_held_warehouse_is_checkpointed_once_its_log_grows(warehouse: Path) -> None:
     log = warehouse.with_name(warehouse.name + ".wal")
-    assert wh.checkpoint_held(min_bytes=1) is None  # nothing held
+    nothing_held = wh.checkpoint_behind(min_bytes=1)
+    assert nothing_held.thread is None and nothing_held.seconds is None
     with wh.kept_open() as conn:
         conn.execute("CREATE TABLE big AS SELECT range AS n, md5(range::varchar) AS h"
                      " FROM range(200000)")
         grown = log.stat().st_size
         assert grown > 0
-        assert wh.checkpoint_held(min_bytes=grown + 1) is None  # not due: left alone
+        not_due = wh.checkpoint_behind(min_bytes=grown + 1)  # left alone
+        assert not_due.thread is None and not_due.seconds is None
         assert log.stat().st_size == grown
-        assert wh.checkpoint_held(min_bytes=grown) is not None
+        due = wh.checkpoint_behind(min_bytes=grown)
+        due.wait()
+        assert due.seconds is not None
         assert not log.exists() or log.stat().st_size < grown
         assert conn.execute("SELECT count(*) FROM big").fetchone() == (200000,)
 
