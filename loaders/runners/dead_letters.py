@@ -26,8 +26,9 @@ logged in ``raw.quarantine_replays``. A crash in between leaves them held; the n
 finds them superseded by the versions just loaded: nothing loaded twice, nothing lost.
 Run again, a replay has nothing left to do.
 
-Not seen by a replay: a key deleted upstream after its record was held, when raw never
-held a version of it (raw keeps no tombstones); such a record would be loaded.
+Not seen by a replay: a key deleted upstream after its record was held. The merge took
+the key's row out of raw, and the replay compares with raw's live rows only, not with
+the entity's deletion log (``raw.<entity>__deleted``): such a record is loaded again.
 
 May import: every service, the foundations, and :mod:`.pipeline` (its run lock and the
 completion of interrupted loads).
