@@ -346,3 +346,54 @@ def test_replay_loads_what_parses_now_once_never_over_newer_and_the_marts_take_i
     assert all(built[k] is None for k in held if k not in newer)
     assert all(built[k] is True for k in newer)
     catch_up_and_reconcile(platform_dir, warehouse)
+
+
+def test_replay_never_brings_back_a_key_deleted_after_its_record_was_held(
+    platform_dir, warehouse, tmp_path, monkeypatch
+):
+    """A record held, then its key deleted upstream (the row merged out of raw): the
+    deletion is the newer version, so the replay supersedes the record."""
+    monkeypatch.setenv("DBT_TARGET_PATH", str(tmp_path / "target"))
+    serve_and_load(platform_dir)
+    customers = [k for (k,) in store.query(
+        platform_dir, "SELECT customer_id FROM customers ORDER BY updated_at DESC LIMIT 6"
+    )]
+    held, later = customers[:3], customers[3:]
+    gone, kept = held[:2], held[2:]
+    [(newest,)] = store.query(platform_dir, "SELECT max(updated_at) FROM customers")
+    start = store.parse_iso(newest)
+    store.write_replica_only(
+        platform_dir, "UPDATE customers SET is_marketing_opt_in = NULL, updated_at = ?"
+        " WHERE customer_id = ?", [(store.iso(start + timedelta(minutes=1)), k) for k in held],
+    )
+    # newer customers after them, so no cycle reads the held ones again
+    restamp(platform_dir, "customers", later, start + timedelta(minutes=3))
+    [cycle] = serve_and_load(platform_dir)
+    assert cycle.quarantined_per_entity == {"customers": 3}
+    store.write_replica_only(
+        platform_dir,
+        "INSERT INTO deletions (entity, record_id, deleted_at) VALUES ('customers', ?, ?)",
+        [(str(k), store.iso(start + timedelta(minutes=4))) for k in gone],
+    )
+    serve_and_load(platform_dir)
+    in_raw = "select customer_id from raw.customers where customer_id in (?, ?, ?)"
+    # raw kept the held three's older versions, then merged out the two deleted
+    assert query(warehouse, in_raw, *held) == [(k,) for k in kept]
+    build = replica.entity_spec
+
+    def lenient(name: str, *args: Any, **kwargs: Any) -> Any:
+        spec = build(name, *args, **kwargs)
+        if name == "customers":
+            spec.required = tuple(f for f in spec.required if f != "is_marketing_opt_in")
+        return spec
+
+    monkeypatch.setattr(replica, "entity_spec", lenient)
+    sim = start_simulator(platform_dir)
+    try:
+        report = dead_letters.replay(entity="customers", base_url=sim.url, token=TOKEN)
+    finally:
+        sim.stop()
+    assert report.total == {"loaded": 1, "superseded": 2, "held": 0}
+    assert query(warehouse, "select customer_id, updated_at from raw.customers where"
+                 " customer_id in (?, ?, ?)", *held) == [
+        (k, start + timedelta(minutes=1)) for k in kept]

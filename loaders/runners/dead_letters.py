@@ -15,8 +15,9 @@ in one dlt load into the same pipeline, under the run lock. Each held record end
 * **loaded** — it parses now and is newer than its key's version in raw (or raw has
   none): merged as if it had just arrived; incremental models rebuild it by its new
   ``_dlt_load_id``, however old its cursor;
-* **superseded** — raw holds its key at the same or a newer cursor, or another held
-  record of the key is newer (the first of equals loads): it is not loaded over it
+* **superseded** — raw holds its key (a row, or its deletion) at the same or a newer
+  cursor, or another held record of the key is newer (the first of equals loads): it is
+  not loaded over it
   (cursors compared vectorised). A record that still fails is superseded too when its
   text states its key and cursor: it would never load over that version either;
 * **held** — it still fails: it stays, with the reason it fails for now.
@@ -26,9 +27,10 @@ logged in ``raw.quarantine_replays``. A crash in between leaves them held; the n
 finds them superseded by the versions just loaded: nothing loaded twice, nothing lost.
 Run again, a replay has nothing left to do.
 
-Not seen by a replay: a key deleted upstream after its record was held. The merge took
-the key's row out of raw, and the replay compares with raw's live rows only, not with
-the entity's deletion log (``raw.<entity>__deleted``): such a record is loaded again.
+A key deleted upstream after its record was held has no row left in raw: its deletion
+in the entity's deletion log (``raw.<entity>__deleted``) is the version the record is
+compared with, so it is superseded and the key stays deleted. Not seen: a deletion read
+by a table's first load (set aside for its repair, not logged).
 
 May import: every service, the foundations, and :mod:`.pipeline` (its run lock and the
 completion of interrupted loads).
@@ -225,20 +227,27 @@ def _versions(spec: EntitySpec, parsed: Sequence[Parsed]) -> pa.Table | None:
 
 
 def _raw_versions(sql: Any, spec: EntitySpec, values: Sequence[Any]) -> pa.Table:
-    """(key as text, cursor in µs) of the raw rows whose key is one of ``values``."""
+    """(key as text, newest cursor in µs) that raw knows of each key in ``values``: its
+    row, or its deletion in the entity's deletion log (a key deleted since its record
+    was held has no row left, and the held record must not bring it back)."""
     found: list[tuple[Any, Any]] = []
-    if values and spec.name in warehouse.raw_tables(sql):
-        table = sql.make_qualified_table_name(spec.name)
-        key, cursor = (sql.escape_column_name(c) for c in (spec.primary_key, spec.cursor))
+    present = warehouse.raw_tables(sql) if values else set()
+    key, cursor = (sql.escape_column_name(c) for c in (spec.primary_key, spec.cursor))
+    for name in (spec.name, replica.deleted_table(spec.name)):
+        if name not in present:
+            continue
+        table = sql.make_qualified_table_name(name)
         for chunk in _chunks(sorted(set(values), key=str), CHUNK):
             found += sql.execute_sql(
                 f"select {key}, {cursor} from {table} where {key} in"
                 f" ({', '.join(['%s'] * len(chunk))})", *chunk,
             ) or []
-    return pa.table({
+    known = pa.table({
         "k": pa.array([str(k) for k, _ in found], pa.string()),
         "raw_us": pa.array([_microseconds(t) for _, t in found], pa.int64()),
     })
+    newest = known.group_by("k").aggregate([("raw_us", "max")])
+    return newest.select(["k", "raw_us_max"]).rename_columns(["k", "raw_us"])
 
 
 def _newer_than_raw(versions: pa.Table, raw: pa.Table) -> set[str]:
