@@ -231,11 +231,7 @@ def test_an_entity_mostly_held_is_one_alarm_with_its_evidence_then_one_recovery(
     assert incident == ("data", "quarantine_share", "orders", 1, True)
 
     # the held copies are older than the orders now in raw: replaying drops them
-    sim = start_simulator(platform_dir)
-    try:
-        report = dead_letters.replay(entity="orders", base_url=sim.url, token=TOKEN)
-    finally:
-        sim.stop()
+    report = replay_served(platform_dir, entity="orders")
     assert report.total == {"loaded": 0, "superseded": 40, "held": 0}
     assert held_by_rule(warehouse) == {}
     catch_up_and_reconcile(platform_dir, warehouse)
@@ -255,6 +251,29 @@ def test_a_bad_alarm_setting_is_a_configuration_error_saying_which_and_how(
     monkeypatch.setenv(f"MONITORING__{name}", value)
     with pytest.raises(ReplicaError, match=said):
         config.quarantine_limits()
+
+
+def replay_served(sim_dir: Path, **options: Any) -> dead_letters.ReplayReport:
+    """``salesflow quarantine replay`` against the platform at ``sim_dir``, served for it."""
+    sim = start_simulator(sim_dir)
+    try:
+        return dead_letters.replay(base_url=sim.url, token=TOKEN, **options)
+    finally:
+        sim.stop()
+
+
+def opt_in_not_required(monkeypatch) -> None:
+    """A configuration change, made here in the test: customers' consent flag is no
+    longer required, so the records held for lacking it parse now."""
+    build = replica.entity_spec
+
+    def lenient(name: str, *args: Any, **kwargs: Any) -> Any:
+        spec = build(name, *args, **kwargs)
+        if name == "customers":
+            spec.required = tuple(f for f in spec.required if f != "is_marketing_opt_in")
+        return spec
+
+    monkeypatch.setattr(replica, "entity_spec", lenient)
 
 
 def test_replay_loads_what_parses_now_once_never_over_newer_and_the_marts_take_it(
@@ -301,15 +320,7 @@ def test_replay_loads_what_parses_now_once_never_over_newer_and_the_marts_take_i
                                     token=TOKEN)
         assert still.total == {"loaded": 0, "superseded": 4, "held": 9}
         # a configuration change (here in the test: the flag is no longer required)
-        build = replica.entity_spec
-
-        def lenient(name: str, *args: Any, **kwargs: Any) -> Any:
-            spec = build(name, *args, **kwargs)
-            if name == "customers":
-                spec.required = tuple(f for f in spec.required if f != "is_marketing_opt_in")
-            return spec
-
-        monkeypatch.setattr(replica, "entity_spec", lenient)
+        opt_in_not_required(monkeypatch)
         dry = dead_letters.replay(entity="customers", dry_run=True, base_url=sim.url,
                                   token=TOKEN)
         assert dry.total == {"loaded": 9, "superseded": 4, "held": 0}
@@ -379,20 +390,8 @@ def test_replay_never_brings_back_a_key_deleted_after_its_record_was_held(
     in_raw = "select customer_id from raw.customers where customer_id in (?, ?, ?)"
     # raw kept the held three's older versions, then merged out the two deleted
     assert query(warehouse, in_raw, *held) == [(k,) for k in kept]
-    build = replica.entity_spec
-
-    def lenient(name: str, *args: Any, **kwargs: Any) -> Any:
-        spec = build(name, *args, **kwargs)
-        if name == "customers":
-            spec.required = tuple(f for f in spec.required if f != "is_marketing_opt_in")
-        return spec
-
-    monkeypatch.setattr(replica, "entity_spec", lenient)
-    sim = start_simulator(platform_dir)
-    try:
-        report = dead_letters.replay(entity="customers", base_url=sim.url, token=TOKEN)
-    finally:
-        sim.stop()
+    opt_in_not_required(monkeypatch)
+    report = replay_served(platform_dir, entity="customers")
     assert report.total == {"loaded": 1, "superseded": 2, "held": 0}
     assert query(warehouse, "select customer_id, updated_at from raw.customers where"
                  " customer_id in (?, ?, ?)", *held) == [
