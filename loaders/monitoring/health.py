@@ -187,6 +187,7 @@ class Health:
                       "rows_caught_up": cycle.total if fam is None else 0,
                       "superseded_by": cycle.outcome if fam else None}
             state["open_incident"] = incident = None
+            state["last_closed_incident"] = closed  # the board's recovery notice
         if fam is not None:
             if incident is None:
                 opened = {

@@ -98,12 +98,15 @@ def _age_minutes(t: Any, now: datetime) -> float | None:
 
 
 def collect(
-    state_dir: Path, project_root: Path = PROJECT_ROOT, now: datetime | None = None
+    state_dir: Path, project_root: Path = PROJECT_ROOT, now: datetime | None = None,
+    read_warehouse: bool = True,
 ) -> dict[str, Any]:
+    """The status report; ``read_warehouse=False`` leaves the warehouse alone (the live
+    board reads only what analysts may: no rows in raw, no newest record)."""
     now = now or datetime.now(timezone.utc)
     warn_after, error_after = thresholds(project_root)
     state = health.Health(state_dir).state()
-    tables, warehouse_note = _warehouse()
+    tables, warehouse_note = _warehouse() if read_warehouse else ({}, "not read")
     entities = []
     for entity in settings.ENDPOINTS:
         e = state.get("entities", {}).get(entity, {})
@@ -150,6 +153,7 @@ def collect(
         "thresholds_minutes": {"warn": warn_after, "error": error_after},
         "last_cycle": state.get("last_cycle"),
         "open_incident": incident,
+        "last_recovery": state.get("last_closed_incident"),
         "open_alarms": [
             {k: a.get(k) for k in ("kind", "entity", "title", "started_at", "failed_cycles",
                                    "last_error")}
@@ -180,6 +184,11 @@ def render(report: dict[str, Any]) -> str:
         )
     else:
         lines.append("incidents:   none open")
+        last = report.get("last_recovery")
+        if last and not last.get("superseded_by"):
+            lines.append(f"last incident: {last['kind']} from {last['started_at']} to"
+                         f" {last['ended_at']}, {last.get('rows_caught_up', 0):,} rows"
+                         " caught up after it")
     for a in report["open_alarms"]:
         lines.append(f"ALARM: {a['title']} (since {a['started_at']},"
                      f" {a['failed_cycles']} cycle(s))")

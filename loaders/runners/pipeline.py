@@ -256,7 +256,8 @@ def _record_cycle(
     )
     tracked = result.tracked if result else None
     upcoming = [
-        {k: a.get(k) for k in ("change_id", "title", "effective_at", "breaking", "source")}
+        {k: a.get(k) for k in ("change_id", "title", "description", "effective_at",
+                               "breaking", "source", "changes")}
         for a in (tracked.announcements if tracked else [])
         if a.get("status") != "applied"
     ]
