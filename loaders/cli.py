@@ -298,7 +298,8 @@ def cmd_watch(args) -> int:
         print(redact(f"cycle {stats.cycles}: {stats.last}"), flush=True)
 
     opts = _load_options(args)
-    stats = watch(interval=args.interval, max_cycles=args.cycles, test_interval=args.test_interval,
+    stats = watch(interval=args.interval, max_cycles=args.cycles, max_backoff=args.max_backoff,
+                  test_interval=args.test_interval,
                   test_slice_seconds=args.test_slice_seconds,
                   test_whole_interval=args.test_whole_interval, on_cycle=show, **opts)
     print(f"stopped after {stats.cycles} cycle(s): {stats.builds} build(s),"
@@ -478,6 +479,9 @@ def build_parser() -> argparse.ArgumentParser:
     ))
     p.add_argument("--interval", type=float, default=2.0, help="seconds between cycle starts")
     p.add_argument("--cycles", type=int, help="stop after this many cycles")
+    p.add_argument("--max-backoff", type=float, default=60.0,
+                   help="longest wait in seconds between failed cycles (the wait doubles"
+                        " from --interval with each failure in a row)")
     p.add_argument("--test-interval", type=float, default=300.0,
                    help="seconds between runs of the data tests (they also gate the first"
                         " build and builds after a schema change)")
