@@ -534,6 +534,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# the commands that write the warehouse
+WRITING = {"load", "run", "watch", "demo", "quarantine", "warehouse"}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -555,6 +559,10 @@ def main(argv: list[str] | None = None) -> int:
 
     redact.install()  # after _project_dir: the secrets are read from .dlt/ there
     try:
+        if args.command in WRITING:
+            from loaders.warehouse import refuse_published_target  # on use
+
+            refuse_published_target()
         return args.func(args)
     except (ReplicaError, AlreadyRunning) as exc:
         print(redact.redact(f"salesflow: {exc}"), file=sys.stderr)

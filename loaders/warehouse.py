@@ -41,6 +41,8 @@ from loaders.replica import settings as replica_settings
 log = logging.getLogger(__name__)
 
 DEFAULT_TARGET = "dev"
+# profiles.yml's output on the published file, read-only (``mf query`` while watch runs)
+PUBLISHED_TARGET = "published"
 PROFILE = "salesflow"
 DUCKDB_MEMORY_LIMIT = os.environ.get("SALESFLOW_DUCKDB_MEMORY_LIMIT", "400MB")
 # the environment variables profiles.yml reads for the postgres output: dlt's own names
@@ -353,6 +355,14 @@ def held() -> Any:
 
 
 # ---------------------------------------------------------------- the dlt pipeline on it
+
+
+def refuse_published_target() -> None:
+    """Loading and building write the warehouse: never through the published output."""
+    if target_name() == PUBLISHED_TARGET:
+        raise ValueError(f"the {PUBLISHED_TARGET!r} output of profiles.yml is analysts'"
+                         " read-only copy, for metric queries: load and build with dev"
+                         " (the default) or postgres")
 
 
 def dlt_pipeline(progress: str | None = None, read_only: bool = False) -> dlt.Pipeline:

@@ -13,7 +13,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from loaders import dbt_project
+from loaders import cli, dbt_project
 from loaders.runners import pipeline
 from tests.support import ROOT, TOKEN
 from tests.support.warehouse import dbt_invoke
@@ -92,3 +92,16 @@ def test_metricflow_metrics_reconcile_with_the_marts(simulator, warehouse, tmp_p
     )
     assert int(row["sessions"]) == sessions
     assert float(row["conversion_rate"]) == pytest.approx(purchases / sessions)
+
+
+def test_loading_through_the_published_output_is_refused(tmp_path, monkeypatch, capsys):
+    """``published`` (profiles.yml) is analysts' read-only copy for ``mf``: a command that
+    writes refuses it before it starts, and leaves no cycle, state or warehouse behind."""
+    monkeypatch.setenv("SALESFLOW_PIPELINES_DIR", str(tmp_path / "dlt"))
+    monkeypatch.setenv("SALESFLOW_DUCKDB_PATH", str(tmp_path / "warehouse.duckdb"))
+    # `--target` sets SALESFLOW_TARGET for the process: restored after the test
+    monkeypatch.setenv("SALESFLOW_TARGET", "dev")
+    for args in (["load"], ["run"], ["watch", "--cycles", "1"], ["quarantine", "replay"]):
+        assert cli.main([*args, "--target", "published"]) == 2, args
+        assert "analysts' read-only copy" in capsys.readouterr().err
+    assert not (tmp_path / "dlt").exists() and not (tmp_path / "warehouse.duckdb").exists()
