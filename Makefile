@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test lint pytest venv clean docs docs-serve chromium postgres bench bench-large \
 	bench-smoke chaos \
-	chaos-smoke contract
+	chaos-smoke contract board
 
 # (Re)create the virtualenv when the dependency pins change; a no-op otherwise.
 $(STAMP): pyproject.toml constraints.txt
@@ -85,7 +85,15 @@ docs-serve: $(STAMP)
 	@test -f target/static_index.html || $(MAKE) --no-print-directory docs
 	$(BIN)/python -m http.server $(DOCS_PORT) --bind 127.0.0.1 --directory target
 
-# Debian's chromium, for tests/test_docs_site.py (headless); installed only when missing.
+# The live board (loaders/board/, Streamlit) on the published marts, on 127.0.0.1 only:
+# http://127.0.0.1:$(BOARD_PORT)/live, /funnel and /retention. Run `make demo` first, and
+# `salesflow watch` beside it for figures that move.
+BOARD_PORT ?= 8501
+board: $(STAMP)
+	$(BIN)/salesflow board --port $(BOARD_PORT)
+
+# Debian's chromium, for tests/test_docs_site.py and tests/test_board.py (headless);
+# installed only when missing.
 SUDO := $(shell test "$$(id -u)" -eq 0 || echo sudo)
 chromium:
 	@test -x /usr/bin/chromium || { \

@@ -374,6 +374,24 @@ def cmd_warehouse_init_roles(args) -> int:
     return 0
 
 
+def cmd_board(args) -> int:
+    """Streamlit serves the board's app (loaders/board/app.py): it replaces this process,
+    so a signal to the command (Ctrl-C, a service manager's stop) reaches Streamlit."""
+    import loaders.board  # on use: the path of its app only
+
+    app = Path(loaders.board.__file__).with_name("app.py")
+    env = {**os.environ, "SALESFLOW_BOARD_REFRESH_SECONDS": str(args.refresh)}
+    print(f"salesflow board: http://{args.host}:{args.port}/live  (also /funnel and"
+          " /retention; Ctrl-C stops it)", flush=True)
+    os.execve(sys.executable, [
+        sys.executable, "-m", "streamlit", "run", str(app),
+        "--server.address", args.host, "--server.port", str(args.port),
+        "--server.headless", "true", "--server.fileWatcherType", "none",
+        "--browser.gatherUsageStats", "false", "--global.developmentMode", "false",
+        "--client.toolbarMode", "viewer",
+    ], env)
+
+
 def cmd_demo(args) -> int:
     from loaders.runners.demo import demo  # on use
 
@@ -526,6 +544,16 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--print", action="store_true",
                    help="print the SQL for a DBA to run with psql instead of running it")
     q.set_defaults(func=cmd_warehouse_init_roles)
+    p = target_arg(sub.add_parser(
+        "board", help="the live board (Streamlit) on the published marts, on 127.0.0.1"))
+    p.add_argument("--port", type=int, default=int(os.environ.get("SALESFLOW_BOARD_PORT",
+                                                                  "8501")))
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to serve on (default 127.0.0.1: this machine only)")
+    p.add_argument("--refresh", type=float,
+                   default=float(os.environ.get("SALESFLOW_BOARD_REFRESH_SECONDS", "3")),
+                   help="seconds between refreshes of the figures and notices")
+    p.set_defaults(func=cmd_board)
     p = sub.add_parser("demo", help="simulator → load → dbt, from scratch, then stop")
     p.add_argument("--orders", type=int, default=3000)
     p.add_argument("--live-seconds", type=float, default=5.0)

@@ -9,6 +9,7 @@ import hmac
 from collections.abc import Iterator
 from contextlib import closing
 from dataclasses import dataclass
+from datetime import date, timedelta
 from decimal import Decimal
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from psycopg2 import errors
 
 from benchmarks.oracle import replica_versions
 from loaders import cli, dbt_project, roles
+from loaders.board import marts as board_marts
 from loaders.monitoring import status
 from loaders.replica.settings import ENDPOINTS
 from loaders.runners import pipeline
@@ -211,6 +213,35 @@ def test_the_analyst_reads_the_marts_and_nothing_else(pg):
         assert cur.fetchone() in ((None, None), ("", ""))
         cur.execute("select count(*) from pg_roles where rolconfig::text like '%pii%'")
         assert cur.fetchone()[0] == 0
+
+
+def test_the_board_reads_the_marts_as_the_analyst(pg, monkeypatch):
+    for name, value in (("PGHOST", pg.server.host), ("PGPORT", str(pg.server.port)),
+                        ("PGUSER", ANALYST_LOGIN), ("PGPASSWORD", ANALYST_PASSWORD),
+                        ("PGDATABASE", DATABASE)):
+        monkeypatch.setenv(name, value)
+    with board_marts.connect() as r:
+        assert r.engine == "postgres" and "as alice" in r.where
+        day = board_marts.sales_day(r, date.today())  # the history ends at AS_OF
+        assert day <= AS_OF.date()
+        hours = board_marts.hourly(r, day, board_marts.Filters())
+        start, end = board_marts.day_bounds(day)
+        day_totals = board_marts.totals(r, start, end, board_marts.Filters())
+        line = board_marts.options(r).product_lines[0]
+        one_line = board_marts.totals(r, start, end, board_marts.Filters(product_lines=(line,)))
+        assert not board_marts.funnel_by_channel(r, day - timedelta(days=27), day).empty
+        assert not board_marts.campaigns(r, day - timedelta(days=27), day).empty
+        assert not board_marts.cohorts(r, 12).empty
+        assert board_marts.new_customers(r, 12)["customers"].sum() > 0
+        assert board_marts.currency(r).newest_sale_at is not None
+    [(revenue, units, orders)] = pg.query(
+        "select sum(revenue_usd), sum(units), (select count(*) from marts.fct_orders"
+        f" where not is_cancelled and order_date = '{day}')"
+        f" from marts.product_sales_daily where sales_date = '{day}'")
+    assert round(hours["revenue_usd"].sum(), 2) == float(revenue)
+    assert (day_totals.revenue_usd, day_totals.units, day_totals.orders) == (
+        float(revenue), units, orders)
+    assert 0 < one_line.revenue_usd < day_totals.revenue_usd
 
 
 def test_init_roles_from_the_command_line(pg, monkeypatch, capsys):

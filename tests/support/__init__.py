@@ -9,7 +9,8 @@ test file:
 * ``warehouse``: dbt on the test's warehouse, and the last load that reconciles it;
 * ``postgres``: a throw-away PostgreSQL server;
 * ``sinks``: local receivers for notifications (HTTP and SMTP);
-* ``readers``: analysts' processes holding a published version open.
+* ``readers``: analysts' processes holding a published version open;
+* ``board``: the live board served in its own process, and headless Chromium on it.
 """
 
 from __future__ import annotations
