@@ -95,9 +95,14 @@ SHOW = {notices.ERROR: st.error, notices.WARNING: st.warning, notices.INFO: st.i
 
 def banner() -> None:
     """The pipeline's notices, re-read at every refresh."""
-    report = status.collect(config.pipelines_dir(), config.PROJECT_ROOT,
-                            read_warehouse=False)
-    found = notices.from_status(report, _contract())
+    try:
+        report = status.collect(config.pipelines_dir(), config.PROJECT_ROOT,
+                                read_warehouse=False)
+        found = notices.from_status(report, _contract())
+    except Exception as exc:  # the figures stay readable; the next refresh tries again
+        st.warning(f"The pipeline's notices could not be read ({type(exc).__name__}:"
+                   f" {exc}); retrying.")
+        return
     with st.container(key="pipeline_notices"):
         for n in found:
             text = n.text
