@@ -104,11 +104,14 @@ def demo(orders: int = 3000, live_seconds: float = 5.0) -> int:
     print("  query it:       .venv/bin/salesflow query"
           " analyses/top_product_lines_last_7_days.sql   (the published marts)")
     print("  or with dbt:    .venv/bin/dbt show --select product_sales_daily")
-    print("  metrics:        SALESFLOW_TARGET=published .venv/bin/mf query --metrics"
-          " revenue,orders --group-by metric_time__day   (the published marts)")
     if warehouse.is_duckdb():
+        print("  metrics:        SALESFLOW_TARGET=published .venv/bin/mf query --metrics"
+              " revenue,orders --group-by metric_time__day   (the published marts)")
         print("  live board:     make board, then open http://127.0.0.1:8501/live"
               "   (run `salesflow watch` beside it for live figures)")
+    else:
+        print("  metrics:        .venv/bin/mf query --metrics revenue,orders"
+              " --group-by metric_time__day")
     print("  schema changes: .venv/bin/salesflow schema   (and `salesflow schema impact`)")
     print(f"  notifications:  {config.pipelines_dir() / 'notifications.jsonl'}")
     return 0
