@@ -69,6 +69,17 @@ def show_currency(r: Reader) -> None:
                     " publication.")
 
 
+def refreshing(draw: Callable[[Reader], None]) -> None:
+    """Draw the page's figures in a fragment Streamlit re-runs every refresh, each time
+    on a fresh connection."""
+
+    @st.fragment(run_every=refresh_seconds())
+    def figures() -> None:
+        reading(draw)
+
+    figures()
+
+
 def reading(draw: Callable[[Reader], None]) -> None:
     """Run ``draw`` on a fresh connection; say so on the page when there is nothing yet
     or the marts cannot be read (the next refresh tries again)."""
@@ -173,12 +184,7 @@ def live() -> None:
         chosen[0] = _filters(r)
 
     reading(filters)
-
-    @st.fragment(run_every=refresh_seconds())
-    def figures() -> None:
-        reading(lambda r: _live(r, chosen[0]))
-
-    figures()
+    refreshing(lambda r: _live(r, chosen[0]))
 
 
 def _live(r: Reader, f: Filters) -> None:
@@ -278,12 +284,7 @@ def funnel() -> None:
     st.caption("Sessions reaching each step (view → cart → checkout → purchase), by"
                " channel and UTM campaign. Source: funnel_daily, fct_sessions.")
     days = st.sidebar.slider("Days", 1, 90, 28, key="funnel_days")
-
-    @st.fragment(run_every=refresh_seconds())
-    def figures() -> None:
-        reading(lambda r: _funnel(r, days))
-
-    figures()
+    refreshing(lambda r: _funnel(r, days))
 
 
 STEPS = [("sessions", "session"), ("viewed", "product view"), ("carted", "cart"),
@@ -346,12 +347,7 @@ def retention() -> None:
                " revenue, by months since the first order. Source:"
                " customer_cohorts_monthly.")
     months = st.sidebar.slider("Cohorts (months)", 2, 24, 12, key="cohort_months")
-
-    @st.fragment(run_every=refresh_seconds())
-    def figures() -> None:
-        reading(lambda r: _retention(r, months))
-
-    figures()
+    refreshing(lambda r: _retention(r, months))
 
 
 def _retention(r: Reader, months: int) -> None:
