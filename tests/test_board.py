@@ -34,7 +34,7 @@ from simulator import faults
 from simulator.faults import Faults
 from simulator.generate import default_as_of, generate
 from simulator.platform import Platform
-from tests.support import ROOT, TOKEN
+from tests.support import ROOT, TOKEN, stop_process
 from tests.support.board import CHROMIUM, Board, Browser, browser, start_board
 from tests.support.simulator import Simulator, start_simulator
 
@@ -180,12 +180,8 @@ class Live:
             )
 
     def stop(self) -> None:
-        if self.watch is not None and self.watch.poll() is None:
-            self.watch.terminate()
-            try:
-                self.watch.wait(timeout=120)
-            except subprocess.TimeoutExpired:
-                self.watch.kill()
+        if self.watch is not None:
+            stop_process(self.watch, timeout=120)  # it ends the cycle in progress first
         self.board.stop()
         self.sim.stop()
 

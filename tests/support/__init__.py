@@ -15,9 +15,21 @@ test file:
 
 from __future__ import annotations
 
+import subprocess
 from datetime import datetime, timezone
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]  # the repository
 AS_OF = datetime(2026, 11, 1, tzinfo=timezone.utc)  # end of the generated history
 TOKEN = "test-token-5f3a"  # the served simulator's bearer token
+
+
+def stop_process(proc: subprocess.Popen, timeout: float = 20) -> None:
+    """Ask a server or runner process to stop (SIGTERM), kill it if it does not in time."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)

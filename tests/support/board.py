@@ -22,7 +22,7 @@ from typing import Any
 
 import requests
 
-from tests.support import ROOT
+from tests.support import ROOT, stop_process
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
@@ -45,13 +45,7 @@ class Board:
     log: Path
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
+        stop_process(self.proc)
 
 
 def start_board(env: dict[str, str], log: Path, refresh: float = 1.0) -> Board:

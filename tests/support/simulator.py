@@ -19,7 +19,7 @@ from simulator import store
 from simulator.drift import Drift
 from simulator.platform import Platform
 from simulator.server import read_server_file
-from tests.support import TOKEN
+from tests.support import TOKEN, stop_process
 
 
 @dataclass
@@ -37,13 +37,7 @@ class Simulator:
         return requests.get(self.url + path, headers=headers, timeout=10, **kwargs)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
+        stop_process(self.proc)
 
 
 def start_simulator(directory: Path, *args: str, token: str = TOKEN) -> Simulator:
