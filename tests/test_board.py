@@ -385,3 +385,13 @@ def test_an_announced_breaking_change_shows_before_it_takes_effect(live):
     assert "Dashboards:" in text and "customer_retention" in text
     assert "Owners:" in text and "CRM and Lifecycle" in text
     shot(page, "announcement")
+
+
+@browser_tests
+@pytest.mark.slow
+def test_the_board_logged_no_error_or_deprecation(live):
+    """Everything above ran without the board logging a traceback, an error or a
+    warning about an API it uses (Streamlit says those only in its log)."""
+    log = live.board.log.read_text()
+    assert not re.search(r"Traceback|Error|Exception|WARNING|deprecat|Please replace",
+                         log), log[-3000:]

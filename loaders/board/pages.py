@@ -228,7 +228,7 @@ def _live(r: Reader, f: Filters) -> None:
                     color=alt.Color("product_line:N", title="product line"),
                     tooltip=["sales_hour:T", "product_line:N", "revenue_usd:Q", "units:Q"],
                 ),
-                use_container_width=True,
+                width="stretch",
             )
     with right:
         st.subheader("Revenue per product line")
@@ -249,7 +249,7 @@ def _live(r: Reader, f: Filters) -> None:
                 x=alt.X("hour:O", title="hour (UTC)", scale=alt.Scale(domain=HOURS)),
                 y=alt.Y("orders:Q", title="orders"),
                 tooltip=["sales_hour:T", "orders:Q"],
-            ), use_container_width=True)
+            ), width="stretch")
     with b:
         st.subheader(f"Cumulative revenue vs {week_ago:%a %b %-d}")
         before = marts.hourly(r, week_ago, f)
@@ -261,7 +261,7 @@ def _live(r: Reader, f: Filters) -> None:
                 x=alt.X("hour:Q", title="hour (UTC)", scale=alt.Scale(domain=[0, 24])),
                 y=alt.Y("revenue_usd:Q", title="revenue so far (USD)"),
                 color=alt.Color("day:N", title=None),
-            ), use_container_width=True)
+            ), width="stretch")
     show_currency(r)
 
 
@@ -308,7 +308,7 @@ def _funnel(r: Reader, days: int) -> None:
         st.altair_chart(alt.Chart(steps).mark_bar().encode(
             x=alt.X("sessions:Q"), y=alt.Y("step:N", sort=None, title=None),
             tooltip=["step", "sessions", alt.Tooltip("of all sessions:Q", format=".1%")],
-        ), use_container_width=True)
+        ), width="stretch")
     with right:
         rates = by_channel.assign(
             conversion=by_channel["purchased"] / by_channel["sessions"].where(
@@ -327,7 +327,7 @@ def _funnel(r: Reader, days: int) -> None:
         x=alt.X("session_date:T", title=None),
         y=alt.Y("conversion_rate:Q", title="conversion", axis=alt.Axis(format="%")),
         color=alt.Color("channel:N"),
-    ), use_container_width=True)
+    ), width="stretch")
     st.subheader("Campaigns (UTM)")
     c = marts.campaigns(r, since, until)
     st.table(pd.DataFrame({
@@ -375,13 +375,13 @@ def _retention(r: Reader, months: int) -> None:
         color=alt.condition("datum.retention > 0.5", alt.value("white"), alt.value("black")),
     )
     st.altair_chart((cells + labels).properties(height=36 * c["cohort"].nunique() + 40),
-                    use_container_width=True)
+                    width="stretch")
     st.subheader("Revenue per cohort (USD)")
     st.altair_chart(alt.Chart(c).mark_bar().encode(
         x=alt.X("cohort:O", title="cohort"),
         y=alt.Y("sum(revenue_usd):Q", title="revenue (USD)"),
         color=alt.Color("months_since_first_order:O", title="months since"),
-    ), use_container_width=True)
+    ), width="stretch")
     st.subheader("New customers per month by acquisition channel")
     new = marts.new_customers(r, months)
     if not new.empty:
@@ -391,7 +391,7 @@ def _retention(r: Reader, months: int) -> None:
             y=alt.Y("sum(customers):Q", title="new customers"),
             color=alt.Color("acquisition_channel:N", title="acquisition channel"),
             tooltip=["cohort", "acquisition_channel", "region_id", "customers"],
-        ), use_container_width=True)
+        ), width="stretch")
     first = c[c["months_since_first_order"] == 0]
     st.table(pd.DataFrame({
         "cohort": first["cohort"],
