@@ -178,13 +178,15 @@ def live() -> None:
     st.title("Product sales, live")
     st.caption("Net line revenue in US dollars, units and orders that were not cancelled,"
                " by hour (UTC). Source: product_sales_hourly, fct_order_items.")
-    chosen: list[Filters] = [Filters()]
-
-    def filters(r: Reader) -> None:
-        chosen[0] = _filters(r)
-
-    reading(filters)
-    refreshing(lambda r: _live(r, chosen[0]))
+    chosen = Filters()
+    try:
+        with marts.connect() as r:
+            chosen = _filters(r)
+    except marts.NotPublished:
+        pass  # nothing to filter yet: the figures below say so, and retry
+    except Exception as exc:  # the figures stay, unfiltered
+        st.sidebar.warning(f"Filters unavailable ({type(exc).__name__}: {exc}).")
+    refreshing(lambda r: _live(r, chosen))
 
 
 def _live(r: Reader, f: Filters) -> None:
