@@ -115,7 +115,8 @@ def test_detected_changes_held_marts_and_stale_data_are_told():
                    "last_success_at": "2026-12-07T09:40:00+00:00"}],
     ), contract, now=NOW)
     titles = [n.title for n in found]
-    assert any("funnel_daily" in t for t in titles)
+    held = next(n for n in found if "funnel_daily" in n.title)
+    assert "not published yet (accepted_values failed)" in held.text
     change = next(n for n in found if "Schema change detected" in n.title)
     assert change.level == notices.WARNING and "NOT announced" in change.title
     assert "product_sales_live_board" in change.dashboards

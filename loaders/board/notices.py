@@ -170,9 +170,10 @@ def _held(report: Mapping[str, Any]) -> list[Notice]:
     if not held:
         return []
     names = ", ".join(m["mart"] for m in held)
-    lines = [f"{m['mart']}: held since {clock(m.get('since'))}, showing its version of"
-             f" {clock(m.get('last_published_at')) if m.get('last_published_at') else 'never'}"
-             f" ({(m.get('reason') or 'a failing build or test')[:160]})" for m in held]
+    lines = [f"{m['mart']}: held since {clock(m.get('since'))}, "
+             + (f"showing its version of {clock(m['last_published_at'])}"
+                if m.get("last_published_at") else "not published yet")
+             + f" ({(m.get('reason') or 'a failing build or test')[:160]})" for m in held]
     return [Notice(WARNING, f"Held back (last good version shown): {names}",
                    "; ".join(lines) + ".")]
 
