@@ -53,7 +53,8 @@ force from phase 4 to the end. ``conditions`` in the result says which phase had
    held back, no unique key twice. Then traffic stops (the API comes back quiet on the
    same port) and the watch runs until a good cycle that started afterwards ends; it is
    stopped with SIGTERM (the cycle in progress finishes).
-6. **Reconcile.** A final ``salesflow run``; raw against the replica
+6. **Reconcile.** A final ``salesflow run`` that reads every lookback window again
+   (``CATCH_UP``); raw against the replica
    (per-entity counts and checksums over (primary key, updated_at), nothing missing,
    stale or twice), raw's content column by column against the platform's records
    (``raw_content_match``, :func:`benchmarks.oracle.content`), the published file's
@@ -215,6 +216,13 @@ def phase_of(lines: list[str], markers: tuple[tuple[str, re.Pattern[str]], ...] 
     return phase
 
 
+# A run that catches up before raw is reconciled reads every lookback window again, as
+# any cycle does once `lookback_recheck_seconds` have passed since the window's last read:
+# right after the traffic stops, a window read a moment before may hold commits that
+# landed late, which a cycle within those seconds leaves for the next read
+CATCH_UP = {"SOURCES__REPLICA__LOOKBACK_RECHECK_SECONDS": "0"}
+
+
 def complete_run(work: Path, url: str, name: str, env: dict[str, str] | None = None) -> None:
     run = Proc(work, url, name, "run", "--progress", "log", env=env)
     rc = run.wait()
@@ -285,7 +293,7 @@ def crashes(work: Path, sim_dir: Path, cfg: dict[str, Any], rng: random.Random
     if cfg["reconcile_after_crashes"]:
         quiet = Server(sim_dir, "--rate", "0")
         try:
-            complete_run(work, quiet.url, "crashes-final")
+            complete_run(work, quiet.url, "crashes-final", CATCH_UP)
         finally:
             quiet.stop()
         reconciled = summarize(oracle.reconcile(sim_dir, work / "warehouse.duckdb"))
@@ -759,7 +767,7 @@ def final(work: Path, sim_dir: Path, mapping: dict[str, dict[str, Any]]) -> dict
     quiet = Server(sim_dir, "--rate", "0")
     env = mapping_env(mapping)
     try:
-        complete_run(work, quiet.url, "final", env)
+        complete_run(work, quiet.url, "final", env | CATCH_UP)
         clean = work / "clean"
         shutil.rmtree(clean, ignore_errors=True)
         complete_run(clean, quiet.url, "clean-from-scratch", env)
