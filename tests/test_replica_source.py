@@ -25,7 +25,7 @@ from simulator import faults, store
 from simulator.faults import Faults
 from simulator.generate import generate
 from simulator.platform import Platform
-from tests.support import AS_OF, ROOT, TOKEN
+from tests.support import AS_OF, ROOT, TOKEN, free_port
 from tests.support.simulator import start_simulator
 from tests.support.warehouse import catch_up_and_reconcile
 
@@ -395,12 +395,7 @@ def test_cli_reports_auth_error_with_its_own_exit_code(simulator, warehouse):
 
 
 def test_unreachable_api_names_the_url(warehouse):
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    url = f"http://127.0.0.1:{port}"
+    url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     with pytest.raises(ReplicaUnavailable, match=f"cannot reach the replica API at {url}"):
         pipeline.load(base_url=url, token=TOKEN)
 

@@ -55,7 +55,7 @@ from loaders.warehouse import dlt_pipeline
 from simulator import store
 from simulator.generate import generate
 from simulator.platform import Platform
-from tests.support import AS_OF, ROOT
+from tests.support import AS_OF, ROOT, free_port
 from tests.support.simulator import start_simulator
 from tests.support.sinks import HttpReceiver, SmtpSink
 
@@ -226,14 +226,6 @@ def ledger_tables(path: Path) -> dict[str, list]:
                 for t in ("raised", "delivered", "pending")}
 
 
-def closed_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def tick(sim_dir: Path, orders: int, seed: int) -> None:
     platform = Platform(sim_dir, seed=seed)
     try:
@@ -268,7 +260,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     w.secrets = {
         "token": SECRET, "refused token": WRONG,
         "slack webhook url": http.url + SLACK_PATH, "webhook url": http.url + HOOK_PATH,
-        "unreachable webhook url": f"http://127.0.0.1:{closed_port()}{HOOK_PATH}",
+        "unreachable webhook url": f"http://127.0.0.1:{free_port()}{HOOK_PATH}",
         "webhook secret": WEBHOOK_SECRET, "smtp password": SMTP_PASSWORD,
         "database password": DB_PASSWORD, "pii key": PII_KEY,
         # the padded keys the hashing macro reads stand for the key

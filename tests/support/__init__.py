@@ -15,6 +15,8 @@ test file:
 
 from __future__ import annotations
 
+import contextlib
+import socket
 import subprocess
 from datetime import datetime, timezone
 from pathlib import Path
@@ -33,3 +35,10 @@ def stop_process(proc: subprocess.Popen, timeout: float = 20) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=10)
+
+
+def free_port() -> int:
+    """A port of 127.0.0.1 free when asked (nothing listens on it until someone binds it)."""
+    with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

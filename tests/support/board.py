@@ -11,7 +11,6 @@ import contextlib
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -22,7 +21,7 @@ from typing import Any
 
 import requests
 
-from tests.support import ROOT, stop_process
+from tests.support import ROOT, free_port, stop_process
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
@@ -30,12 +29,6 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 # path (``/live/_stcore/health``), then under the app's root: those first 404s are how it
 # finds its base path, not errors of the board
 BASE_PATH_PROBE = re.compile(r"/[a-z]+/_stcore/(health|host-config)$")
-
-
-def free_port() -> int:
-    with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass

@@ -15,12 +15,13 @@ import contextlib
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+
+from tests.support import free_port
 
 SUPERUSER = "postgres"
 SUPERUSER_PASSWORD = "salesflow-test-admin"
@@ -44,12 +45,6 @@ def find_bin_dir() -> Path | None:
         key=lambda p: int(p.parent.parent.name) if p.parent.parent.name.isdigit() else 0,
     )
     return debian[-1].parent if debian else None
-
-
-def _free_port() -> int:
-    with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _run_as() -> str | None:
@@ -191,7 +186,7 @@ def start_server() -> PostgresServer:
     # not under pytest's tmp dirs: those are private to this user, and the server runs as
     # another one
     root = Path(tempfile.mkdtemp(prefix="salesflow-pg-"))
-    server = PostgresServer(bin_dir, root, _free_port(), _run_as())
+    server = PostgresServer(bin_dir, root, free_port(), _run_as())
     atexit.register(server.stop)
     try:
         server.start()
