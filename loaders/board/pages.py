@@ -22,7 +22,7 @@ from loaders import config
 from loaders.board import marts, notices
 from loaders.board.marts import Filters, Reader
 from loaders.contract.document import committed
-from loaders.monitoring import status
+from loaders.monitoring import alarms, status
 
 # the dbt exposure each page is for, and its path on the board (the exposures' URLs)
 PAGES = {
@@ -43,12 +43,7 @@ def money(x: float) -> str:
 def ago(t: datetime | None, now: datetime) -> str:
     if t is None:
         return "unknown"
-    seconds = max((now - t).total_seconds(), 0)
-    if seconds < 120:
-        return f"{seconds:.0f} s ago"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f} min ago"
-    return f"{seconds / 3600:.1f} h ago"
+    return f"{alarms.human(max((now - t).total_seconds(), 0))} ago"
 
 
 def show_currency(r: Reader) -> None:
