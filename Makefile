@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test lint pytest venv clean docs docs-serve chromium postgres bench bench-large \
 	bench-smoke chaos \
-	chaos-smoke contract board
+	chaos-smoke contract board java
 
 # (Re)create the virtualenv when the dependency pins change; a no-op otherwise.
 $(STAMP): pyproject.toml constraints.txt
@@ -31,8 +31,8 @@ lint: $(STAMP)
 
 # tests/test_postgres.py starts its own throw-away PostgreSQL server
 # (tests/support/postgres.py): the server binaries must be there, and missing ones fail the
-# run instead of skipping it
-pytest: $(STAMP) chromium postgres
+# run instead of skipping it; tests/test_spark.py needs a Java runtime for Spark
+pytest: $(STAMP) chromium postgres java
 	SALESFLOW_REQUIRE_POSTGRES=1 $(BIN)/python -m pytest
 
 test: lint pytest bench-smoke chaos-smoke
@@ -115,6 +115,15 @@ postgres:
 	    /etc/postgresql-common/createcluster.conf && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends \
 	    postgresql >/dev/null; }
+
+# A Java 17 runtime for Spark (the spark target runs PySpark in local mode): Debian's
+# OpenJDK, installed only when no `java` is found.
+java:
+	@command -v java >/dev/null 2>&1 || { \
+	  echo "installing openjdk-17-jre-headless (apt-get)"; \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends \
+	    openjdk-17-jre-headless >/dev/null; }
 
 clean:
 	rm -rf data target logs .pytest_cache .ruff_cache .hypothesis
