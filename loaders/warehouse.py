@@ -12,10 +12,19 @@ the same warehouse:
   salesflow hands them to dbt as the environment variables ``profiles.yml`` reads. Raw
   tables load from CSV files through ``COPY``. Nothing is published: analysts query the
   ``marts`` schema with the analyst role (see :mod:`loaders.roles`).
+* **spark**: raw lands as parquet files on the lake (dlt's filesystem destination at
+  ``DESTINATION__FILESYSTEM__BUCKET_URL``, a folder or a bucket; see :mod:`loaders.lake`),
+  which dbt builds on Spark through dbt-spark (the ``spark`` output: a Spark session in
+  this process, local by default). Nothing is published: analysts query the marts
+  through Spark SQL.
 * any other type dlt and dbt both support: add an output to ``profiles.yml`` and the
   destination's credentials to dlt's config; it loads with dlt's preferred file format.
 
-May import: dlt, :mod:`loaders.config` and the replica source's settings.
+The loader's own SQL goes through :func:`sql_client` (on the lake, a DuckDB client of
+its own).
+
+May import: dlt, :mod:`loaders.config`, :mod:`loaders.lake` and the replica source's
+settings.
 """
 
 from __future__ import annotations
@@ -35,6 +44,7 @@ import yaml
 from dlt.common.configuration.exceptions import ConfigFieldMissingException
 from dlt.common.destination import Destination
 
+from loaders import lake
 from loaders.config import PROJECT_ROOT, pipelines_dir
 from loaders.replica import settings as replica_settings
 
@@ -89,6 +99,8 @@ def duckdb_path() -> Path:
 def destination(read_only: bool = False) -> Any:
     """The dlt destination of the current target."""
     kind = target_type()
+    if kind == "spark":  # raw lands on the lake, which Spark reads (loaders.lake)
+        return _remember_capabilities(dlt.destinations.filesystem(lake.bucket_url()))
     if kind != "duckdb":
         return _remember_capabilities(Destination.from_reference(kind))
     path = duckdb_path()
@@ -147,10 +159,10 @@ def quote_literal(text: str) -> str:
 
 
 def loader_file_format() -> Any:
-    """How the Arrow pages reach the warehouse: parquet into DuckDB, CSV and ``COPY``
-    into Postgres (its parquet path needs an ADBC driver), the destination's preferred
-    format elsewhere."""
-    return {"duckdb": "parquet", "postgres": "csv"}.get(target_type())
+    """How the Arrow pages reach the warehouse: parquet into DuckDB and onto the lake,
+    CSV and ``COPY`` into Postgres (its parquet path needs an ADBC driver), the
+    destination's preferred format elsewhere."""
+    return {"duckdb": "parquet", "postgres": "csv", "spark": "parquet"}.get(target_type())
 
 
 def describe() -> str:
@@ -161,6 +173,8 @@ def describe() -> str:
     if kind == "postgres":
         c = postgres_credentials()
         return f"postgres {c.username}@{c.host}:{c.port}/{c.database}"
+    if kind == "spark":
+        return f"spark, raw on the lake {lake.bucket_url()}"
     return f"{target_name()} ({kind})"
 
 
@@ -184,6 +198,9 @@ def prepare_dbt() -> None:
     credentials become the environment variables profiles.yml reads (those already set
     win, so they are one setting either way)."""
     os.environ.setdefault("SALESFLOW_TARGET", target_name())
+    if target_type() == "spark":
+        prepare_spark()
+        return
     if target_type() != "postgres":
         return
     if all(os.environ.get(v) for k, v in PG_ENV.items() if k != "port"):
@@ -194,6 +211,19 @@ def prepare_dbt() -> None:
     for key, var in PG_ENV.items():
         if values[key] is not None and not os.environ.get(var):
             os.environ[var] = str(values[key])
+
+
+# where a Spark session in this process keeps its metastore and tables (profiles.yml)
+SPARK_DIR_ENV = "SALESFLOW_SPARK_DIR"
+
+
+def prepare_spark() -> None:
+    """The spark output's settings as dbt reads them: the lake's root and Spark's own
+    folder as absolute paths (a relative one would be read from wherever Spark runs),
+    and Spark's driver on the loopback address unless told otherwise."""
+    os.environ[lake.BUCKET_URL_ENV] = lake.bucket_url()
+    os.environ[SPARK_DIR_ENV] = str(Path(os.environ.get(SPARK_DIR_ENV) or "data/spark").absolute())
+    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
 
 
 @contextmanager
@@ -362,7 +392,7 @@ def refuse_published_target() -> None:
     if target_name() == PUBLISHED_TARGET:
         raise ValueError(f"the {PUBLISHED_TARGET!r} output of profiles.yml is analysts'"
                          " read-only copy, for metric queries: load and build with dev"
-                         " (the default) or postgres")
+                         " (the default), postgres or spark")
 
 
 def dlt_pipeline(progress: str | None = None, read_only: bool = False) -> dlt.Pipeline:
@@ -422,6 +452,17 @@ def insert_rows(sql: Any, table: str, columns: Sequence[str] | None,
                         *(v for row in part for v in row))
 
 
+def sql_client(pipe: dlt.Pipeline | None = None, read_only: bool = False) -> Any:
+    """An SQL client of the pipeline's warehouse (not yet open; use it as a context
+    manager). On the lake (the ``spark`` target), one that reads raw as a merge leaves it
+    and keeps the loader's own tables (:class:`loaders.lake.LakeSqlClient`)."""
+    pipe = pipe or dlt_pipeline(read_only=read_only)
+    if target_type() != "spark":
+        return pipe.sql_client()
+    caps = dlt.destinations.duckdb().capabilities()
+    return lake.LakeSqlClient(pipe.dataset_name, caps, read_only=read_only)
+
+
 def raw_tables(sql: Any) -> set[str]:
     """The tables in raw now (none before the first load), on an open sql client of the
     pipeline."""
@@ -441,7 +482,7 @@ def raw_counts(entities: Sequence[str] | None = None) -> dict[str, int]:
     """Rows per raw table now in the warehouse (a DuckDB file is opened read-only)."""
     names = list(entities or replica_settings.ENDPOINTS) + [replica_settings.QUARANTINE_TABLE]
     out: dict[str, int] = {}
-    with dlt_pipeline(read_only=True).sql_client() as sql:
+    with sql_client(read_only=True) as sql:
         existing = raw_tables(sql)
         for name in names:
             if name in existing:

@@ -52,7 +52,7 @@ def _warehouse() -> tuple[dict[str, dict[str, Any]], str | None]:
     duckdb = warehouse.is_duckdb()
     if duckdb and not warehouse.duckdb_path().exists():
         return {}, "no warehouse yet"
-    client = warehouse.dlt_pipeline(read_only=True).sql_client()
+    client = warehouse.sql_client(read_only=True)
     try:
         client.open_connection()
     except Exception as exc:  # busy file or unreachable server: say so, answer the rest

@@ -448,7 +448,7 @@ class _reading:
     """An open sql client of the pipeline, or :class:`WarehouseBusy` saying why not."""
 
     def __init__(self, pipe: dlt.Pipeline) -> None:
-        self.client = pipe.sql_client()
+        self.client = warehouse.sql_client(pipe)
 
     def __enter__(self) -> Any:
         try:
@@ -587,7 +587,7 @@ def replay(
             pipe = warehouse.dlt_pipeline()
             if not dry_run:
                 runner.complete_interrupted(pipe)
-            with pipe.sql_client() as sql:
+            with warehouse.sql_client(pipe) as sql:
                 held = (_held(sql, "entity = %s" if entity else "", *([entity] if entity else []))
                         if _has_quarantine(sql) else [])
                 if not held:
@@ -653,7 +653,7 @@ def _settle(pipe: dlt.Pipeline, held: Sequence[Held], sorted_out: dict[str, Sort
     ]
     now = datetime.now(timezone.utc).isoformat()
     quarantine_runner.forget_count(pipe)
-    with pipe.sql_client() as sql:
+    with warehouse.sql_client(pipe) as sql:
         replays = sql.make_qualified_table_name(REPLAYS)
         quarantine = sql.make_qualified_table_name(QUARANTINE)
         ensure_replays_table(sql)

@@ -38,6 +38,7 @@ from typing import Any
 
 import dlt
 
+from loaders import warehouse
 from loaders.replica import settings, tombstones_table
 from loaders.warehouse import quote_identifier
 
@@ -104,7 +105,7 @@ def repair_pending(pipeline: dlt.Pipeline, directory: Path) -> dict[str, int]:
     if not todo:
         return {}
     removed = {}
-    with pipeline.sql_client() as sql:
+    with warehouse.sql_client(pipeline) as sql:
         existing = _existing_tables(
             sql, [t for r in todo for t in (r.table, tombstones_table(r.table))]
         )

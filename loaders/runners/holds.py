@@ -86,7 +86,7 @@ def record(
     resolution = (f"Marts {what}: {', '.join(released)}." if released
                   else "No mart was held back.")
     try:
-        with warehouse.dlt_pipeline().sql_client() as sql:
+        with warehouse.sql_client() as sql:
             notices = tracker.record_build(status, check, now, health.cycle_id_at(now),
                                            sql, resolution)
     except Exception as exc:  # the warehouse is unusable: keep the state file

@@ -183,7 +183,7 @@ def plan(
     if not wide:
         return out
     start = datetime.fromisoformat(start_date.replace("Z", "+00:00"))
-    with pipeline.sql_client() as sql:
+    with warehouse.sql_client(pipeline) as sql:
         for name, ep, newest in _loaded(sql, declared, wide):
             if name in repairs:
                 seconds = (newest - start).total_seconds() + 1
@@ -300,7 +300,7 @@ class Reconciliation:
         check = [e for e in _read_state().get(PENDING, []) if e in declared]
         if not check:
             return None
-        with pipeline.sql_client() as sql:
+        with warehouse.sql_client(pipeline) as sql:
             counts = [RawCount(name, ep["path"], before, n)
                       for name, ep, before, n in _raw_counts(sql, declared, check, lookback)]
         out = cls(api, counts)
@@ -353,7 +353,7 @@ def reconcile(
     """The gaps found in ``check`` and the entities judged. An API without counts marks
     ``state`` so that it is not asked again (said once)."""
     asked: list[tuple[str, str, datetime, int, int | None | ReplicaError]] = []
-    with pipeline.sql_client() as sql:
+    with warehouse.sql_client(pipeline) as sql:
         for name, ep, before, in_raw in _raw_counts(sql, declared, check, lookback):
             try:
                 upstream: int | None | ReplicaError = fetch_live_count(api, ep["path"], before)

@@ -279,7 +279,7 @@ def _record_cycle(
     check = result.alarms if result is not None else AlarmCheck()
     recorded = False
     try:
-        with (pipeline or warehouse.dlt_pipeline()).sql_client() as sql:
+        with warehouse.sql_client(pipeline) as sql:
             tracker.record(cycle, sql, extra, check)
             recorded = True
     except Exception as warehouse_problem:  # the warehouse is unusable: keep the state file
@@ -514,7 +514,7 @@ def _judge_stalls(
     ``failed``."""
     now = health.utcnow()
     settings = config.stall_settings()
-    with pipeline.sql_client() as sql:
+    with warehouse.sql_client(pipeline) as sql:
         rows = _recent_loads(sql, now - timedelta(hours=settings.history_hours))
     seen = rhythm.with_cycle(rhythm.history(rows), now, new_rows, loaded)
     open_alarms = health.Health(config.pipelines_dir()).state().get("open_alarms") or {}

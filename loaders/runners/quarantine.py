@@ -96,7 +96,7 @@ def forget_count(pipeline: dlt.Pipeline) -> None:
 
 def held_counts(pipeline: dlt.Pipeline) -> dict[str, int]:
     """Records held in ``raw.quarantine`` now, per entity."""
-    with pipeline.sql_client() as sql:
+    with warehouse.sql_client(pipeline) as sql:
         return _held_counts(sql)
 
 
@@ -177,7 +177,7 @@ def _check_shares(
         return out
     is_open = _open_alarms()
     lineage = once(current_lineage)
-    with pipeline.sql_client() as sql:
+    with warehouse.sql_client(pipeline) as sql:
         columns = warehouse.known_types(pipeline)
         for entity in entities:
             share = Share(entity, held.get(entity, 0), loaded.get(entity, 0))

@@ -179,7 +179,7 @@ def read_changelog(sql: Any, dataset: str, limit: int = 200) -> list[ChangelogEn
 
 def recent_changes(limit: int = 200) -> list[ChangelogEntry]:
     """The schema changelog, newest first ([] before the first load)."""
-    with warehouse.dlt_pipeline().sql_client() as sql:
+    with warehouse.sql_client() as sql:
         if not sql.has_dataset():
             return []
         qualified = sql.fully_qualified_dataset_name()

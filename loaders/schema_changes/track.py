@@ -134,7 +134,7 @@ def after_load(
     ]
     version = pipeline.default_schema.version if pipeline.default_schema_name else None
     load_id = (getattr(load_info, "loads_ids", None) or [None])[-1]
-    with pipeline.sql_client() as sql:
+    with warehouse.sql_client(pipeline) as sql:
         if not sql.has_dataset():
             sql.create_dataset()
         qualified = sql.fully_qualified_dataset_name()
