@@ -17,7 +17,10 @@ vectorised and alike on both warehouses: on DuckDB the variables
 :mod:`loaders.pii_duckdb` that profiles.yml declares (any way of running dbt gets
 them); on PostgreSQL the settings ``salesflow.pii_ipad``/``salesflow.pii_opad``, given as
 libpq's ``PGOPTIONS`` for the duration of a dbt command (:func:`dbt_environment`). Not
-``ALTER ROLE ... SET``: any role can read every role's settings in ``pg_roles``.
+``ALTER ROLE ... SET``: any role can read every role's settings in ``pg_roles``. On
+Spark, Spark SQL's variable substitution puts them in each statement as Spark parses it,
+from the session's settings or the driver's environment (:func:`spark_keys`); Spark
+keeps a view's text as substituted, so a model hashing personal data is a table there.
 
 May import: :mod:`loaders.config` and :mod:`loaders.warehouse`.
 """
@@ -32,6 +35,7 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from loaders import config, warehouse
 
@@ -41,6 +45,8 @@ KEY_FILE_SUFFIX = ".pii-key"
 # session state the macro hash_pii reads: (K' xor ipad, K' xor opad) as hex
 DUCKDB_VARIABLES = ("salesflow_pii_ipad", "salesflow_pii_opad")
 POSTGRES_SETTINGS = ("salesflow.pii_ipad", "salesflow.pii_opad")
+SPARK_VARIABLES = ("SALESFLOW_PII_IPAD", "SALESFLOW_PII_OPAD")
+SPARK_SETTINGS = ("spark.salesflow.pii_ipad", "spark.salesflow.pii_opad")
 BLOCK_SIZE = 64  # sha256's block, in bytes
 ROTATION_HELP = "see 'Personal data' in README.md for how to set or rotate it"
 
@@ -129,11 +135,48 @@ def key() -> str:
 def dbt_environment() -> Iterator[None]:
     """What a dbt command on the current target needs to hash personal data, for its
     duration: on PostgreSQL the padded keys as settings in ``PGOPTIONS`` (after any
-    options already there); on DuckDB nothing, its plugin resolves the key itself."""
-    if warehouse.target_type() != "postgres":
+    options already there); on Spark (:func:`spark_keys`); on DuckDB nothing, its plugin
+    resolves the key itself."""
+    kind = warehouse.target_type()
+    if kind == "spark":
+        with spark_keys():
+            yield
+        return
+    if kind != "postgres":
         yield
         return
     settings = zip(POSTGRES_SETTINGS, padded_keys(key()), strict=True)
     options = [os.environ.get("PGOPTIONS", ""), *(f"-c {n}={v}" for n, v in settings)]
     with warehouse.environment(PGOPTIONS=" ".join(o for o in options if o)):
         yield
+
+
+@contextmanager
+def spark_keys() -> Iterator[None]:
+    """The padded keys for a dbt command on Spark, where Spark's SQL variable
+    substitution reads them as it parses each statement (macro ``hash_pii``): the
+    environment variables :data:`SPARK_VARIABLES` for the command's duration (the Spark
+    session dbt starts in this process inherits them), and the session's settings
+    :data:`SPARK_SETTINGS` when one runs already (they win: a key changed since)."""
+    pads = padded_keys(key())
+    session = _spark_session()
+    if session is not None:
+        for name, value in zip(SPARK_SETTINGS, pads, strict=True):
+            session.conf.set(name, value)
+    with warehouse.environment(**dict(zip(SPARK_VARIABLES, pads, strict=True))):
+        yield
+
+
+def _spark_session() -> Any:
+    """The Spark session running in this process, if any (PySpark loaded only then)."""
+    import sys
+
+    if "pyspark" not in sys.modules:
+        return None
+    from pyspark.errors import PySparkRuntimeError
+    from pyspark.sql import SparkSession
+
+    try:  # dbt starts it in a thread of its own: the process's default session
+        return SparkSession.active()
+    except PySparkRuntimeError:
+        return None

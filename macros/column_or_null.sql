@@ -7,8 +7,8 @@
         {%- set found = column_name | lower in names -%}
     {%- endif -%}
     {%- if found -%}
-        cast({{ adapter.quote(column_name) }} as {{ data_type }})
+        cast({{ adapter.quote(column_name) }} as {{ type_name(data_type) }})
     {%- else -%}
-        cast(null as {{ data_type }})
+        cast(null as {{ type_name(data_type) }})
     {%- endif -%}
 {% endmacro %}

@@ -28,3 +28,36 @@
         )
     ), 'hex')
 {%- endmacro %}
+
+{#- On Spark the padded keys are read by Spark SQL's variable substitution, done when
+    Spark parses each statement, so the compiled SQL, dbt's logs and artifacts hold only
+    the placeholders: the session's runtime settings `spark.salesflow.pii_ipad` /
+    `spark.salesflow.pii_opad` if set (`spark.conf.set` on the session dbt runs in:
+    effective at once), else the environment variables SALESFLOW_PII_IPAD /
+    SALESFLOW_PII_OPAD of the Spark driver (with the session method, dbt's process, as
+    it was when its first dbt command started Spark). Spark keeps a view's text as
+    substituted: a model hashing personal data is a table on Spark (dbt_project.yml),
+    never a view. Neither set, the placeholders are not hex and the query raises the
+    error below (on the first row hashed). -#}
+
+{% macro spark__hash_pii(expression) %}
+    {%- set missing = "raise_error('no key for hashing personal data on this Spark"
+        ~ " session: set spark.salesflow.pii_ipad and _opad on it, or SALESFLOW_PII_IPAD"
+        ~ " and _OPAD for dbt, see loaders/pii.py')" -%}
+    {%- set pads = {} -%}
+    {%- for name in ['ipad', 'opad'] -%}
+        {%- set setting = "'${spark.salesflow.pii_" ~ name ~ "}'" -%}
+        {%- set variable = "'${env:SALESFLOW_PII_" ~ (name | upper) ~ "}'" -%}
+        {%- do pads.update({name: "unhex(case"
+            ~ " when " ~ setting ~ " rlike '^[0-9a-f]{128}$' then " ~ setting
+            ~ " when " ~ variable ~ " rlike '^[0-9a-f]{128}$' then " ~ variable
+            ~ " else " ~ missing ~ " end)"}) -%}
+    {%- endfor -%}
+    sha2(concat(
+        {{ pads['opad'] }},
+        unhex(sha2(concat(
+            {{ pads['ipad'] }},
+            encode(lower(trim(cast({{ expression }} as string))), 'UTF-8')
+        ), 256))
+    ), 256)
+{%- endmacro %}

@@ -26,7 +26,7 @@
         it. -#}
     {%- if execute -%}
         {%- do adapter.create_schema(
-            api.Relation.create(database=target.database, schema=removed_schema())
+            api.Relation.create(database=target.get('database'), schema=removed_schema())
         ) -%}
     {%- endif -%}
 {%- endmacro %}

@@ -3,7 +3,7 @@
     md5(concat_ws(
         '|'
         {%- for column in columns %},
-        coalesce(cast({{ column }} as varchar), '_null_')
+        coalesce(cast({{ column }} as {{ type_name('varchar') }}), '_null_')
         {%- endfor %}
     ))
 {%- endmacro %}

@@ -1,6 +1,7 @@
+{#- Spark: parquet tables take no delete, see doc block spark_lane -#}
 {{
     config(
-        materialized='incremental',
+        materialized='table' if target.type == 'spark' else 'incremental',
         incremental_strategy='delete+insert',
         unique_key='customer_id',
         on_schema_change='append_new_columns',
@@ -17,13 +18,13 @@ with
 
 -- not materialized: the incremental filter below is pushed into the input's scan,
 -- which DuckDB would otherwise copy whole once per build
-customers as not materialized (
+customers as {{ not_materialized() }}(
 
     select * from {{ ref('stg_replica__customers') }}
 
 ),
 
-orders as not materialized (
+orders as {{ not_materialized() }}(
 
     select * from {{ ref('fct_orders') }}
 
@@ -122,7 +123,7 @@ final as (
                     where removed.customer_id = selected_customers.customer_id
                 )
             {%- else -%}
-                cast(null as varchar)
+                cast(null as {{ type_name('varchar') }})
             {%- endif %}
         ) as last_load_id
 

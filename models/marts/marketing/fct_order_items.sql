@@ -1,11 +1,16 @@
+{#- Spark: parquet tables take no delete, days are overwritten (doc block spark_lane) -#}
+{%- set spark = target.type == 'spark' -%}
+{%- set spark_days = "ref('int_order_items_joined_to_orders'), 'order_item_id',"
+    ~ " 'order_date', 'cast(ordered_at as date)', 'last_load_id'" -%}
 {{
     config(
         materialized='incremental',
-        incremental_strategy='delete+insert',
+        incremental_strategy='insert_overwrite' if spark else 'delete+insert',
+        partition_by=['order_date'] if spark else none,
         unique_key='order_item_id',
         on_schema_change='append_new_columns',
         meta={'removed_columns': ['ordered_at']},
-        pre_hook=[
+        pre_hook=["{{ drop_emptied_days(" ~ spark_days ~ ") }}"] if spark else [
             "{{ delete_tombstoned('order_item_id', 'order_items') }}",
             "{{ delete_tombstoned('order_id', 'orders') }}",
         ],
@@ -22,7 +27,7 @@
 
 with
 
-{% if is_incremental() %}
+{% if is_incremental() and not spark %}
     {%- set since = build_from_load_id() %}
     {%- set changed_lines -%}
         -- the line was (re)loaded since the last build
@@ -66,6 +71,14 @@ with
     selected_lines as (
 
         select * from {{ ref('int_order_items_joined_to_orders') }}
+        {%- if is_incremental() %}
+        -- Spark: every line of the days with a line (re)loaded, moved or deleted since
+        -- the last build, or whose order or product was
+        where {{ in_days('cast(ordered_at as date)', days_to_rebuild(
+            ref('int_order_items_joined_to_orders'), 'order_item_id', 'order_date',
+            'cast(ordered_at as date)', 'last_load_id'
+        )) }}
+        {%- endif %}
 
     ),
 {% endif %}

@@ -1,11 +1,17 @@
+{#- Spark: parquet tables take no delete, days are overwritten (doc block spark_lane) -#}
+{%- set spark = target.type == 'spark' -%}
+{%- set spark_days = "ref('stg_replica__orders'), 'order_id', 'order_date',"
+    ~ " 'cast(ordered_at as date)'" -%}
 {{
     config(
         materialized='incremental',
-        incremental_strategy='delete+insert',
+        incremental_strategy='insert_overwrite' if spark else 'delete+insert',
+        partition_by=['order_date'] if spark else none,
         unique_key='order_id',
         on_schema_change='append_new_columns',
         meta={'removed_columns': ['customer_id']},
-        pre_hook=["{{ delete_tombstoned('order_id', 'orders') }}"],
+        pre_hook=["{{ drop_emptied_days(" ~ spark_days ~ ") }}"] if spark
+            else ["{{ delete_tombstoned('order_id', 'orders') }}"],
         post_hook=["{{ removed_log_table() }}"],
     )
 }}
@@ -15,7 +21,13 @@ with
 orders as (
 
     select * from {{ ref('stg_replica__orders') }}
-    {% if is_incremental() %}
+    {% if is_incremental() and spark %}
+        -- Spark: every order of the days with an order (re)loaded, moved or deleted
+        -- since the last build
+        where {{ in_days('cast(ordered_at as date)', days_to_rebuild(
+            ref('stg_replica__orders'), 'order_id', 'order_date', 'cast(ordered_at as date)'
+        )) }}
+    {% elif is_incremental() %}
         -- rows (re)loaded since the last build
         where load_id >= {{ build_from_load_id() }}
     {% endif %}

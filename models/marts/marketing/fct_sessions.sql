@@ -1,9 +1,17 @@
+{#- Spark: parquet tables take no delete, days are overwritten (doc block spark_lane) -#}
+{%- set spark = target.type == 'spark' -%}
+{%- set spark_days = "'(select session_id, min(occurred_at) as started_at,"
+    ~ " max(load_id) as last_load_id from ' ~ ref('stg_replica__events')"
+    ~ " ~ ' group by session_id)', 'session_id', 'session_date',"
+    ~ " 'cast(started_at as date)', 'last_load_id'" -%}
 {{
     config(
         materialized='incremental',
-        incremental_strategy='delete+insert',
+        incremental_strategy='insert_overwrite' if spark else 'delete+insert',
+        partition_by=['session_date'] if spark else none,
         unique_key='session_id',
         on_schema_change='append_new_columns',
+        pre_hook=["{{ drop_emptied_days(" ~ spark_days ~ ") }}"] if spark else [],
     )
 }}
 
@@ -11,7 +19,7 @@ with
 
 -- not materialized: the incremental filter below is pushed into the input's scan,
 -- which DuckDB would otherwise copy whole once per build
-events as not materialized (
+events as {{ not_materialized() }}(
 
     select * from {{ ref('stg_replica__events') }}
 
@@ -23,7 +31,28 @@ selected_events as (
     -- incremental build rolls up those sessions only, those with an event loaded
     -- since the last build (events arrive late)
     select * from events
-    {% if is_incremental() %}
+    {% if is_incremental() and spark %}
+        {%- set starts -%}
+            (
+                select
+                    session_id,
+                    min(occurred_at) as started_at,
+                    max(load_id) as last_load_id
+                from {{ ref('stg_replica__events') }}
+                group by session_id
+            )
+        {%- endset %}
+        -- Spark: every session of the days with a session an event was loaded for
+        -- since the last build, before and after (a late event may move its start)
+        where session_id in (
+            select starts.session_id
+            from {{ starts }} as starts
+            where {{ in_days('cast(starts.started_at as date)', days_to_rebuild(
+                starts, 'session_id', 'session_date', 'cast(started_at as date)',
+                'last_load_id'
+            )) }}
+        )
+    {% elif is_incremental() %}
         where {{ keys_to_build(
             'session_id',
             'select changed.session_id as key from ' ~ ref('stg_replica__events')

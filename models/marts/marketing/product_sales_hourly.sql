@@ -1,6 +1,7 @@
+{#- Spark: parquet tables take no delete, see doc block spark_lane -#}
 {{
     config(
-        materialized='incremental',
+        materialized='table' if target.type == 'spark' else 'incremental',
         incremental_strategy='delete+insert',
         unique_key='sales_hour',
         on_schema_change='append_new_columns',
@@ -99,7 +100,7 @@ final as (
                     where build.sales_hour = aggregated.sales_hour
                 )
             {%- else -%}
-                cast(null as varchar)
+                cast(null as {{ type_name('varchar') }})
             {%- endif %}
         ) as last_load_id
     from aggregated

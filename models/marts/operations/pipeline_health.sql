@@ -51,7 +51,7 @@ held_back as (
 
     select
         count(*) as marts_held_back,
-        string_agg(mart_name, ', ' order by mart_name) as held_back_marts
+        {{ ordered_string_agg('mart_name', "', '", 'mart_name') }} as held_back_marts
     from mart_statuses
     where is_held_back
 
@@ -64,7 +64,9 @@ open_alarms as (
     select
         loaded.entity,
         min(incidents.started_at) as open_alarm_since,
-        string_agg(incidents.incident_kind, ', ' order by incidents.incident_kind)
+        {{ ordered_string_agg(
+            'incidents.incident_kind', "', '", 'incidents.incident_kind'
+        ) }}
             as open_alarm_kinds
     from incidents
     inner join last_load as loaded

@@ -4,7 +4,7 @@ with
 
 source as (
 
-    select * from {{ customers }}
+    {{ newest_versions(customers, 'customer_id', deleted_marker='deleted_at') }}
 
 ),
 
@@ -24,8 +24,8 @@ renamed as (
         ) }} as customer_name_hash,
         phone is not null as has_phone,
         is_marketing_opt_in,
-        created_at at time zone 'utc' as created_at,
-        updated_at at time zone 'utc' as updated_at,
+        {{ as_utc('created_at') }} as created_at,
+        {{ as_utc('updated_at') }} as updated_at,
         -- the dlt load that last wrote the row: incremental marts resume from it
         {{ column_or_null(customers, '_dlt_load_id', 'varchar') }} as load_id
 

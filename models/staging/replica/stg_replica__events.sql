@@ -4,7 +4,7 @@ with
 
 source as (
 
-    select * from {{ events }}
+    {{ newest_versions(events, 'event_id') }}
 
 ),
 
@@ -25,8 +25,8 @@ renamed as (
         -- additive evolution: device and referrer on events
         {{ column_or_null(events, 'device_type', 'varchar') }} as device_type,
         {{ column_or_null(events, 'referrer', 'varchar') }} as referrer,
-        occurred_at at time zone 'utc' as device_occurred_at,
-        updated_at at time zone 'utc' as arrived_at,
+        {{ as_utc('occurred_at') }} as device_occurred_at,
+        {{ as_utc('updated_at') }} as arrived_at,
         -- the dlt load that last wrote the row: incremental marts resume from it
         {{ column_or_null(events, '_dlt_load_id', 'varchar') }} as load_id
 

@@ -4,7 +4,7 @@ with
 
 source as (
 
-    select * from {{ order_items }}
+    {{ newest_versions(order_items, 'order_item_id', deleted_marker='deleted_at') }}
 
 ),
 
@@ -19,8 +19,8 @@ renamed as (
         {{ cents_to_amount('discount_cents') }} as discount_amount,
         {{ cents_to_amount('quantity * unit_price_cents - discount_cents') }}
             as net_amount,
-        created_at at time zone 'utc' as created_at,
-        updated_at at time zone 'utc' as updated_at,
+        {{ as_utc('created_at') }} as created_at,
+        {{ as_utc('updated_at') }} as updated_at,
         -- the dlt load that last wrote the row: incremental marts resume from it
         {{ column_or_null(order_items, '_dlt_load_id', 'varchar') }} as load_id
 

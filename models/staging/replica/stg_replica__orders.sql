@@ -5,7 +5,7 @@ with
 
 source as (
 
-    select * from {{ orders }}
+    {{ newest_versions(orders, 'order_id', deleted_marker='deleted_at') }}
 
 ),
 
@@ -40,8 +40,8 @@ renamed as (
         {%- endfor %}
         source.status = 'cancelled' as is_cancelled,
         source.status = 'returned' as is_returned,
-        source.ordered_at at time zone 'utc' as ordered_at,
-        source.updated_at at time zone 'utc' as updated_at,
+        {{ as_utc('source.ordered_at') }} as ordered_at,
+        {{ as_utc('source.updated_at') }} as updated_at,
         -- the dlt load that last wrote the row: incremental marts resume from it
         {{ column_or_null(orders, '_dlt_load_id', 'varchar') }} as load_id
 

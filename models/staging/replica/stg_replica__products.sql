@@ -4,7 +4,7 @@ with
 
 source as (
 
-    select * from {{ products }}
+    {{ newest_versions(products, 'product_id') }}
 
 ),
 
@@ -44,8 +44,8 @@ renamed as (
             end as decimal(18, 2)
         ) as list_price_usd,
         is_active,
-        created_at at time zone 'utc' as created_at,
-        updated_at at time zone 'utc' as updated_at,
+        {{ as_utc('created_at') }} as created_at,
+        {{ as_utc('updated_at') }} as updated_at,
         -- the dlt load that last wrote the row: incremental marts resume from it
         {{ column_or_null(products, '_dlt_load_id', 'varchar') }} as load_id
 

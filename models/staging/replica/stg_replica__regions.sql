@@ -4,7 +4,7 @@ with
 
 source as (
 
-    select * from {{ regions }}
+    {{ newest_versions(regions, 'region_id') }}
 
 ),
 
@@ -15,8 +15,8 @@ renamed as (
         region_name,
         country_code,
         currency as currency_code,
-        created_at at time zone 'utc' as created_at,
-        updated_at at time zone 'utc' as updated_at,
+        {{ as_utc('created_at') }} as created_at,
+        {{ as_utc('updated_at') }} as updated_at,
         -- the dlt load that last wrote the row: incremental marts resume from it
         {{ column_or_null(regions, '_dlt_load_id', 'varchar') }} as load_id
 
