@@ -8,6 +8,7 @@ test file:
   schema (scripted evolutions) or what its API serves (drifts) while served;
 * ``warehouse``: dbt on the test's warehouse, and the last load that reconciles it;
 * ``postgres``: a throw-away PostgreSQL server;
+* ``spark``: Spark SQL on the session dbt-spark runs in the test's process;
 * ``sinks``: local receivers for notifications (HTTP and SMTP);
 * ``readers``: analysts' processes holding a published version open;
 * ``board``: the live board served in its own process, and headless Chromium on it.
