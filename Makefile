@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test lint pytest venv clean docs docs-serve chromium postgres bench bench-large \
 	bench-smoke chaos \
-	chaos-smoke contract board java
+	chaos-smoke contract board java bench-lanes
 
 # (Re)create the virtualenv when the dependency pins change; a no-op otherwise.
 $(STAMP): pyproject.toml constraints.txt
@@ -46,6 +46,14 @@ bench: $(STAMP)
 
 bench-large: $(STAMP)
 	$(BIN)/python -m benchmarks.bench --scale large --out benchmarks/results-large.json
+
+# The Spark lane beside DuckDB (benchmarks/lanes.py): backfill and build times of the same
+# platform on each, then of a 1% change; LANES_SCALE=demo (3,000 orders, a few minutes)
+# or default (1M orders, as `make bench`). Writes benchmarks/lanes.json.
+LANES_SCALE ?= default
+bench-lanes: $(STAMP) java
+	$(BIN)/python -m benchmarks.lanes --scale $(LANES_SCALE) \
+	  --out benchmarks/lanes$(if $(filter default,$(LANES_SCALE)),,-$(LANES_SCALE)).json
 
 bench-smoke: $(STAMP)
 	$(BIN)/python -m benchmarks.bench --scale smoke --out target/bench-smoke.json
