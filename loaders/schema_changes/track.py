@@ -91,6 +91,28 @@ def change_event(change: Change, report: Impact) -> Event:
     )
 
 
+def _schema_updates(pipeline: Any, load_info: Any,
+                    before: dict[str, dict[str, str]]) -> list[dict[str, Any]]:
+    """The tables and columns the load added: as dlt's packages report them, and those
+    of the schema after the load that no package reported (``before``: the types before
+    it), in the same shape. A destination of files (the lake) reports only dlt's own
+    tables: there nothing is created, and the schema is the one record of a change."""
+    updates = [p.schema_update for p in getattr(load_info, "load_packages", []) or []]
+    if not pipeline.default_schema_name:
+        return updates
+    reported = {(t, c) for u in updates for t, ts in u.items() for c in ts.get("columns", {})}
+    tables = {t for u in updates for t in u}
+    added: dict[str, Any] = {}
+    for table, schema in pipeline.default_schema.tables.items():
+        known = before.get(table, {})
+        columns = {name: col for name, col in schema.get("columns", {}).items()
+                   if col.get("data_type") and name not in known
+                   and (table, name) not in reported}
+        if columns or (table not in before and table not in tables):
+            added[table] = {"columns": columns}
+    return [*updates, added]
+
+
 def after_load(
     pipeline: Any,
     load_info: Any,
@@ -124,7 +146,7 @@ def after_load(
     api_fields = {
         e: {f["name"]: f["type"] for f in d.get("fields", [])} for e, d in described.items()
     }
-    updates = [p.schema_update for p in getattr(load_info, "load_packages", []) or []]
+    updates = _schema_updates(pipeline, load_info, before)
     baseline = not any(t in before for t in entities)
     changes = detect.shape_changes(updates, before, api_fields, frozen, entities)
     changes += [
