@@ -17,6 +17,8 @@ from loaders import dbt_project, lake, warehouse
 from loaders.monitoring import status
 from loaders.replica.settings import ENDPOINTS
 from loaders.runners import pipeline
+from loaders.runners.watch import watch
+from loaders.schema_changes.changelog import recent_changes
 from simulator import store
 from simulator.generate import generate
 from simulator.platform import Platform
@@ -46,7 +48,8 @@ class Lanes:
                     lake.BUCKET_URL_ENV: str(self.work / "lake"),
                     warehouse.SPARK_DIR_ENV: str(self.work / "spark")}
         return {**common, "SALESFLOW_PIPELINES_DIR": str(self.work / "dlt-duckdb"),
-                "SALESFLOW_DUCKDB_PATH": str(self.work / "warehouse.duckdb")}
+                "SALESFLOW_DUCKDB_PATH": str(self.work / "warehouse.duckdb"),
+                "SALESFLOW_PUBLISHED_PATH": str(self.work / "published.duckdb")}
 
     def cycle(self, target: str, unit_tests: bool = True) -> pipeline.LoadResult:
         """A load, then ``dbt build`` (and the unit tests), on ``target``."""
@@ -175,6 +178,8 @@ def test_the_loader_keeps_its_records_on_the_lake(lanes):
         for k, v in lanes.env("spark").items():
             mp.setenv(k, v)
         report = status.collect(lanes.work / "dlt-spark", ROOT)
+        # the schema changelog is the loader's too: the first load's baseline is in it
+        assert {c["entity"] for c in recent_changes()} >= set(ENDPOINTS)
     assert report["status"] == "green", report
     n_orders = len(store.query(lanes.sim.dir, "SELECT order_id FROM orders"))
     assert {e["entity"]: e["rows_in_raw"] for e in report["entities"]}["orders"] == n_orders
@@ -190,14 +195,37 @@ def test_a_cycle_of_updates_and_deletions(lanes):
     with Platform(lanes.sim.dir, seed=13) as platform:
         for _ in range(3):
             platform.tick(25)  # new orders, status changes, edits and deletions
+        platform.evolve("additive", orders=40)  # new fields: coupon codes on orders, ...
     store.replicate(lanes.sim.dir)
     lanes.sim = start_simulator(lanes.sim.dir)
-    changed = {}
+    # on each lane one watch cycle: load what changed, build what it reaches, with the
+    # data tests; DuckDB publishes its marts, Spark has nothing to copy
+    stats = {}
     for target in ("spark", "dev"):
-        changed[target] = lanes.cycle(target, unit_tests=False).rows
-    assert changed["spark"] == changed["dev"] and changed["spark"].get("orders"), changed
-    deleted = [t for t, n in changed["spark"].items() if t.endswith("__deleted") and n]
-    assert deleted, changed  # the ticks deleted something: the lake holds its tombstone
+        with pytest.MonkeyPatch.context() as mp:
+            for k, v in lanes.env(target).items():
+                mp.setenv(k, v)
+            stats[target] = watch(interval=0, max_cycles=1, base_url=lanes.sim.url,
+                                  token=TOKEN)
+            dbt_project.release_warehouse()
+        last = stats[target].last
+        assert last["outcome"] == "success_new_data" and last["tests"], last
+        assert stats[target].builds == 1 and stats[target].failures == 0
+    assert stats["spark"].published == 0 and stats["dev"].published == 1
+    assert stats["spark"].last["rows"] == stats["dev"].last["rows"] > 0
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in lanes.env("spark").items():
+            mp.setenv(k, v)
+        logged = {(c["entity"], c["column"], c["kind"]) for c in recent_changes()}
+    assert ("orders", "coupon_code", "new_column") in logged, logged
+    # the ticks deleted something: on the lake its tombstone is a row of raw
+    deleted = spark.query("select count(*) from raw.customers where deleted_at is not null")
+    assert deleted[0][0] > 0
     assert_raw_reconciled(lanes)
     assert spark.query("select count(*), sum(units) from marts.product_sales_daily") != before
     assert_marts_equal(lanes)
+    # the new field reached the marts on both lanes alike
+    [(coupons,)] = spark.query("select count(coupon_code) from marts.fct_orders")
+    with duckdb.connect(str(lanes.work / "warehouse.duckdb"), read_only=True) as con:
+        [(expected,)] = con.execute("select count(coupon_code) from marts.fct_orders").fetchall()
+    assert coupons == expected > 0
