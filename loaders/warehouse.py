@@ -217,12 +217,29 @@ def prepare_dbt() -> None:
 SPARK_DIR_ENV = "SALESFLOW_SPARK_DIR"
 
 
+def spark_dir() -> Path:
+    """Where a local Spark session keeps its metastore and tables (profiles.yml)."""
+    return Path(os.environ.get(SPARK_DIR_ENV) or "data/spark").absolute()
+
+
+def local_paths() -> list[Path]:
+    """The files and folders holding the current target's data on this machine (none
+    for a server warehouse or a remote lake): what starting from scratch removes."""
+    kind = target_type()
+    if kind == "duckdb":
+        return [duckdb_path()]
+    if kind == "spark":
+        url = lake.bucket_url()
+        return [spark_dir(), *([] if "://" in url else [Path(url)])]
+    return []
+
+
 def prepare_spark() -> None:
     """The spark output's settings as dbt reads them: the lake's root and Spark's own
     folder as absolute paths (a relative one would be read from wherever Spark runs),
     and Spark's driver on the loopback address unless told otherwise."""
     os.environ[lake.BUCKET_URL_ENV] = lake.bucket_url()
-    os.environ[SPARK_DIR_ENV] = str(Path(os.environ.get(SPARK_DIR_ENV) or "data/spark").absolute())
+    os.environ[SPARK_DIR_ENV] = str(spark_dir())
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
 
 

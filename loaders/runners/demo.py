@@ -37,7 +37,7 @@ def demo(orders: int = 3000, live_seconds: float = 5.0) -> int:
     token = os.environ.get("SALESFLOW_SIM_TOKEN", DEFAULT_TOKEN)
     _step(f"generating a platform with {orders:,} orders in {sim_dir}")
     shutil.rmtree(sim_dir, ignore_errors=True)
-    for stale in (warehouse.duckdb_path(), config.pipelines_dir()):
+    for stale in (*warehouse.local_paths(), config.pipelines_dir()):
         if stale.is_dir():
             shutil.rmtree(stale)
         elif stale.exists():
@@ -101,8 +101,12 @@ def demo(orders: int = 3000, live_seconds: float = 5.0) -> int:
     print(f"  warehouse:      {wh}  (schemas raw, staging, marts)")
     print(f"  dlt pipeline:   dlt pipeline --pipelines-dir {config.pipelines_dir()} "
           f"salesflow_replica info")
-    print("  query it:       .venv/bin/salesflow query"
-          " analyses/top_product_lines_last_7_days.sql   (the published marts)")
+    if warehouse.is_duckdb():
+        print("  query it:       .venv/bin/salesflow query"
+              " analyses/top_product_lines_last_7_days.sql   (the published marts)")
+    elif warehouse.target_type() == "spark":
+        print("  query it:       .venv/bin/dbt show --inline 'select * from"
+              " marts.product_sales_daily'   (Spark SQL, between runs: README, Spark)")
     print("  or with dbt:    .venv/bin/dbt show --select product_sales_daily")
     if warehouse.is_duckdb():
         print("  metrics:        SALESFLOW_TARGET=published .venv/bin/mf query --metrics"
