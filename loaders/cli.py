@@ -410,7 +410,7 @@ def build_parser() -> argparse.ArgumentParser:
         # SUPPRESS: `schema --target x impact` keeps x (a subcommand's default would not)
         p.add_argument("--target", default=argparse.SUPPRESS,
                        help="profiles.yml output to read and write: dev (DuckDB, the"
-                       " default) or postgres; overrides SALESFLOW_TARGET")
+                       " default), postgres or spark; overrides SALESFLOW_TARGET")
         return p
 
     def load_args(p):
