@@ -757,6 +757,11 @@ def run(scale: str, out: Path) -> dict[str, Any]:
     if scale == "large":
         results[f"scale_{scale}"].update(
             steady_cycle_ratio(results, ROOT / "benchmarks" / "results.json"))
+    return written(results, out)
+
+
+def written(results: dict[str, Any], out: Path) -> dict[str, Any]:
+    """``results`` stamped with the machine, the commit and the time, written to ``out``."""
     results["machine"] = machine()
     results["commit"] = commit()
     results["measured_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")

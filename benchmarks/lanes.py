@@ -24,13 +24,11 @@ figure is the comparison.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -42,8 +40,7 @@ from benchmarks.bench import (
     _env,
     backfill,
     command_line,
-    commit,
-    machine,
+    written,
 )
 from loaders import lake, warehouse
 from loaders.warehouse import environment
@@ -123,12 +120,7 @@ def run(scale: str, out: Path) -> dict[str, Any]:
         k: round(results["spark"][k] / results["dev"][k], 2)
         for k in ("backfill_s", "build_s", "change_load_s", "change_build_s")
     }
-    results["machine"] = machine()
-    results["commit"] = commit()
-    results["measured_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
-    return results
+    return written(results, out)
 
 
 def table(results: dict[str, Any]) -> str:
