@@ -35,7 +35,6 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 from loaders import config, warehouse
 
@@ -159,24 +158,9 @@ def spark_keys() -> Iterator[None]:
     session dbt starts in this process inherits them), and the session's settings
     :data:`SPARK_SETTINGS` when one runs already (they win: a key changed since)."""
     pads = padded_keys(key())
-    session = _spark_session()
+    session = warehouse.spark_session()
     if session is not None:
         for name, value in zip(SPARK_SETTINGS, pads, strict=True):
             session.conf.set(name, value)
     with warehouse.environment(**dict(zip(SPARK_VARIABLES, pads, strict=True))):
         yield
-
-
-def _spark_session() -> Any:
-    """The Spark session running in this process, if any (PySpark loaded only then)."""
-    import sys
-
-    if "pyspark" not in sys.modules:
-        return None
-    from pyspark.errors import PySparkRuntimeError
-    from pyspark.sql import SparkSession
-
-    try:  # dbt starts it in a thread of its own: the process's default session
-        return SparkSession.active()
-    except PySparkRuntimeError:
-        return None

@@ -234,6 +234,22 @@ def local_paths() -> list[Path]:
     return []
 
 
+def spark_session() -> Any:
+    """The Spark session running in this process (dbt-spark's, started in a thread of
+    dbt's: the process's default session), or None; PySpark is imported only if loaded."""
+    import sys
+
+    if "pyspark" not in sys.modules:
+        return None
+    from pyspark.errors import PySparkRuntimeError
+    from pyspark.sql import SparkSession
+
+    try:
+        return SparkSession.active()
+    except PySparkRuntimeError:
+        return None
+
+
 def prepare_spark() -> None:
     """The spark output's settings as dbt reads them: the lake's root and Spark's own
     folder as absolute paths (a relative one would be read from wherever Spark runs),

@@ -53,9 +53,7 @@ class Lanes:
 
     def cycle(self, target: str, unit_tests: bool = True) -> pipeline.LoadResult:
         """A load, then ``dbt build`` (and the unit tests), on ``target``."""
-        with pytest.MonkeyPatch.context() as mp:
-            for k, v in self.env(target).items():
-                mp.setenv(k, v)
+        with warehouse.environment(**self.env(target)):
             result = pipeline.load(base_url=self.sim.url, token=TOKEN)
             paths = self.work / f"dbt-{target}"
             dbt_invoke(paths, "build", "--exclude-resource-type", "unit_test", "--target", target)
@@ -83,16 +81,14 @@ def lanes(tmp_path_factory) -> Iterator[Lanes]:
 def current_raw(lanes: Lanes) -> dict[str, set[tuple]]:
     """(primary key, updated_at in µs) of raw on the lake as the loader reads it."""
     out = {}
-    with pytest.MonkeyPatch.context() as mp:
-        for k, v in lanes.env("spark").items():
-            mp.setenv(k, v)
-        with warehouse.sql_client(read_only=True) as sql:
-            for entity, ep in ENDPOINTS.items():
-                rows = sql.execute_sql(
-                    f"select {ep['primary_key']}, epoch_us(updated_at) from raw.{entity}"
-                )
-                assert len(rows) == len({r[0] for r in rows}), entity
-                out[entity] = set(rows)
+    with warehouse.environment(**lanes.env("spark")), \
+            warehouse.sql_client(read_only=True) as sql:
+        for entity, ep in ENDPOINTS.items():
+            rows = sql.execute_sql(
+                f"select {ep['primary_key']}, epoch_us(updated_at) from raw.{entity}"
+            )
+            assert len(rows) == len({r[0] for r in rows}), entity
+            out[entity] = set(rows)
     return out
 
 
@@ -174,9 +170,7 @@ def test_marts_on_spark_equal_those_on_duckdb(lanes):
 
 
 def test_the_loader_keeps_its_records_on_the_lake(lanes):
-    with pytest.MonkeyPatch.context() as mp:
-        for k, v in lanes.env("spark").items():
-            mp.setenv(k, v)
+    with warehouse.environment(**lanes.env("spark")):
         report = status.collect(lanes.work / "dlt-spark", ROOT)
         # the schema changelog is the loader's too: the first load's baseline is in it
         assert {c["entity"] for c in recent_changes()} >= set(ENDPOINTS)
@@ -202,9 +196,7 @@ def test_a_cycle_of_updates_and_deletions(lanes):
     # data tests; DuckDB publishes its marts, Spark has nothing to copy
     stats = {}
     for target in ("spark", "dev"):
-        with pytest.MonkeyPatch.context() as mp:
-            for k, v in lanes.env(target).items():
-                mp.setenv(k, v)
+        with warehouse.environment(**lanes.env(target)):
             stats[target] = watch(interval=0, max_cycles=1, base_url=lanes.sim.url,
                                   token=TOKEN)
             dbt_project.release_warehouse()
@@ -213,9 +205,7 @@ def test_a_cycle_of_updates_and_deletions(lanes):
         assert stats[target].builds == 1 and stats[target].failures == 0
     assert stats["spark"].published == 0 and stats["dev"].published == 1
     assert stats["spark"].last["rows"] == stats["dev"].last["rows"] > 0
-    with pytest.MonkeyPatch.context() as mp:
-        for k, v in lanes.env("spark").items():
-            mp.setenv(k, v)
+    with warehouse.environment(**lanes.env("spark")):
         logged = {(c["entity"], c["column"], c["kind"]) for c in recent_changes()}
     assert ("orders", "coupon_code", "new_column") in logged, logged
     # the ticks deleted something: on the lake its tombstone is a row of raw

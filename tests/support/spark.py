@@ -5,16 +5,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from loaders import warehouse
+
 
 def session() -> Any:
     """The Spark session dbt started in this process (None before its first command)."""
-    from pyspark.errors import PySparkRuntimeError
-    from pyspark.sql import SparkSession
-
-    try:  # dbt starts it in a thread of its own: the process's default session
-        return SparkSession.active()
-    except PySparkRuntimeError:
-        return None
+    return warehouse.spark_session()
 
 
 def query(sql: str) -> list[tuple]:
